@@ -1,0 +1,1 @@
+"""Backtesting: replay driver, simulated broker, metrics, baselines, reports."""

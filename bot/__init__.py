@@ -1,0 +1,1 @@
+"""Runtime of CryptoRLPM: events, bus, clocks, stores, data feed, executors and the CLI."""

@@ -1,0 +1,9 @@
+"""Typed configuration: frozen pydantic models loaded from TOML with environment overrides.
+
+``config`` imports nothing else of the project; everything else imports it.
+"""
+
+from config.loader import ConfigError, default_config_path, load_config
+from config.schema import AppConfig, Secrets
+
+__all__ = ["AppConfig", "ConfigError", "Secrets", "default_config_path", "load_config"]

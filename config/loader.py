@@ -1,0 +1,91 @@
+"""Load an :class:`AppConfig` from TOML plus environment overrides, with readable errors.
+
+Environment overrides use ``CRYPTORLPM__SECTION__KEY=value`` (double underscores separate the
+levels), for example ``CRYPTORLPM__MARKET__TIMEFRAME=4h``. A value that parses as JSON (a list, a
+number, ``true``) is taken as that JSON value, otherwise as a string.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from config.schema import AppConfig
+
+ENV_PREFIX = "CRYPTORLPM__"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key, value and expectation."""
+
+
+def default_config_path() -> Path:
+    """The bundled ``config/demo.toml`` (the synthetic market), the default of every command."""
+    return Path(str(resources.files("config") / "demo.toml"))
+
+
+def load_config(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> AppConfig:
+    """Read ``path`` (default: the bundled demo config), apply env overrides and validate.
+
+    Raises :class:`ConfigError` with one message listing every bad key, its value and what
+    was expected.
+    """
+    path = Path(path) if path is not None else default_config_path()
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    _apply_env_overrides(raw, os.environ if env is None else env)
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+
+
+def format_validation_error(source: str | Path, exc: ValidationError) -> str:
+    """One message naming, for each problem, the dotted key, the value given and the rule."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "<top level>"
+        expected = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{key} = {error['input']!r}: unknown key (check its spelling)")
+        elif error["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            lines.append(f"{key} = {error['input']!r}: {expected}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not keys:
+            continue
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment {name}: {'.'.join(keys)} is not a section")
+            node = child
+        node[keys[-1]] = _parse_env_value(text)
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text

@@ -1,0 +1,184 @@
+"""The configuration schema. Every section is frozen and rejects unknown keys.
+
+Secrets never live here: they come from the environment through :class:`Secrets`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_TIMEFRAME = re.compile(r"^[1-9]\d*[mhdw]$")
+_SYMBOL = re.compile(r"^[A-Z0-9]{2,15}$")
+
+
+def _check_timeframe(value: str) -> str:
+    if not _TIMEFRAME.match(value):
+        raise ValueError("expected a timeframe like '1m', '15m', '1h', '6h' or '1d'")
+    return value
+
+
+def _check_coin(value: str) -> str:
+    if not _SYMBOL.match(value):
+        raise ValueError("expected an upper-case coin ticker such as 'BTC'")
+    return value
+
+
+Timeframe = Annotated[str, AfterValidator(_check_timeframe)]
+Coin = Annotated[str, AfterValidator(_check_coin)]
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(Section):
+    """Where the SQLite stores live."""
+
+    dir: Path = Field(Path("var/demo"), description="folder holding market.db and metrics.db")
+    market_db: str = Field("market.db", description="file name of the OHLCV store")
+    metrics_db: str = Field("metrics.db", description="file name of the metric store")
+
+    @property
+    def market_path(self) -> Path:
+        """Full path of ``market.db``."""
+        return self.dir / self.market_db
+
+    @property
+    def metrics_path(self) -> Path:
+        """Full path of ``metrics.db``."""
+        return self.dir / self.metrics_db
+
+
+class MarketConfig(Section):
+    """Which coins, where their candles come from, and at which timeframes."""
+
+    source: Literal["synthetic", "csv", "exchange"] = "synthetic"
+    exchange: str = Field("synthetic", description="exchange name the bars are stored under")
+    quote: Coin = "USDT"
+    coins: tuple[Coin, ...] = ("BTC", "ETH", "SOL", "LINK", "STORJ")
+    base_timeframe: Timeframe = Field("1h", description="timeframe candles are stored in")
+    timeframe: Timeframe = Field("6h", description="timeframe the strategy trades on")
+    start: date = date(2020, 1, 1)
+    end: date = date(2022, 12, 31)
+    csv_dir: Path | None = Field(None, description="folder laid out like ../shared/data")
+
+    @model_validator(mode="after")
+    def _check(self) -> MarketConfig:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        if not self.coins:
+            raise ValueError("coins must list at least one coin")
+        if len(set(self.coins)) != len(self.coins):
+            raise ValueError(f"coins has duplicates: {self.coins}")
+        return self
+
+    def symbol(self, coin: str) -> str:
+        """ccxt market symbol of ``coin`` against the quote currency, e.g. ``BTC/USDT``."""
+        return f"{coin}/{self.quote}"
+
+
+class SyntheticConfig(Section):
+    """The embedded synthetic market (regime-switching, correlated coins, planted metrics)."""
+
+    seed: int = 7
+    leading_metrics: int = Field(12, ge=0, description="metrics per coin that lead returns")
+    noise_metrics: int = Field(12, ge=0, description="metrics per coin unrelated to returns")
+    market_metrics: int = Field(4, ge=0, description="market-wide metrics (noise) for every coin")
+    scenarios: tuple[Literal["covid_crash", "luna_collapse", "flash_crash"], ...] = (
+        "covid_crash",
+        "luna_collapse",
+        "flash_crash",
+    )
+
+
+class MetricsConfig(Section):
+    """How metric values become known."""
+
+    publication_lag_hours: float = Field(
+        1.0, ge=0, description="a daily value is known this long after its day ends"
+    )
+    market_wide_from: Coin | None = Field(
+        "BTC", description="whose metrics are offered to every coin as market-wide candidates"
+    )
+
+
+class ExchangeConfig(Section):
+    """The ccxt exchange used for downloads and live trading."""
+
+    id: str = "binance"
+    sandbox: bool = Field(False, description="use the exchange's testnet URLs")
+    api_url: str | None = Field(
+        None, description="replace the host of every API URL (a proxy or a local fake)"
+    )
+    rate_limit: bool = Field(True, description="let ccxt throttle to the exchange's limits")
+    timeout_ms: int = Field(10_000, gt=0)
+    max_retries: int = Field(5, ge=0, description="retries of a temporary error")
+    retry_base_s: float = Field(1.0, gt=0, description="first backoff delay, doubled each retry")
+
+
+class SantimentConfig(Section):
+    """Santiment (sanpy) metric download."""
+
+    api_url: str | None = Field(None, description="GraphQL endpoint; None keeps sanpy's default")
+    slugs: dict[str, str] = Field(
+        default_factory=lambda: {"BTC": "bitcoin", "ETH": "ethereum", "LINK": "chainlink"}
+    )
+    metrics: tuple[str, ...] = Field(
+        default_factory=lambda: (
+            "daily_active_addresses",
+            "transaction_volume",
+            "network_growth",
+            "exchange_inflow",
+            "exchange_outflow",
+            "social_volume_total",
+            "dev_activity",
+            "mvrv_usd",
+        )
+    )
+    retries: int = Field(3, ge=0)
+
+
+class FeatureConfig(Section):
+    """Data Refinement Unit: metric selection and causal rolling normalisation + PCA."""
+
+    horizons_days: tuple[int, ...] = (12, 24, 48)
+    per_horizon: int = Field(5, gt=0, description="top and bottom k correlations per horizon")
+    keep: int = Field(10, gt=0, description="metrics kept after ranking by frequency")
+    norm_window_days: int = Field(90, gt=1, description="rolling z-score window")
+    pca_window_days: int = Field(180, gt=1, description="rolling PCA window")
+    pca_variance: float = Field(0.8, gt=0, le=1, description="variance the components must explain")
+
+
+class AppConfig(Section):
+    """The whole configuration of one run or daemon."""
+
+    data: DataConfig = DataConfig()
+    market: MarketConfig = MarketConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    exchange: ExchangeConfig = ExchangeConfig()
+    santiment: SantimentConfig = SantimentConfig()
+    features: FeatureConfig = FeatureConfig()
+
+
+class Secrets(BaseSettings):
+    """Credentials, read from the environment only (never from a config file).
+
+    Variables: ``CRYPTORLPM_EXCHANGE_API_KEY``, ``CRYPTORLPM_EXCHANGE_SECRET``,
+    ``CRYPTORLPM_TELEGRAM_TOKEN``, ``CRYPTORLPM_SANTIMENT_API_KEY``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CRYPTORLPM_", extra="ignore", frozen=True)
+
+    exchange_api_key: SecretStr | None = None
+    exchange_secret: SecretStr | None = None
+    telegram_token: SecretStr | None = None
+    santiment_api_key: SecretStr | None = None

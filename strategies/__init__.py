@@ -1,0 +1,1 @@
+"""Trading logic: DRU features, EAM/SAM networks, policies, learners, CryptoModules. torch lives here."""
