@@ -51,4 +51,4 @@ class Metric(Event):
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat(Event):
-    """The clock reached ``ts`` with no data; lets handlers act on time alone (stale-data checks)."""
+    """The clock reached ``ts`` with no new data; lets handlers act on time alone."""

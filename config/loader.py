@@ -31,9 +31,7 @@ def default_config_path() -> Path:
     return Path(str(resources.files("config") / "demo.toml"))
 
 
-def load_config(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None
-) -> AppConfig:
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AppConfig:
     """Read ``path`` (default: the bundled demo config), apply env overrides and validate.
 
     Raises :class:`ConfigError` with one message listing every bad key, its value and what

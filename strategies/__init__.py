@@ -1,1 +1,1 @@
-"""Trading logic: DRU features, EAM/SAM networks, policies, learners, CryptoModules. torch lives here."""
+"""Trading logic: DRU features, EAM/SAM networks, policies, learners, CryptoModules (torch)."""

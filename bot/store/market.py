@@ -74,7 +74,10 @@ class MarketStore:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
@@ -86,8 +89,17 @@ class MarketStore:
         All rows are written in one transaction; returns the number of rows written.
         """
         rows = [
-            (exchange, symbol, timeframe, int(c[0]), float(c[1]), float(c[2]), float(c[3]),
-             float(c[4]), float(c[5]))
+            (
+                exchange,
+                symbol,
+                timeframe,
+                int(c[0]),
+                float(c[1]),
+                float(c[2]),
+                float(c[3]),
+                float(c[4]),
+                float(c[5]),
+            )
             for c in candles
         ]
         if not rows:
@@ -138,7 +150,9 @@ class MarketStore:
         sql, args = _range_query(
             "SELECT open_time, open, high, low, close, volume FROM ohlcv "
             "WHERE exchange=? AND symbol=? AND timeframe=?",
-            [exchange, symbol, timeframe], start, end,
+            [exchange, symbol, timeframe],
+            start,
+            end,
         )
         async with self._db.execute(sql + " ORDER BY open_time", args) as cursor:
             rows = await cursor.fetchall()
@@ -163,12 +177,16 @@ class MarketStore:
         sql, args = _range_query(
             "SELECT symbol, open_time, open, high, low, close, volume FROM ohlcv "
             f"WHERE exchange=? AND timeframe=? AND symbol IN ({marks})",
-            [exchange, timeframe, *symbols], start, end,
+            [exchange, timeframe, *symbols],
+            start,
+            end,
         )
         async with self._db.execute(sql + " ORDER BY open_time, symbol", args) as cursor:
             while rows := await cursor.fetchmany(batch):
                 for symbol, open_time, o, h, lo, c, v in rows:
-                    yield Bar(open_time + step, exchange, symbol, timeframe, open_time, o, h, lo, c, v)
+                    yield Bar(
+                        open_time + step, exchange, symbol, timeframe, open_time, o, h, lo, c, v
+                    )
 
     async def coverage(self, exchange: str | None = None) -> list[Coverage]:
         """First, last, row count and missing candles of every stored series."""

@@ -72,12 +72,15 @@ class MetricStore:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.close()
 
     async def upsert_metrics(self, rows: Iterable[Sequence[object]], source: str) -> int:
-        """Insert or replace ``(asset, name, observed_at, known_at, value)`` rows in one transaction.
+        """Upsert ``(asset, name, observed_at, known_at, value)`` rows in one transaction.
 
         Returns the number of rows written.
         """
@@ -151,8 +154,13 @@ class MetricStore:
             rows = await cursor.fetchall()
         frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
         return frame.astype(
-            {"asset": "str", "name": "str", "observed_at": "int64", "known_at": "int64",
-             "value": "float64"}
+            {
+                "asset": "str",
+                "name": "str",
+                "observed_at": "int64",
+                "known_at": "int64",
+                "value": "float64",
+            }
         )
 
     async def iter_metrics(
@@ -162,7 +170,7 @@ class MetricStore:
         end: int | None = None,
         batch: int = 10_000,
     ) -> AsyncIterator[Metric]:
-        """``Metric`` events in publish order (``known_at``, asset, name), ``start <= known_at < end``."""
+        """``Metric`` events by ``known_at``, asset, name, with ``start <= known_at < end``."""
         sql = "SELECT asset, name, observed_at, known_at, value FROM metric WHERE 1=1"
         args: list[object] = []
         if assets is not None:
