@@ -1,0 +1,1 @@
+"""The ``cryptorlpm`` command line."""

@@ -1,0 +1,116 @@
+"""The bus routes by type, keeps publish order, and mixes sync and async handlers."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.bus import EventBus
+from bot.events import Bar, Event, Heartbeat, Metric
+
+
+def make_bar(ts: int, symbol: str = "BTC/USDT") -> Bar:
+    return Bar(ts, "x", symbol, "1h", ts - 3_600_000, 1.0, 2.0, 0.5, 1.5, 10.0)
+
+
+async def test_events_reach_only_handlers_of_their_type() -> None:
+    bus = EventBus()
+    bars: list[Event] = []
+    metrics: list[Event] = []
+    bus.subscribe(Bar, bars.append)
+    bus.subscribe(Metric, metrics.append)
+    await bus.publish(make_bar(1))
+    await bus.publish(Metric(2, "BTC", "active_addresses", 0, 5.0))
+    assert [type(e) for e in bars] == [Bar]
+    assert [type(e) for e in metrics] == [Metric]
+
+
+async def test_base_class_subscription_sees_every_event() -> None:
+    bus = EventBus()
+    seen: list[Event] = []
+    bus.subscribe(Event, seen.append)
+    await bus.publish(make_bar(1))
+    await bus.publish(Heartbeat(2))
+    assert [e.ts for e in seen] == [1, 2]
+
+
+async def test_events_emitted_by_handlers_queue_behind_the_current_event() -> None:
+    bus = EventBus()
+    log: list[str] = []
+
+    def first(bar: Bar) -> None:
+        log.append(f"first:{bar.ts}")
+        if bar.ts == 1:
+            bus.emit(Heartbeat(99))
+
+    def second(bar: Bar) -> None:
+        log.append(f"second:{bar.ts}")
+
+    bus.subscribe(Bar, first)
+    bus.subscribe(Bar, second)
+    bus.subscribe(Heartbeat, lambda e: log.append(f"heartbeat:{e.ts}"))
+    await bus.publish(make_bar(1))
+    assert log == ["first:1", "second:1", "heartbeat:99"]
+
+
+async def test_async_and_sync_handlers_run_in_subscription_order() -> None:
+    bus = EventBus()
+    log: list[str] = []
+
+    async def slow(event: Bar) -> None:
+        log.append("async")
+
+    bus.subscribe(Bar, lambda e: log.append("sync-1"))
+    bus.subscribe(Bar, slow)
+    bus.subscribe(Bar, lambda e: log.append("sync-2"))
+    await bus.publish(make_bar(1))
+    assert log == ["sync-1", "async", "sync-2"]
+
+
+async def test_unsubscribe_stops_delivery() -> None:
+    bus = EventBus()
+    seen: list[Event] = []
+    unsubscribe = bus.subscribe(Bar, seen.append)
+    await bus.publish(make_bar(1))
+    unsubscribe()
+    await bus.publish(make_bar(2))
+    assert [e.ts for e in seen] == [1]
+
+
+async def test_handler_error_propagates_and_keeps_later_events_queued() -> None:
+    bus = EventBus()
+    seen: list[int] = []
+
+    def handler(bar: Bar) -> None:
+        if bar.ts == 1:
+            bus.emit(make_bar(2))
+            raise RuntimeError("boom")
+        seen.append(bar.ts)
+
+    bus.subscribe(Bar, handler)
+    with pytest.raises(RuntimeError, match="boom"):
+        await bus.publish(make_bar(1))
+    assert bus.pending == 1
+    await bus.drain()
+    assert seen == [2]
+
+
+def test_publish_sync_refuses_async_handlers() -> None:
+    bus = EventBus()
+
+    async def edge(event: Bar) -> None:
+        return None
+
+    bus.subscribe(Bar, edge)
+    with pytest.raises(TypeError, match="async"):
+        bus.publish_sync(make_bar(1))
+
+
+def test_subscribe_rejects_non_event_types() -> None:
+    with pytest.raises(TypeError):
+        EventBus().subscribe(int, print)  # type: ignore[arg-type]
+
+
+def test_events_are_frozen() -> None:
+    bar = make_bar(1)
+    with pytest.raises(AttributeError):
+        bar.close = 3.0  # type: ignore[misc]
