@@ -1,1 +1,1 @@
-"""Package."""
+"""Benchmarks: scripts run by ``make bench`` (never by the test suite)."""

@@ -59,7 +59,7 @@ def test_end_before_start_is_rejected(tmp_path: Path) -> None:
 def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.toml"
     path.write_text("[market\n")
-    with pytest.raises(ConfigError, match="broken.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
         load_config(path, env={})
 
 
@@ -81,7 +81,7 @@ def test_environment_overrides_nested_keys() -> None:
 
 
 def test_bad_environment_override_is_reported_like_a_file_value() -> None:
-    with pytest.raises(ConfigError, match="market.coins"):
+    with pytest.raises(ConfigError, match=r"market\.coins"):
         load_config(env={"CRYPTORLPM__MARKET__COINS": '["btc"]'})
 
 
@@ -97,5 +97,5 @@ def test_secrets_come_from_the_environment_and_are_masked(monkeypatch: pytest.Mo
 def test_secrets_cannot_be_put_in_a_config_file(tmp_path: Path) -> None:
     path = tmp_path / "leaky.toml"
     path.write_text('[exchange]\napi_key = "abc"\n')
-    with pytest.raises(ConfigError, match="exchange.api_key"):
+    with pytest.raises(ConfigError, match=r"exchange\.api_key"):
         load_config(path, env={})

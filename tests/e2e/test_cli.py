@@ -1,0 +1,177 @@
+"""The ``cryptorlpm`` command as a user runs it: a real process, real stores, fake servers."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.store import MarketStore, MetricStore
+from bot.timeframes import DAY_MS, HOUR_MS, to_ms
+from tests.fakes.binance import FakeBinance, synthetic_candles
+from tests.fakes.santiment import FakeSantiment
+
+START = to_ms("2024-01-01")
+
+
+async def cryptorlpm(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run the CLI in a subprocess; return its exit code and combined output."""
+    import os
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    return process.returncode or 0, out.decode()
+
+
+def write_config(path: Path, body: str) -> Path:
+    path.write_text(body)
+    return path
+
+
+async def test_download_fills_both_stores_from_the_exchange_and_santiment(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "dl.toml",
+        f"""
+[data]
+dir = "{tmp_path / "var"}"
+[market]
+source = "exchange"
+exchange = "binance"
+coins = ["BTC", "ETH"]
+base_timeframe = "1h"
+timeframe = "6h"
+start = 2024-01-01
+end = 2024-03-01
+[exchange]
+rate_limit = false
+retry_base_s = 0.01
+[santiment]
+slugs = {{ BTC = "bitcoin" }}
+metrics = ["daily_active_addresses", "dev_activity"]
+retries = 0
+""",
+    )
+    async with FakeBinance() as exchange, FakeSantiment() as santiment:
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            exchange.set_candles(
+                symbol, "1h", synthetic_candles(24 * 10 + 1, start_ms=START, timeframe="1h")
+            )
+        exchange.now_ms = START + 24 * 10 * HOUR_MS + 60_000
+        exchange.inject("/api/v3/klines", 429, headers={"Retry-After": "0"}, times=1)
+        santiment.add_series(
+            "bitcoin", "daily_active_addresses", {START + d * DAY_MS: 1000.0 + d for d in range(10)}
+        )
+        santiment.restrict("dev_activity")
+        env = {
+            "CRYPTORLPM__EXCHANGE__API_URL": exchange.url,
+            "CRYPTORLPM__SANTIMENT__API_URL": santiment.url,
+        }
+        code, out = await cryptorlpm(
+            "data",
+            "download",
+            "-c",
+            str(config),
+            "--since",
+            "2024-01-01",
+            "--until",
+            "2024-01-11",
+            env=env,
+        )
+    assert code == 0, out
+    async with await MarketStore.open(tmp_path / "var" / "market.db") as market:
+        coverage = {(c.symbol, c.timeframe): c for c in await market.coverage()}
+    assert coverage[("BTC/USDT", "1h")].rows == 240 and coverage[("BTC/USDT", "1h")].gaps == 0
+    assert coverage[("ETH/USDT", "6h")].rows == 40
+    async with await MetricStore.open(tmp_path / "var" / "metrics.db") as metrics:
+        frame = await metrics.read_metrics(assets=["BTC"])
+    assert frame["name"].unique().tolist() == ["daily_active_addresses"]
+    assert (frame["known_at"] == frame["observed_at"] + DAY_MS + HOUR_MS).all()
+    assert "dev_activity" in out  # the restricted metric is named, not silently dropped
+
+
+async def test_import_then_show_reports_coverage(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "ohlcv").mkdir(parents=True)
+    (root / "onchain").mkdir()
+    frame = synthetic_candles(48, start_ms=START, timeframe="1h")
+    frame.rename(columns={"open_time": "timestamp"}).to_csv(
+        root / "ohlcv" / "BTC_USDT-1h.csv", index=False
+    )
+    (root / "onchain" / "BTC_blockchain_com.csv").write_text(
+        "date,active_addresses,hash_rate\n2024-01-01,900000,1.5e20\n2024-01-02,,1.6e20\n"
+    )
+    config = write_config(
+        tmp_path / "imp.toml",
+        f"""
+[data]
+dir = "{tmp_path / "var"}"
+[market]
+source = "csv"
+exchange = "binance"
+coins = ["BTC"]
+""",
+    )
+    code, out = await cryptorlpm("data", "import", "-c", str(config), "--dir", str(root))
+    assert code == 0, out
+    code, out = await cryptorlpm("data", "show", "-c", str(config))
+    assert code == 0, out
+    assert "BTC/USDT" in out and "48" in out and "8" in out  # 48 1h rows and 8 6h bars
+
+
+async def test_import_of_a_corrupt_file_names_the_line_and_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    (root / "ohlcv").mkdir(parents=True)
+    (root / "ohlcv" / "BTC_USDT-1h.csv").write_text(
+        "timestamp,open,high,low,close,volume\n"
+        f"{START},10,11,9,10.5,1\n{START + HOUR_MS},10,9,11,10.5,1\n"
+    )
+    config = write_config(tmp_path / "imp.toml", f'[data]\ndir = "{tmp_path / "var"}"\n')
+    code, out = await cryptorlpm("data", "import", "-c", str(config), "--dir", str(root))
+    assert code == 2
+    assert "BTC_USDT-1h.csv line 3" in out
+    async with await MarketStore.open(tmp_path / "var" / "market.db") as market:
+        assert await market.coverage() == []
+
+
+async def test_a_bad_config_fails_with_one_clear_message(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "bad.toml", '[market]\ntimeframe = "6 hours"\n')
+    code, out = await cryptorlpm("data", "show", "-c", str(config))
+    assert code == 2
+    assert "market.timeframe" in out and "'6 hours'" in out and "Traceback" not in out
+
+
+async def test_demo_builds_the_synthetic_market_and_prints_coverage(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "demo.toml",
+        f"""
+[data]
+dir = "{tmp_path / "var"}"
+[market]
+coins = ["BTC", "ETH"]
+start = 2021-01-01
+end = 2021-04-01
+""",
+    )
+    code, out = await cryptorlpm("demo", "-c", str(config))
+    assert code == 0, out
+    assert "BTC/USDT" in out and "ETH/USDT" in out and "MARKET" in out
+    async with await MarketStore.open(tmp_path / "var" / "market.db") as market:
+        coverage = {(c.symbol, c.timeframe): c for c in await market.coverage()}
+    assert coverage[("BTC/USDT", "1h")].rows == 90 * 24
+    assert coverage[("BTC/USDT", "6h")].rows == 90 * 4
+
+
+@pytest.mark.parametrize("command", [["--help"], ["data", "--help"]])
+async def test_help_lists_the_commands(command: list[str]) -> None:
+    code, out = await cryptorlpm(*command)
+    assert code == 0 and "Usage" in out

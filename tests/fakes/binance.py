@@ -1,0 +1,618 @@
+"""A fake Binance spot exchange on 127.0.0.1 that speaks the protocol ccxt sends.
+
+``async with FakeBinance() as fake:`` starts an aiohttp server on a free port; point ccxt at
+``fake.url`` with ``ExchangeConfig(api_url=fake.url)`` (see ``bot.feed.exchange``). It answers:
+
+- REST: ``GET /api/v3/ping``, ``/api/v3/time``, ``/api/v3/exchangeInfo`` and ``/api/v3/klines``
+  (Binance semantics: ``startTime``/``endTime`` bound the open time, ``limit`` defaults to 500,
+  at most 1000; 12-field rows with prices as strings; nothing that opens after ``now_ms``, but
+  the candle still open at ``now_ms`` is returned, as Binance does);
+- the kline websocket on any path (ccxt.pro opens ``<ws url>/0``, here ``/stream/ws/0``):
+  ``SUBSCRIBE``/``UNSUBSCRIBE``/``LIST_SUBSCRIPTIONS`` are answered ``{"result": .., "id": ..}``;
+  :meth:`FakeBinance.push_kline` sends kline events, :meth:`FakeBinance.drop_websockets` closes
+  every socket.
+
+Everything the exchange knows lives in one :class:`ExchangeState` (clock, markets, candles,
+faults, request log). Endpoints are entries of a routes table keyed by ``(method, path)``, so
+signed account and order endpoints can be added with :meth:`FakeBinance.add_route`;
+:func:`sign` and :func:`check_signature` implement Binance's HMAC-SHA256 request signing.
+
+Fault injection: :meth:`FakeBinance.inject` makes the next requests to a path answer a given
+status, body and headers (a 429 with ``Retry-After``, a 418, a 5xx, a Binance error JSON), after
+an optional number of normal answers and with an optional delay (to trigger client timeouts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from aiohttp import WSMsgType, web
+
+from bot.timeframes import timeframe_ms
+from config.schema import ExchangeConfig
+
+CANDLE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume"]
+KLINES_DEFAULT_LIMIT = 500
+KLINES_MAX_LIMIT = 1000
+INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w")
+_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class MarketSpec:
+    """One spot market as ``exchangeInfo`` lists it (filters as Binance's decimal strings)."""
+
+    symbol: str
+    base: str
+    quote: str
+    tick_size: str = "0.01000000"
+    step_size: str = "0.00001000"
+    min_qty: str = "0.00001000"
+    min_notional: str = "5.00000000"
+    status: str = "TRADING"
+
+
+@dataclass
+class Fault:
+    """An injected answer for ``times`` requests (``None``: forever) after ``after`` normal ones.
+
+    ``status=None`` only delays the request by ``delay_s`` and then answers it normally.
+    """
+
+    status: int | None
+    body: Any = None
+    headers: dict[str, str] | None = None
+    times: int | None = 1
+    after: int = 0
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """A request the fake received: method, path, query parameters and arrival (wall ms)."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    received_ms: int
+
+
+@dataclass
+class ExchangeState:
+    """All the fake exchange knows. ``fixed_now_ms=None`` follows the wall clock."""
+
+    fixed_now_ms: int | None = None
+    markets: dict[str, MarketSpec] = field(default_factory=dict)
+    candles: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    faults: dict[str, list[Fault]] = field(default_factory=dict)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    api_secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def now_ms(self) -> int:
+        """The exchange's clock."""
+        if self.fixed_now_ms is None:
+            return time.time_ns() // 1_000_000
+        return self.fixed_now_ms
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def synthetic_candles(
+    n: int,
+    *,
+    start_ms: int,
+    timeframe: str = "1h",
+    start_price: float = 100.0,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """``n`` consistent candles (a random walk) from ``start_ms``, as a frame of CANDLE_COLUMNS.
+
+    Prices have 2 decimals and volumes 4, so they survive Binance's 8-decimal strings exactly.
+    """
+    rng = np.random.default_rng(seed)
+    step = timeframe_ms(timeframe)
+    closes = start_price * np.exp(np.cumsum(rng.normal(0.0, 0.01, n)))
+    opens = np.concatenate(([start_price], closes[:-1]))
+    opens, closes = np.round(opens, 2), np.round(closes, 2)
+    wick = np.abs(rng.normal(0.0, 0.004, (2, n)))
+    high = np.maximum(
+        np.round(np.maximum(opens, closes) * (1 + wick[0]), 2), np.maximum(opens, closes)
+    )
+    low = np.minimum(
+        np.round(np.minimum(opens, closes) * (1 - wick[1]), 2), np.minimum(opens, closes)
+    )
+    return pd.DataFrame(
+        {
+            "open_time": start_ms + step * np.arange(n, dtype="int64"),
+            "open": opens,
+            "high": high,
+            "low": np.maximum(low, 0.01),
+            "close": closes,
+            "volume": np.round(rng.uniform(1.0, 500.0, n), 4),
+        }
+    )
+
+
+def _as_rows(candles: pd.DataFrame | Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    if isinstance(candles, pd.DataFrame):
+        candles = candles[CANDLE_COLUMNS].to_numpy(dtype="float64")
+    rows = np.asarray(candles, dtype="float64").reshape(-1, 6)
+    return rows[np.argsort(rows[:, 0], kind="stable")]
+
+
+def _num(value: float) -> str:
+    """Binance-style decimal text (8 decimals) when exact, else the shortest exact text."""
+    text = f"{value:.8f}"
+    return text if float(text) == value else repr(float(value))
+
+
+def binance_error(status: int, code: int, msg: str) -> web.Response:
+    """A Binance error answer: ``{"code": code, "msg": msg}`` with HTTP ``status``."""
+    return web.json_response({"code": code, "msg": msg}, status=status)
+
+
+def sign(payload: str, secret: str) -> str:
+    """Binance's request signature: hex HMAC-SHA256 of the raw query string or body."""
+    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+
+
+def check_signature(raw: str, secret: str) -> bool:
+    """Whether ``raw`` (query string or form body) ends in ``&signature=`` of what precedes it."""
+    payload, sep, signature = raw.rpartition("&signature=")
+    return bool(sep) and hmac.compare_digest(sign(payload, secret), signature)
+
+
+def _split_symbol(symbol: str) -> tuple[str, str]:
+    for quote in _QUOTES:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return symbol[: -len(quote)], quote
+    raise ValueError(f"cannot split {symbol!r} into base and quote; use add_market()")
+
+
+# --------------------------------------------------------------------------- server
+
+
+class FakeBinance:
+    """The fake exchange server. Use as ``async with FakeBinance() as fake``."""
+
+    def __init__(
+        self, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT"), *, now_ms: int | None = None
+    ) -> None:
+        self.state = ExchangeState(fixed_now_ms=now_ms)
+        for symbol in symbols:
+            self.add_market(symbol)
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("GET", "/api/v3/ping"): self._ping,
+            ("GET", "/api/v3/time"): self._time,
+            ("GET", "/api/v3/exchangeInfo"): self._exchange_info,
+            ("GET", "/api/v3/klines"): self._klines,
+        }
+        self._sockets: dict[web.WebSocketResponse, set[str]] = {}
+        self.ws_paths: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
+        self.url = ""
+
+    # ---- lifecycle
+
+    async def __aenter__(self) -> FakeBinance:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._closing.clear()
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing.set()  # ends injected delays still in progress
+        await self.drop_websockets()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def exchange_config(self, **overrides: Any) -> ExchangeConfig:
+        """An :class:`ExchangeConfig` aimed at this fake: no client throttling, 5 s timeout."""
+        values: dict[str, Any] = {"api_url": self.url, "rate_limit": False, "timeout_ms": 5_000}
+        return ExchangeConfig(**(values | overrides))
+
+    # ---- state
+
+    @property
+    def now_ms(self) -> int:
+        """The exchange's clock (wall time unless set)."""
+        return self.state.now_ms
+
+    @now_ms.setter
+    def now_ms(self, value: int | None) -> None:
+        self.state.fixed_now_ms = None if value is None else int(value)
+
+    def add_market(self, symbol: str, **spec: Any) -> MarketSpec:
+        """List a spot market (``base``/``quote`` guessed from common quote assets if absent)."""
+        if "base" not in spec or "quote" not in spec:
+            spec["base"], spec["quote"] = _split_symbol(symbol)
+        market = MarketSpec(symbol=symbol, **spec)
+        self.state.markets[symbol] = market
+        return market
+
+    def set_candles(
+        self,
+        symbol: str,
+        interval: str,
+        candles: pd.DataFrame | Sequence[Sequence[float]] | np.ndarray,
+    ) -> None:
+        """Replace the candles of ``symbol`` at ``interval`` (rows open_time, o, h, l, c, v)."""
+        if interval not in INTERVALS:
+            raise ValueError(f"interval {interval!r} is not one of {INTERVALS}")
+        if symbol not in self.state.markets:
+            self.add_market(symbol)
+        self.state.candles[(symbol, interval)] = _as_rows(candles)
+
+    def candles(self, symbol: str, interval: str) -> pd.DataFrame:
+        """The candles the exchange holds, as a frame of CANDLE_COLUMNS (open_time int64)."""
+        rows = self.state.candles.get((symbol, interval), np.empty((0, 6)))
+        frame = pd.DataFrame(rows, columns=CANDLE_COLUMNS)
+        return frame.astype({"open_time": "int64"})
+
+    def upsert_candle(self, symbol: str, interval: str, candle: Sequence[float]) -> None:
+        """Add or replace one candle (by open time)."""
+        rows = self.state.candles.get((symbol, interval), np.empty((0, 6)))
+        rows = rows[rows[:, 0] != float(candle[0])]
+        self.set_candles(symbol, interval, np.vstack([rows, np.asarray(candle, dtype="float64")]))
+
+    # ---- faults and request log
+
+    def inject(
+        self,
+        path: str,
+        status: int | None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        times: int | None = 1,
+        *,
+        after: int = 0,
+        delay_s: float = 0.0,
+    ) -> Fault:
+        """Answer the next ``times`` requests to ``path`` (after ``after`` normal ones) with
+        ``status``, ``body`` (dict: JSON, str: text; default a Binance-like body for 4xx and
+        ``Service Unavailable`` text for 5xx) and ``headers``, after waiting ``delay_s``.
+        ``status=None`` only delays. ``times=None`` keeps the fault until :meth:`clear_faults`."""
+        fault = Fault(status, body, headers, times, after, delay_s)
+        self.state.faults.setdefault(path, []).append(fault)
+        return fault
+
+    def delay(self, path: str, seconds: float, times: int | None = 1, *, after: int = 0) -> Fault:
+        """Hold the next ``times`` requests to ``path`` for ``seconds``, then answer normally."""
+        return self.inject(path, None, times=times, after=after, delay_s=seconds)
+
+    def clear_faults(self, path: str | None = None) -> None:
+        """Remove the injected faults of ``path`` (all paths when ``None``)."""
+        if path is None:
+            self.state.faults.clear()
+        else:
+            self.state.faults.pop(path, None)
+
+    def requests(self, path: str | None = None) -> list[RecordedRequest]:
+        """Requests received (to ``path`` only, when given), oldest first."""
+        return [r for r in self.state.requests if path is None or r.path == path]
+
+    def count(self, path: str) -> int:
+        """Number of requests received for ``path``."""
+        return sum(1 for r in self.state.requests if r.path == path)
+
+    def add_route(self, method: str, path: str, handler: Handler) -> None:
+        """Serve ``method path`` with ``handler`` (faults and the request log still apply)."""
+        self.routes[(method.upper(), path)] = handler
+
+    # ---- dispatch
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
+        self.state.requests.append(
+            RecordedRequest(
+                request.method, request.path, dict(request.query), time.time_ns() // 1_000_000
+            )
+        )
+        fault = self._next_fault(request.path)
+        if fault is not None:
+            if fault.delay_s:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), fault.delay_s)
+            if fault.status is not None:
+                return self._fault_response(fault)
+        handler = self.routes.get((request.method, request.path))
+        if handler is None:
+            return web.Response(
+                status=404, text=f"fake Binance: no route {request.method} {request.path}"
+            )
+        return await handler(request)
+
+    def _next_fault(self, path: str) -> Fault | None:
+        faults = self.state.faults.get(path, [])
+        for fault in faults:
+            if fault.times is not None and fault.times <= 0:
+                continue
+            if fault.after > 0:
+                fault.after -= 1
+                return None
+            if fault.times is not None:
+                fault.times -= 1
+            return fault
+        return None
+
+    @staticmethod
+    def _fault_response(fault: Fault) -> web.Response:
+        status = int(fault.status or 500)
+        body = fault.body
+        if body is None:
+            if status == 429:
+                body = {"code": -1003, "msg": "Too much request weight used; please retry later."}
+            elif status == 418:
+                body = {"code": -1003, "msg": "Way too much request weight used; IP banned."}
+            elif status >= 500:
+                body = "Service Unavailable"
+            else:
+                body = {"code": -1000, "msg": "An unknown error occurred."}
+        if isinstance(body, dict | list):
+            return web.json_response(body, status=status, headers=fault.headers)
+        return web.Response(status=status, text=str(body), headers=fault.headers)
+
+    # ---- REST endpoints
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def _time(self, request: web.Request) -> web.Response:
+        return web.json_response({"serverTime": self.now_ms})
+
+    async def _exchange_info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "timezone": "UTC",
+                "serverTime": self.now_ms,
+                "rateLimits": [
+                    {
+                        "rateLimitType": "REQUEST_WEIGHT",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": 6000,
+                    },
+                    {
+                        "rateLimitType": "ORDERS",
+                        "interval": "SECOND",
+                        "intervalNum": 10,
+                        "limit": 100,
+                    },
+                ],
+                "exchangeFilters": [],
+                "symbols": [_symbol_info(m) for m in self.state.markets.values()],
+            }
+        )
+
+    async def _klines(self, request: web.Request) -> web.Response:
+        query = request.query
+        symbol = query.get("symbol", "")
+        interval = query.get("interval", "")
+        if symbol not in self.state.markets:
+            return binance_error(400, -1121, "Invalid symbol.")
+        if interval not in INTERVALS:
+            return binance_error(400, -1120, "Invalid interval.")
+        try:
+            limit = int(query.get("limit", KLINES_DEFAULT_LIMIT))
+            start = int(query["startTime"]) if "startTime" in query else None
+            end = int(query["endTime"]) if "endTime" in query else None
+        except ValueError:
+            return binance_error(400, -1100, "Illegal characters found in a parameter.")
+        if not 1 <= limit <= KLINES_MAX_LIMIT:
+            return binance_error(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        rows = self.state.candles.get((symbol, interval), np.empty((0, 6)))
+        times = rows[:, 0]
+        last = self.now_ms if end is None else min(end, self.now_ms)
+        hi = int(np.searchsorted(times, last, side="right"))
+        if start is not None:
+            lo = int(np.searchsorted(times, start, side="left"))
+            selected = rows[lo:hi][:limit]
+        else:
+            selected = rows[:hi][-limit:]
+        step = timeframe_ms(interval)
+        return web.json_response([_kline_row(r, step) for r in selected])
+
+    # ---- websocket
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.ws_paths.append(request.path)
+        # /ws/<stream> subscribes in the URL, as Binance's raw stream endpoint does.
+        tail = request.path.rstrip("/").rsplit("/", 1)[-1]
+        self._sockets[ws] = {tail} if "@" in tail else set()
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                await self._ws_command(ws, message.data)
+        finally:
+            self._sockets.pop(ws, None)
+        return ws
+
+    async def _ws_command(self, ws: web.WebSocketResponse, text: str) -> None:
+        try:
+            command = json.loads(text)
+            method, ident = command.get("method"), command.get("id")
+        except (ValueError, AttributeError):
+            await ws.send_json({"error": {"code": 3, "msg": "Invalid JSON"}})
+            return
+        streams = self._sockets.setdefault(ws, set())
+        params = [str(p) for p in command.get("params") or []]
+        if method == "SUBSCRIBE":
+            streams.update(params)
+            await ws.send_json({"result": None, "id": ident})
+        elif method == "UNSUBSCRIBE":
+            streams.difference_update(params)
+            await ws.send_json({"result": None, "id": ident})
+        elif method == "LIST_SUBSCRIPTIONS":
+            await ws.send_json({"result": sorted(streams), "id": ident})
+        else:
+            await ws.send_json(
+                {"error": {"code": 2, "msg": f"Invalid request: {method}"}, "id": ident}
+            )
+
+    def subscribers(self, stream: str) -> int:
+        """Open sockets subscribed to ``stream`` (e.g. ``btcusdt@kline_1m``)."""
+        return sum(
+            1 for ws, streams in self._sockets.items() if stream in streams and not ws.closed
+        )
+
+    async def wait_subscribed(self, stream: str, count: int = 1, timeout: float = 5.0) -> None:
+        """Return once ``count`` open sockets subscribe to ``stream`` (``TimeoutError`` if not)."""
+        async with asyncio.timeout(timeout):
+            while self.subscribers(stream) < count:
+                await asyncio.sleep(0.005)
+
+    async def push_kline(
+        self, symbol: str, interval: str, candle: Sequence[float], closed: bool = False
+    ) -> int:
+        """Store ``candle`` (open_time, o, h, l, c, v) and send it as a kline event to every
+        socket subscribed to ``<symbol>@kline_<interval>``; ``closed`` sets Binance's ``x``.
+        Returns the number of sockets it was sent to."""
+        self.upsert_candle(symbol, interval, candle)
+        t, o, h, low, c, v = (float(x) for x in candle)
+        event = {
+            "e": "kline",
+            "E": self.now_ms,
+            "s": symbol,
+            "k": {
+                "t": int(t),
+                "T": int(t) + timeframe_ms(interval) - 1,
+                "s": symbol,
+                "i": interval,
+                "f": 100,
+                "L": 200,
+                "o": _num(o),
+                "c": _num(c),
+                "h": _num(h),
+                "l": _num(low),
+                "v": _num(v),
+                "n": 101,
+                "x": bool(closed),
+                "q": _num(round(v * c, 8)),
+                "V": _num(round(v / 2, 8)),
+                "Q": _num(round(v * c / 2, 8)),
+                "B": "0",
+            },
+        }
+        stream = f"{symbol.lower()}@kline_{interval}"
+        targets = [
+            ws for ws, streams in self._sockets.items() if stream in streams and not ws.closed
+        ]
+        for ws in targets:
+            await ws.send_json(event)
+        return len(targets)
+
+    async def drop_websockets(self, code: int = 1001) -> None:
+        """Close every websocket (clients see the connection drop and must reconnect)."""
+        sockets = list(self._sockets)
+        self._sockets.clear()
+        for ws in sockets:
+            if not ws.closed:
+                await ws.close(code=code, message=b"fake Binance dropped the connection")
+
+
+def _kline_row(row: np.ndarray, step: int) -> list[Any]:
+    t, o, h, low, c, v = (float(x) for x in row)
+    return [
+        int(t),
+        _num(o),
+        _num(h),
+        _num(low),
+        _num(c),
+        _num(v),
+        int(t) + step - 1,
+        _num(round(v * c, 8)),
+        100,
+        _num(round(v / 2, 8)),
+        _num(round(v * c / 2, 8)),
+        "0",
+    ]
+
+
+def _symbol_info(market: MarketSpec) -> dict[str, Any]:
+    return {
+        "symbol": market.symbol,
+        "status": market.status,
+        "baseAsset": market.base,
+        "baseAssetPrecision": 8,
+        "quoteAsset": market.quote,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "baseCommissionPrecision": 8,
+        "quoteCommissionPrecision": 8,
+        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+        "icebergAllowed": True,
+        "ocoAllowed": True,
+        "otoAllowed": True,
+        "quoteOrderQtyMarketAllowed": True,
+        "allowTrailingStop": True,
+        "cancelReplaceAllowed": True,
+        "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": False,
+        "filters": [
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": market.tick_size,
+                "maxPrice": "1000000.00000000",
+                "tickSize": market.tick_size,
+            },
+            {
+                "filterType": "LOT_SIZE",
+                "minQty": market.min_qty,
+                "maxQty": "9000.00000000",
+                "stepSize": market.step_size,
+            },
+            {
+                "filterType": "NOTIONAL",
+                "minNotional": market.min_notional,
+                "applyMinToMarket": True,
+                "maxNotional": "9000000.00000000",
+                "applyMaxToMarket": False,
+                "avgPriceMins": 5,
+            },
+            {
+                "filterType": "MARKET_LOT_SIZE",
+                "minQty": "0.00000000",
+                "maxQty": "100.00000000",
+                "stepSize": "0.00000000",
+            },
+        ],
+        "permissions": [],
+        "permissionSets": [["SPOT", "MARGIN"]],
+        "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+        "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+    }

@@ -1,0 +1,210 @@
+"""Live candles from the fake Binance: closed bars over REST and the ccxt.pro kline stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from bot.events import Bar
+from bot.feed.exchange import create_exchange
+from bot.feed.live import fetch_closed_bars, stream_closed_bars
+from bot.timeframes import MINUTE_MS, to_ms
+from tests.fakes.binance import FakeBinance, synthetic_candles
+
+T0 = to_ms("2024-03-01T12:00:00")
+KLINES = "/api/v3/klines"
+BTC, ETH = "BTC/USDT", "ETH/USDT"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBinance]:
+    async with FakeBinance(now_ms=T0 + 10_000) as server:
+        yield server
+
+
+@pytest.fixture
+async def exchange(fake: FakeBinance) -> AsyncIterator[Any]:
+    ex = create_exchange(fake.exchange_config(), pro=True)
+    ex.timeout_on_exit = 0  # ccxt sleeps 250 ms on close() for TLS; plain HTTP here
+    yield ex
+    await ex.close()
+
+
+def minute(k: int, price: float = 100.0) -> list[float]:
+    """A 1m candle opening ``k`` minutes after T0."""
+    return [T0 + k * MINUTE_MS, price, price + 2, price - 1, price + 1, 10.0 + k]
+
+
+def bar(symbol: str, candle: Sequence[float]) -> Bar:
+    t = int(candle[0])
+    return Bar(t + MINUTE_MS, "binance", symbol, "1m", t, *map(float, candle[1:]))
+
+
+class Collector:
+    """Runs the stream in a task and queues what it yields."""
+
+    def __init__(self, stream: AsyncIterator[Bar]) -> None:
+        self.queue: asyncio.Queue[Bar] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run(stream))
+
+    async def _run(self, stream: AsyncIterator[Bar]) -> None:
+        async for item in stream:
+            await self.queue.put(item)
+
+    async def take(self, n: int, timeout: float = 5.0) -> list[Bar]:
+        async with asyncio.timeout(timeout):
+            return [await self.queue.get() for _ in range(n)]
+
+    async def assert_quiet(self, seconds: float = 0.3) -> None:
+        await asyncio.sleep(seconds)
+        assert self.queue.empty(), f"unexpected bars: {list(self.queue._queue)}"
+        assert not self.task.done() or self.task.exception() is None
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+def stream(exchange: Any, fake: FakeBinance, **kw: Any) -> Collector:
+    params: dict[str, Any] = {
+        "exchange_name": "binance",
+        "symbols": [BTC, ETH],
+        "timeframe": "1m",
+        "now_ms": lambda: fake.now_ms,
+        "poll_s": 0.02,
+        "reconnect_base_s": 0.01,
+        "base_delay_s": 0.001,
+        "close_grace_ms": 3_600_000,  # only the websocket decides closes in these tests
+    }
+    return Collector(stream_closed_bars(exchange, **(params | kw)))
+
+
+async def test_fetch_closed_bars_returns_closed_bars_from_since_only(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    frame = synthetic_candles(30, start_ms=T0 - 20 * MINUTE_MS, timeframe="1m")
+    fake.set_candles("BTCUSDT", "1m", frame)
+    fake.now_ms = T0 + 30_000  # the candle opened at T0 is still open
+
+    bars = await fetch_closed_bars(
+        exchange,
+        exchange_name="binance",
+        symbol=BTC,
+        timeframe="1m",
+        since_ms=T0 - 5 * MINUTE_MS - 1,
+        now_ms=fake.now_ms,
+    )
+
+    expected = frame[(frame.open_time >= T0 - 5 * MINUTE_MS) & (frame.open_time < T0)]
+    assert bars == [bar(BTC, row) for row in expected.itertuples(index=False, name=None)]
+    assert all(b.ts == b.open_time + MINUTE_MS <= fake.now_ms for b in bars)
+
+
+async def test_fetch_closed_bars_pages_through_a_long_outage(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    frame = synthetic_candles(2500, start_ms=T0 - 2500 * MINUTE_MS, timeframe="1m")
+    fake.set_candles("BTCUSDT", "1m", frame)
+
+    bars = await fetch_closed_bars(
+        exchange, exchange_name="binance", symbol=BTC, timeframe="1m", since_ms=0, now_ms=T0
+    )
+
+    assert len(bars) == 2500
+    assert fake.count(KLINES) == 3
+    assert pd.Series([b.open_time for b in bars]).equals(frame.open_time)
+
+
+async def test_the_stream_yields_each_closed_bar_once_and_backfills_after_a_drop(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    history = synthetic_candles(5, start_ms=T0 - 5 * MINUTE_MS, timeframe="1m")
+    fake.set_candles("BTCUSDT", "1m", history)
+    feed = stream(exchange, fake, backfill_since_ms={BTC: T0 - 5 * MINUTE_MS})
+    try:
+        await fake.wait_subscribed("btcusdt@kline_1m")
+        await fake.wait_subscribed("ethusdt@kline_1m")
+
+        # Candle 0 is forming: updates, then its final update (x=true); nothing is closed yet.
+        await fake.push_kline("BTCUSDT", "1m", minute(0, 100), closed=False)
+        first = await feed.take(5)  # BTC's five missed bars, over REST
+        assert first == [bar(BTC, c) for c in history.itertuples(index=False, name=None)]
+        await fake.push_kline("BTCUSDT", "1m", minute(0, 101), closed=True)
+        await fake.push_kline("ETHUSDT", "1m", minute(0, 50), closed=False)
+        await feed.assert_quiet()
+
+        # Candle 1 opens: candle 0 is closed, with its final values; ETH too once its 1 opens.
+        fake.now_ms = T0 + MINUTE_MS + 500
+        await fake.push_kline("BTCUSDT", "1m", minute(1, 102), closed=False)
+        assert await feed.take(1) == [bar(BTC, minute(0, 101))]
+        await fake.push_kline("ETHUSDT", "1m", minute(1, 51), closed=False)
+        assert await feed.take(1) == [bar(ETH, minute(0, 50))]
+        await feed.assert_quiet()
+
+        # The socket drops while candle 1 is forming; its last updates and candles 2-3 are
+        # missed. The exchange keeps going: REST has their final values.
+        klines_before = fake.count(KLINES)
+        await fake.drop_websockets()
+        fake.now_ms = T0 + 4 * MINUTE_MS + 500
+        for k in range(1, 4):
+            fake.upsert_candle("BTCUSDT", "1m", minute(k, 110 + k))
+            fake.upsert_candle("ETHUSDT", "1m", minute(k, 60 + k))
+        await fake.wait_subscribed("btcusdt@kline_1m")  # ccxt.pro reconnected and resubscribed
+        await fake.wait_subscribed("ethusdt@kline_1m")
+
+        await fake.push_kline("BTCUSDT", "1m", minute(4, 120), closed=False)
+        assert await feed.take(3) == [bar(BTC, minute(k, 110 + k)) for k in range(1, 4)]
+        await fake.push_kline("ETHUSDT", "1m", minute(4, 70), closed=False)
+        assert await feed.take(3) == [bar(ETH, minute(k, 60 + k)) for k in range(1, 4)]
+        assert fake.count(KLINES) > klines_before
+        assert len(fake.ws_paths) == 2 and all(p.startswith("/stream/ws") for p in fake.ws_paths)
+
+        # Late or repeated updates of candles already published change nothing.
+        await fake.push_kline("BTCUSDT", "1m", minute(3, 999), closed=True)
+        await fake.push_kline("BTCUSDT", "1m", minute(4, 121), closed=False)
+        await feed.assert_quiet()
+
+        # Back to normal: candle 4 closes when candle 5 opens, straight from the socket.
+        fake.now_ms = T0 + 5 * MINUTE_MS + 500
+        klines_before = fake.count(KLINES)
+        await fake.push_kline("BTCUSDT", "1m", minute(4, 122), closed=True)
+        await fake.push_kline("BTCUSDT", "1m", minute(5, 123), closed=False)
+        assert await feed.take(1) == [bar(BTC, minute(4, 122))]
+        assert fake.count(KLINES) == klines_before
+    finally:
+        await feed.stop()
+
+
+async def test_a_quiet_socket_does_not_hold_back_closed_bars(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    feed = stream(exchange, fake, symbols=[BTC], close_grace_ms=2_000)
+    try:
+        await fake.wait_subscribed("btcusdt@kline_1m")
+        await fake.push_kline("BTCUSDT", "1m", minute(0, 100), closed=False)
+        await feed.assert_quiet(0.1)
+
+        # No further message arrives, but the clock passes candle 0's close plus the grace.
+        fake.upsert_candle("BTCUSDT", "1m", minute(0, 105))
+        fake.now_ms = T0 + MINUTE_MS + 1_000
+        await feed.assert_quiet(0.1)  # within the grace: not yet
+        fake.now_ms = T0 + MINUTE_MS + 2_000
+        assert await feed.take(1) == [bar(BTC, minute(0, 105))]
+
+        # The socket's late news about candle 0 does not publish it twice.
+        await fake.push_kline("BTCUSDT", "1m", minute(1, 106), closed=False)
+        await feed.assert_quiet()
+    finally:
+        await feed.stop()
+
+
+async def test_a_permanent_error_ends_the_stream(fake: FakeBinance, exchange: Any) -> None:
+    feed = stream(exchange, fake, symbols=["XRP/USDT"])
+    with pytest.raises(Exception, match="XRP/USDT"):
+        await asyncio.wait_for(feed.task, 5)
