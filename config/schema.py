@@ -6,7 +6,7 @@ Secrets never live here: they come from the environment through :class:`Secrets`
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,6 +27,10 @@ def _check_coin(value: str) -> str:
     if not _SYMBOL.match(value):
         raise ValueError("expected an upper-case coin ticker such as 'BTC'")
     return value
+
+
+def _date_ms(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
 
 
 Timeframe = Annotated[str, AfterValidator(_check_timeframe)]
@@ -80,6 +84,16 @@ class MarketConfig(Section):
             raise ValueError(f"coins has duplicates: {self.coins}")
         return self
 
+    @property
+    def start_ms(self) -> int:
+        """00:00 UTC of ``start`` in epoch ms (inclusive)."""
+        return _date_ms(self.start)
+
+    @property
+    def end_ms(self) -> int:
+        """Exclusive end in epoch ms: 00:00 UTC of the day after ``end`` (``end`` is inclusive)."""
+        return _date_ms(self.end + timedelta(days=1))
+
     def symbol(self, coin: str) -> str:
         """ccxt market symbol of ``coin`` against the quote currency, e.g. ``BTC/USDT``."""
         return f"{coin}/{self.quote}"
@@ -100,14 +114,21 @@ class SyntheticConfig(Section):
 
 
 class MetricsConfig(Section):
-    """How metric values become known."""
+    """How metric values become known, and which are offered to every coin."""
 
     publication_lag_hours: float = Field(
         1.0, ge=0, description="a daily value is known this long after its day ends"
     )
-    market_wide_from: Coin | None = Field(
-        "BTC", description="whose metrics are offered to every coin as market-wide candidates"
+    market_wide_assets: tuple[str, ...] = Field(
+        ("BTC", "MARKET"),
+        description="assets whose metrics every coin may select (BTC's network metrics, and the "
+        "synthetic market's MARKET series)",
     )
+
+    @property
+    def publication_lag_ms(self) -> int:
+        """The publication lag in epoch milliseconds."""
+        return int(self.publication_lag_hours * 3_600_000)
 
 
 class ExchangeConfig(Section):
@@ -155,6 +176,61 @@ class FeatureConfig(Section):
     norm_window_days: int = Field(90, gt=1, description="rolling z-score window")
     pca_window_days: int = Field(180, gt=1, description="rolling PCA window")
     pca_variance: float = Field(0.8, gt=0, le=1, description="variance the components must explain")
+    min_obs: int = Field(60, gt=2, description="days of overlap a candidate needs to be ranked")
+    max_stale_days: int | None = Field(
+        14, ge=0, description="drop candidates whose series ends this long before training ends"
+    )
+    min_periods_days: int = Field(30, gt=1, description="days of history before features are used")
+
+
+class DateWindow(Section):
+    """A range of whole UTC days, both ends inclusive."""
+
+    start: date
+    end: date
+
+    @model_validator(mode="after")
+    def _check(self) -> DateWindow:
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) must not be before start ({self.start})")
+        return self
+
+    @property
+    def start_ms(self) -> int:
+        """00:00 UTC of ``start`` in epoch ms."""
+        return _date_ms(self.start)
+
+    @property
+    def end_ms(self) -> int:
+        """Exclusive end: 00:00 UTC of the day after ``end``, in epoch ms."""
+        return _date_ms(self.end + timedelta(days=1))
+
+    def __str__(self) -> str:
+        return f"{self.start}..{self.end}"
+
+
+class WindowsConfig(Section):
+    """Train / validation / test windows by date: in order, never overlapping.
+
+    Feature selection and training see only ``train``; checkpoints are chosen on
+    ``validation``; results are reported on ``test``, which nothing was fitted on.
+    """
+
+    train: DateWindow = DateWindow(start=date(2020, 1, 1), end=date(2021, 12, 31))
+    validation: DateWindow = DateWindow(start=date(2022, 1, 1), end=date(2022, 6, 30))
+    test: DateWindow = DateWindow(start=date(2022, 7, 1), end=date(2022, 12, 31))
+
+    @model_validator(mode="after")
+    def _check(self) -> WindowsConfig:
+        if not self.train.end < self.validation.start:
+            raise ValueError(
+                f"validation ({self.validation}) must start after train ({self.train}) ends"
+            )
+        if not self.validation.end < self.test.start:
+            raise ValueError(
+                f"test ({self.test}) must start after validation ({self.validation}) ends"
+            )
+        return self
 
 
 class AppConfig(Section):
@@ -167,6 +243,7 @@ class AppConfig(Section):
     exchange: ExchangeConfig = ExchangeConfig()
     santiment: SantimentConfig = SantimentConfig()
     features: FeatureConfig = FeatureConfig()
+    windows: WindowsConfig = WindowsConfig()
 
 
 class Secrets(BaseSettings):

@@ -26,7 +26,7 @@ def synth(config: ConfigOption = None) -> None:
         async with open_stores(cfg) as (market, metrics):
             with console.status("generating the synthetic market"):
                 await dataset.build_synthetic(cfg, market, metrics)
-            await dataset.resample_coins(cfg, market)
+            print_resampling(cfg, await dataset.resample_coins(cfg, market))
             await print_coverage(cfg, market, metrics)
 
     run(main)
@@ -55,7 +55,7 @@ def import_(
                     metrics,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                 )
-            await dataset.resample_coins(cfg, market)
+            print_resampling(cfg, await dataset.resample_coins(cfg, market))
             await print_coverage(cfg, market, metrics)
 
     run(main, DataValidationError, FileNotFoundError)
@@ -76,10 +76,7 @@ def resample(
     async def main() -> None:
         async with open_stores(cfg) as (market, _):
             summaries = await dataset.resample_coins(cfg, market)
-        for s in summaries:
-            console.print(
-                f"{s.symbol}: {s.bars} {cfg.market.timeframe} bars, {s.incomplete} incomplete"
-            )
+        print_resampling(cfg, summaries)
         if not summaries:
             console.print("nothing to resample")
 
@@ -114,7 +111,7 @@ def download(
                     with_metrics=metrics,
                     progress=bar,
                 )
-            await dataset.resample_coins(cfg, market)
+            print_resampling(cfg, await dataset.resample_coins(cfg, market))
             await print_coverage(cfg, market, metric_store)
 
     run(main, DownloadError)
@@ -132,6 +129,20 @@ def show(config: ConfigOption = None) -> None:
     run(main)
 
 
+def print_resampling(cfg: AppConfig, summaries: list[dataset.ResampleSummary]) -> None:
+    """One line per resampled coin: bars written and bins with missing source candles."""
+    for s in summaries:
+        note = f", {s.incomplete} with missing {cfg.market.base_timeframe} candles (kept)"
+        console.print(
+            f"resampled {s.symbol}: {s.bars} {cfg.market.timeframe} bars"
+            + (note if s.incomplete else "")
+        )
+
+
+def _when(ms: int) -> str:
+    return ms_to_iso(ms)[:16].replace("T", " ")
+
+
 async def print_coverage(cfg: AppConfig, market: MarketStore, metrics: MetricStore) -> None:
     """Print the candle and metric coverage tables of the stores."""
     table = Table(title=f"candles in {cfg.data.market_path}")
@@ -142,8 +153,8 @@ async def print_coverage(cfg: AppConfig, market: MarketStore, metrics: MetricSto
             c.exchange,
             c.symbol,
             c.timeframe,
-            ms_to_iso(c.first_open_time),
-            ms_to_iso(c.last_open_time),
+            _when(c.first_open_time),
+            _when(c.last_open_time),
             str(c.rows),
             str(c.gaps),
         )

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli import data
+from bot.cli import data, features
 from bot.cli.common import ConfigOption, console, load, open_stores, run, setup_logging
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(data.app, name="data")
+app.add_typer(features.app, name="features")
 
 
 @app.callback()

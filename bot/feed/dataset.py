@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import HOUR_MS
 from config import AppConfig
 
 Progress = Callable[[int, int], None]
@@ -26,11 +25,6 @@ class ResampleSummary:
     incomplete: int
 
 
-def publication_lag_ms(cfg: AppConfig) -> int:
-    """The configured delay after a day ends before its metric values are known."""
-    return int(cfg.metrics.publication_lag_hours * HOUR_MS)
-
-
 async def build_synthetic(cfg: AppConfig, market: MarketStore, metrics: MetricStore) -> None:
     """Generate the synthetic market of ``cfg`` and write it into the stores."""
     from bot.feed.synthetic import generate_from_config, write_market
@@ -42,7 +36,7 @@ async def build_synthetic(cfg: AppConfig, market: MarketStore, metrics: MetricSt
         metrics,
         exchange=cfg.market.exchange,
         quote=cfg.market.quote,
-        publication_lag_ms=publication_lag_ms(cfg),
+        publication_lag_ms=cfg.metrics.publication_lag_ms,
     )
 
 
@@ -62,7 +56,7 @@ async def import_csv_dir(
         metrics,
         exchange=cfg.market.exchange,
         quote=cfg.market.quote,
-        publication_lag_ms=publication_lag_ms(cfg),
+        publication_lag_ms=cfg.metrics.publication_lag_ms,
         progress=progress,
     )
 

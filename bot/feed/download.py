@@ -10,7 +10,6 @@ import logging
 
 from rich.progress import Progress
 
-from bot.feed.dataset import publication_lag_ms
 from bot.feed.exchange import create_exchange
 from bot.feed.history import DownloadError, download_candles
 from bot.feed.santiment import SantimentError, SantimentSource
@@ -81,7 +80,7 @@ async def download_all(
                 since_ms,
                 end_ms,
                 metrics,
-                publication_lag_ms=publication_lag_ms(cfg),
+                publication_lag_ms=cfg.metrics.publication_lag_ms,
                 progress=lambda metric, done, total, t=task: progress.update(
                     t, completed=done, total=total
                 ),

@@ -61,7 +61,7 @@ from bot.feed.scenarios import SCENARIOS, PlacedScenario, apply_scenarios, place
 from bot.feed.scenarios import stress_hours as scenario_stress_hours
 from bot.store.market import CANDLE_COLUMNS, MarketStore
 from bot.store.metrics import MetricStore
-from bot.timeframes import DAY_MS, HOUR_MS, to_ms
+from bot.timeframes import DAY_MS, HOUR_MS
 from config.schema import AppConfig
 
 MARKET_ASSET = "MARKET"
@@ -255,13 +255,13 @@ def generate_market(
 
 
 def generate_from_config(cfg: AppConfig) -> SyntheticMarket:
-    """The market that ``cfg`` describes: ``cfg.market`` coins over ``[start, end)`` (00:00 UTC
-    of each date), shaped by ``cfg.synthetic``."""
+    """The market that ``cfg`` describes: ``cfg.market`` coins from 00:00 UTC of ``start``
+    through the whole day ``end`` (inclusive), shaped by ``cfg.synthetic``."""
     synthetic = cfg.synthetic
     return generate_market(
         cfg.market.coins,
-        to_ms(cfg.market.start),
-        to_ms(cfg.market.end),
+        cfg.market.start_ms,
+        cfg.market.end_ms,
         synthetic.seed,
         leading_metrics=synthetic.leading_metrics,
         noise_metrics=synthetic.noise_metrics,

@@ -159,7 +159,7 @@ dir = "{tmp_path / "var"}"
 [market]
 coins = ["BTC", "ETH"]
 start = 2021-01-01
-end = 2021-04-01
+end = 2021-03-31
 """,
     )
     code, out = await cryptorlpm("demo", "-c", str(config))
@@ -175,3 +175,31 @@ end = 2021-04-01
 async def test_help_lists_the_commands(command: list[str]) -> None:
     code, out = await cryptorlpm(*command)
     assert code == 0 and "Usage" in out
+
+
+async def test_features_select_writes_the_report_and_heatmap(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "feat.toml",
+        f"""
+[data]
+dir = "{tmp_path / "var"}"
+[market]
+coins = ["BTC", "LINK"]
+start = 2020-01-01
+end = 2021-06-30
+[windows]
+train = {{ start = 2020-01-01, end = 2020-12-31 }}
+validation = {{ start = 2021-01-01, end = 2021-03-31 }}
+test = {{ start = 2021-04-01, end = 2021-06-30 }}
+""",
+    )
+    out = tmp_path / "report"
+    code, text = await cryptorlpm(
+        "features", "select", "--coin", "LINK", "-c", str(config), "--out", str(out)
+    )
+    assert code == 0, text
+    assert "10 chosen" in text and "PCA: k =" in text
+    assert (out / "selection.json").stat().st_size > 0
+    assert (out / "correlation_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    code, text = await cryptorlpm("features", "select", "--coin", "DOGE", "-c", str(config))
+    assert code == 2 and "not one of the configured coins" in text

@@ -305,7 +305,7 @@ def test_generate_from_config_uses_market_and_synthetic_sections() -> None:
     direct = generate_market(
         ("BTC", "SOL"),
         to_ms("2021-01-01"),
-        to_ms("2021-02-01"),
+        to_ms("2021-02-02"),  # end is inclusive: the whole of 2021-02-01
         seed=5,
         leading_metrics=2,
         noise_metrics=3,

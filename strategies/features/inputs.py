@@ -1,0 +1,85 @@
+"""Reading one coin's DRU inputs from the stores and fitting its feature function from config.
+
+Shared by ``cryptorlpm features select``, CM training, the backtest and the live daemon, so that
+every consumer selects from the same pool with the same windows and known-time rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bot.feed.resample import resample_candles
+from bot.store import MarketStore, MetricStore
+from bot.timeframes import timeframe_ms
+from config import AppConfig
+from strategies.features.pipeline import FeatureSpec, fit_feature_spec
+from strategies.features.pool import available_metrics, candidate_pool
+from strategies.features.selection import daily_closes
+
+
+class MissingDataError(LookupError):
+    """The stores hold no bars for a coin the config asks for."""
+
+
+@dataclass(frozen=True)
+class CoinInputs:
+    """A coin's bars at the strategy timeframe and the long frame of every stored metric."""
+
+    coin: str
+    timeframe: str
+    bars: pd.DataFrame
+    metrics: pd.DataFrame
+
+
+async def read_coin_inputs(
+    cfg: AppConfig, market: MarketStore, metrics: MetricStore, coin: str
+) -> CoinInputs:
+    """The coin's ``cfg.market.timeframe`` bars (resampled from the base timeframe when the store
+    has none at the strategy timeframe) and every stored metric (all assets, so market-wide
+    candidates can be offered)."""
+    symbol = cfg.market.symbol(coin)
+    exchange, timeframe, base = cfg.market.exchange, cfg.market.timeframe, cfg.market.base_timeframe
+    bars = await market.read_candles(exchange, symbol, timeframe)
+    if bars.empty and base != timeframe:
+        hourly = await market.read_candles(exchange, symbol, base)
+        if not hourly.empty:
+            bars = resample_candles(hourly, base, timeframe).frame
+    if bars.empty:
+        raise MissingDataError(
+            f"no {timeframe} bars of {symbol} on {exchange} in {cfg.data.market_path}; "
+            "generate, import or download the data first (cryptorlpm data --help)"
+        )
+    return CoinInputs(coin, timeframe, bars, await metrics.read_metrics())
+
+
+def market_wide_assets(cfg: AppConfig, metrics: pd.DataFrame) -> list[str]:
+    """The configured market-wide assets that the metric store actually holds."""
+    present = set(metrics["asset"].unique()) if not metrics.empty else set()
+    return [asset for asset in cfg.metrics.market_wide_assets if asset in present]
+
+
+def fit_coin_features(
+    cfg: AppConfig, inputs: CoinInputs, train_start_ms: int, train_end_ms: int
+) -> FeatureSpec:
+    """Select the coin's metrics and fit the refiner on ``[train_start_ms, train_end_ms)`` only."""
+    pool = candidate_pool(
+        inputs.coin,
+        available_metrics(inputs.metrics),
+        market_wide_assets=market_wide_assets(cfg, inputs.metrics),
+    )
+    features = cfg.features
+    return fit_feature_spec(
+        inputs.coin,
+        daily_closes(inputs.bars, timeframe_ms(inputs.timeframe)),
+        inputs.metrics,
+        pool,
+        features,
+        train_start_ms,
+        train_end_ms,
+        publication_lag_ms=cfg.metrics.publication_lag_ms,
+        min_obs=features.min_obs,
+        max_stale_days=features.max_stale_days,
+        min_periods=features.min_periods_days,
+    )

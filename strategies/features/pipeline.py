@@ -1,0 +1,355 @@
+"""The one feature function of the DRU: fitted once, then run in batch or bar by bar.
+
+A :class:`FeatureSpec` is what the fit produces and the Crypto Module's artifact stores: the
+frozen :class:`~strategies.features.selection.Selection`, the fitted
+:class:`~strategies.features.refine.RefinerParams` and the known-time rule. From it:
+
+* :func:`compute_features` builds the features of a whole bar history at once (training env,
+  reports), and
+* :class:`FeatureState` builds them one event at a time (``on_metric`` / ``on_bar``) for the
+  backtest and live handlers.
+
+Both drive the same :class:`~strategies.features.refine.Refiner` with the same inputs in the same
+order, so their arrays are bit-identical (DESIGN property 4). Batch precomputes the as-of join of
+metrics to bar closes with vectorised numpy; the per-step arithmetic is the kernel's.
+
+Known-time alignment (DESIGN property 3). A metric value becomes visible at its *effective known
+time* ``max(known_at, observed_at + known_delay_ms)``, where ``known_delay_ms`` is one day plus
+the publication lag: a daily value is never used before its day has ended, even if a store row
+claims otherwise. At a bar closing at ``ts`` the visible values are those with effective known
+time ``<= ts``. The *latest* value of a metric is the visible one with the greatest
+``observed_at``; a later row for the same ``observed_at`` (a revision) replaces it, and a late row
+for an older day (a backfill) changes nothing. A bar is a refiner step when some metric's latest
+value changed since the previous bar. The incremental path holds early-delivered metrics until
+their effective known time, so event order cannot leak the future either.
+
+The features are the refined metrics only; price features of the networks are built elsewhere.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bot.events import Bar, Metric
+from bot.timeframes import DAY_MS, HOUR_MS
+from config.schema import FeatureConfig
+from strategies.features.pool import ID_SEPARATOR, split_id
+from strategies.features.refine import Refiner, RefinerParams, fit_refiner
+from strategies.features.selection import Selection, daily_metric_values, select_metrics
+
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A fitted feature function for one coin; JSON-serialisable (:meth:`to_json`)."""
+
+    coin: str
+    selection: Selection
+    refiner: RefinerParams
+    known_delay_ms: int
+
+    @property
+    def metric_ids(self) -> tuple[str, ...]:
+        """The selected metrics, in rank order (the refiner's input columns)."""
+        return self.refiner.metric_ids
+
+    @property
+    def width(self) -> int:
+        """Number of features per bar (``k``; 0 when nothing was selected)."""
+        return self.refiner.n_components
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Column names ``pc1 .. pck``."""
+        return tuple(f"pc{i + 1}" for i in range(self.width))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; inverse of :meth:`from_dict`."""
+        return {
+            "version": SPEC_VERSION,
+            "coin": self.coin,
+            "known_delay_ms": self.known_delay_ms,
+            "selection": self.selection.to_dict(),
+            "refiner": self.refiner.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        """Rebuild from :meth:`to_dict`; refuses another format version."""
+        if data.get("version") != SPEC_VERSION:
+            raise ValueError(f"feature spec version {data.get('version')!r} != {SPEC_VERSION}")
+        return cls(
+            coin=str(data["coin"]),
+            selection=Selection.from_dict(data["selection"]),
+            refiner=RefinerParams.from_dict(data["refiner"]),
+            known_delay_ms=int(data["known_delay_ms"]),
+        )
+
+    def to_json(self) -> str:
+        """The spec as JSON text (floats round-trip exactly)."""
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class FeatureFrame:
+    """Features of a bar history: row ``i`` is what was known at ``close_time[i]``."""
+
+    close_time: np.ndarray
+    features: np.ndarray
+    ready: np.ndarray
+    explained_variance: np.ndarray
+    names: tuple[str, ...]
+
+    def to_frame(self) -> pd.DataFrame:
+        """A frame indexed by bar close time with the features, ``ready`` and the variance."""
+        frame = pd.DataFrame(self.features, columns=list(self.names), index=self.close_time)
+        frame.index.name = "close_time"
+        frame["ready"] = self.ready
+        frame["explained_variance"] = self.explained_variance
+        return frame
+
+
+def with_known_at(metrics_long: pd.DataFrame, publication_lag_ms: int) -> pd.DataFrame:
+    """``metrics_long`` with a ``known_at`` column (the end of the day plus the lag if absent)."""
+    if "known_at" in metrics_long.columns:
+        return metrics_long
+    frame = metrics_long.copy()
+    observed = frame["observed_at"].to_numpy(dtype="int64")
+    frame["known_at"] = observed + DAY_MS + int(publication_lag_ms)
+    return frame
+
+
+def fit_feature_spec(
+    coin: str,
+    daily_close: pd.Series,
+    metrics_long: pd.DataFrame,
+    pool: Sequence[str],
+    cfg: FeatureConfig,
+    train_start_ms: int,
+    train_end_ms: int,
+    *,
+    publication_lag_ms: int = HOUR_MS,
+    min_obs: int = 60,
+    max_stale_days: int | None = 14,
+    min_periods: int = 30,
+) -> FeatureSpec:
+    """Select the metrics and fit the refiner on ``[train_start_ms, train_end_ms]`` only.
+
+    ``daily_close``: the coin's end-of-day closes (see
+    :func:`~strategies.features.selection.daily_closes`). ``metrics_long``: ``asset, name,
+    observed_at, value`` and ``known_at`` (derived from ``publication_lag_ms`` when absent).
+    ``min_obs`` and ``max_stale_days`` go to
+    :func:`~strategies.features.selection.select_metrics`. The refiner is fitted on the values
+    observed in the window and known by its end, stepped exactly as serving steps them; its
+    first ``min_periods`` days give features 0 and ``ready`` False.
+    """
+    known_delay_ms = DAY_MS + int(publication_lag_ms)
+    metrics = with_known_at(metrics_long, publication_lag_ms)
+    selection = select_metrics(
+        daily_close,
+        metrics,
+        pool,
+        train_start_ms=train_start_ms,
+        train_end_ms=train_end_ms,
+        horizons_days=cfg.horizons_days,
+        per_horizon=cfg.per_horizon,
+        keep=cfg.keep,
+        min_obs=min_obs,
+        max_stale_days=max_stale_days,
+    )
+    ids = selection.kept
+    # Step the refiner at every moment a training value became known, as serving would.
+    rows = [
+        _clip_rows(r, train_start_ms, train_end_ms)
+        for r in _metric_rows(metrics, ids, known_delay_ms)
+    ]
+    clock = np.unique(np.concatenate([known for known, _, _ in rows] + [np.zeros(0, "int64")]))
+    values, changed = _as_of_join(rows, clock)
+    daily = daily_metric_values(metrics, ids)
+    daily = daily.loc[(daily.index >= train_start_ms) & (daily.index < train_end_ms)]
+    refiner = fit_refiner(
+        ids,
+        clock[changed],
+        values[changed],
+        daily.to_numpy(dtype="float64"),
+        norm_window_days=cfg.norm_window_days,
+        pca_window_days=cfg.pca_window_days,
+        pca_variance=cfg.pca_variance,
+        min_periods=min_periods,
+    )
+    return FeatureSpec(coin, selection, refiner, known_delay_ms)
+
+
+def compute_features(
+    spec: FeatureSpec, bars: pd.DataFrame, metrics_long: pd.DataFrame, timeframe_ms: int
+) -> FeatureFrame:
+    """Features at every bar close of ``bars`` (batch path; same results as :class:`FeatureState`).
+
+    ``bars`` needs ``open_time`` (strictly increasing); a bar closes at ``open_time +
+    timeframe_ms``. ``metrics_long`` needs ``asset, name, observed_at, value`` and ``known_at``
+    (without it, values are known ``spec.known_delay_ms`` after ``observed_at``).
+    """
+    close_ts = bars["open_time"].to_numpy(dtype="int64") + int(timeframe_ms)
+    if len(close_ts) > 1 and not (np.diff(close_ts) > 0).all():
+        raise ValueError("bars must be sorted by open_time without duplicates")
+    n, k = len(close_ts), spec.width
+    if not spec.metric_ids:
+        return FeatureFrame(
+            close_ts, np.zeros((n, 0)), np.ones(n, dtype=bool), np.full(n, math.nan), ()
+        )
+    rows = _metric_rows(metrics_long, spec.metric_ids, spec.known_delay_ms)
+    values, changed = _as_of_join(rows, close_ts)
+    steps = np.flatnonzero(changed)
+    refiner = Refiner(spec.refiner)
+    # Output row 0 is the state before any step; row s + 1 the state after step s.
+    step_features = np.zeros((len(steps) + 1, k), dtype="float64")
+    step_ready = np.zeros(len(steps) + 1, dtype=bool)
+    step_variance = np.full(len(steps) + 1, math.nan)
+    for s, i in enumerate(steps):
+        refiner.step(int(close_ts[i]), values[i])
+        step_features[s + 1] = refiner.features
+        step_ready[s + 1] = refiner.ready
+        step_variance[s + 1] = refiner.explained_variance
+    state = np.cumsum(changed)
+    return FeatureFrame(
+        close_ts,
+        step_features[state],
+        step_ready[state],
+        step_variance[state],
+        spec.feature_names,
+    )
+
+
+class FeatureState:
+    """Bar-by-bar features of one coin, for event handlers (same results as the batch path).
+
+    Feed every ``Metric`` event with ``on_metric`` and every closed ``Bar`` of the coin with
+    ``on_bar``, which returns the features known at the bar's close.
+    """
+
+    def __init__(self, spec: FeatureSpec, timeframe_ms: int) -> None:
+        self.spec = spec
+        self.timeframe_ms = int(timeframe_ms)
+        self._column = {split_id(i): j for j, i in enumerate(spec.metric_ids)}
+        m = len(spec.metric_ids)
+        self._latest = np.full(m, math.nan)
+        self._latest_observed = [-math.inf] * m
+        self._pending: list[tuple[int, int, int, int, float]] = []
+        self._sequence = 0
+        self._last_close: int | None = None
+        self._refiner = Refiner(spec.refiner)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the refiner has enough history (always True with no selected metrics)."""
+        return self._refiner.ready or not self.spec.metric_ids
+
+    @property
+    def features(self) -> np.ndarray:
+        """The current features (a copy)."""
+        return self._refiner.features.copy()
+
+    @property
+    def explained_variance(self) -> float:
+        """Share of variance the ``k`` components explain in the current PCA window."""
+        return self._refiner.explained_variance
+
+    def on_metric(self, metric: Metric) -> None:
+        """Take a metric event; it becomes visible at bars closing at or after its known time."""
+        column = self._column.get((metric.asset, metric.name))
+        if column is None:
+            return
+        known = max(int(metric.ts), int(metric.observed_at) + self.spec.known_delay_ms)
+        entry = (known, self._sequence, column, int(metric.observed_at), float(metric.value))
+        heapq.heappush(self._pending, entry)
+        self._sequence += 1
+
+    def on_bar(self, bar: Bar) -> np.ndarray:
+        """Features known at the close of ``bar`` (``bar.ts``)."""
+        close = int(bar.ts)
+        if close != bar.open_time + self.timeframe_ms:
+            raise ValueError(f"bar ts {close} is not open_time + timeframe ({self.timeframe_ms})")
+        if self._last_close is not None and close <= self._last_close:
+            raise ValueError(
+                f"bar closing at {close} is not after the previous ({self._last_close})"
+            )
+        self._last_close = close
+        changed = False
+        while self._pending and self._pending[0][0] <= close:
+            _, _, column, observed, value = heapq.heappop(self._pending)
+            if observed >= self._latest_observed[column]:
+                self._latest_observed[column] = observed
+                self._latest[column] = value
+                changed = True
+        if changed:
+            self._refiner.step(close, self._latest)
+        return self._refiner.features.copy()
+
+
+_Rows = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _metric_rows(
+    metrics_long: pd.DataFrame, metric_ids: Sequence[str], known_delay_ms: int
+) -> list[_Rows]:
+    """Per metric id: (effective known time, observed_at, value), stably sorted by known time."""
+    frame = with_known_at(metrics_long, known_delay_ms - DAY_MS)
+    pairs = [split_id(i) for i in metric_ids]
+    mine = frame["asset"].isin({a for a, _ in pairs}) & frame["name"].isin({n for _, n in pairs})
+    frame = frame.loc[mine.to_numpy()]
+    ids = frame["asset"].astype(str) + ID_SEPARATOR + frame["name"].astype(str)
+    column = pd.Index(list(metric_ids)).get_indexer(ids)
+    observed_all = frame["observed_at"].to_numpy(dtype="int64")
+    known_all = np.maximum(frame["known_at"].to_numpy(dtype="int64"), observed_all + known_delay_ms)
+    value_all = frame["value"].to_numpy(dtype="float64")
+    rows = []
+    for j in range(len(metric_ids)):
+        mine = np.flatnonzero(column == j)
+        order = mine[np.argsort(known_all[mine], kind="stable")]
+        rows.append((known_all[order], observed_all[order], value_all[order]))
+    return rows
+
+
+def _clip_rows(rows: _Rows, start_ms: int, end_ms: int) -> _Rows:
+    """Rows observed at or after ``start_ms`` and known by ``end_ms`` (a training window)."""
+    known, observed, value = rows
+    keep = (observed >= start_ms) & (known <= end_ms)
+    return known[keep], observed[keep], value[keep]
+
+
+def _as_of_join(rows: list[_Rows], clock: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Latest visible value of each metric at each clock time, and where any of them changed.
+
+    Applying a metric's rows in known-time order, a row becomes the latest when its
+    ``observed_at`` is >= that of the current one; ranking rows by ``(observed_at, position)``
+    and taking the running maximum of the rank gives, after each row, the current one.
+    """
+    values = np.full((len(clock), len(rows)), math.nan)
+    changed = np.zeros(len(clock), dtype=bool)
+    for j, (known, observed, value) in enumerate(rows):
+        if len(known) == 0:
+            continue
+        by_rank = np.lexsort((np.arange(len(known)), observed))
+        rank = np.empty(len(known), dtype="int64")
+        rank[by_rank] = np.arange(len(known))
+        current_after = by_rank[np.maximum.accumulate(rank)]
+        applied = np.searchsorted(known, clock, side="right") - 1
+        current = np.where(applied >= 0, current_after[np.maximum(applied, 0)], -1)
+        visible = current >= 0
+        values[visible, j] = value[current[visible]]
+        changed |= current != np.concatenate(([-1], current[:-1]))
+    return values, changed

@@ -1,0 +1,229 @@
+"""The one feature function: batch == bar-by-bar (bit-identical), and no look-ahead."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bot.events import Bar, Metric
+from bot.timeframes import DAY_MS, HOUR_MS
+from strategies.features.pipeline import (
+    FeatureFrame,
+    FeatureSpec,
+    FeatureState,
+    compute_features,
+)
+from tests.unit.features.conftest import TRAIN_DAYS, fit_toy_spec
+from tests.unit.features.toy_market import TIMEFRAME_MS, ToyMarket
+
+
+def _bar_events(bars: pd.DataFrame) -> list[Bar]:
+    return [
+        Bar(int(t) + TIMEFRAME_MS, "toy", "AAA/USDT", "6h", int(t), o, h, lo, c, v)
+        for t, o, h, lo, c, v in bars.itertuples(index=False, name=None)
+    ]
+
+
+def _metric_events(metrics: pd.DataFrame) -> list[Metric]:
+    frame = metrics.sort_values("known_at", kind="stable")
+    return [
+        Metric(int(k), str(a), str(n), int(o), float(v))
+        for a, n, o, k, v in frame[
+            ["asset", "name", "observed_at", "known_at", "value"]
+        ].itertuples(index=False, name=None)
+    ]
+
+
+def _replay(
+    spec: FeatureSpec, bars: pd.DataFrame, metrics: pd.DataFrame, *, metrics_first: bool = False
+) -> FeatureFrame:
+    """Bar-by-bar features, with events in publish order (a metric known at a bar's close is
+    published before that bar), or with every metric delivered before the first bar."""
+    state = FeatureState(spec, TIMEFRAME_MS)
+    bar_events, metric_events = _bar_events(bars), _metric_events(metrics)
+    if metrics_first:
+        for metric in metric_events:
+            state.on_metric(metric)
+    rows, ready, variance, next_metric = [], [], [], 0
+    for bar in bar_events:
+        while not metrics_first and next_metric < len(metric_events):
+            if metric_events[next_metric].ts > bar.ts:
+                break
+            state.on_metric(metric_events[next_metric])
+            next_metric += 1
+        rows.append(state.on_bar(bar))
+        ready.append(state.ready)
+        variance.append(state.explained_variance)
+    close = bars["open_time"].to_numpy() + TIMEFRAME_MS
+    features = np.array(rows).reshape(len(rows), spec.width)
+    return FeatureFrame(close, features, np.array(ready), np.array(variance), spec.feature_names)
+
+
+def _assert_identical(a: FeatureFrame, b: FeatureFrame, rows: slice = slice(None)) -> None:
+    assert np.array_equal(a.close_time[rows], b.close_time[rows])
+    assert np.array_equal(a.features[rows], b.features[rows])
+    assert np.array_equal(a.ready[rows], b.ready[rows])
+    assert np.array_equal(a.explained_variance[rows], b.explained_variance[rows], equal_nan=True)
+
+
+def _with_revisions_and_backfills(toy: ToyMarket) -> pd.DataFrame:
+    """The toy metrics plus revised values (same day, known later) and late rows for old days."""
+    metrics = toy.metrics
+    revised = metrics.iloc[::17].assign(
+        known_at=lambda f: f["known_at"] + 2 * DAY_MS + 5 * HOUR_MS,
+        value=lambda f: f["value"] * 1.1,
+    )
+    backfill = metrics.iloc[5::23].assign(
+        known_at=lambda f: f["known_at"] + 9 * DAY_MS, value=lambda f: f["value"] * 3.0
+    )
+    return pd.concat([metrics, revised, backfill], ignore_index=True)
+
+
+def test_fitted_spec_has_fixed_width_and_becomes_ready(
+    toy_spec: FeatureSpec, toy: ToyMarket
+) -> None:
+    frame = compute_features(toy_spec, toy.bars["AAA"], toy.metrics, TIMEFRAME_MS)
+    assert toy_spec.width >= 1 and len(toy_spec.metric_ids) == 10
+    assert frame.features.shape == (len(toy.bars["AAA"]), toy_spec.width)
+    assert not frame.ready[0] and frame.ready[-1]
+    assert np.all(frame.features[~frame.ready] == 0)
+    assert np.all(
+        (frame.explained_variance[frame.ready] > 0) & (frame.explained_variance[frame.ready] <= 1)
+    )
+    assert list(frame.to_frame().columns) == [
+        *toy_spec.feature_names,
+        "ready",
+        "explained_variance",
+    ]
+
+
+def test_batch_and_bar_by_bar_features_are_bit_identical(
+    toy_spec: FeatureSpec, toy: ToyMarket
+) -> None:
+    metrics = _with_revisions_and_backfills(toy)
+    bars = toy.bars["AAA"].drop(index=range(500, 507))  # a gap in the bars too
+    batch = compute_features(toy_spec, bars, metrics, TIMEFRAME_MS)
+    _assert_identical(batch, _replay(toy_spec, bars, metrics))
+    # Metrics delivered early are held until they are known: same features.
+    _assert_identical(batch, _replay(toy_spec, bars, metrics, metrics_first=True))
+
+
+@pytest.mark.parametrize("cut_day", [TRAIN_DAYS - 40, TRAIN_DAYS + 50])
+def test_changing_any_input_after_t_leaves_every_feature_up_to_t_unchanged(
+    toy_spec: FeatureSpec, toy: ToyMarket, cut_day: int
+) -> None:
+    bars, metrics = toy.bars["AAA"], toy.metrics
+    t = toy.start_ms + cut_day * DAY_MS + 12 * HOUR_MS
+    before = compute_features(toy_spec, bars, metrics, TIMEFRAME_MS)
+    up_to_t = slice(0, int(np.sum(before.close_time <= t)))  # bars closing at or before t
+
+    rng = np.random.default_rng(99)
+    late_bar = (bars["open_time"] + TIMEFRAME_MS > t).to_numpy()
+    changed_bars = bars.copy()
+    for column in ("open", "high", "low", "close", "volume"):
+        changed_bars.loc[late_bar, column] *= rng.uniform(0.5, 2.0, late_bar.sum())
+    changed_bars = changed_bars.drop(index=changed_bars.index[late_bar][::5])
+    late = (metrics["known_at"] > t).to_numpy()
+    # includes values observed before t but known after t
+    assert (late & (metrics["observed_at"] < t).to_numpy()).any()
+    changed_metrics = metrics.copy()
+    changed_metrics.loc[late, "value"] = rng.standard_normal(late.sum()) * 1e6
+    extra = metrics.loc[late].iloc[:40].assign(observed_at=lambda f: f["observed_at"] + 3 * DAY_MS)
+    changed_metrics = pd.concat([changed_metrics.drop(index=metrics.index[late][::7]), extra])
+
+    after = compute_features(toy_spec, changed_bars, changed_metrics, TIMEFRAME_MS)
+    _assert_identical(before, after, up_to_t)
+    assert not np.array_equal(before.features[-1], after.features[-1])  # later ones did change
+    replayed = _replay(toy_spec, changed_bars, changed_metrics)
+    _assert_identical(before, replayed, up_to_t)
+
+    # Not vacuous: a change known at or before t does change a feature at or before t.
+    early = changed_metrics.copy()
+    target = (early["known_at"] <= t - 10 * DAY_MS) & (early["known_at"] > t - 12 * DAY_MS)
+    early.loc[target, "value"] *= 5.0
+    touched = compute_features(toy_spec, bars, early, TIMEFRAME_MS)
+    assert not np.array_equal(before.features[up_to_t], touched.features[up_to_t])
+
+
+def test_features_change_only_at_bars_where_a_new_value_became_known(
+    toy_spec: FeatureSpec, toy: ToyMarket
+) -> None:
+    frame = compute_features(toy_spec, toy.bars["AAA"], toy.metrics, TIMEFRAME_MS)
+    selected = toy.metrics.assign(id=toy.metrics["asset"] + ":" + toy.metrics["name"])
+    known = np.sort(selected.loc[selected["id"].isin(toy_spec.metric_ids), "known_at"].to_numpy())
+    close = frame.close_time
+    news = np.searchsorted(known, close[1:], side="right") > np.searchsorted(
+        known, close[:-1], side="right"
+    )
+    moved = np.any(frame.features[1:] != frame.features[:-1], axis=1)
+    assert moved.any()
+    assert not np.any(moved & ~news)
+
+
+def test_a_value_is_never_visible_before_its_day_has_ended_plus_the_lag(
+    toy_spec: FeatureSpec, toy: ToyMarket
+) -> None:
+    honest = toy.metrics.assign(known_at=toy.metrics["observed_at"] + toy_spec.known_delay_ms)
+    claims_early = toy.metrics.assign(known_at=toy.metrics["observed_at"])
+    without = toy.metrics.drop(columns="known_at")
+    bars = toy.bars["AAA"]
+    reference = compute_features(toy_spec, bars, honest, TIMEFRAME_MS)
+    _assert_identical(reference, compute_features(toy_spec, bars, claims_early, TIMEFRAME_MS))
+    _assert_identical(reference, compute_features(toy_spec, bars, without, TIMEFRAME_MS))
+
+
+def test_backfilled_old_days_change_nothing(toy_spec: FeatureSpec, toy: ToyMarket) -> None:
+    backfill = toy.metrics.iloc[5::11].assign(
+        known_at=lambda f: f["known_at"] + 9 * DAY_MS, value=-123.0
+    )
+    bars = toy.bars["AAA"]
+    _assert_identical(
+        compute_features(toy_spec, bars, toy.metrics, TIMEFRAME_MS),
+        compute_features(toy_spec, bars, pd.concat([toy.metrics, backfill]), TIMEFRAME_MS),
+    )
+
+
+def test_json_round_trip_of_the_spec_gives_identical_features(
+    toy_spec: FeatureSpec, toy: ToyMarket
+) -> None:
+    again = FeatureSpec.from_json(toy_spec.to_json())
+    assert again == toy_spec
+    bars = toy.bars["AAA"]
+    _assert_identical(
+        compute_features(toy_spec, bars, toy.metrics, TIMEFRAME_MS),
+        compute_features(again, bars, toy.metrics, TIMEFRAME_MS),
+    )
+    with pytest.raises(ValueError, match="version"):
+        FeatureSpec.from_dict(toy_spec.to_dict() | {"version": 99})
+
+
+def test_an_empty_pool_gives_zero_width_features(toy: ToyMarket) -> None:
+    spec = fit_toy_spec(toy, pool=[])
+    assert spec.width == 0 and spec.metric_ids == ()
+    bars = toy.bars["AAA"]
+    frame = compute_features(spec, bars, toy.metrics, TIMEFRAME_MS)
+    assert frame.features.shape == (len(bars), 0)
+    assert frame.ready.all()
+    _assert_identical(frame, _replay(spec, bars, toy.metrics))
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+
+
+def test_fewer_candidates_than_keep_still_gives_features(toy: ToyMarket) -> None:
+    spec = fit_toy_spec(toy, pool=["AAA:lead_0", "AAA:noise_1", "MKT:mkt_0"])
+    assert sorted(spec.metric_ids) == ["AAA:lead_0", "AAA:noise_1", "MKT:mkt_0"]
+    bars = toy.bars["AAA"]
+    frame = compute_features(spec, bars, toy.metrics, TIMEFRAME_MS)
+    assert 1 <= spec.width <= 3 and frame.ready[-1]
+    _assert_identical(frame, _replay(spec, bars, toy.metrics))
+
+
+def test_bars_out_of_order_are_refused(toy_spec: FeatureSpec, toy: ToyMarket) -> None:
+    bars = toy.bars["AAA"]
+    with pytest.raises(ValueError, match="sorted"):
+        compute_features(toy_spec, bars.iloc[::-1], toy.metrics, TIMEFRAME_MS)
+    state = FeatureState(toy_spec, TIMEFRAME_MS)
+    first, second = _bar_events(bars.iloc[:2])
+    state.on_bar(second)
+    with pytest.raises(ValueError, match="not after"):
+        state.on_bar(first)
