@@ -1,13 +1,16 @@
 """The event bus: routes events by type to subscribed handlers, in publish order.
 
-One bus instance carries both replay and live trading. Handlers are either plain functions
-(strategies, the portfolio vote, the risk gate: they never await) or coroutine functions (the
-edges that do I/O: exchange executors, stores, Telegram). Both kinds are called in subscription
-order for each event.
+One bus instance carries both replay and live trading. Handlers are plain functions (strategies,
+the portfolio vote, the planner: they never await) or callables returning awaitables (the edges
+that do I/O: exchange executors, stores, Telegram). Both kinds are called in subscription order
+for each event; whether a handler is async is decided by what it returns, so an object with an
+``async __call__`` is awaited too.
 
 Ordering guarantee: events are dispatched strictly in the order they were published. An event
 emitted by a handler while another event is being dispatched is queued behind it, so every
-subscriber sees event N before any subscriber sees event N+1.
+subscriber sees event N before any subscriber sees event N+1. Several tasks may publish
+concurrently (the live data loop, Telegram commands): one drains at a time, and ``publish``
+returns only once its event has been dispatched.
 
 A handler that raises stops the drain and the exception reaches whoever awaited ``publish``;
 events still queued stay queued and are dispatched by the next ``publish``/``drain``. The backtest
@@ -16,27 +19,31 @@ wants that (fail loudly); the live driver catches at the cycle boundary.
 
 from __future__ import annotations
 
-import inspect
+import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 from bot.events import Event
 
 Handler = Callable[[Any], None] | Callable[[Any], Awaitable[None]]
-_Route = tuple[tuple[Handler, bool], ...]
+
+# Set inside a drain: a publish from a handler only queues (the running drain delivers it).
+_DISPATCHING: ContextVar[bool] = ContextVar("cryptorlpm_bus_dispatching", default=False)
 
 
 class EventBus:
     """Type-routed, order-preserving event bus for sync and async handlers."""
 
-    __slots__ = ("_cache", "_draining", "_queue", "_subscriptions")
+    __slots__ = ("_cache", "_draining", "_queue", "_subscriptions", "_waiters")
 
     def __init__(self) -> None:
-        self._subscriptions: list[tuple[type, Handler, bool]] = []
-        self._cache: dict[type, _Route] = {}
+        self._subscriptions: list[tuple[type, Handler]] = []
+        self._cache: dict[type, tuple[Handler, ...]] = {}
         self._queue: deque[Event] = deque()
         self._draining = False
+        self._waiters: list[asyncio.Future[None]] = []
 
     def subscribe(self, event_type: type[Event], handler: Handler) -> Callable[[], None]:
         """Call ``handler`` for every published event that is an instance of ``event_type``.
@@ -45,7 +52,7 @@ class EventBus:
         """
         if not (isinstance(event_type, type) and issubclass(event_type, Event)):
             raise TypeError(f"event_type must be an Event subclass, got {event_type!r}")
-        entry = (event_type, handler, inspect.iscoroutinefunction(handler))
+        entry = (event_type, handler)
         self._subscriptions.append(entry)
         self._cache.clear()
 
@@ -69,13 +76,20 @@ class EventBus:
         Called from inside a handler, it only queues (the running drain delivers it).
         """
         self._queue.append(event)
-        if not self._draining:
+        if not _DISPATCHING.get():
             await self.drain()
 
     async def drain(self) -> None:
-        """Dispatch queued events until the queue is empty."""
-        if self._draining:
+        """Dispatch queued events until the queue is empty (one task at a time)."""
+        if _DISPATCHING.get():
             return
+        while self._draining:  # another task is draining: it will deliver our events too
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        if not self._queue:
+            return
+        token = _DISPATCHING.set(True)
         self._draining = True
         queue, cache = self._queue, self._cache
         try:
@@ -84,37 +98,45 @@ class EventBus:
                 route = cache.get(type(event))
                 if route is None:
                     route = self._route(type(event))
-                for handler, is_async in route:
-                    if is_async:
-                        await handler(event)  # type: ignore[misc]
-                    else:
-                        handler(event)
+                for handler in route:
+                    result = handler(event)
+                    if result is not None:
+                        await result  # type: ignore[misc]
         finally:
             self._draining = False
+            _DISPATCHING.reset(token)
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def publish_sync(self, event: Event) -> None:
         """Dispatch ``event`` (and what it causes) without an event loop.
 
-        Only valid while every handler of the events involved is synchronous; a fast path for
-        replays and tools that have no async edge. Raises ``TypeError`` otherwise.
+        Only valid while every handler of the events involved is synchronous: a fast path for
+        tools with no async edge. Raises ``TypeError`` on a handler that returns an awaitable.
         """
-        queue, cache = self._queue, self._cache
-        queue.append(event)
+        self._queue.append(event)
         if self._draining:
             return
         self._draining = True
+        queue, cache = self._queue, self._cache
         try:
             while queue:
                 event = queue.popleft()
                 route = cache.get(type(event))
                 if route is None:
                     route = self._route(type(event))
-                for handler, is_async in route:
-                    if is_async:
+                for handler in route:
+                    result = handler(event)
+                    if result is not None:
+                        close = getattr(result, "close", None)
+                        if close is not None:
+                            close()  # no "never awaited" warning for the refused coroutine
                         raise TypeError(
-                            f"publish_sync: handler {handler!r} for {type(event).__name__} is async"
+                            f"publish_sync: handler {handler!r} for {type(event).__name__} "
+                            "is async; use `await bus.publish(...)`"
                         )
-                    handler(event)
         finally:
             self._draining = False
 
@@ -123,10 +145,10 @@ class EventBus:
         """Number of queued, not yet dispatched events."""
         return len(self._queue)
 
-    def _route(self, event_type: type) -> _Route:
+    def _route(self, event_type: type) -> tuple[Handler, ...]:
         route = tuple(
-            (handler, is_async)
-            for subscribed, handler, is_async in self._subscriptions
+            handler
+            for subscribed, handler in self._subscriptions
             if issubclass(event_type, subscribed)
         )
         self._cache[event_type] = route

@@ -58,12 +58,27 @@ def format_validation_error(source: str | Path, exc: ValidationError) -> str:
         key = ".".join(str(part) for part in error["loc"]) or "<top level>"
         expected = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            lines.append(f"{key} = {error['input']!r}: unknown key (check its spelling)")
+            # Never echo the value of an unknown key: it may be a secret put in the wrong place.
+            hint = SECRETS_HINT if _looks_secret(key) else "check its spelling"
+            lines.append(f"{key}: unknown key ({hint})")
         elif error["type"] == "missing":
             lines.append(f"{key}: required key is missing")
         else:
-            lines.append(f"{key} = {error['input']!r}: {expected}")
+            shown = "<redacted>" if _looks_secret(key) else repr(error["input"])
+            lines.append(f"{key} = {shown}: {expected}")
     return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+SECRETS_HINT = (
+    "secrets are read from the environment only: CRYPTORLPM_EXCHANGE_API_KEY, "
+    "CRYPTORLPM_EXCHANGE_SECRET, CRYPTORLPM_TELEGRAM_TOKEN, CRYPTORLPM_SANTIMENT_API_KEY"
+)
+_SECRET_WORDS = ("key", "secret", "token", "password", "passphrase")
+
+
+def _looks_secret(key: str) -> bool:
+    last = key.rsplit(".", 1)[-1].lower()
+    return any(word in last for word in _SECRET_WORDS)
 
 
 def _apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:

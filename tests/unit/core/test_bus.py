@@ -114,3 +114,55 @@ def test_events_are_frozen() -> None:
     bar = make_bar(1)
     with pytest.raises(AttributeError):
         bar.close = 3.0  # type: ignore[misc]
+
+
+async def test_an_object_with_async_call_is_awaited() -> None:
+    bus = EventBus()
+    seen: list[int] = []
+
+    class Edge:
+        async def __call__(self, event: Bar) -> None:
+            seen.append(event.ts)
+
+    bus.subscribe(Bar, Edge())
+    await bus.publish(make_bar(1))
+    assert seen == [1]
+
+
+async def test_concurrent_publishers_each_return_after_their_event_is_delivered() -> None:
+    import asyncio
+
+    bus = EventBus()
+    seen: list[int] = []
+    release = asyncio.Event()
+
+    async def slow(event: Bar) -> None:
+        if event.ts == 1:
+            await release.wait()
+        seen.append(event.ts)
+
+    bus.subscribe(Bar, slow)
+    first = asyncio.create_task(bus.publish(make_bar(1)))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(bus.publish(make_bar(2)))
+    await asyncio.sleep(0)
+    assert not second.done()  # it waits for the running drain instead of returning early
+    release.set()
+    await asyncio.gather(first, second)
+    assert seen == [1, 2]
+    assert bus.pending == 0
+
+
+async def test_an_async_handler_publishing_from_inside_a_drain_only_queues() -> None:
+    bus = EventBus()
+    log: list[str] = []
+
+    async def on_bar(event: Bar) -> None:
+        log.append(f"bar:{event.ts}")
+        await bus.publish(Heartbeat(event.ts + 1))
+        log.append("after-publish")
+
+    bus.subscribe(Bar, on_bar)
+    bus.subscribe(Heartbeat, lambda e: log.append(f"heartbeat:{e.ts}"))
+    await bus.publish(make_bar(1))
+    assert log == ["bar:1", "after-publish", "heartbeat:2"]

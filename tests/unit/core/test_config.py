@@ -94,8 +94,16 @@ def test_secrets_come_from_the_environment_and_are_masked(monkeypatch: pytest.Mo
     assert "secret-456" not in repr(secrets) and "secret-456" not in str(secrets)
 
 
-def test_secrets_cannot_be_put_in_a_config_file(tmp_path: Path) -> None:
+def test_secrets_cannot_be_put_in_a_config_file_and_are_not_echoed(tmp_path: Path) -> None:
     path = tmp_path / "leaky.toml"
-    path.write_text('[exchange]\napi_key = "abc"\n')
-    with pytest.raises(ConfigError, match=r"exchange\.api_key"):
+    path.write_text('[exchange]\napi_key = "sk-live-abc123"\n')
+    with pytest.raises(ConfigError, match=r"exchange\.api_key") as info:
         load_config(path, env={})
+    assert "sk-live-abc123" not in str(info.value)
+    assert "CRYPTORLPM_EXCHANGE_API_KEY" in str(info.value)
+
+
+def test_a_secret_set_through_the_override_syntax_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"CRYPTORLPM__EXCHANGE__API_KEY": "sk-live-SECRET123"})
+    assert "SECRET123" not in str(info.value)
