@@ -52,3 +52,108 @@ class Metric(Event):
 @dataclass(frozen=True, slots=True)
 class Heartbeat(Event):
     """The clock reached ``ts`` with no new data; lets handlers act on time alone."""
+
+
+@dataclass(frozen=True, slots=True)
+class BarsClosed(Event):
+    """Every bar closing at ``ts`` on ``timeframe`` has been published: time to decide.
+
+    Drivers publish it after the ``Metric`` events known by ``ts`` and the ``Bar`` events closing
+    at ``ts``, so a decision taken on it sees all the information of that instant and no more.
+    """
+
+    timeframe: str
+    symbols: tuple[str, ...]
+
+
+# -- portfolio decisions ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleDecision(Event):
+    """A Crypto Module's weight pair for its coin: ``cash`` + ``coin`` = 1 (the paper's d_t^i)."""
+
+    module_id: str
+    coin: str
+    cash: float
+    coin_weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class TargetWeights(Event):
+    """Wanted share of equity per asset (the quote currency included); weights sum to 1.
+
+    ``source`` says who wants it (``"vote"``, a baseline's name, ``"risk"`` after the gate).
+    """
+
+    weights: tuple[tuple[str, float], ...]
+    source: str
+
+    def as_dict(self) -> dict[str, float]:
+        """The weights as ``{asset: weight}``."""
+        return dict(self.weights)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskRefusal(Event):
+    """A guardrail changed or blocked what a policy wanted; kept in logs, alerts and state."""
+
+    rule: str
+    asset: str
+    wanted: float
+    allowed: float
+    detail: str
+
+
+# -- orders (commands are imperative, facts past tense) -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOrder(Event):
+    """Command to an executor: trade ``amount`` (base units, > 0) of ``symbol``.
+
+    ``client_order_id`` is deterministic (decision time, symbol, side), so a resent intent can be
+    recognised by the exchange and by the state store.
+    """
+
+    client_order_id: str
+    symbol: str
+    side: str  # "buy" | "sell"
+    amount: float
+    order_type: str = "market"
+    limit_price: float | None = None
+    reference_price: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OrderFilled(Event):
+    """An order (or part of it) was executed. ``fee`` is in ``fee_asset``."""
+
+    client_order_id: str
+    symbol: str
+    side: str
+    amount: float
+    price: float
+    fee: float
+    fee_asset: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRejected(Event):
+    """An order was refused (by the exchange, the broker's filters or the balance)."""
+
+    client_order_id: str
+    symbol: str
+    side: str
+    amount: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioValued(Event):
+    """Mark-to-market of the account at ``ts``: equity in the quote currency and its split."""
+
+    equity: float
+    cash: float
+    positions: tuple[tuple[str, float], ...]  # asset -> amount held
+    weights: tuple[tuple[str, float], ...]  # asset -> share of equity (quote included)

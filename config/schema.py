@@ -233,6 +233,42 @@ class WindowsConfig(Section):
         return self
 
 
+class MarketRulesConfig(Section):
+    """Exchange filters of one market (Binance: LOT_SIZE, PRICE_FILTER, NOTIONAL)."""
+
+    step_size: float = Field(1e-8, gt=0, description="amounts are multiples of this (lot size)")
+    tick_size: float = Field(1e-8, gt=0, description="limit prices are multiples of this")
+    min_notional: float = Field(5.0, ge=0, description="smallest order value in quote currency")
+
+
+class BrokerConfig(Section):
+    """The simulated broker of backtests (and the paper executor of the daemon)."""
+
+    initial_cash: float = Field(10_000.0, gt=0, description="starting cash in the quote currency")
+    fee_rate: float = Field(0.001, ge=0, lt=0.1, description="taker fee, 0.001 = Binance spot 0.1%")
+    slippage_bps: float = Field(
+        5.0, ge=0, description="market orders fill this many basis points worse than the open"
+    )
+    default_rules: MarketRulesConfig = MarketRulesConfig()
+    rules: dict[str, MarketRulesConfig] = Field(
+        default_factory=dict, description="per-coin exchange filters, e.g. rules.BTC.step_size"
+    )
+
+    def rules_for(self, coin: str) -> MarketRulesConfig:
+        """The filters of ``coin``: its own entry, else the defaults."""
+        return self.rules.get(coin, self.default_rules)
+
+
+class RiskConfig(Section):
+    """Guardrails outside every network: no policy can override them."""
+
+    max_weight_per_coin: float = Field(1.0, gt=0, le=1, description="cap on any coin's weight")
+    min_cash: float = Field(0.0, ge=0, lt=1, description="share of equity always kept in cash")
+    min_trade_weight: float = Field(
+        0.0, ge=0, lt=1, description="ignore rebalancing moves smaller than this share of equity"
+    )
+
+
 class AppConfig(Section):
     """The whole configuration of one run or daemon."""
 
@@ -244,6 +280,8 @@ class AppConfig(Section):
     santiment: SantimentConfig = SantimentConfig()
     features: FeatureConfig = FeatureConfig()
     windows: WindowsConfig = WindowsConfig()
+    broker: BrokerConfig = BrokerConfig()
+    risk: RiskConfig = RiskConfig()
 
 
 class Secrets(BaseSettings):

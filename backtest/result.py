@@ -1,0 +1,50 @@
+"""What one backtest run produces: the data every metric, table and plot is computed from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+TRADE_COLUMNS = [
+    "ts",
+    "client_order_id",
+    "symbol",
+    "side",
+    "amount",
+    "price",
+    "fee",
+    "fee_asset",
+    "notional",
+]
+REJECTION_COLUMNS = ["ts", "client_order_id", "symbol", "side", "amount", "reason"]
+REFUSAL_COLUMNS = ["ts", "rule", "asset", "wanted", "allowed", "detail"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One strategy or baseline over one period.
+
+    ``equity``: account equity in the quote currency at every decision close (index: close time,
+    int64 epoch ms, ascending; the first value is the equity before any trade).
+    ``weights``: actual share of equity per asset at each close (columns: assets, quote included).
+    ``trades``: one row per fill (:data:`TRADE_COLUMNS`; ``notional`` = amount * price in quote).
+    ``rejections``: orders refused by the broker; ``refusals``: risk-gate interventions.
+    ``fees_paid`` in the quote currency; ``timeframe`` of the decisions.
+    """
+
+    name: str
+    timeframe: str
+    quote: str
+    initial_cash: float
+    equity: pd.Series
+    weights: pd.DataFrame
+    trades: pd.DataFrame
+    rejections: pd.DataFrame
+    refusals: pd.DataFrame
+    fees_paid: float
+
+    @property
+    def final_equity(self) -> float:
+        """Equity at the last close (the initial cash when nothing was recorded)."""
+        return float(self.equity.iloc[-1]) if len(self.equity) else self.initial_cash

@@ -1,0 +1,90 @@
+"""The account: cash, holdings and last prices, booked from fills and marked at each close.
+
+In a backtest the account is the truth; in live trading it mirrors the exchange and is reconciled
+with its balances. It never decides anything: it answers "what do we hold, what is it worth".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from bot.events import Bar, BarsClosed, Event, OrderFilled, PortfolioValued
+
+
+def coin_of(symbol: str) -> str:
+    """Base asset of a ccxt symbol: ``"BTC/USDT"`` -> ``"BTC"``."""
+    return symbol.split("/", 1)[0]
+
+
+class Account:
+    """Cash and holdings in one quote currency, with running fee and turnover totals."""
+
+    def __init__(
+        self,
+        quote: str,
+        cash: float,
+        holdings: Mapping[str, float] | None = None,
+        emit: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.quote = quote
+        self.cash = float(cash)
+        self.holdings: dict[str, float] = dict(holdings or {})
+        self.prices: dict[str, float] = {}
+        self.fees_paid = 0.0
+        self.traded_notional = 0.0
+        self.fills = 0
+        self._emit = emit
+
+    def on_bar(self, bar: Bar) -> None:
+        """Remember the latest close of the bar's coin."""
+        self.prices[coin_of(bar.symbol)] = bar.close
+
+    def on_fill(self, fill: OrderFilled) -> None:
+        """Book a fill: move cash and coin, charge the fee in the asset it was paid in."""
+        coin = coin_of(fill.symbol)
+        notional = fill.amount * fill.price
+        if fill.side == "buy":
+            self.cash -= notional
+            self.holdings[coin] = self.holdings.get(coin, 0.0) + fill.amount
+        else:
+            self.cash += notional
+            self.holdings[coin] = self.holdings.get(coin, 0.0) - fill.amount
+        if fill.fee_asset == self.quote:
+            self.cash -= fill.fee
+            self.fees_paid += fill.fee
+        elif fill.fee_asset == coin:
+            self.holdings[coin] -= fill.fee
+            self.fees_paid += fill.fee * fill.price
+        self.traded_notional += notional
+        self.fills += 1
+
+    def on_bars_closed(self, event: BarsClosed) -> None:
+        """Publish the mark-to-market valuation at this close."""
+        if self._emit is not None:
+            self._emit(self.valuation(event.ts))
+
+    def equity(self) -> float:
+        """Cash plus every holding at its last price."""
+        return self.cash + sum(
+            amount * self.prices.get(coin, 0.0) for coin, amount in self.holdings.items()
+        )
+
+    def weights(self) -> dict[str, float]:
+        """Share of equity per asset, the quote currency included (empty when equity <= 0)."""
+        equity = self.equity()
+        if equity <= 0:
+            return {}
+        weights = {self.quote: self.cash / equity}
+        for coin, amount in self.holdings.items():
+            weights[coin] = amount * self.prices.get(coin, 0.0) / equity
+        return weights
+
+    def valuation(self, ts: int) -> PortfolioValued:
+        """The ``PortfolioValued`` event of the current state."""
+        return PortfolioValued(
+            ts,
+            self.equity(),
+            self.cash,
+            tuple(sorted(self.holdings.items())),
+            tuple(sorted(self.weights().items())),
+        )
