@@ -31,7 +31,9 @@ class Recorder:
         """Everything recorded, as frames."""
         index = pd.Index([v.ts for v in self.valuations], dtype="int64", name="ts")
         equity = pd.Series([v.equity for v in self.valuations], index=index, name="equity")
-        weights = pd.DataFrame([dict(v.weights) for v in self.valuations], index=index).fillna(0.0)
+        weights = pd.DataFrame(
+            [v.weights(quote) for v in self.valuations], index=index, dtype="float64"
+        ).fillna(0.0)
         trades = pd.DataFrame(
             [
                 (

@@ -127,18 +127,20 @@ class ReplayDriver:
         n = len(open_time)
         total = self.decision_count
         done = 0
-        publish = bus.publish
+        emit, drain = bus.emit, bus.drain
         rows = ohlcv.tolist()
         times = open_time.tolist()
         indexes = symbol_index.tolist()
         i = 0
+        # Each instant is queued whole (metrics, bars, decision) and dispatched by one drain:
+        # the bus delivers in queue order, so this is the same as publishing one by one.
         while i < n:
             t_open = times[i]
             close = t_open + step
             if close > end:
                 break
             while m < n_metrics and m_known[m] <= close:
-                await publish(Metric(m_known[m], m_asset[m], m_name[m], m_observed[m], m_value[m]))
+                emit(Metric(m_known[m], m_asset[m], m_name[m], m_observed[m], m_value[m]))
                 m += 1
             self.clock.advance_to(close)
             present = []
@@ -146,13 +148,14 @@ class ReplayDriver:
                 o, h, lo, c, v = rows[i]
                 symbol = symbols[indexes[i]]
                 present.append(symbol)
-                await publish(Bar(close, exchange, symbol, timeframe, t_open, o, h, lo, c, v))
+                emit(Bar(close, exchange, symbol, timeframe, t_open, o, h, lo, c, v))
                 i += 1
             if close >= start:
-                await publish(BarsClosed(close, timeframe, tuple(present)))
+                emit(BarsClosed(close, timeframe, tuple(present)))
                 done += 1
                 if progress is not None and (done % 256 == 0 or done == total):
                     progress(done, total)
+            await drain()
 
 
 def _sorted_metrics(

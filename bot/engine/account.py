@@ -10,10 +10,15 @@ from collections.abc import Callable, Mapping
 
 from bot.events import Bar, BarsClosed, Event, OrderFilled, PortfolioValued
 
+_COINS: dict[str, str] = {}
+
 
 def coin_of(symbol: str) -> str:
-    """Base asset of a ccxt symbol: ``"BTC/USDT"`` -> ``"BTC"``."""
-    return symbol.split("/", 1)[0]
+    """Base asset of a ccxt symbol: ``"BTC/USDT"`` -> ``"BTC"`` (memoised: a hot path)."""
+    coin = _COINS.get(symbol)
+    if coin is None:
+        coin = _COINS[symbol] = symbol.split("/", 1)[0]
+    return coin
 
 
 class Account:
@@ -37,7 +42,9 @@ class Account:
 
     def on_bar(self, bar: Bar) -> None:
         """Remember the latest close of the bar's coin."""
-        self.prices[coin_of(bar.symbol)] = bar.close
+        symbol = bar.symbol
+        coin = _COINS.get(symbol) or coin_of(symbol)
+        self.prices[coin] = bar.close
 
     def on_fill(self, fill: OrderFilled) -> None:
         """Book a fill: move cash and coin, charge the fee in the asset it was paid in."""
@@ -80,11 +87,11 @@ class Account:
         return weights
 
     def valuation(self, ts: int) -> PortfolioValued:
-        """The ``PortfolioValued`` event of the current state."""
+        """The ``PortfolioValued`` event of the current state (coins in first-held order)."""
+        prices = self.prices
+        equity = self.cash
+        for coin, amount in self.holdings.items():
+            equity += amount * prices.get(coin, 0.0)
         return PortfolioValued(
-            ts,
-            self.equity(),
-            self.cash,
-            tuple(sorted(self.holdings.items())),
-            tuple(sorted(self.weights().items())),
+            ts, equity, self.cash, tuple(self.holdings.items()), tuple(prices.items())
         )

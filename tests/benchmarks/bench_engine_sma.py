@@ -1,0 +1,152 @@
+"""Our event engine against backtesting.py on the same bars, in one process.
+
+An SMA(10)/SMA(50) long/flat strategy (long while SMA10 > SMA50, flat otherwise; orders decided at
+a bar's close fill at the next bar's open; no fees, no slippage, whole units) over N synthetic
+1-minute bars. Prints bars/s of each, the ratio, and both trade counts (they must be equal).
+Target (issue 5): ours >= 2x backtesting.py.
+
+Needs the benchmark-only dependency ``backtesting`` (``pip install backtesting``).
+Run: ``.venv/bin/python tests/benchmarks/bench_engine_sma.py [--bars 1000000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import warnings
+from collections import deque
+
+import numpy as np
+import pandas as pd
+
+from backtest.replay import ReplayDriver
+from backtest.run import run_backtest
+from bot.bus import EventBus
+from bot.events import Bar, BarsClosed, TargetWeights
+from bot.timeframes import MINUTE_MS
+from config.schema import AppConfig, BrokerConfig, MarketConfig, MarketRulesConfig
+
+FAST, SLOW = 10, 50
+CASH = 10_000_000.0
+
+
+def synthetic_minutes(n: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.0008, n)))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    spread = np.abs(rng.normal(0, 0.0004, n)) * close
+    return pd.DataFrame(
+        {
+            "open_time": np.arange(n, dtype=np.int64) * MINUTE_MS,
+            "open": open_,
+            "high": np.maximum(open_, close) + spread,
+            "low": np.minimum(open_, close) - spread,
+            "close": close,
+            "volume": np.full(n, 1.0),
+        }
+    )
+
+
+class SmaCrossPolicy:
+    """Long/flat on SMA(10) vs SMA(50) of closes, computed incrementally."""
+
+    def __init__(self, coin: str) -> None:
+        self.coin = coin
+        self.fast: deque[float] = deque(maxlen=FAST)
+        self.slow: deque[float] = deque(maxlen=SLOW)
+        self.fast_sum = self.slow_sum = 0.0
+        self.long = False
+
+    def attach(self, bus: EventBus) -> None:
+        self.emit = bus.emit
+        bus.subscribe(Bar, self.on_bar)
+        bus.subscribe(BarsClosed, self.on_bars_closed)
+
+    def on_bar(self, bar: Bar) -> None:
+        close = bar.close
+        if len(self.fast) == FAST:
+            self.fast_sum -= self.fast[0]
+        if len(self.slow) == SLOW:
+            self.slow_sum -= self.slow[0]
+        self.fast.append(close)
+        self.slow.append(close)
+        self.fast_sum += close
+        self.slow_sum += close
+
+    def on_bars_closed(self, event: BarsClosed) -> None:
+        if len(self.slow) < SLOW:
+            return
+        want_long = self.fast_sum / FAST > self.slow_sum / SLOW
+        if want_long != self.long:
+            self.long = want_long
+            weights = ((self.coin, 1.0), ("USDT", 0.0)) if want_long else (("USDT", 1.0),)
+            self.emit(TargetWeights(event.ts, weights, "sma"))
+
+
+def run_ours(bars: pd.DataFrame) -> tuple[float, int]:
+    cfg = AppConfig(
+        market=MarketConfig(coins=("SYN",), timeframe="1m", base_timeframe="1m"),
+        broker=BrokerConfig(
+            initial_cash=CASH,
+            fee_rate=0.0,
+            slippage_bps=0.0,
+            default_rules=MarketRulesConfig(step_size=1.0, tick_size=1e-8, min_notional=0.0),
+        ),
+    )
+    driver = ReplayDriver({"SYN/USDT": bars}, exchange="bench", timeframe="1m")
+    started = time.perf_counter()
+    result = asyncio.run(run_backtest(cfg, SmaCrossPolicy("SYN"), driver, name="sma"))
+    seconds = time.perf_counter() - started
+    entries = int((result.trades["side"] == "buy").sum())
+    return seconds, entries
+
+
+def run_backtesting_py(bars: pd.DataFrame) -> tuple[float, int]:
+    from backtesting import Backtest, Strategy
+
+    def sma(values: np.ndarray, n: int) -> np.ndarray:
+        return pd.Series(values).rolling(n).mean().to_numpy()
+
+    class SmaCross(Strategy):
+        def init(self) -> None:
+            self.fast = self.I(sma, self.data.Close, FAST)
+            self.slow = self.I(sma, self.data.Close, SLOW)
+
+        def next(self) -> None:
+            want_long = self.fast[-1] > self.slow[-1]
+            if want_long and not self.position:
+                self.buy()
+            elif not want_long and self.position:
+                self.position.close()
+
+    frame = bars.rename(columns=str.capitalize).set_index(
+        pd.to_datetime(bars["open_time"], unit="ms", utc=True).dt.tz_localize(None)
+    )[["Open", "High", "Low", "Close", "Volume"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backtest = Backtest(frame, SmaCross, cash=CASH, commission=0.0, finalize_trades=True)
+        started = time.perf_counter()
+        stats = backtest.run()
+        seconds = time.perf_counter() - started
+    return seconds, int(stats["# Trades"])
+
+
+def main(n: int) -> None:
+    bars = synthetic_minutes(n)
+    ours_s, ours_trades = run_ours(bars)
+    theirs_s, theirs_trades = run_backtesting_py(bars)
+    print(f"bars: {n:,} (1-minute, synthetic), SMA({FAST})/SMA({SLOW}) long/flat")
+    for label, seconds, trades in (
+        ("cryptorlpm engine", ours_s, ours_trades),
+        ("backtesting.py", theirs_s, theirs_trades),
+    ):
+        print(f"{label:<18}: {n / seconds:>10,.0f} bars/s  ({seconds:6.1f} s)  trades {trades}")
+    print(f"ratio ours/backtesting.py: {theirs_s / ours_s:.2f}x   (target >= 2x)")
+    print(f"same number of trades: {ours_trades == theirs_trades}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bars", type=int, default=1_000_000)
+    main(parser.parse_args().bars)
