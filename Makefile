@@ -29,6 +29,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 bench: install
+	$(BIN)/python -m pip install -e '.[dev,bench]' > $(VENV)/pip-bench.log 2>&1 || (tail -40 $(VENV)/pip-bench.log; exit 1)
 	for f in tests/benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:

@@ -40,7 +40,7 @@ Coin = Annotated[str, AfterValidator(_check_coin)]
 class Section(BaseModel):
     """Base of every config section: immutable, unknown keys rejected."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class DataConfig(Section):
@@ -269,6 +269,95 @@ class RiskConfig(Section):
     )
 
 
+# -- agents and training (PAU) ---------------------------------------------------------------
+
+
+class DQNParams(Section):
+    """Hyperparameters of one DQN agent (the EAM or the SAM)."""
+
+    total_env_steps: int = Field(48_000, gt=0)
+    """Environment steps to train for, summed over the parallel environments."""
+    gamma: float = Field(0.9, ge=0.0, lt=1.0)
+    """Discount factor of future rewards (per bar)."""
+    learning_rate: float = Field(1e-3, gt=0.0)
+    """Adam step size."""
+    batch_size: int = Field(64, gt=0)
+    """Transitions per gradient update."""
+    buffer_size: int = Field(50_000, gt=0)
+    """Capacity of the replay buffer, in transitions."""
+    learning_starts: int = Field(2_000, ge=0)
+    """Environment steps collected before the first gradient update."""
+    updates_per_step: int = Field(1, gt=0)
+    """Gradient updates after each vector step (one step of every parallel environment)."""
+    target_update_interval: int = Field(200, gt=0)
+    """Gradient updates between two copies of the online network into the target network."""
+    epsilon_start: float = Field(1.0, ge=0.0, le=1.0)
+    """Exploration rate at the first step."""
+    epsilon_end: float = Field(0.05, ge=0.0, le=1.0)
+    """Exploration rate after the decay."""
+    exploration_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    """Share of ``total_env_steps`` over which epsilon decays linearly to ``epsilon_end``."""
+    huber_delta: float = Field(1.0, gt=0.0)
+    """Where the Huber loss turns from quadratic to linear (in scaled reward units)."""
+    max_grad_norm: float = Field(10.0, gt=0.0)
+    """Gradients are clipped to this global L2 norm before each step."""
+    channels: tuple[int, ...] = (16, 32, 32)
+    """Convolution widths: EAM uses the first, SAM all three (conv1/conv2, conv3, conv4)."""
+    hidden: int = Field(64, gt=0)
+    """Width of the EAM's hidden linear layer (the SAM's is ``channels[2]``)."""
+    eval_interval: int = Field(100, gt=0)
+    """Vector steps between two validation evaluations (the best one is kept)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DQNParams:
+        if len(self.channels) != 3 or min(self.channels) <= 0:
+            raise ValueError(f"channels must be three positive widths, got {self.channels}")
+        return self
+
+
+class CryptoModuleParams(Section):
+    """Every hyperparameter of one Crypto Module (EAM + SAM) and of its training environment."""
+
+    window: int = Field(32, ge=5)
+    """Intervals of history in the state (the paper's ``n``)."""
+    fee: float = Field(0.001, ge=0.0, lt=1.0)
+    """Transaction cost rate, charged on the traded share of the portfolio at every change."""
+    reward_scale: float = Field(100.0, gt=0.0)
+    """Rewards are multiplied by this for learning only (1.0 = 1 %); scores stay unscaled."""
+    num_envs: int = Field(16, gt=0)
+    """Parallel environments stepped as one batch."""
+    episode_length: int = Field(128, gt=1)
+    """Steps before an environment restarts at a random bar with a random position."""
+    use_eam: bool = True
+    """Train an EAM and stack its buy/hold/sell signal into the SAM's state (optional in MSPM)."""
+    eam: DQNParams = DQNParams(
+        total_env_steps=24_000,
+        gamma=0.0,
+        learning_starts=1_000,
+        exploration_fraction=0.3,
+        channels=(16, 16, 16),
+    )
+    """The EAM agent. ``gamma`` 0: its actions do not change its next state, so only the
+    immediate reward depends on the action and the future term would only add noise."""
+    sam: DQNParams = DQNParams()
+    """The SAM agent."""
+    torch_threads: int = Field(1, ge=1)
+    """Threads torch may use (small networks run fastest, and reproducibly, on one)."""
+
+
+class TrainingConfig(Section):
+    """Which seeds ``cryptorlpm train`` runs and where the registry lives.
+
+    The train / validation / test dates are the config's ``[windows]`` section
+    (:class:`config.schema.WindowsConfig`), shared with feature selection and backtests.
+    """
+
+    seeds: tuple[int, ...] = Field((1,), min_length=1)
+    """Seeds trained when none is given on the command line (one artifact each)."""
+    models_dir: Path = Path("var/models")
+    """Root of the model registry: ``<models_dir>/<coin>/<model id>/``."""
+
+
 class AppConfig(Section):
     """The whole configuration of one run or daemon."""
 
@@ -282,6 +371,8 @@ class AppConfig(Section):
     windows: WindowsConfig = WindowsConfig()
     broker: BrokerConfig = BrokerConfig()
     risk: RiskConfig = RiskConfig()
+    agents: CryptoModuleParams = CryptoModuleParams()
+    training: TrainingConfig = TrainingConfig()
 
 
 class Secrets(BaseSettings):

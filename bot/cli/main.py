@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli import data, features
+from bot.cli import data, features, models
 from bot.cli.common import ConfigOption, console, load, open_stores, run, setup_logging
 
 app = typer.Typer(
@@ -17,6 +17,8 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
+app.add_typer(models.app, name="models")
+app.command("train")(models.train)
 
 
 @app.callback()

@@ -1,0 +1,146 @@
+"""The plots of a backtest report: cumulative returns, drawdowns and the strategy's weights.
+
+Each function draws one PNG from :class:`~backtest.result.RunResult` objects. The x axis shows
+UTC dates (the decision close times). The strategy is drawn bold and black, every baseline as a
+thin coloured line, like the paper's Figures 6-8.
+
+The plots use matplotlib's object API with the Agg canvas directly, so importing this module never
+changes pyplot's global backend or state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from backtest.metrics import drawdowns
+from backtest.result import RunResult
+
+DPI = 120
+STRATEGY_COLOUR = "black"
+QUOTE_COLOUR = "0.85"
+
+
+def cumulative_returns(equity: pd.Series) -> pd.Series:
+    """Return since the first close at every close: ``E_t / E_0 - 1``."""
+    if not len(equity):
+        return equity.astype(float)
+    return (equity / equity.iloc[0] - 1.0).rename("cumulative_return")
+
+
+def plot_cumulative_returns(
+    strategy: RunResult, baselines: Sequence[RunResult], path: Path, *, title: str = ""
+) -> Path:
+    """Cumulative return of the strategy (bold) and of every baseline over time, to ``path``."""
+    figure, axes = _figure()
+    axes.axhline(0.0, color="0.5", lw=0.8)
+    for run, style in _styled(strategy, baselines):
+        curve = cumulative_returns(run.equity)
+        if len(curve):
+            label = f"{run.name} ({curve.iloc[-1]:+.1%})"
+            axes.plot(_times(curve.index), curve.to_numpy(), label=label, **style)
+    _finish(axes, title or "Cumulative return", "cumulative return")
+    return _save(figure, path)
+
+
+def plot_drawdowns(
+    strategy: RunResult, baselines: Sequence[RunResult], path: Path, *, title: str = ""
+) -> Path:
+    """Drawdown below the running peak of every run (strategy shaded, its MDD marked)."""
+    figure, axes = _figure()
+    for run, style in _styled(strategy, baselines):
+        if not len(run.equity):
+            continue
+        depth = -drawdowns(run.equity)
+        times = _times(depth.index)
+        worst = float(depth.min())
+        axes.plot(times, depth.to_numpy(), label=f"{run.name} (MDD {-worst:.1%})", **style)
+        if run is strategy:
+            axes.fill_between(times, depth.to_numpy(), 0.0, color="tab:red", alpha=0.15, lw=0)
+            at = int(np.argmin(depth.to_numpy()))
+            axes.plot(times[at], worst, "v", color="tab:red", ms=8, zorder=11)
+    axes.axhline(0.0, color="0.5", lw=0.8)
+    _finish(axes, title or "Drawdown", "drawdown from running peak")
+    return _save(figure, path)
+
+
+def plot_weights(strategy: RunResult, path: Path, *, title: str = "") -> Path:
+    """Stacked steps of the strategy's actual weights at every close (the quote currency on top)."""
+    figure, axes = _figure()
+    weights = strategy.weights
+    if weights.empty:
+        axes.text(0.5, 0.5, "no weights recorded", ha="center", va="center")
+        axes.set_axis_off()
+        axes.set_title(title or f"{strategy.name}: weights")
+        return _save(figure, path)
+    coins = [c for c in weights.columns if c != strategy.quote]
+    coins.sort(key=lambda c: -float(weights[c].mean()))
+    order = [*coins, *([strategy.quote] if strategy.quote in weights.columns else [])]
+    shares = weights[order].clip(lower=0.0).to_numpy(dtype=float).T
+    palette = colormaps["tab20" if len(coins) > 10 else "tab10"].colors
+    colours = [palette[i % len(palette)] for i in range(len(coins))]
+    if strategy.quote in weights.columns:
+        colours.append(QUOTE_COLOUR)
+    times, upper = _times(weights.index), np.cumsum(shares, axis=0)
+    lower = np.vstack([np.zeros_like(upper[:1]), upper[:-1]])
+    for band, (name, colour) in enumerate(zip(order, colours, strict=True)):
+        # weights are held from one close to the next: steps, not interpolated ramps
+        axes.fill_between(
+            times, lower[band], upper[band], step="post", color=colour, lw=0, label=name, zorder=3
+        )
+    axes.set_ylim(0.0, 1.0)
+    axes.margins(x=0)
+    _finish(axes, title or f"{strategy.name}: weights", "share of equity", reverse_legend=True)
+    return _save(figure, path)
+
+
+def _styled(strategy: RunResult, baselines: Sequence[RunResult]):
+    """Each run with its line style: the strategy bold black on top, baselines thin colours."""
+    palette = colormaps["tab20" if len(baselines) > 10 else "tab10"].colors
+    yield strategy, {"color": STRATEGY_COLOUR, "lw": 2.4, "zorder": 10}
+    for i, run in enumerate(baselines):
+        yield run, {"color": palette[i % len(palette)], "lw": 1.1, "alpha": 0.9, "zorder": 5}
+
+
+def _figure() -> tuple[Figure, Axes]:
+    figure = Figure(figsize=(11.0, 5.2))
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot(1, 1, 1)
+
+
+def _finish(axes: Axes, title: str, ylabel: str, *, reverse_legend: bool = False) -> None:
+    locator = AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.set_xlabel("date (UTC)")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(True, color="0.9", lw=0.6)
+    handles, labels = axes.get_legend_handles_labels()
+    if handles:
+        if reverse_legend:  # stacked areas: list the top band first, as drawn
+            handles, labels = handles[::-1], labels[::-1]
+        axes.legend(
+            handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False
+        )
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def _times(index: pd.Index) -> np.ndarray:
+    """Close times (int epoch ms) as naive UTC ``datetime64`` for the x axis."""
+    return np.asarray(index, dtype="int64").astype("datetime64[ms]")

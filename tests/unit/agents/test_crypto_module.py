@@ -1,0 +1,130 @@
+"""The CryptoModule handler: inference only, same states and decisions as training's env."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bot.bus import EventBus
+from bot.events import Bar, Metric, ModuleDecision
+from bot.timeframes import DAY_MS, HOUR_MS
+from strategies.agents.observation import build_observations, signal_windows
+from strategies.agents.train import eam_signals, train_cm
+from strategies.crypto_module import CryptoModule
+from strategies.registry import save_crypto_module
+from tests.unit.agents.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def folder(history, windows, tmp_path_factory):
+    trained = train_cm(history, windows, TINY, seed=2)
+    return save_crypto_module(tmp_path_factory.mktemp("models"), trained)
+
+
+def replay_events(market, bars):
+    """Bars (published at close) and metrics (at known time, 1h after their day), in order."""
+    metrics = market.metrics
+    known = metrics["observed_at"].to_numpy() + DAY_MS + HOUR_MS
+    events = [
+        (int(k), 0, Metric(int(k), a, n, int(o), float(v)))
+        for k, a, n, o, v in zip(
+            known,
+            metrics["asset"],
+            metrics["name"],
+            metrics["observed_at"],
+            metrics["value"],
+            strict=True,
+        )
+    ]
+    step = 6 * HOUR_MS
+    for row in bars.itertuples(index=False):
+        ts = int(row.open_time) + step
+        bar = Bar(
+            ts,
+            "synthetic",
+            "ETH/USDT",
+            "6h",
+            int(row.open_time),
+            row.open,
+            row.high,
+            row.low,
+            row.close,
+            row.volume,
+        )
+        events.append((ts, 1, bar))
+    events.sort(key=lambda e: (e[0], e[1]))
+    return [e for _, _, e in events]
+
+
+def batch_decisions(model, history) -> np.ndarray:
+    """What the training code would decide at every bar: the env's states, greedy SAM."""
+    window = model.schema.window
+    states = torch.from_numpy(
+        build_observations(history.ohlcv, history.features, history.ready, window)
+    )
+    signals = eam_signals(model.eam, states, window)
+    states = torch.cat((states, torch.from_numpy(signal_windows(signals, window))), 1)
+    with torch.no_grad():
+        features = model.sam.features(states)
+        zeros = torch.zeros(len(states))
+        q = torch.stack(
+            (model.sam.q_values(features, zeros), model.sam.q_values(features, zeros + 1)), 1
+        )
+    actions, position = np.zeros(len(states), dtype=int), 0
+    for t in range(window - 1, len(states)):
+        position = int(q[t, position].argmax()) if history.ready[t] else 0
+        actions[t] = position
+    return actions
+
+
+def test_handler_decides_as_the_training_env_would(folder, market, bars_6h, history):
+    bus = EventBus()
+    decisions: list[ModuleDecision] = []
+    bus.subscribe(ModuleDecision, decisions.append)
+    module = CryptoModule.load(folder, "ETH/USDT")
+    module.emit = bus.emit
+    bus.subscribe(Bar, module.on_bar)
+    bus.subscribe(Metric, module.on_metric)
+    signals, ready = [], []
+    for event in replay_events(market, bars_6h):
+        bus.publish_sync(event)
+        if isinstance(event, Bar):
+            signals.append(module.signal)
+            ready.append(module.ready)
+    assert len(decisions) == len(bars_6h)
+    assert [d.ts for d in decisions] == history.close_time.tolist()
+    assert all(d.module_id == folder.name and d.coin == "ETH" for d in decisions)
+    assert all((d.cash, d.coin_weight) in ((1.0, 0.0), (0.0, 1.0)) for d in decisions)
+    handler_actions = np.array([d.coin_weight for d in decisions], dtype=int)
+    expected = batch_decisions(module.model, history)
+    assert np.array_equal(handler_actions, expected)
+    assert not ready[0] and ready[-1]
+    states = build_observations(history.ohlcv, history.features, history.ready, TINY.window)
+    expected_signals = eam_signals(module.model.eam, torch.from_numpy(states), TINY.window)
+    assert np.array_equal(np.array(signals, dtype=np.float32), expected_signals)
+
+
+def test_handler_is_inference_only_and_ignores_other_symbols(folder):
+    module = CryptoModule.load(folder, "ETH/USDT")
+    assert not hasattr(module, "optimizer") and not hasattr(module.model, "optimizer")
+    assert not module.model.sam.training
+    other = Bar(6 * HOUR_MS, "synthetic", "BTC/USDT", "6h", 0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    assert module.decide(other) is None
+
+
+def test_warm_up_fills_the_window_without_emitting(folder, market, bars_6h):
+    events = replay_events(market, bars_6h)
+    emitted = []
+    module = CryptoModule.load(folder, "ETH/USDT")
+    module.emit = emitted.append
+    split = next(
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, Bar) and e.ts > bars_6h["open_time"].iloc[300]
+    )
+    assert module.warm_up(events[:split]) > TINY.window
+    assert emitted == []
+    for event in events[split:]:
+        module.on_metric(event) if isinstance(event, Metric) else module.on_bar(event)
+    assert emitted and module.ready

@@ -1,0 +1,1 @@
+"""Tests of the backtest package: metrics and reports."""
