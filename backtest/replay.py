@@ -4,12 +4,14 @@ For every bar close time ``t`` (ascending), the driver publishes:
 
 1. every ``Metric`` whose ``known_at <= t`` not yet published (by known time, asset, name);
 2. every ``Bar`` closing at ``t`` (by symbol);
-3. ``BarsClosed(t)`` when ``t`` lies in the decision window ``[start_ms, end_ms]``.
+3. ``BarsClosed(t)`` when ``t`` lies in the decision window ``[start_ms, end_ms)``.
 
 Bars and metrics before ``start_ms`` are still published (warm-up: feature state and network
 windows fill exactly as in training), but no decision is asked for. The simulated clock follows
-``t``. The driver also serves :meth:`next_open` to the simulated broker: an order decided at ``t``
-fills at the open of the first bar opening at or after ``t``, which may lie past ``end_ms``.
+``t``; nothing closing at or after ``end_ms`` is published (the windows are half-open like the
+training windows). The driver also serves :meth:`next_open` to the simulated broker: an order
+decided at ``t`` fills at the open of the first bar opening at or after ``t``, which may lie
+past ``end_ms``.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class ReplayDriver:
         first_close = int(self._open_time[0]) + self.step_ms if len(order) else 0
         last_close = int(self._open_time[-1]) + self.step_ms if len(order) else 0
         self.start_ms = first_close if start_ms is None else int(start_ms)
-        self.end_ms = last_close if end_ms is None else int(end_ms)
+        self.end_ms = last_close + 1 if end_ms is None else int(end_ms)
         self._metrics = _sorted_metrics(metrics)
 
     @classmethod
@@ -111,7 +113,7 @@ class ReplayDriver:
     def decision_count(self) -> int:
         """How many ``BarsClosed`` decisions the run will ask for."""
         closes = np.unique(self._open_time + self.step_ms)
-        return int(((closes >= self.start_ms) & (closes <= self.end_ms)).sum())
+        return int(((closes >= self.start_ms) & (closes < self.end_ms)).sum())
 
     async def run(self, bus: EventBus, progress: Progress | None = None) -> None:
         """Publish everything up to ``end_ms`` into ``bus``, in known-time order.
@@ -137,7 +139,7 @@ class ReplayDriver:
         while i < n:
             t_open = times[i]
             close = t_open + step
-            if close > end:
+            if close >= end:
                 break
             while m < n_metrics and m_known[m] <= close:
                 emit(Metric(m_known[m], m_asset[m], m_name[m], m_observed[m], m_value[m]))

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from bot.cli import data, features, models
-from bot.cli.common import ConfigOption, console, load, open_stores, run, setup_logging
+from bot.cli.common import ConfigOption, console, load, run, setup_logging
 
 app = typer.Typer(
     help="CryptoRLPM: reinforcement-learning Crypto Modules for crypto portfolios.",
@@ -29,29 +29,40 @@ def _main(
 
 
 @app.command()
-def demo(config: ConfigOption = None) -> None:
-    """The main job on the embedded default: build the synthetic market and report its coverage."""
-    from bot.feed import dataset
+def demo(
+    config: ConfigOption = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default: runs/demo-<UTC time>)")
+    ] = None,
+) -> None:
+    """The main job on the embedded default: synthetic market, feature selection, Crypto Module
+    training, out-of-sample backtest against the baselines, report."""
+    from datetime import UTC, datetime
+
+    from backtest.demo import run_demo
+    from backtest.report import format_metrics_table, metrics_table
+    from strategies.features.inputs import MissingDataError
 
     cfg = load(config)
-    started = time.perf_counter()
+    out_dir = out or Path("runs") / f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    steps = iter(range(1, 6))
 
-    async def main() -> None:
-        async with open_stores(cfg) as (market, metrics):
-            console.rule("[bold]1/2 synthetic market")
-            with console.status(
-                f"generating {len(cfg.market.coins)} coins, seed {cfg.synthetic.seed}"
-            ):
-                await dataset.build_synthetic(cfg, market, metrics)
-            console.rule(
-                f"[bold]2/2 resampling {cfg.market.base_timeframe} -> {cfg.market.timeframe}"
-            )
-            await dataset.resample_coins(cfg, market)
-            await data.print_coverage(cfg, market, metrics)
+    def step(name: str) -> None:
+        console.rule(f"[bold]{next(steps)}/5 {name}")
 
-    run(main)
+    def trained(coin: str, seed: int, folder: Path, seconds: float) -> None:
+        console.print(f"  {coin} seed {seed}: trained in {seconds:.1f} s -> {folder}")
+
+    outcome = run(lambda: run_demo(cfg, out_dir, step=step, on_trained=trained), MissingDataError)
+    seeds = outcome.seeds
+    runs = [seeds.runs[seeds.median_seed], *outcome.baselines]
+    console.print(format_metrics_table(metrics_table(runs), highlight=False), soft_wrap=True)
+    if len(seeds.runs) > 1:
+        per_seed = ", ".join(f"s{s}: {m['arr']:+.1%}" for s, m in seeds.metrics.items())
+        console.print(f"cryptorlpm ARR per seed: {per_seed} (median {seeds.median['arr']:+.1%})")
     console.print(
-        f"done in {time.perf_counter() - started:.1f} s; stores in [bold]{cfg.data.dir}[/]"
+        f"done in {outcome.seconds:.0f} s. Report: [bold]{outcome.report.summary_html}[/] "
+        f"(also summary.md, plots and CSVs in {outcome.report.out_dir})"
     )
 
 

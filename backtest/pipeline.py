@@ -1,0 +1,176 @@
+"""From stored data to compared portfolios: the steps the demo and the paper experiment share.
+
+1. :func:`read_histories` - each coin's bars and DRU features, the DRU fitted on the training
+   window only (once per coin: seeds change the agents, not the feature selection);
+2. :func:`train_modules` - one Crypto Module per coin and seed, saved to the registry;
+3. :func:`backtest_vote` - a portfolio of those modules voting through the engine, replayed over
+   the test window; :func:`backtest_baselines` - the baselines through the same engine and data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from backtest.baselines import baselines
+from backtest.replay import Progress, ReplayDriver
+from backtest.result import RunResult
+from backtest.run import run_backtest
+from bot.bus import EventBus
+from bot.engine import Policy
+from bot.events import ModuleDecision
+from bot.store import MarketStore, MetricStore
+from config.schema import AppConfig
+from strategies.agents.train import CoinHistory, Windows, coin_history, train_cm
+from strategies.crypto_module import CryptoModule
+from strategies.features.inputs import fit_coin_features, read_coin_inputs
+from strategies.portfolio import PortfolioVote
+from strategies.registry import save_crypto_module
+
+
+@dataclass(frozen=True)
+class VoteRun:
+    """A Crypto Module portfolio's backtest and every module decision it was built from."""
+
+    result: RunResult
+    decisions: list[ModuleDecision]
+
+
+async def read_histories(
+    cfg: AppConfig, market: MarketStore, metrics: MetricStore, coins: Sequence[str]
+) -> dict[str, CoinHistory]:
+    """Each coin's history with its DRU fitted on ``cfg.windows.train`` only."""
+    train = cfg.windows.train
+    histories = {}
+    for coin in coins:
+        inputs = await read_coin_inputs(cfg, market, metrics, coin)
+        spec = fit_coin_features(cfg, inputs, train.start_ms, train.end_ms)
+        histories[coin] = coin_history(inputs.bars, inputs.metrics, cfg.market.timeframe, spec)
+    return histories
+
+
+def train_modules(
+    cfg: AppConfig,
+    histories: Mapping[str, CoinHistory],
+    seeds: Sequence[int],
+    root: Path,
+    *,
+    on_trained: Callable[[str, int, Path, float], None] | None = None,
+) -> dict[tuple[str, int], Path]:
+    """Train every (coin, seed) module on ``cfg.windows``; returns their registry folders.
+
+    ``on_trained(coin, seed, folder, seconds)`` is called after each one (progress, logs).
+    """
+    windows = Windows.from_config(cfg.windows)
+    folders = {}
+    for seed in seeds:
+        for coin, history in histories.items():
+            log_path = root / coin / f".training-s{seed}.jsonl"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log_path.unlink(missing_ok=True)
+            trained = train_cm(history, windows, cfg.agents, seed, log_path=log_path)
+            folder = save_crypto_module(
+                root,
+                trained,
+                config=cfg,
+                training=cfg.training,
+                exchange=cfg.market.exchange,
+                symbol=cfg.market.symbol(coin),
+                log_file=log_path,
+            )
+            folders[coin, seed] = folder
+            if on_trained is not None:
+                on_trained(coin, seed, folder, trained.seconds)
+    return folders
+
+
+async def replay_driver(
+    cfg: AppConfig,
+    market: MarketStore,
+    metrics: MetricStore,
+    coins: Sequence[str],
+    start_ms: int,
+    end_ms: int,
+) -> ReplayDriver:
+    """The replay of ``coins`` at the strategy timeframe, deciding in ``[start_ms, end_ms)``."""
+    return await ReplayDriver.from_stores(
+        market,
+        metrics,
+        exchange=cfg.market.exchange,
+        symbols=[cfg.market.symbol(c) for c in coins],
+        timeframe=cfg.market.timeframe,
+        start_ms=start_ms,
+        end_ms=end_ms,
+    )
+
+
+def vote_policy(cfg: AppConfig, folders: Mapping[str, Path]) -> PortfolioVote:
+    """A :class:`PortfolioVote` over freshly loaded modules (coin -> registry folder)."""
+    modules = [
+        CryptoModule.load(folder, cfg.market.symbol(coin)) for coin, folder in folders.items()
+    ]
+    return PortfolioVote(cfg.market.quote, modules)
+
+
+async def backtest_vote(
+    cfg: AppConfig,
+    folders: Mapping[str, Path],
+    driver: ReplayDriver,
+    *,
+    name: str = "cryptorlpm",
+    progress: Progress | None = None,
+) -> VoteRun:
+    """Replay ``driver`` with the vote of the modules in ``folders`` deciding."""
+    recording = RecordingPolicy(vote_policy(cfg, folders))
+    result = await run_backtest(cfg, recording, driver, name=name, progress=progress)
+    return VoteRun(result, recording.decisions)
+
+
+class RecordingPolicy:
+    """Wraps a policy and records the module decisions published while it runs."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.decisions: list[ModuleDecision] = []
+
+    def attach(self, bus: EventBus) -> None:
+        """Attach the wrapped policy, then listen to ``ModuleDecision``."""
+        self.policy.attach(bus)
+        bus.subscribe(ModuleDecision, self.decisions.append)
+
+
+async def backtest_baselines(
+    cfg: AppConfig, coins: Sequence[str], driver: ReplayDriver
+) -> list[RunResult]:
+    """Buy & hold of each coin and both equal-weight portfolios, through the same engine."""
+    return [
+        await run_backtest(cfg, policy, driver, name=policy.name)
+        for policy in baselines(coins, cfg.market.quote)
+    ]
+
+
+@dataclass(frozen=True)
+class SeedSummary:
+    """A strategy over several seeds: each seed's run and metrics, the median and its run."""
+
+    runs: dict[int, RunResult]
+    metrics: dict[int, dict[str, float | int]]
+    median: dict[str, float]
+    median_seed: int
+
+
+def summarise_seeds(runs: Mapping[int, RunResult]) -> SeedSummary:
+    """Per-seed metrics, their median per metric, and the seed whose ARR is the median one
+    (its run is the one drawn in plots: a real run, not an average of curves)."""
+    import statistics
+
+    from backtest.metrics import compute_metrics
+
+    metrics = {seed: compute_metrics(run) for seed, run in runs.items()}
+    keys = next(iter(metrics.values())).keys()
+    median = {
+        key: float(statistics.median(float(m[key]) for m in metrics.values())) for key in keys
+    }
+    by_arr = sorted(metrics, key=lambda seed: (metrics[seed]["arr"], seed))
+    return SeedSummary(dict(runs), metrics, median, by_arr[(len(by_arr) - 1) // 2])
