@@ -3,7 +3,14 @@
 ``config`` imports nothing else of the project; everything else imports it.
 """
 
-from config.loader import ConfigError, default_config_path, load_config
+from config.loader import ConfigError, bundled_config_path, default_config_path, load_config
 from config.schema import AppConfig, Secrets
 
-__all__ = ["AppConfig", "ConfigError", "Secrets", "default_config_path", "load_config"]
+__all__ = [
+    "AppConfig",
+    "ConfigError",
+    "Secrets",
+    "bundled_config_path",
+    "default_config_path",
+    "load_config",
+]

@@ -28,7 +28,12 @@ class ConfigError(ValueError):
 
 def default_config_path() -> Path:
     """The bundled ``config/demo.toml`` (the synthetic market), the default of every command."""
-    return Path(str(resources.files("config") / "demo.toml"))
+    return bundled_config_path("demo.toml")
+
+
+def bundled_config_path(name: str) -> Path:
+    """A config file shipped in the ``config`` package (``demo.toml``, ``paper.toml``, ...)."""
+    return Path(str(resources.files("config") / name))
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AppConfig:

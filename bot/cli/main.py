@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli import data, features, models
+from bot.cli import data, experiment, features, models
 from bot.cli.common import ConfigOption, console, load, run, setup_logging
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
 app.add_typer(models.app, name="models")
+app.add_typer(experiment.app, name="experiment")
 app.command("train")(models.train)
 
 
