@@ -62,3 +62,69 @@ def ms_to_iso(ms: int) -> str:
 def floor_ms(ms: int, step_ms: int) -> int:
     """Start of the ``step_ms`` bin (UTC-aligned) that contains ``ms``."""
     return ms - (ms % step_ms)
+
+
+WEEK_ORIGIN_MS = 4 * DAY_MS
+"""Monday 1970-01-05 00:00 UTC: weekly candles open on Mondays (epoch day 0 was a Thursday)."""
+
+
+def bin_origin_ms(timeframe: str) -> int:
+    """Epoch-ms origin of a timeframe's grid: 0, or Monday 1970-01-05 for weekly timeframes."""
+    return WEEK_ORIGIN_MS if timeframe.endswith("w") else 0
+
+
+class CandleGrid:
+    """The open times a timeframe's candles may have: multiples of its length from an origin.
+
+    The origin is the epoch for every timeframe but weeks, which open on Monday 00:00 UTC as
+    exchange weekly candles do. Validation, downloads, resampling and CSV import all use this
+    one grid, so a series that passes one of them passes the others.
+    """
+
+    def __init__(self, timeframe: str) -> None:
+        self.timeframe = timeframe
+        self.step = timeframe_ms(timeframe)
+        self.origin = bin_origin_ms(timeframe)
+
+    def __repr__(self) -> str:
+        return f"CandleGrid({self.timeframe!r})"
+
+    def floor(self, ms: int) -> int:
+        """Open time of the candle that contains ``ms``."""
+        return ms - (ms - self.origin) % self.step
+
+    def ceil(self, ms: int) -> int:
+        """Open time of the first candle that opens at or after ``ms``."""
+        floor = self.floor(ms)
+        return floor if floor == ms else floor + self.step
+
+    def last_closed(self, now_ms: int) -> int:
+        """Open time of the newest candle closed at ``now_ms`` (``open + step <= now``)."""
+        return self.floor(now_ms) - self.step
+
+    def is_aligned(self, ms: int) -> bool:
+        """Whether ``ms`` is the open time of one of this grid's candles."""
+        return (ms - self.origin) % self.step == 0
+
+    def describe(self) -> str:
+        """The grid in words, for error messages: ``"1w grid (Mondays 00:00 UTC)"``."""
+        if self.origin:
+            return f"{self.timeframe} grid (Mondays 00:00 UTC)"
+        return f"{self.timeframe} grid (multiples of {self.step} ms since the epoch)"
+
+
+def check_resample(source_timeframe: str, target_timeframe: str) -> None:
+    """Raise ``ValueError`` unless ``source`` candles can be aggregated into ``target`` bins.
+
+    Both must be valid timeframes, the target a whole multiple of the source, and every target
+    bin edge a source candle edge (weekly bins start on Mondays).
+    """
+    source = CandleGrid(source_timeframe)
+    target = CandleGrid(target_timeframe)
+    if target.step % source.step != 0:
+        raise ValueError(
+            f"cannot resample {source_timeframe} to {target_timeframe}: "
+            f"{target_timeframe} is not a whole multiple of {source_timeframe}"
+        )
+    if not source.is_aligned(target.origin):
+        raise ValueError(f"{target_timeframe} bins do not line up with {source_timeframe} bins")

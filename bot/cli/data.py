@@ -1,18 +1,31 @@
-"""``cryptorlpm data ...``: fill and inspect the stores (synthetic, CSV import, download)."""
+"""``cryptorlpm data ...``: fill and inspect the stores (synthetic, CSV import, download).
+
+Each filling command writes one kind of data and refuses a config made for another
+(``market.source``), so real and synthetic candles never end up in one series.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import ConfigOption, console, fail, load, open_stores, progress_bar, run
+from bot.cli.common import ConfigOption, console, load, open_stores, progress_bar, run
+from bot.cli.common import fail as fail_markup
 from bot.feed import dataset
+from bot.feed.dataset import DatasetConfigError
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import ms_to_iso, to_ms
-from config import AppConfig
+from bot.timeframes import check_resample, ms_to_iso, to_ms
+from config import AppConfig, default_config_path
+
+if TYPE_CHECKING:
+    from bot.feed.csv_import import ImportReport
+
+T = TypeVar("T")
 
 app = typer.Typer(help="Fill and inspect market.db and metrics.db.", no_args_is_help=True)
 
@@ -21,6 +34,7 @@ app = typer.Typer(help="Fill and inspect market.db and metrics.db.", no_args_is_
 def synth(config: ConfigOption = None) -> None:
     """Generate the synthetic market (deterministic by seed) into the stores and resample it."""
     cfg = load(config)
+    require_source(cfg, config, "synthetic")
 
     async def main() -> None:
         async with open_stores(cfg) as (market, metrics):
@@ -29,7 +43,7 @@ def synth(config: ConfigOption = None) -> None:
             print_resampling(cfg, await dataset.resample_coins(cfg, market))
             await print_coverage(cfg, market, metrics)
 
-    run(main)
+    run_command(main, DatasetConfigError)
 
 
 @app.command("import")
@@ -43,22 +57,30 @@ def import_(
     cfg = load(config)
     if not dir.is_dir():
         fail(f"--dir {dir}: not a folder")
+    try:
+        dataset.check_source(cfg, "csv")
+    except DatasetConfigError as exc:
+        # Validate the files first, writing nothing: a bad file is reported as a real import
+        # would report it, and only then is the config refused.
+        run_command(lambda: dataset.check_csv_dir(cfg, dir), DataValidationError, FileNotFoundError)
+        fail(f"{config_file(config)}: {exc}. The files were checked; nothing was written")
 
     async def main() -> None:
         async with open_stores(cfg) as (market, metrics):
             with progress_bar() as bar:
                 task = bar.add_task("importing files", total=None)
-                await dataset.import_csv_dir(
+                report = await dataset.import_csv_dir(
                     cfg,
                     dir,
                     market,
                     metrics,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                 )
+            print_import_report(report)
             print_resampling(cfg, await dataset.resample_coins(cfg, market))
             await print_coverage(cfg, market, metrics)
 
-    run(main, DataValidationError, FileNotFoundError)
+    run_command(main, DataValidationError, FileNotFoundError, DatasetConfigError)
 
 
 @app.command("resample")
@@ -71,6 +93,10 @@ def resample(
     """Resample stored base-timeframe candles to the strategy timeframe, gaps kept explicit."""
     cfg = load(config)
     if to is not None:
+        try:
+            check_resample(cfg.market.base_timeframe, to)
+        except ValueError as exc:
+            fail(f"--to {to!r}: {exc} (market.base_timeframe is {cfg.market.base_timeframe!r})")
         cfg = cfg.model_copy(update={"market": cfg.market.model_copy(update={"timeframe": to})})
 
     async def main() -> None:
@@ -80,7 +106,7 @@ def resample(
         if not summaries:
             console.print("nothing to resample")
 
-    run(main)
+    run_command(main, DatasetConfigError)
 
 
 @app.command("download")
@@ -94,10 +120,15 @@ def download(
 ) -> None:
     """Download candles through ccxt and metrics through sanpy (needs internet; resumes)."""
     from bot.feed.download import DownloadError, download_all
+    from bot.feed.exchange import ExchangeConfigError
+    from bot.feed.validation import DataValidationError
 
     cfg = load(config)
-    since_ms = to_ms(since) if since else to_ms(cfg.market.start)
-    until_ms = to_ms(until) if until else None
+    require_source(cfg, config, "exchange")
+    since_ms = parse_time("--since", since) if since else cfg.market.start_ms
+    until_ms = parse_time("--until", until) if until else None
+    if until_ms is not None and until_ms <= since_ms:
+        fail(f"--until {until}: must be after --since ({ms_to_iso(since_ms)})")
 
     async def main() -> None:
         async with open_stores(cfg) as (market, metric_store):
@@ -114,7 +145,7 @@ def download(
             print_resampling(cfg, await dataset.resample_coins(cfg, market))
             await print_coverage(cfg, market, metric_store)
 
-    run(main, DownloadError)
+    run_command(main, DownloadError, DataValidationError, ExchangeConfigError, DatasetConfigError)
 
 
 @app.command("show")
@@ -126,16 +157,74 @@ def show(config: ConfigOption = None) -> None:
         async with open_stores(cfg) as (market, metrics):
             await print_coverage(cfg, market, metrics)
 
-    run(main)
+    run_command(main)
+
+
+def fail(message: str) -> NoReturn:
+    """Exit with ``message`` as a one-line error, printed as plain text (file names, open times
+    in brackets and the like are not console markup)."""
+    fail_markup(escape(message))
+    raise typer.Exit(2)  # not reached: fail_markup exits
+
+
+def run_command(coro_fn: Callable[[], Coroutine[Any, Any, T]], *errors: type[Exception]) -> T:
+    """Run an async command; the listed exception types become one-line errors."""
+    try:
+        return run(coro_fn)
+    except errors as exc:
+        fail(str(exc))
+
+
+def config_file(config: Path | None) -> str:
+    """The config file a command runs with, for messages."""
+    return f"config {config if config is not None else default_config_path()}"
+
+
+def require_source(cfg: AppConfig, config: Path | None, source: dataset.Source) -> None:
+    """Exit with one line naming the config file unless ``cfg`` is made for ``source``."""
+    try:
+        dataset.check_source(cfg, source)
+    except DatasetConfigError as exc:
+        fail(f"{config_file(config)}: {exc}")
+
+
+def parse_time(option: str, text: str) -> int:
+    """Epoch ms of a ``--since``/``--until`` value, or exit naming the option."""
+    try:
+        return to_ms(text)
+    except ValueError:
+        fail(f"{option} {text!r}: expected a date YYYY-MM-DD or a date-time YYYY-MM-DDTHH:MM")
+
+
+def print_import_report(report: ImportReport) -> None:
+    """One line per file (rows written, or why it was rejected), then the skipped files."""
+    table = Table(title=f"imported {len(report.files)} files in {report.seconds:.1f} s")
+    for column in ("file", "kind", "series", "rows"):
+        table.add_column(column, justify="right" if column == "rows" else "left")
+    for item in report.files:
+        rows = str(item.rows) if item.error is None else f"rejected: {item.error}"
+        table.add_row(item.path.name, item.kind, item.series, rows)
+    console.print(table)
+    console.print(f"{report.rows} rows written", highlight=False)
+    for path in report.skipped:
+        console.print(f"skipped {path} (name not understood)", highlight=False)
+    if report.missing_coins:
+        console.print(f"no candle file for {', '.join(report.missing_coins)}", highlight=False)
 
 
 def print_resampling(cfg: AppConfig, summaries: list[dataset.ResampleSummary]) -> None:
-    """One line per resampled coin: bars written and bins with missing source candles."""
+    """One line per resampled coin: bars written, bins with missing source candles (kept) and
+    the last bin when it was still forming (not written)."""
     for s in summaries:
-        note = f", {s.incomplete} with missing {cfg.market.base_timeframe} candles (kept)"
+        notes = []
+        if s.incomplete:
+            notes.append(f"{s.incomplete} with missing {cfg.market.base_timeframe} candles (kept)")
+        if s.forming_since is not None:
+            notes.append(f"the bin from {_when(s.forming_since)} is still forming (not stored)")
         console.print(
             f"resampled {s.symbol}: {s.bars} {cfg.market.timeframe} bars"
-            + (note if s.incomplete else "")
+            + "".join(f", {note}" for note in notes),
+            highlight=False,
         )
 
 

@@ -15,7 +15,12 @@ names unique when two files carry the same quantity (both Coin Metrics files hav
 ``HashRate``), and tells a reader where a feature came from.
 
 A daily value for day D describes all of D, so it is stored with ``observed_at`` = D 00:00 UTC
-and ``known_at`` = D + 1 day + the publication lag: a replay cannot see it before day D ends.
+and ``known_at`` = D + 1 day + the publication lag (:func:`bot.store.metrics.daily_known_at`): a
+replay cannot see it before day D ends. The columns ``asset`` and ``name`` are refused: the
+asset comes from the file name, and every other column is a metric.
+
+Candle open times must lie on the file timeframe's :class:`~bot.timeframes.CandleGrid` (weekly
+candles open on Mondays, as the exchanges' do).
 
 Every file is read and validated completely before any of it is written, and then written in
 one transaction, so a bad file leaves the store as it was; its error names the file, the line
@@ -28,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,20 +41,18 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from bot.feed.validation import (
-    CANDLE_FIELDS,
-    DataValidationError,
-    validate_candles,
-    validate_metrics,
-)
+from bot.feed.validation import DataValidationError, validate_candles, validate_metrics
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import DAY_MS, timeframe_ms
+from bot.store.market import CANDLE_COLUMNS, candle_frame
+from bot.store.metrics import daily_known_at
 
 CANDLE_FILE = re.compile(
     r"^(?P<base>[A-Z0-9]+)_(?P<quote>[A-Z0-9]+)-(?P<timeframe>[1-9]\d*[mhdw])$"
 )
 METRIC_FILE = re.compile(r"^(?P<asset>[A-Z0-9]+)_(?P<source>\w+)$")
 METRIC_FRAME_COLUMNS = ["asset", "name", "observed_at", "value"]
+RESERVED_METRIC_COLUMNS = ("asset", "name")
+"""Column names a metric file may not use: the long frame's own keys."""
 
 # The time column of a candle file: ccxt's name, or the store's own (for files we export).
 _TIME_COLUMNS = ("timestamp", "open_time")
@@ -72,12 +75,17 @@ class FileImport:
 
 @dataclass(slots=True)
 class ImportReport:
-    """Outcome of :func:`import_directory`, one :class:`FileImport` per file in import order."""
+    """Outcome of :func:`import_directory`, one :class:`FileImport` per file in import order.
+
+    With ``dry_run`` (:func:`check_directory`) the files were only read and validated: ``rows``
+    is what they would write.
+    """
 
     files: list[FileImport] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     missing_coins: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    dry_run: bool = False
 
     @property
     def rows(self) -> int:
@@ -94,7 +102,8 @@ def read_candle_csv(path: str | Path, timeframe: str | None = None) -> pd.DataFr
     """Read and validate a ccxt-shaped candle CSV.
 
     Returns columns ``open_time`` (int64 epoch ms), ``open, high, low, close, volume``
-    (float64), in file order. ``timeframe``, when given, also requires UTC-aligned open times.
+    (float64), in file order. ``timeframe``, when given, also requires open times on that
+    timeframe's grid (UTC-aligned; Mondays for weekly candles).
     Raises :class:`DataValidationError` naming the file, line and field for an empty file, a
     missing column, a malformed row, a non-numeric or missing cell, or any failed candle check
     (see :func:`~bot.feed.validation.validate_candles`); a file with a header but no rows is
@@ -112,16 +121,10 @@ def read_candle_csv(path: str | Path, timeframe: str | None = None) -> pd.DataFr
             "timestamp",
             f"missing column 'timestamp' (columns: {', '.join(raw.columns)})",
         )
-    validate_candles(
-        raw,
-        source,
-        first_line=2,
-        timeframe_ms=None if timeframe is None else timeframe_ms(timeframe),
-    )
+    validate_candles(raw, source, first_line=2, timeframe=timeframe)
     if raw.empty:
         raise DataValidationError(source, 2, None, "no candles (header only)")
-    frame = raw[list(CANDLE_FIELDS)].apply(pd.to_numeric)
-    return frame.astype({"open_time": "int64"} | {c: "float64" for c in CANDLE_FIELDS[1:]})
+    return candle_frame(raw[CANDLE_COLUMNS].apply(pd.to_numeric))
 
 
 def read_metric_csv(path: str | Path, asset: str) -> pd.DataFrame:
@@ -130,8 +133,9 @@ def read_metric_csv(path: str | Path, asset: str) -> pd.DataFrame:
     Columns: ``asset`` (``asset``), ``name`` (see :func:`metric_name`), ``observed_at`` (int64
     epoch ms of 00:00 UTC of the row's ``date``), ``value`` (float64); sorted by name, then
     observed_at. Empty cells are missing values and yield no row. Raises
-    :class:`DataValidationError` for an empty file, a missing ``date`` column, two columns with
-    the same normalised name, a bad or repeated date, or a non-numeric or infinite cell.
+    :class:`DataValidationError` for an empty file, a missing ``date`` column, a column named
+    ``asset`` or ``name``, two columns with the same normalised name, a bad or repeated date, or a
+    non-numeric or infinite cell.
     """
     path = Path(path)
     source = str(path)
@@ -140,6 +144,15 @@ def read_metric_csv(path: str | Path, asset: str) -> pd.DataFrame:
         raise DataValidationError(
             source, 1, "date", f"missing column 'date' (columns: {', '.join(raw.columns)})"
         )
+    for column in raw.columns:
+        if column.lower() in RESERVED_METRIC_COLUMNS:
+            raise DataValidationError(
+                source,
+                1,
+                column,
+                f"column {column!r} is not allowed: a metric file has a 'date' column and one "
+                "numeric column per metric, and its asset comes from the file name",
+            )
     if raw.empty:
         raise DataValidationError(source, 2, None, "no rows (header only)")
     validate_metrics(raw, source, first_line=2)
@@ -193,13 +206,6 @@ def metric_name(source: str, column: str) -> str:
     """Stored metric name of a CSV column: ``metric_name("coinmetrics_siap", "FlowInExUSD")``
     is ``"coinmetrics_siap.flow_in_ex_usd"``."""
     return f"{source}.{_snake_case(column)}"
-
-
-def daily_known_at(observed_at: np.ndarray | pd.Series, publication_lag_ms: int) -> np.ndarray:
-    """``known_at`` of daily values: the end of their day plus the publication lag."""
-    if publication_lag_ms < 0:
-        raise ValueError(f"publication_lag_ms must be >= 0, got {publication_lag_ms}")
-    return np.asarray(observed_at, dtype="int64") + DAY_MS + int(publication_lag_ms)
 
 
 async def import_candle_file(
@@ -266,11 +272,61 @@ async def import_directory(
     import is idempotent. With ``on_error="skip"`` the error is recorded in the report
     (``rejected``) and the import goes on.
     """
+
+    async def write(item: _PlannedFile) -> int:
+        if item.timeframe is not None:
+            return await import_candle_file(
+                item.path,
+                market_store,
+                exchange=exchange,
+                symbol=item.subject,
+                timeframe=item.timeframe,
+            )
+        return await import_metric_file(
+            item.path, metric_store, asset=item.subject, publication_lag_ms=publication_lag_ms
+        )
+
+    return await _run_plan(root, quote, coins, write, progress, on_error, dry_run=False)
+
+
+async def check_directory(
+    root: str | Path,
+    *,
+    quote: str = "USDT",
+    coins: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    on_error: Literal["raise", "skip"] = "raise",
+) -> ImportReport:
+    """Read and validate every file :func:`import_directory` would import, writing nothing.
+
+    The report (``dry_run`` set) gives the rows each file would write; errors are raised or
+    recorded exactly as the import would.
+    """
+
+    async def read(item: _PlannedFile) -> int:
+        if item.timeframe is not None:
+            return len(await asyncio.to_thread(read_candle_csv, item.path, item.timeframe))
+        return len(await asyncio.to_thread(read_metric_csv, item.path, item.subject))
+
+    return await _run_plan(root, quote, coins, read, progress, on_error, dry_run=True)
+
+
+async def _run_plan(
+    root: str | Path,
+    quote: str,
+    coins: Sequence[str] | None,
+    action: Callable[[_PlannedFile], Awaitable[int]],
+    progress: Progress | None,
+    on_error: Literal["raise", "skip"],
+    *,
+    dry_run: bool,
+) -> ImportReport:
+    """Find the files of ``root``, then ``action`` each one in order, into a report."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such data folder")
     started = time.perf_counter()
-    report = ImportReport()
+    report = ImportReport(dry_run=dry_run)
     plan: list[_PlannedFile] = []
 
     found: set[str] = set()
@@ -294,24 +350,12 @@ async def import_directory(
         plan.append(_PlannedFile(path, "metrics", match["asset"], None))
 
     for done, item in enumerate(plan, start=1):
+        if item.timeframe is not None:
+            series = f"{item.subject} {item.timeframe}"
+        else:
+            series = f"{item.subject} {metric_source(item.path, item.subject)}"
         try:
-            if item.timeframe is not None:
-                series = f"{item.subject} {item.timeframe}"
-                rows = await import_candle_file(
-                    item.path,
-                    market_store,
-                    exchange=exchange,
-                    symbol=item.subject,
-                    timeframe=item.timeframe,
-                )
-            else:
-                series = f"{item.subject} {metric_source(item.path, item.subject)}"
-                rows = await import_metric_file(
-                    item.path,
-                    metric_store,
-                    asset=item.subject,
-                    publication_lag_ms=publication_lag_ms,
-                )
+            rows = await action(item)
         except DataValidationError as error:
             if on_error == "raise":
                 raise

@@ -2,6 +2,9 @@
 
 Candles come from ``cfg.exchange`` at ``cfg.market.base_timeframe``; metrics from Santiment for
 every coin that has a slug in ``cfg.santiment.slugs``. Both resume from what the stores hold.
+Only a config with ``market.source = "exchange"`` may download (see
+:func:`bot.feed.dataset.check_source`): downloaded candles must never land in a synthetic or
+imported series.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import logging
 
 from rich.progress import Progress
 
+from bot.feed.dataset import check_source, check_stores
 from bot.feed.exchange import create_exchange
 from bot.feed.history import DownloadError, download_candles
 from bot.feed.santiment import SantimentError, SantimentSource
@@ -35,8 +39,13 @@ async def download_all(
     """Download candles of every coin, then (optionally) their Santiment metrics.
 
     Raises :class:`DownloadError` with a one-line reason when a download cannot finish; what was
-    stored before the failure stays, and a rerun resumes after it.
+    stored before the failure stays, and a rerun resumes after it. Raises
+    :class:`~bot.feed.dataset.DatasetConfigError` before any request when ``cfg`` is not an
+    exchange-source config, and :class:`~bot.feed.exchange.ExchangeConfigError` for an exchange
+    id or ``api_url`` ccxt cannot use.
     """
+    check_source(cfg, "exchange")
+    await check_stores(market, metrics, "exchange")
     secrets = secrets or Secrets()
     exchange = create_exchange(cfg.exchange, secrets)
     try:

@@ -29,7 +29,7 @@ import ccxt.pro as ccxt_pro
 
 from config.schema import ExchangeConfig, Secrets
 
-log = logging.getLogger("cryptorlpm.feed")
+log = logging.getLogger(__name__)
 
 _WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 _REDACT = re.compile(
@@ -37,6 +37,10 @@ _REDACT = re.compile(
     re.I,
 )
 _MAX_MESSAGE = 300
+
+
+class ExchangeConfigError(ValueError):
+    """The ``[exchange]`` config names an exchange ccxt lacks or a malformed ``api_url``."""
 
 
 def create_exchange(
@@ -54,7 +58,9 @@ def create_exchange(
     exchange_class = getattr(module, cfg.id, None)
     if exchange_class is None:
         kind = "ccxt.pro" if pro else "ccxt"
-        raise ValueError(f"exchange id {cfg.id!r} is not supported by {kind} {ccxt.__version__}")
+        raise ExchangeConfigError(
+            f"exchange.id = {cfg.id!r} is not an exchange {kind} {ccxt.__version__} supports"
+        )
     params: dict[str, Any] = {
         "enableRateLimit": cfg.rate_limit,
         "timeout": cfg.timeout_ms,
@@ -101,7 +107,9 @@ def rewrite_api_urls(urls: Any, api_url: str) -> Any:
     """
     target = urlsplit(api_url.rstrip("/"))
     if target.scheme not in ("http", "https") or not target.netloc:
-        raise ValueError(f"api_url {api_url!r}: expected http(s)://host[:port][/path]")
+        raise ExchangeConfigError(
+            f"exchange.api_url = {api_url!r}: expected http(s)://host[:port][/path]"
+        )
     if isinstance(urls, dict):
         return {key: rewrite_api_urls(value, api_url) for key, value in urls.items()}
     if isinstance(urls, list):

@@ -1,19 +1,26 @@
 """Downloading historical candles from a ccxt exchange into ``market.db``, resumably.
 
-The download walks forward page by page (``fetch_ohlcv(symbol, timeframe, since, limit)``) and
-writes each page in its own transaction once it has passed validation, so an interruption (a
-crash, Ctrl-C, retries running out) keeps every finished page. A rerun starts after the newest
-stored candle: no gap, no duplicate, no page fetched twice.
+A download fetches every candle of ``[since, until)`` the store does not hold yet: the part before
+the first stored candle, the gaps inside the stored range and the part after the last stored
+candle (:meth:`~bot.store.market.MarketStore.missing_ranges`). Each range is walked forward page by
+page (``fetch_ohlcv(symbol, timeframe, since, limit)``) and each page is written in its own
+transaction once it has passed validation, so an interruption (a crash, Ctrl-C, retries running
+out) keeps every finished page, and a rerun fetches only what is still missing: no gap, no
+duplicate, no page fetched twice. A gap the exchange itself has (an outage) is asked for again on
+each run, which costs one request that answers nothing.
 
-Only *closed* candles are stored: ``open_time + timeframe <= now``, where ``now`` is the
-exchange's clock (``fetch_time``) unless given. Binance also returns the candle still in
-progress; storing it would freeze a half-formed bar into the history.
+Only *closed* candles are stored. The exchange returns the candle still in progress too, and
+storing it would freeze a half-formed bar into the history. A candle counts as closed when the
+same answer holds a later candle (the exchange opens ``t + 1`` only after closing ``t``; each
+request asks for one candle past the range to get that proof), or else when the exchange's clock
+has passed its close. That clock is the exchange's (``fetch_time``) unless the caller passes
+``now_ms``; a local clock running ahead would otherwise pass a forming candle as closed.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,16 +28,23 @@ import ccxt
 import pandas as pd
 
 from bot.feed.exchange import describe_error
-from bot.feed.resample import bin_origin_ms
-from bot.feed.retry import call_with_retries, retry_after_from
-from bot.feed.validation import DataValidationError, validate_candles
-from bot.store.market import CANDLE_COLUMNS, MarketStore
-from bot.timeframes import ms_to_iso, timeframe_ms
+from bot.feed.retry import (
+    DEFAULT_MAX_WAIT_S,
+    RetryWaitTooLong,
+    call_with_retries,
+    retry_after_from,
+)
+from bot.feed.validation import validate_candles
+from bot.store.market import MarketStore, candle_frame
+from bot.timeframes import CandleGrid, ms_to_iso
 
-log = logging.getLogger("cryptorlpm.feed")
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """``progress(done_candles, expected_total)``, called after each stored page."""
+
+ExchangeTime = Callable[[], Awaitable[int]]
+"""Returns a time (epoch ms) the exchange's clock is known to have reached."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +52,10 @@ class DownloadResult:
     """What one :func:`download_candles` run did.
 
     ``first_open_time``/``last_open_time`` bound the candles written by this run (``None`` when
-    it wrote none); ``resumed_from`` is the open time it resumed at because the store already
-    held candles from ``since`` on (``None`` when it started at ``since``).
+    it wrote none); ``resumed_from`` is where the part after the stored candles began, when the
+    store already held candles from ``since`` on (``None`` when it held none). ``ranges`` lists
+    the open-time ranges ``[first, stop)`` the run asked the exchange for: the part before the
+    stored candles, the gaps inside them and the part after them.
     """
 
     rows_written: int
@@ -47,6 +63,7 @@ class DownloadResult:
     first_open_time: int | None
     last_open_time: int | None
     resumed_from: int | None
+    ranges: tuple[tuple[int, int], ...] = ()
 
 
 class DownloadError(RuntimeError):
@@ -70,81 +87,121 @@ async def download_candles(
     limit: int = 1000,
     max_retries: int = 5,
     base_delay_s: float = 1.0,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
     progress: Progress | None = None,
 ) -> DownloadResult:
-    """Download the closed ``symbol`` candles with ``since_ms <= open_time < until_ms``.
+    """Download the closed ``symbol`` candles with ``since_ms <= open_time < until_ms`` that the
+    store lacks.
 
     ``exchange`` is a ccxt async exchange; rows are stored under ``exchange_name``. Without
-    ``until_ms`` the download runs up to the newest closed candle. ``now_ms`` defaults to the
-    exchange's clock. Temporary errors are retried ``max_retries`` times per request; a permanent
-    error, or a temporary one that outlasts the retries, raises :class:`DownloadError`.
-    A page that fails validation raises ``DataValidationError`` and is not stored.
+    ``until_ms`` the download runs up to the newest closed candle. ``now_ms`` bounds the range
+    (default: the exchange's clock, ``fetch_time``); whether the newest candle has closed is
+    decided by the exchange either way (a later candle in the answer, or its clock), so a caller's
+    clock running ahead cannot store a forming candle. Temporary errors are retried ``max_retries``
+    times per request (never waiting longer than ``max_wait_s`` at once); a permanent error, or a
+    temporary one that outlasts the retries, raises :class:`DownloadError`. A page that fails
+    validation raises ``DataValidationError`` and is not stored.
     """
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    step = timeframe_ms(timeframe)
     grid = CandleGrid(timeframe)
     series = f"{exchange_name} {symbol} {timeframe}"
+    retry: dict[str, Any] = {
+        "max_retries": max_retries,
+        "base_delay_s": base_delay_s,
+        "max_wait_s": max_wait_s,
+    }
     start = grid.ceil(since_ms)
-    resumed_from: int | None = None
     last_stored = await store.last_open_time(exchange_name, symbol, timeframe)
-    if last_stored is not None and last_stored + step > start:
-        start = resumed_from = last_stored + step
+    resumed_from = None
+    if last_stored is not None and last_stored + grid.step > start:
+        resumed_from = last_stored + grid.step
     written = pages = 0
     first: int | None = None
     last: int | None = None
+    range_start, done_in_range = start, None
+    ranges: list[tuple[int, int]] = []
     try:
-        if now_ms is None:
-            now_ms = int(
-                await call_with_retries(
-                    exchange.fetch_time,
-                    max_retries=max_retries,
-                    base_delay_s=base_delay_s,
-                    retry_after=retry_after_from(exchange),
+        exchange_now: int | None = None
+
+        async def exchange_time() -> int:
+            nonlocal exchange_now
+            if exchange_now is None:
+                exchange_now = int(
+                    await call_with_retries(
+                        exchange.fetch_time, retry_after=retry_after_from(exchange), **retry
+                    )
                 )
-            )
-        last_open = grid.last_closed(now_ms)
+            return exchange_now
+
+        if now_ms is None:
+            now_ms = await exchange_time()
+        stop = grid.last_closed(now_ms) + grid.step
         if until_ms is not None:
-            last_open = min(last_open, grid.ceil(until_ms) - step)
-        expected = max(0, (last_open - start) // step + 1)
-        log.info(
-            "downloading %s: %d candles from %s to %s%s",
-            series,
-            expected,
-            ms_to_iso(start),
-            ms_to_iso(last_open) if expected else "-",
-            f" (resuming after {ms_to_iso(last_stored)})" if resumed_from is not None else "",
-        )
-        async for frame in closed_candle_pages(
-            exchange,
-            symbol=symbol,
-            timeframe=timeframe,
-            start_ms=start,
-            last_open_ms=last_open,
-            source=series,
-            limit=limit,
-            max_retries=max_retries,
-            base_delay_s=base_delay_s,
-        ):
-            await store.upsert_frame(exchange_name, symbol, timeframe, frame)
-            pages += 1
-            written += len(frame)
-            if first is None:
-                first = int(frame["open_time"].iloc[0])
-            last = int(frame["open_time"].iloc[-1])
-            if progress is not None:
-                progress(written, expected)
+            stop = min(stop, grid.ceil(until_ms))
+        ranges = await store.missing_ranges(exchange_name, symbol, timeframe, start, stop)
+        expected = sum((b - a) // grid.step for a, b in ranges)
+        _log_plan(series, ranges, expected, grid.step, last_stored if resumed_from else None)
+
+        for range_start, range_stop in ranges:
+            done_in_range = None
+            async for frame in closed_candle_pages(
+                exchange,
+                symbol=symbol,
+                timeframe=timeframe,
+                start_ms=range_start,
+                last_open_ms=range_stop - grid.step,
+                source=series,
+                exchange_time=exchange_time,
+                limit=limit,
+                **retry,
+            ):
+                await store.upsert_frame(exchange_name, symbol, timeframe, frame)
+                pages += 1
+                written += len(frame)
+                done_in_range = last = int(frame["open_time"].iloc[-1])
+                if first is None:  # ranges come in order, so the first page opens first
+                    first = int(frame["open_time"].iloc[0])
+                if progress is not None:
+                    progress(written, expected)
     except Exception as exc:
         if not is_exchange_error(exc):
             raise
-        stored = await store.last_open_time(exchange_name, symbol, timeframe)
-        where = f"after {ms_to_iso(stored)}" if stored is not None else "before its first candle"
+        where = (
+            f"after {ms_to_iso(done_in_range)}"
+            if done_in_range is not None
+            else f"at {ms_to_iso(range_start)}"
+        )
+        reason = str(exc) if isinstance(exc, RetryWaitTooLong) else describe_error(exc)
         raise DownloadError(
-            f"download of {series} stopped {where}: {describe_error(exc)}. "
+            f"download of {series} stopped {where}: {reason}. "
             "Finished pages are stored; run it again to resume."
         ) from exc
     log.info("downloaded %s: %d candles in %d pages", series, written, pages)
-    return DownloadResult(written, pages, first, last, resumed_from)
+    return DownloadResult(written, pages, first, last, resumed_from, tuple(ranges))
+
+
+def _log_plan(
+    series: str,
+    ranges: list[tuple[int, int]],
+    expected: int,
+    step: int,
+    resumed_after: int | None,
+) -> None:
+    if not ranges:
+        log.info("%s is up to date", series)
+        return
+    log.info(
+        "downloading %s: %d candles in %d range(s) from %s to %s%s",
+        series,
+        expected,
+        len(ranges),
+        ms_to_iso(ranges[0][0]),
+        ms_to_iso(ranges[-1][1] - step),
+        f" (the store holds candles up to {ms_to_iso(resumed_after)})" if resumed_after else "",
+    )
+    for a, b in ranges:
+        log.debug("%s: missing %s .. %s", series, ms_to_iso(a), ms_to_iso(b - step))
 
 
 async def closed_candle_pages(
@@ -155,20 +212,25 @@ async def closed_candle_pages(
     start_ms: int,
     last_open_ms: int,
     source: str,
+    exchange_time: ExchangeTime,
     limit: int = 1000,
     max_retries: int = 5,
     base_delay_s: float = 1.0,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
 ) -> AsyncIterator[pd.DataFrame]:
-    """Validated pages of the candles with ``start_ms <= open_time <= last_open_ms``.
+    """Validated pages of the closed candles with ``start_ms <= open_time <= last_open_ms``.
 
-    Each page is a frame of CANDLE_COLUMNS (``open_time`` int64). Requests ask for
-    ``endTime = last_open_ms`` and rows outside the range are dropped anyway, so the candle still
-    in progress never comes out. It stops at the end of the range, on an empty page and on a
-    page that does not move past the previous one. ccxt errors propagate (after retries of the
-    temporary ones); a page that fails validation raises ``DataValidationError``.
+    Each page is a frame of ``CANDLE_COLUMNS`` (``open_time`` int64). Each request asks for the
+    candles up to one past ``last_open_ms``, so that the answer can prove the newest wanted one
+    closed; a candle without a later one in its answer is kept only when ``await
+    exchange_time()`` (asked only then) has reached its close, and the walk ends there otherwise.
+    It also stops at the end of the range, on an empty page and on a page that does not move
+    past the previous one. ccxt errors propagate (after retries of the temporary ones); a page
+    that fails validation raises ``DataValidationError``.
     """
     grid = CandleGrid(timeframe)
     cursor = start_ms
+    known_time: int | None = None
     while cursor <= last_open_ms:
         page = await call_with_retries(
             exchange.fetch_ohlcv,
@@ -176,78 +238,48 @@ async def closed_candle_pages(
             timeframe,
             cursor,
             limit,
-            params={"until": last_open_ms},
+            params={"until": last_open_ms + grid.step},
             max_retries=max_retries,
             base_delay_s=base_delay_s,
+            max_wait_s=max_wait_s,
             retry_after=retry_after_from(exchange),
         )
-        rows = [row for row in page if row[0] is not None and cursor <= row[0] <= last_open_ms]
+        times = [int(row[0]) for row in page if row and row[0] is not None]
+        rows = [row for row in page if row and row[0] is not None]
+        rows = [row for row in rows if cursor <= row[0] <= last_open_ms]
+        unproven = False
+        if rows:
+            newest = max(int(row[0]) for row in rows)
+            close = newest + grid.step
+            if not any(t > newest for t in times):
+                if known_time is None or known_time < close:
+                    known_time = int(await exchange_time())
+                if known_time < close:
+                    # Still forming on the exchange (its clock is behind ours): not closed yet.
+                    rows = [row for row in rows if int(row[0]) != newest]
+                    unproven = True
         if not rows:
             log.info(
-                "%s: the exchange has no candle from %s on (%d rows returned); stopping",
+                "%s: the exchange has no closed candle from %s on (%d rows returned); stopping",
                 source,
                 ms_to_iso(cursor),
                 len(page),
             )
             return
-        frame = _page_frame(rows)
-        grid.validate(frame, f"{source} page from {ms_to_iso(cursor)}")
-        cursor = int(frame["open_time"].iloc[-1]) + grid.step
-        yield frame
-
-
-class CandleGrid:
-    """The open times a timeframe's candles may have: multiples of its length from an origin.
-
-    The origin is the epoch for every timeframe but weeks, which open on Monday 00:00 UTC.
-    """
-
-    def __init__(self, timeframe: str) -> None:
-        self.timeframe = timeframe
-        self.step = timeframe_ms(timeframe)
-        self.origin = bin_origin_ms(timeframe)
-
-    def floor(self, ms: int) -> int:
-        """Open time of the candle that contains ``ms``."""
-        return ms - (ms - self.origin) % self.step
-
-    def ceil(self, ms: int) -> int:
-        """Open time of the first candle that opens at or after ``ms``."""
-        floor = self.floor(ms)
-        return floor if floor == ms else floor + self.step
-
-    def last_closed(self, now_ms: int) -> int:
-        """Open time of the newest candle closed at ``now_ms`` (``open + step <= now``)."""
-        return self.floor(now_ms) - self.step
-
-    def validate(self, frame: pd.DataFrame, source: str) -> None:
-        """``validate_candles`` plus alignment to this grid; raises ``DataValidationError``."""
+        frame = candle_frame(rows)
         validate_candles(
             frame,
-            source,
+            f"{source} page from {ms_to_iso(cursor)}",
             first_line=None,
-            timeframe_ms=self.step if self.origin == 0 else None,
+            timeframe=timeframe,
         )
-        if self.origin:
-            offsets = (frame["open_time"].to_numpy() - self.origin) % self.step
-            if offsets.any():
-                row = int(offsets.nonzero()[0][0])
-                at = int(frame["open_time"].iloc[row])
-                raise DataValidationError(
-                    source,
-                    None,
-                    "open_time",
-                    f"row {row}: open_time {at} [{ms_to_iso(at)}] is not on the "
-                    f"{self.timeframe} grid",
-                )
-
-
-def _page_frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:
-    """A page of ccxt OHLCV rows as a frame of CANDLE_COLUMNS (values may be ``None``)."""
-    frame = pd.DataFrame([list(row[:6]) for row in rows], columns=CANDLE_COLUMNS)
-    return frame.astype({c: "float64" for c in CANDLE_COLUMNS[1:]})
+        cursor = int(frame["open_time"].iloc[-1]) + grid.step
+        yield frame
+        if unproven:
+            return
 
 
 def is_exchange_error(exc: BaseException) -> bool:
-    """Whether ``exc`` came from talking to the exchange (ccxt's errors, timeouts, sockets)."""
-    return isinstance(exc, ccxt.BaseError | TimeoutError | ConnectionError)
+    """Whether ``exc`` came from talking to the exchange (ccxt's errors, timeouts, sockets, a
+    wait the exchange asked for that is too long to sleep through)."""
+    return isinstance(exc, ccxt.BaseError | TimeoutError | ConnectionError | RetryWaitTooLong)

@@ -3,9 +3,11 @@
 A temporary error (see :func:`bot.feed.exchange.is_temporary`) is retried up to ``max_retries``
 times, waiting ``base_delay_s * 2**(n-1)`` (capped) plus up to 25 % random jitter before retry
 ``n``; when the server said how long to wait (``Retry-After`` on a 429/418), the wait is at least
-that long. A permanent error is raised at once, and so is the last temporary one when the retries
-are spent: the caller sees ccxt's own exception and can describe it with
-:func:`bot.feed.exchange.describe_error`.
+that long, but never longer than ``max_wait_s``: a 418 is an IP ban that can last hours, and a
+call that would sleep through it raises :class:`RetryWaitTooLong` instead, so the caller decides
+(a download stops and can be resumed; the live stream retries that symbol later). A permanent
+error is raised at once, and so is the last temporary one when the retries are spent: the caller
+sees ccxt's own exception and can describe it with :func:`bot.feed.exchange.describe_error`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,35 @@ import ccxt
 
 from bot.feed.exchange import describe_error, is_temporary
 
-log = logging.getLogger("cryptorlpm.feed")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MAX_BACKOFF_S = 60.0
 """Longest wait the exponential backoff alone will produce."""
+
+DEFAULT_MAX_WAIT_S = 120.0
+"""Longest single wait :func:`call_with_retries` accepts by default (server-requested or not)."""
+
+
+class RetryWaitTooLong(RuntimeError):
+    """The server asked for a longer wait before the next try than the caller accepts.
+
+    Attributes: ``call`` (the function's name), ``wait_s`` (the wait asked for), ``max_wait_s``
+    and ``error`` (the exchange's error, also the ``__cause__``).
+    """
+
+    def __init__(self, call: str, wait_s: float, max_wait_s: float, error: BaseException) -> None:
+        super().__init__(
+            f"{call}: the exchange asked to wait {wait_s:.0f} s before trying again "
+            f"({describe_error(error)}), more than the {max_wait_s:.0f} s allowed; "
+            "try again later"
+        )
+        self.call = call
+        self.wait_s = wait_s
+        self.max_wait_s = max_wait_s
+        self.error = error
+
 
 RetryAfter = Callable[[BaseException], float | None]
 """Reads the server-requested wait (seconds) for an error, or ``None`` when there is none."""
@@ -44,17 +69,21 @@ async def call_with_retries(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     retry_after: RetryAfter | None = None,
     on_retry: OnRetry | None = None,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
     **kw: Any,
 ) -> T:
     """Await ``fn(*args, **kw)``, retrying temporary errors up to ``max_retries`` times.
 
     ``retry_after`` reads the server-requested wait from an error; by default it comes from the
     ``last_response_headers`` of the exchange ``fn`` is bound to (ccxt fills them before it
-    raises). ``sleep`` is injectable so tests need not wait. Each retry logs one line on the
-    ``cryptorlpm.feed`` logger and calls ``on_retry``.
+    raises). A wait longer than ``max_wait_s`` is not slept through: :class:`RetryWaitTooLong`
+    is raised (from the exchange's error). ``sleep`` is injectable so tests need not wait. Each
+    retry logs one line on this module's logger and calls ``on_retry``.
     """
     if max_retries < 0:
         raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+    if max_wait_s < 0:
+        raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
     if retry_after is None:
         retry_after = retry_after_from(getattr(fn, "__self__", None))
     name = getattr(fn, "__name__", repr(fn))
@@ -70,6 +99,8 @@ async def call_with_retries(
             server_wait = retry_after(exc)
             if server_wait is not None and server_wait > delay:
                 delay = server_wait
+            if delay > max_wait_s:
+                raise RetryWaitTooLong(name, delay, max_wait_s, exc) from exc
             log.warning(
                 "%s failed, retry %d/%d in %.2f s%s: %s",
                 name,

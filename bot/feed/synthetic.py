@@ -34,6 +34,7 @@ Leading ("planted") metrics, ``leading_metrics`` per coin
 Noise metrics, ``noise_metrics`` per coin, and ``market_metrics`` under asset ``MARKET``
     AR(1) processes, random walks, weekly seasonal patterns and noisy trends, independent of
     prices, rendered the same way. Market-wide names start with ``market_``.
+    (The metric generation lives in :mod:`bot.feed.synthetic_metrics`.)
 Candles
     Hourly, UTC-aligned, ``open`` = previous ``close``; wicks grow with the hour's volatility;
     volume is lognormal, grows with the size of the hour's move and the regime (stress x2.5),
@@ -59,13 +60,18 @@ import pandas as pd
 
 from bot.feed.scenarios import SCENARIOS, PlacedScenario, apply_scenarios, place_scenarios
 from bot.feed.scenarios import stress_hours as scenario_stress_hours
+from bot.feed.synthetic_metrics import (
+    MARKET_ASSET,
+    MAX_LEAD_DAYS,
+    ar1,
+    coin_metrics,
+    daily_rate,
+    market_wide_metrics,
+)
 from bot.store.market import CANDLE_COLUMNS, MarketStore
-from bot.store.metrics import MetricStore
+from bot.store.metrics import MetricStore, daily_known_at
 from bot.timeframes import DAY_MS, HOUR_MS
 from config.schema import AppConfig
-
-MARKET_ASSET = "MARKET"
-"""Asset under which the market-wide metrics are stored."""
 
 REGIMES = ("bull", "bear", "sideways", "stress")
 _MEAN_DAYS = np.array([60.0, 45.0, 40.0, 4.0])
@@ -88,49 +94,12 @@ _MARKET_VOL = 0.55
 _TAIL_DF = 4.0
 _ALPHA_HALF_LIFE_DAYS = 30.0
 _ALPHA_SHARPE = 2.5
-_SIGNAL_CLIP = 4.0
-_MAX_LEAD_DAYS = 20
 
 _KNOWN_COINS = {  # ticker: (beta, idiosyncratic vol, first price)
     "BTC": (1.0, 0.25, 7200.0),
     "ETH": (1.15, 0.40, 130.0),
 }
 _FIRST_PRICES = {"SOL": 1.5, "LINK": 1.8, "STORJ": 0.15, "BNB": 14.0, "ADA": 0.033, "XRP": 0.19}
-
-_NAME_POOL = {  # kind of series: on-chain-like names (shared by leading and noise metrics)
-    "level": (
-        "transaction_volume",
-        "exchange_inflow",
-        "exchange_outflow",
-        "exchange_balance",
-        "realized_cap",
-        "whale_transaction_volume",
-        "age_consumed",
-        "dormant_circulation",
-        "social_volume",
-        "open_interest",
-    ),
-    "count": (
-        "active_addresses",
-        "new_addresses",
-        "whale_tx_count",
-        "transaction_count",
-        "dev_activity",
-        "github_commits",
-        "social_mentions",
-        "holders_count",
-    ),
-    "ratio": ("mvrv_ratio", "nvt_ratio", "velocity", "supply_on_exchanges_share"),
-    "signed": ("funding_rate", "sentiment_balance", "net_exchange_flow", "mvrv_long_short_diff"),
-}
-_MARKET_NAMES = (  # name, kind
-    ("market_total_volume", "level"),
-    ("market_stablecoin_supply", "level"),
-    ("market_fear_greed", "ratio"),
-    ("market_funding_rate", "signed"),
-    ("market_btc_dominance", "ratio"),
-    ("market_open_interest", "level"),
-)
 
 
 @dataclass(frozen=True)
@@ -198,7 +167,7 @@ def generate_market(
     stress_days = [
         (int(hour_day[a]), int(hour_day[b - 1]) + 1) for a, b in scenario_stress_hours(placed)
     ]
-    regime = _simulate_regimes(n_days + _MAX_LEAD_DAYS + 1, n_days, stress_days, _rng(seed, 1))
+    regime = _simulate_regimes(n_days + MAX_LEAD_DAYS + 1, n_days, stress_days, _rng(seed, 1))
     market_drift = _REGIME_DRIFT[regime]  # annualised, per day (extended past the range)
     hour_regime = regime[hour_day]
     hour_vol = _REGIME_VOL[hour_regime] / np.sqrt(_HOURS_PER_YEAR)
@@ -214,7 +183,7 @@ def generate_market(
         beta, idio_vol, first_price = _coin_profile(coin, _rng(seed, key, 0))
         annual_vol = float(np.hypot(beta * _MARKET_VOL, idio_vol))
         price_rng = _rng(seed, key, 1)
-        alpha = _ar1(price_rng, len(regime), _ALPHA_HALF_LIFE_DAYS, _ALPHA_SHARPE * annual_vol)
+        alpha = ar1(price_rng, len(regime), _ALPHA_HALF_LIFE_DAYS, _ALPHA_SHARPE * annual_vol)
         expected = (alpha + beta * market_drift) / _DAYS_PER_YEAR  # daily log return
         log_returns = (
             beta * factor
@@ -230,18 +199,18 @@ def generate_market(
             hour_regime,
             _rng(seed, key, 3),
         )
-        frame, names = _coin_metrics(
+        frame, names = coin_metrics(
             coin,
             days,
             expected,
-            _daily(foreseen, hour_day, len(expected)),
+            daily_rate(foreseen, hour_day, len(expected)),
             leading_metrics,
             noise_metrics,
             _rng(seed, key, 4),
         )
         metric_frames.append(frame)
         planted[coin] = names
-    metric_frames.append(_market_metrics(days, market_metrics, _rng(seed, 3)))
+    metric_frames.append(market_wide_metrics(days, market_metrics, _rng(seed, 3)))
 
     return SyntheticMarket(
         candles=candles,
@@ -282,13 +251,13 @@ async def write_market(
     """Store the candles as ``{coin}/{quote}`` 1h bars and the metrics with source ``synthetic``.
 
     A daily value becomes known when its day has ended plus ``publication_lag_ms``:
-    ``known_at = observed_at + 1 day + publication_lag_ms``.
+    ``known_at = observed_at + 1 day + publication_lag_ms`` (:func:`daily_known_at`).
     """
     bars = 0
     for coin, frame in market.candles.items():
         bars += await market_store.upsert_frame(exchange, f"{coin}/{quote}", "1h", frame)
     metrics = market.metrics.assign(
-        known_at=market.metrics["observed_at"] + DAY_MS + int(publication_lag_ms)
+        known_at=daily_known_at(market.metrics["observed_at"], publication_lag_ms)
     )
     rows = await metric_store.upsert_frame(metrics, source="synthetic")
     return WriteSummary(bars=bars, metric_rows=rows)
@@ -304,18 +273,6 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 def _t_shocks(rng: np.random.Generator, n: int) -> np.ndarray:
     """Student-t shocks scaled to unit variance."""
     return rng.standard_t(_TAIL_DF, n) / np.sqrt(_TAIL_DF / (_TAIL_DF - 2))
-
-
-def _ar1(rng: np.random.Generator, n: int, half_life: float, spread: float) -> np.ndarray:
-    """AR(1) path with the given half-life (in steps) and stationary standard deviation."""
-    phi = 0.5 ** (1.0 / half_life)
-    shocks = rng.standard_normal(n) * spread * np.sqrt(1 - phi**2)
-    path = np.empty(n)
-    level = rng.standard_normal() * spread
-    for i in range(n):
-        level = phi * level + shocks[i]
-        path[i] = level
-    return path
 
 
 # --- prices -----------------------------------------------------------------------------------
@@ -393,122 +350,3 @@ def _windows(
         p.name: (first_open + p.start_hour * HOUR_MS, first_open + p.end_hour * HOUR_MS, p.coins)
         for p in placed
     }
-
-
-# --- metrics ----------------------------------------------------------------------------------
-
-
-def _daily(hourly: np.ndarray, hour_day: np.ndarray, n_days: int) -> np.ndarray:
-    """Per-day rate (x24 the hourly mean) of an hourly series; later days repeat the last one."""
-    seen = np.bincount(hour_day)
-    daily = 24 * np.bincount(hour_day, weights=hourly) / seen
-    return np.r_[daily, np.full(n_days - len(daily), daily[-1])]
-
-
-def _coin_metrics(
-    coin: str,
-    days: np.ndarray,
-    expected: np.ndarray,
-    foreseen: np.ndarray,
-    n_leading: int,
-    n_noise: int,
-    rng: np.random.Generator,
-) -> tuple[pd.DataFrame, tuple[str, ...]]:
-    """A coin's leading and noise metrics as a long frame, and the leading metrics' names.
-
-    ``expected`` and ``foreseen`` are daily log drifts, reaching past the last day: the model's
-    and the part of the scenarios that flows would have shown (scaled like the model's, clipped).
-    """
-    n_days = len(days)
-    named = _draw_names(n_leading + n_noise, rng)
-    order = rng.permutation(len(named))
-    leading = [named[i] for i in order[:n_leading]]
-    noise = [named[i] for i in order[n_leading:]]
-    signs = rng.permutation(np.where(np.arange(n_leading) % 2 == 0, 1.0, -1.0))
-    leads = rng.permutation(np.round(np.linspace(0, _MAX_LEAD_DAYS, max(n_leading, 1))))
-    columns: dict[str, np.ndarray] = {}
-    for (name, kind), sign, lead in zip(leading, signs, leads, strict=False):
-        model = _mean_ahead(expected, n_days, int(lead) + 1)
-        shocks = _mean_ahead(foreseen, n_days, int(lead) + 1)
-        signal = np.clip((model + shocks - model.mean()) / model.std(), -_SIGNAL_CLIP, _SIGNAL_CLIP)
-        noise_level = rng.uniform(0.3, 0.7)
-        columns[name] = _render(kind, sign * signal + _ar1(rng, n_days, 1.0, noise_level), rng)
-    styles = (np.arange(n_noise) + rng.integers(4)) % 4
-    for (name, kind), style in zip(noise, styles, strict=True):
-        columns[name] = _render(kind, _noise_driver(int(style), n_days, rng), rng)
-    return _long(coin, days, columns), tuple(sorted(name for name, _ in leading))
-
-
-def _mean_ahead(daily: np.ndarray, n_days: int, width: int) -> np.ndarray:
-    """For each day ``d < n_days``: mean of ``daily`` over days ``d+1 .. d+width``."""
-    cumulative = np.r_[0.0, np.cumsum(daily)]
-    first = np.arange(n_days) + 1
-    return (cumulative[first + width] - cumulative[first]) / width
-
-
-def _market_metrics(days: np.ndarray, n: int, rng: np.random.Generator) -> pd.DataFrame:
-    columns: dict[str, np.ndarray] = {}
-    for i in range(n):
-        name, kind = _MARKET_NAMES[i % len(_MARKET_NAMES)]
-        suffix = i // len(_MARKET_NAMES)
-        name = f"{name}_{suffix + 1}" if suffix else name
-        columns[name] = _render(kind, _noise_driver(i % 4, len(days), rng), rng)
-    return _long(MARKET_ASSET, days, columns)
-
-
-def _draw_names(n: int, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """``n`` distinct (name, kind) pairs from the pool, numbered ``_2``, ``_3``... once used up."""
-    pool = [(name, kind) for kind, names in _NAME_POOL.items() for name in names]
-    shuffled = [pool[i] for i in rng.permutation(len(pool))]
-    drawn = []
-    for i in range(n):
-        name, kind = shuffled[i % len(pool)]
-        round_ = i // len(pool)
-        drawn.append((f"{name}_{round_ + 1}" if round_ else name, kind))
-    return drawn
-
-
-def _noise_driver(style: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """A standardised series unrelated to prices: AR(1), random walk, weekly cycle or trend."""
-    t = np.arange(n)
-    if style == 0:
-        path = _ar1(rng, n, rng.uniform(3.0, 40.0), 1.0)
-    elif style == 1:
-        path = np.cumsum(rng.standard_normal(n))
-    elif style == 2:
-        phase = rng.uniform(0, 7)
-        path = np.sin(2 * np.pi * (t + phase) / 7) + _ar1(rng, n, 2.0, rng.uniform(0.3, 1.0))
-    else:
-        path = rng.uniform(-1, 1) * t / max(n, 1) * 3 + _ar1(rng, n, 10.0, 1.0)
-    return _standardise(path)
-
-
-def _standardise(x: np.ndarray) -> np.ndarray:
-    spread = x.std()
-    return (x - x.mean()) / spread if spread > 0 else x - x.mean()
-
-
-def _render(kind: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Turn a standardised driver into a plausible on-chain series of the given kind."""
-    if kind == "level":
-        return 10 ** rng.uniform(5, 9) * np.exp(rng.uniform(0.2, 0.4) * x)
-    if kind == "count":
-        return rng.poisson(10 ** rng.uniform(2.5, 5) * np.exp(rng.uniform(0.2, 0.4) * x)).astype(
-            np.float64
-        )
-    if kind == "ratio":
-        return rng.uniform(0.8, 2.5) * np.exp(rng.uniform(0.08, 0.2) * x)
-    return 10 ** rng.uniform(-4, 0) * (x + rng.uniform(-0.3, 0.3))
-
-
-def _long(asset: str, days: np.ndarray, columns: dict[str, np.ndarray]) -> pd.DataFrame:
-    n = len(days)
-    names = list(columns)
-    return pd.DataFrame(
-        {
-            "asset": np.full(n * len(names), asset, dtype=object),
-            "name": np.repeat(np.asarray(names, dtype=object), n),
-            "observed_at": np.tile(days, len(names)),
-            "value": np.concatenate([columns[name] for name in names]) if names else [],
-        }
-    ).astype({"asset": "str", "name": "str", "observed_at": "int64", "value": "float64"})

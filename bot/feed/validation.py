@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bot.timeframes import ms_to_iso
+from bot.store.market import CANDLE_COLUMNS
+from bot.timeframes import DAY_MS, CandleGrid, ms_to_iso
 
-CANDLE_FIELDS = ("open_time", "open", "high", "low", "close", "volume")
 PRICE_FIELDS = ("open", "high", "low", "close")
 
 
@@ -60,7 +60,7 @@ def validate_candles(
     frame: pd.DataFrame,
     source: str,
     first_line: int | None = 2,
-    timeframe_ms: int | None = None,
+    timeframe: str | None = None,
 ) -> None:
     """Raise :class:`DataValidationError` for the first bad candle of ``frame``; else return.
 
@@ -68,18 +68,19 @@ def validate_candles(
     ignored). A candle is good when every field is a finite number, prices are > 0, volume is
     >= 0, ``high >= max(open, close)``, ``low <= min(open, close)``, ``open_time`` is an integer
     (epoch ms) greater than the previous row's (duplicates and out-of-order rows are reported as
-    such) and, when ``timeframe_ms`` is given, a multiple of it (UTC-aligned candles).
+    such) and, when ``timeframe`` is given, on that timeframe's :class:`~bot.timeframes.CandleGrid`
+    (UTC-aligned; weekly candles open on Mondays).
 
     ``first_line`` is the file line of the frame's first row (2 for a CSV with a header), or
     ``None`` for data that does not come from a file.
     """
-    _require_columns(frame, CANDLE_FIELDS, source, first_line)
+    _require_columns(frame, CANDLE_COLUMNS, source, first_line)
     if len(frame) == 0:
         return
-    columns = {name: _numeric(frame[name]) for name in CANDLE_FIELDS}
+    columns = {name: _numeric(frame[name]) for name in CANDLE_COLUMNS}
     checks = [
         check
-        for name in CANDLE_FIELDS
+        for name in CANDLE_COLUMNS
         for check in _number_checks(frame[name], columns[name], name, allow_missing=False)
     ]
     open_, high, low, close = (columns[name] for name in PRICE_FIELDS)
@@ -111,14 +112,15 @@ def validate_candles(
                 lambda i: f"open_time {_num(open_time[i])} is not a whole number of milliseconds",
             ),
         ]
-        if timeframe_ms is not None:
+        if timeframe is not None:
+            grid = CandleGrid(timeframe)
             checks.append(
                 _Check(
                     "open_time",
-                    np.mod(open_time, timeframe_ms) != 0,
+                    np.mod(open_time - grid.origin, grid.step) != 0,
                     lambda i: (
                         f"open_time {_ms_text(open_time[i])} is not aligned to the "
-                        f"{timeframe_ms} ms timeframe"
+                        f"{grid.describe()}"
                     ),
                 )
             )
@@ -134,43 +136,29 @@ def validate_metrics(
     """Raise :class:`DataValidationError` for the first bad row of a daily metric frame.
 
     ``frame`` is a wide daily frame as stored in CSV files: a ``date`` column (``YYYY-MM-DD``
-    text, or datetime64) and one column per metric; a frame keyed by ``observed_at`` (epoch ms)
-    instead of ``date`` is accepted too. Dates must be whole UTC days, strictly increasing (no
-    duplicates). Metric cells may be missing (NaN, or an empty string in a text column) but a
-    present value must be a finite number.
+    text, or datetime64) and one column per metric. Dates must be whole UTC days, strictly
+    increasing (no duplicates). Metric cells may be missing (NaN, or an empty string in a text
+    column) but a present value must be a finite number.
     """
-    key = "date" if "date" in frame.columns else "observed_at"
-    _require_columns(frame, (key,), source, first_line)
+    _require_columns(frame, ("date",), source, first_line)
     if len(frame) == 0:
         return
-    day_ms = 86_400_000
-    checks: list[_Check] = []
-    if key == "date":
-        days = _date_ms(frame["date"])
-        raw = frame["date"]
-        checks.append(
-            _Check(
-                "date",
-                np.isnan(days),
-                lambda i: f"date {raw.iloc[i]!r} is not a YYYY-MM-DD day",
-            )
-        )
-        show: Callable[[float], str] = _day_text
-    else:
-        days = _numeric(frame["observed_at"])
-        checks += _number_checks(frame["observed_at"], days, "observed_at", allow_missing=False)
-        show = _ms_text
+    days = _date_ms(frame["date"])
+    raw = frame["date"]
+    checks = [
+        _Check("date", np.isnan(days), lambda i: f"date {raw.iloc[i]!r} is not a YYYY-MM-DD day")
+    ]
     with np.errstate(invalid="ignore"):
         checks.append(
             _Check(
-                key,
-                np.mod(days, day_ms) != 0,
-                lambda i: f"{key} {show(days[i])} is not 00:00 UTC of a day",
+                "date",
+                np.mod(days, DAY_MS) != 0,
+                lambda i: f"date {_day_text(days[i])} is not 00:00 UTC of a day",
             )
         )
-    checks += _order_checks(days, key, first_line, show)
+    checks += _order_checks(days, "date", first_line, _day_text)
     for name in frame.columns:
-        if name in (key, "asset", "name"):
+        if name == "date":
             continue
         checks += _number_checks(frame[name], _numeric(frame[name]), str(name), allow_missing=True)
     _raise_first(checks, source, first_line, None)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import aiosqlite
 import pandas as pd
@@ -19,6 +20,9 @@ from bot.store.sqlite import open_database
 from bot.timeframes import timeframe_ms
 
 CANDLE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume"]
+"""The columns of a candle frame, in order: open time (UTC epoch ms), OHLC prices, volume."""
+
+CANDLE_DTYPES = {"open_time": "int64"} | {name: "float64" for name in CANDLE_COLUMNS[1:]}
 
 MIGRATIONS = [
     """
@@ -37,7 +41,19 @@ MIGRATIONS = [
     """,
 ]
 
-Candle = tuple[int, float, float, float, float, float]
+
+def candle_frame(data: pd.DataFrame | Iterable[Sequence[Any]]) -> pd.DataFrame:
+    """A frame of :data:`CANDLE_COLUMNS` with the store's dtypes (int64 open time, float64 rest).
+
+    ``data`` is a frame holding those columns (others are dropped) or rows
+    ``(open_time, open, high, low, close, volume)``; a missing price (``None``) becomes NaN, which
+    validation reports.
+    """
+    if isinstance(data, pd.DataFrame):
+        frame = data[CANDLE_COLUMNS]
+    else:
+        frame = pd.DataFrame([list(row[:6]) for row in data], columns=CANDLE_COLUMNS)
+    return frame.astype(CANDLE_DTYPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +172,42 @@ class MarketStore:
         )
         async with self._db.execute(sql + " ORDER BY open_time", args) as cursor:
             rows = await cursor.fetchall()
-        frame = pd.DataFrame(rows, columns=CANDLE_COLUMNS)
-        return frame.astype({"open_time": "int64"} | {c: "float64" for c in CANDLE_COLUMNS[1:]})
+        return candle_frame(rows)
+
+    async def missing_ranges(
+        self, exchange: str, symbol: str, timeframe: str, start: int, end: int
+    ) -> list[tuple[int, int]]:
+        """Open-time ranges ``[first, stop)`` of the candles missing from ``[start, end)``.
+
+        ``start`` and ``end`` are open times on the timeframe's grid. The result covers the part
+        before the first stored candle, every interior gap and the part after the last stored
+        candle, in order; it is ``[(start, end)]`` when nothing is stored there and ``[]`` when
+        the range is complete.
+        """
+        step = timeframe_ms(timeframe)
+        if end <= start:
+            return []
+        key = (exchange, symbol, timeframe, int(start), int(end))
+        where = "exchange=? AND symbol=? AND timeframe=? AND open_time >= ? AND open_time < ?"
+        async with self._db.execute(
+            f"SELECT MIN(open_time), MAX(open_time) FROM ohlcv WHERE {where}", key
+        ) as cursor:
+            first, last = await cursor.fetchone()  # type: ignore[misc]
+        if first is None:
+            return [(int(start), int(end))]
+        ranges: list[tuple[int, int]] = []
+        if first > start:
+            ranges.append((int(start), int(first)))
+        async with self._db.execute(
+            "SELECT previous, open_time FROM (SELECT open_time, "
+            "LAG(open_time) OVER (ORDER BY open_time) AS previous "
+            f"FROM ohlcv WHERE {where}) WHERE open_time - previous > ? ORDER BY open_time",
+            (*key, step),
+        ) as cursor:
+            ranges += [(int(a) + step, int(b)) for a, b in await cursor.fetchall()]
+        if last + step < end:
+            ranges.append((int(last) + step, int(end)))
+        return ranges
 
     async def iter_bars(
         self,
@@ -187,6 +237,11 @@ class MarketStore:
                     yield Bar(
                         open_time + step, exchange, symbol, timeframe, open_time, o, h, lo, c, v
                     )
+
+    async def exchanges(self) -> list[str]:
+        """Exchange names the store holds candles under, sorted."""
+        async with self._db.execute("SELECT DISTINCT exchange FROM ohlcv ORDER BY 1") as cursor:
+            return [row[0] for row in await cursor.fetchall()]
 
     async def coverage(self, exchange: str | None = None) -> list[Coverage]:
         """First, last, row count and missing candles of every stored series."""

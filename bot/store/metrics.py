@@ -3,6 +3,12 @@
 ``observed_at`` is the start of the period a value describes (00:00 UTC of its day for a daily
 value); ``known_at`` is when a live system could first have read it. Replays publish metrics at
 ``known_at``; training joins them to bars on ``known_at`` too, so neither can see the future.
+:func:`daily_known_at` is the one rule every source (CSV files, Santiment, the synthetic market)
+uses to set it.
+
+Each row records its ``source``. A series ``(asset, name)`` holds one value per day whatever the
+source (the primary key), so writers must not mix sources into one series; resuming a download
+asks for the newest row *of its own source* (:meth:`MetricStore.last_observed_at`).
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from pathlib import Path
 from types import TracebackType
 
 import aiosqlite
+import numpy as np
 import pandas as pd
 
 from bot.events import Metric
 from bot.store.sqlite import open_database
+from bot.timeframes import DAY_MS
 
 METRIC_COLUMNS = ["asset", "name", "observed_at", "known_at", "value"]
 
@@ -36,7 +44,37 @@ MIGRATIONS = [
     """,
 ]
 
-MetricRow = tuple[str, str, int, int, float]
+LIVE_FETCH_WINDOW_MS = 2 * DAY_MS
+"""How long after its nominal ``known_at`` (beyond the publication lag) a fetched value still
+counts as fetched live; see :func:`daily_known_at`."""
+
+
+def daily_known_at(
+    observed_at: np.ndarray | pd.Series | Sequence[int],
+    publication_lag_ms: int,
+    fetched_at_ms: int | None = None,
+) -> np.ndarray:
+    """``known_at`` (int64 epoch ms) of daily values observed at ``observed_at``.
+
+    Nominal rule: a value for day D is known at the end of D plus the publication lag,
+    ``observed_at + 1 day + publication_lag_ms``.
+
+    ``fetched_at_ms`` is when this process received the values. A value fetched *live*, that is
+    no later than ``publication_lag_ms + 2 days`` after its nominal time (or before it), is known
+    at ``max(nominal, fetched_at_ms)``: the bot had it no earlier, so a replay of that period must
+    not see it earlier either. A value fetched longer after its nominal time is a backfill of
+    history: when the source really published it is unknown, and it keeps the nominal rule (the
+    assumption being that the source published on time). Without ``fetched_at_ms`` (files,
+    generated data) the nominal rule applies.
+    """
+    if publication_lag_ms < 0:
+        raise ValueError(f"publication_lag_ms must be >= 0, got {publication_lag_ms}")
+    nominal = np.asarray(observed_at, dtype="int64") + DAY_MS + int(publication_lag_ms)
+    if fetched_at_ms is None:
+        return nominal
+    fetched = np.int64(fetched_at_ms)
+    live = fetched - nominal <= int(publication_lag_ms) + LIVE_FETCH_WINDOW_MS
+    return np.where(live, np.maximum(nominal, fetched), nominal).astype("int64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +147,33 @@ class MetricStore:
             frame[METRIC_COLUMNS].itertuples(index=False, name=None), source
         )
 
-    async def last_observed_at(self, asset: str, name: str) -> int | None:
-        """``observed_at`` of the newest stored value of one metric, or ``None``."""
-        async with self._db.execute(
-            "SELECT MAX(observed_at) FROM metric WHERE asset=? AND name=?", (asset, name)
-        ) as cursor:
+    async def last_observed_at(
+        self, asset: str, name: str, source: str | None = None
+    ) -> int | None:
+        """``observed_at`` of the newest stored value of one metric, or ``None``.
+
+        With ``source``, only that source's rows count: a download resumes from its own rows,
+        never from values another source wrote under the same name.
+        """
+        sql = "SELECT MAX(observed_at) FROM metric WHERE asset=? AND name=?"
+        args: list[object] = [asset, name]
+        if source is not None:
+            sql += " AND source=?"
+            args.append(source)
+        async with self._db.execute(sql, args) as cursor:
             row = await cursor.fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    async def sources(self, asset: str | None = None, name: str | None = None) -> list[str]:
+        """The sources that wrote rows (of ``asset``/``name`` when given), sorted."""
+        sql = "SELECT DISTINCT source FROM metric WHERE 1=1"
+        args: list[object] = []
+        for column, value in (("asset", asset), ("name", name)):
+            if value is not None:
+                sql += f" AND {column}=?"
+                args.append(value)
+        async with self._db.execute(sql + " ORDER BY source", args) as cursor:
+            return [row[0] for row in await cursor.fetchall()]
 
     async def names(self, asset: str) -> list[str]:
         """Names of the metrics stored for ``asset``, sorted."""
@@ -139,17 +197,7 @@ class MetricStore:
 
         ``known_before`` keeps only values known strictly before that time.
         """
-        sql = "SELECT asset, name, observed_at, known_at, value FROM metric WHERE 1=1"
-        args: list[object] = []
-        if assets is not None:
-            sql += f" AND asset IN ({','.join('?' * len(assets))})"
-            args.extend(assets)
-        if names is not None:
-            sql += f" AND name IN ({','.join('?' * len(names))})"
-            args.extend(names)
-        if known_before is not None:
-            sql += " AND known_at < ?"
-            args.append(int(known_before))
+        sql, args = _metric_query(assets, names, None, known_before)
         async with self._db.execute(sql + " ORDER BY asset, name, observed_at", args) as cursor:
             rows = await cursor.fetchall()
         frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
@@ -171,17 +219,7 @@ class MetricStore:
         batch: int = 10_000,
     ) -> AsyncIterator[Metric]:
         """``Metric`` events by ``known_at``, asset, name, with ``start <= known_at < end``."""
-        sql = "SELECT asset, name, observed_at, known_at, value FROM metric WHERE 1=1"
-        args: list[object] = []
-        if assets is not None:
-            sql += f" AND asset IN ({','.join('?' * len(assets))})"
-            args.extend(assets)
-        if start is not None:
-            sql += " AND known_at >= ?"
-            args.append(int(start))
-        if end is not None:
-            sql += " AND known_at < ?"
-            args.append(int(end))
+        sql, args = _metric_query(assets, None, start, end)
         async with self._db.execute(sql + " ORDER BY known_at, asset, name", args) as cursor:
             while rows := await cursor.fetchmany(batch):
                 for asset, name, observed_at, known_at, value in rows:
@@ -195,3 +233,26 @@ class MetricStore:
         ) as cursor:
             rows = await cursor.fetchall()
         return [MetricCoverage(*row) for row in rows]
+
+
+def _metric_query(
+    assets: Sequence[str] | None,
+    names: Sequence[str] | None,
+    known_from: int | None,
+    known_before: int | None,
+) -> tuple[str, list[object]]:
+    """The SELECT of :data:`METRIC_COLUMNS` with the filters of ``read_metrics``/``iter_metrics``:
+    asset and name lists, and ``known_from <= known_at < known_before``."""
+    sql = "SELECT asset, name, observed_at, known_at, value FROM metric WHERE 1=1"
+    args: list[object] = []
+    for column, values in (("asset", assets), ("name", names)):
+        if values is not None:
+            sql += f" AND {column} IN ({','.join('?' * len(values))})"
+            args.extend(values)
+    if known_from is not None:
+        sql += " AND known_at >= ?"
+        args.append(int(known_from))
+    if known_before is not None:
+        sql += " AND known_at < ?"
+        args.append(int(known_before))
+    return sql, args

@@ -2,28 +2,50 @@
 
 The schema version lives in ``PRAGMA user_version``; ``migrations[i]`` takes a database from
 version ``i`` to ``i + 1``. A database newer than the code is refused rather than guessed at.
+
+Durability is the caller's choice (``synchronous``): ``NORMAL`` in WAL mode never corrupts the
+file but may lose the last transactions on a power cut, which is fine for candles and metrics
+that can be fetched again; a journal of orders sent to an exchange needs ``FULL``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import aiosqlite
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+SYNCHRONOUS_LEVELS: tuple[Synchronous, ...] = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 class SchemaError(RuntimeError):
     """The database file's schema is not one this version of the code understands."""
 
 
-async def open_database(path: str | Path, migrations: Sequence[str]) -> aiosqlite.Connection:
-    """Open (creating if needed) ``path`` in WAL mode and apply pending ``migrations``."""
+async def open_database(
+    path: str | Path,
+    migrations: Sequence[str],
+    *,
+    synchronous: Synchronous = "NORMAL",
+) -> aiosqlite.Connection:
+    """Open (creating if needed) ``path`` in WAL mode and apply pending ``migrations``.
+
+    ``synchronous`` sets ``PRAGMA synchronous`` on the connection: ``"NORMAL"`` (the default)
+    or ``"FULL"`` for data that must survive a power cut once committed.
+    """
+    level = str(synchronous).upper()
+    if level not in SYNCHRONOUS_LEVELS:
+        raise ValueError(
+            f"synchronous must be one of {', '.join(SYNCHRONOUS_LEVELS)}, not {synchronous!r}"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = await aiosqlite.connect(path)
     try:
         await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute(f"PRAGMA synchronous={level}")
         await db.execute("PRAGMA busy_timeout=5000")
         async with db.execute("PRAGMA user_version") as cursor:
             (version,) = await cursor.fetchone()  # type: ignore[misc]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -135,7 +136,10 @@ async def test_import_of_a_corrupt_file_names_the_line_and_writes_nothing(tmp_pa
         "timestamp,open,high,low,close,volume\n"
         f"{START},10,11,9,10.5,1\n{START + HOUR_MS},10,9,11,10.5,1\n"
     )
-    config = write_config(tmp_path / "imp.toml", f'[data]\ndir = "{tmp_path / "var"}"\n')
+    config = write_config(
+        tmp_path / "imp.toml",
+        f'[data]\ndir = "{tmp_path / "var"}"\n[market]\nsource = "csv"\nexchange = "binance"\n',
+    )
     code, out = await cryptorlpm("data", "import", "-c", str(config), "--dir", str(root))
     assert code == 2
     assert "BTC_USDT-1h.csv line 3" in out
@@ -150,7 +154,9 @@ async def test_a_bad_config_fails_with_one_clear_message(tmp_path: Path) -> None
     assert "market.timeframe" in out and "'6 hours'" in out and "Traceback" not in out
 
 
-async def test_demo_builds_the_synthetic_market_and_prints_coverage(tmp_path: Path) -> None:
+async def test_demo_runs_the_whole_pipeline_and_writes_the_report(tmp_path: Path) -> None:
+    from tests.e2e.test_experiment import TINY_AGENTS
+
     config = write_config(
         tmp_path / "demo.toml",
         f"""
@@ -159,16 +165,33 @@ dir = "{tmp_path / "var"}"
 [market]
 coins = ["BTC", "ETH"]
 start = 2021-01-01
-end = 2021-03-31
-""",
+end = 2021-12-31
+[windows]
+train = {{ start = 2021-01-01, end = 2021-08-31 }}
+validation = {{ start = 2021-09-01, end = 2021-10-31 }}
+test = {{ start = 2021-11-01, end = 2021-12-31 }}
+[training]
+seeds = [1, 2]
+models_dir = "{tmp_path / "models"}"
+"""
+        + TINY_AGENTS,
     )
-    code, out = await cryptorlpm("demo", "-c", str(config))
-    assert code == 0, out
-    assert "BTC/USDT" in out and "ETH/USDT" in out and "MARKET" in out
+    out = tmp_path / "run"
+    code, text = await cryptorlpm("demo", "-c", str(config), "--out", str(out))
+    assert code == 0, text
+    for step in ("synthetic market", "feature selection", "training", "backtest", "report"):
+        assert step in text
+    assert "summary.html" in text and "cryptorlpm ARR per seed" in text
+    report = out / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert {"cryptorlpm", "bh_BTC", "bh_ETH", "equal_weight", "equal_weight_bh"} <= set(
+        metrics["runs"]
+    )
+    assert (report / "cumulative_returns.png").exists() and (report / "summary.md").exists()
+    assert (out / "features" / "BTC" / "correlation_heatmap.png").exists()
     async with await MarketStore.open(tmp_path / "var" / "market.db") as market:
         coverage = {(c.symbol, c.timeframe): c for c in await market.coverage()}
-    assert coverage[("BTC/USDT", "1h")].rows == 90 * 24
-    assert coverage[("BTC/USDT", "6h")].rows == 90 * 4
+    assert coverage[("BTC/USDT", "1h")].rows == 365 * 24
 
 
 @pytest.mark.parametrize("command", [["--help"], ["data", "--help"]])

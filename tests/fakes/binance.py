@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 from aiohttp import WSMsgType, web
 
+from bot.store.market import CANDLE_COLUMNS
 from bot.timeframes import timeframe_ms
 from config.schema import ExchangeConfig
 
-CANDLE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume"]
 KLINES_DEFAULT_LIMIT = 500
 KLINES_MAX_LIMIT = 1000
 INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w")

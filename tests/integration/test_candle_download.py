@@ -344,3 +344,70 @@ def _klines(frame: pd.DataFrame) -> list[list[Any]]:
         ]
         for t, o, h, lo, c, v in frame.itertuples(index=False, name=None)
     ]
+
+
+async def test_a_download_fills_the_range_before_the_stored_candles(
+    fake: FakeBinance, exchange: Any, market_store: MarketStore
+) -> None:
+    expected = given_candles(fake, 100)
+    await download(exchange, market_store, since_ms=START + 80 * HOUR_MS)  # the last 20 hours
+    before = fake.count(KLINES)
+
+    result = await download(exchange, market_store)  # now the whole range
+
+    assert result.rows_written == 80
+    assert result.ranges == ((START, START + 80 * HOUR_MS),)
+    assert (result.first_open_time, result.last_open_time) == (START, START + 79 * HOUR_MS)
+    [request] = fake.requests(KLINES)[before:]
+    assert int(request.query["startTime"]) == START
+    pd.testing.assert_frame_equal(await stored(market_store), expected)
+
+
+async def test_a_download_fills_gaps_inside_the_stored_range(
+    fake: FakeBinance, exchange: Any, market_store: MarketStore
+) -> None:
+    expected = given_candles(fake, 100)
+    holey = expected[~expected["open_time"].between(START + 30 * HOUR_MS, START + 39 * HOUR_MS)]
+    await market_store.upsert_frame("binance", SYMBOL, "1h", holey.iloc[:-10])  # tail missing too
+
+    result = await download(exchange, market_store)
+
+    assert result.ranges == (
+        (START + 30 * HOUR_MS, START + 40 * HOUR_MS),
+        (START + 90 * HOUR_MS, START + 100 * HOUR_MS),
+    )
+    assert result.rows_written == 20
+    assert result.resumed_from == START + 90 * HOUR_MS
+    pd.testing.assert_frame_equal(await stored(market_store), expected)
+    assert [c.gaps for c in await market_store.coverage()] == [0]
+
+
+async def test_a_ban_longer_than_max_wait_stops_the_download_with_a_clear_error(
+    fake: FakeBinance, exchange: Any, market_store: MarketStore
+) -> None:
+    given_candles(fake, 2500)
+    fake.inject(KLINES, 418, headers={"Retry-After": "7200"}, after=1)
+
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(DownloadError) as failure:
+        await download(exchange, market_store, limit=1000, max_wait_s=60)
+
+    assert asyncio.get_running_loop().time() - started < 5, "it must not sleep through a ban"
+    message = str(failure.value)
+    assert "stopped after 2024-02-11T15:00:00Z" in message
+    assert "asked to wait 7200 s" in message and "run it again to resume" in message
+    assert len(await stored(market_store)) == 1000
+
+
+async def test_a_local_now_ahead_of_the_exchange_never_stores_a_forming_candle(
+    fake: FakeBinance, exchange: Any, market_store: MarketStore
+) -> None:
+    expected = given_candles(fake, 10)  # the exchange's clock is inside candle 10, still forming
+    ahead = fake.now_ms + HOUR_MS  # a caller whose clock runs an hour ahead: "candle 10 closed"
+
+    result = await download(exchange, market_store, now_ms=ahead)
+
+    # The answer held no candle after 10, so the exchange's clock decided: still forming.
+    assert result.last_open_time == START + 9 * HOUR_MS
+    assert fake.count("/api/v3/time") == 1
+    pd.testing.assert_frame_equal(await stored(market_store), expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -208,3 +209,158 @@ async def test_a_permanent_error_ends_the_stream(fake: FakeBinance, exchange: An
     feed = stream(exchange, fake, symbols=["XRP/USDT"])
     with pytest.raises(Exception, match="XRP/USDT"):
         await asyncio.wait_for(feed.task, 5)
+
+
+async def test_fetch_closed_bars_trusts_the_exchange_clock_not_a_local_clock_running_ahead(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    fake.set_candles("BTCUSDT", "1m", synthetic_candles(6, start_ms=T0, timeframe="1m"))
+    fake.now_ms = T0 + 5 * MINUTE_MS + 30_000  # the exchange: candle 5 is half-way
+
+    bars = await fetch_closed_bars(
+        exchange,
+        exchange_name="binance",
+        symbol=BTC,
+        timeframe="1m",
+        since_ms=T0,
+        now_ms=T0 + 6 * MINUTE_MS + 1_000,  # the local clock, 31 s ahead: "candle 5 closed"
+    )
+
+    assert [b.open_time for b in bars] == [T0 + k * MINUTE_MS for k in range(5)]
+    assert fake.count("/api/v3/time") == 1  # asked only for the candle with no successor
+
+
+async def test_the_stream_waits_for_the_exchange_clock_when_the_local_clock_runs_ahead(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    feed = stream(
+        exchange,
+        fake,
+        symbols=[BTC],
+        close_grace_ms=2_000,
+        now_ms=lambda: fake.now_ms + 30_000,  # the local clock runs 30 s ahead
+    )
+    try:
+        await fake.wait_subscribed("btcusdt@kline_1m")
+        await fake.push_kline("BTCUSDT", "1m", minute(0, 100), closed=False)
+        fake.upsert_candle("BTCUSDT", "1m", minute(0, 103))
+
+        fake.now_ms = T0 + 40_000  # local T0+70s says candle 0 closed; the exchange does not
+        await feed.assert_quiet()
+
+        fake.upsert_candle("BTCUSDT", "1m", minute(0, 105))
+        fake.now_ms = T0 + MINUTE_MS + 2_000  # the exchange's close plus the grace
+        assert await feed.take(1) == [bar(BTC, minute(0, 105))]
+    finally:
+        await feed.stop()
+
+
+async def test_the_stream_measures_the_exchange_clock_again_every_resync_s(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    feed = stream(exchange, fake, symbols=[BTC], resync_s=0.1)
+    try:
+        await fake.wait_subscribed("btcusdt@kline_1m")
+        await asyncio.sleep(0.5)
+        assert 3 <= fake.count("/api/v3/time") <= 10
+    finally:
+        await feed.stop()
+
+
+async def _reconnect_with_candles_missed(fake: FakeBinance, feed: Collector) -> None:
+    """Candle 0 comes from the socket; then the socket drops while candles 1 and 2 happen, so
+    after the reconnect only REST can vouch for them (the exchange has them)."""
+    await fake.wait_subscribed("btcusdt@kline_1m")
+    await fake.push_kline("BTCUSDT", "1m", minute(0, 100), closed=False)
+    await feed.assert_quiet(0.1)
+    fake.now_ms = T0 + MINUTE_MS + 500
+    await fake.push_kline("BTCUSDT", "1m", minute(1, 101), closed=False)
+    assert await feed.take(1) == [bar(BTC, minute(0, 100))]
+    await fake.drop_websockets()
+    fake.upsert_candle("BTCUSDT", "1m", minute(1, 111))
+    fake.upsert_candle("BTCUSDT", "1m", minute(2, 112))
+    fake.now_ms = T0 + 3 * MINUTE_MS + 500
+    await fake.wait_subscribed("btcusdt@kline_1m")
+
+
+async def test_a_rest_gap_the_socket_proved_closed_is_asked_again_not_skipped(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    feed = stream(exchange, fake, symbols=[BTC], gap_patience_s=30.0)
+    try:
+        await _reconnect_with_candles_missed(fake, feed)
+        fake.inject(KLINES, 200, body=[], times=2)  # REST lags the socket: nothing there yet
+
+        await fake.push_kline("BTCUSDT", "1m", minute(3, 113), closed=False)
+        bars: list[Bar] = []
+        async with asyncio.timeout(5):
+            while len(bars) < 2:  # the socket keeps talking; each wake-up may ask again
+                await fake.push_kline("BTCUSDT", "1m", minute(3, 113), closed=False)
+                with contextlib.suppress(TimeoutError):
+                    bars += await feed.take(1, timeout=0.05)
+
+        assert bars == [bar(BTC, minute(1, 111)), bar(BTC, minute(2, 112))]
+        assert fake.count(KLINES) >= 3
+    finally:
+        await feed.stop()
+
+
+async def test_a_gap_rest_never_fills_is_skipped_after_the_patience(
+    fake: FakeBinance, exchange: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.feed.live")
+    feed = stream(exchange, fake, symbols=[BTC], gap_patience_s=0.2)
+    try:
+        await _reconnect_with_candles_missed(fake, feed)
+        fake.inject(KLINES, 200, body=[], times=None)  # REST never gets candles 1 and 2
+
+        await fake.push_kline("BTCUSDT", "1m", minute(3, 113), closed=False)
+        await feed.assert_quiet(0.3)
+        await fake.push_kline("BTCUSDT", "1m", minute(3, 113), closed=False)  # a wake-up
+        fake.now_ms = T0 + 4 * MINUTE_MS + 500
+        await fake.push_kline("BTCUSDT", "1m", minute(4, 114), closed=False)
+
+        assert await feed.take(1) == [bar(BTC, minute(3, 113))]  # from the socket
+        assert "REST has no candle from 2024-03-01T12:01:00Z to 2024-03-01T12:02:00Z yet" in (
+            caplog.text
+        )
+        assert "skipping the gap" in caplog.text
+    finally:
+        await feed.stop()
+
+
+async def test_a_failing_rest_backfill_does_not_hold_up_other_symbols(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    history = synthetic_candles(5, start_ms=T0 - 5 * MINUTE_MS, timeframe="1m")
+    fake.set_candles("BTCUSDT", "1m", history)
+    fake.inject(KLINES, 503, times=None)  # BTC's backfill fails until the faults are cleared
+    feed = stream(
+        exchange,
+        fake,
+        backfill_since_ms={BTC: T0 - 5 * MINUTE_MS},
+        base_delay_s=1.0,  # in-call retries would now hold the stream for 1+2+4+8+16 s
+    )
+    try:
+        await fake.wait_subscribed("btcusdt@kline_1m")
+        await fake.wait_subscribed("ethusdt@kline_1m")
+        await fake.push_kline("BTCUSDT", "1m", minute(0, 100), closed=False)
+        await fake.push_kline("ETHUSDT", "1m", minute(0, 50), closed=False)
+        await feed.assert_quiet(0.1)  # ETH starts at candle 0 (BTC is backing off meanwhile)
+        fake.now_ms = T0 + MINUTE_MS + 500
+        await fake.push_kline("ETHUSDT", "1m", minute(1, 51), closed=False)
+
+        assert await feed.take(1, timeout=0.5) == [bar(ETH, minute(0, 50))]
+
+        fake.clear_faults()  # BTC's REST comes back: its backfill follows after its backoff
+        await fake.push_kline("BTCUSDT", "1m", minute(1, 102), closed=False)
+        got: list[Bar] = []
+        async with asyncio.timeout(5):
+            while len(got) < 6:
+                await fake.push_kline("BTCUSDT", "1m", minute(1, 102), closed=False)
+                with contextlib.suppress(TimeoutError):
+                    got += await feed.take(1, timeout=0.1)
+        expected = [bar(BTC, c) for c in history.itertuples(index=False, name=None)]
+        assert got == [*expected, bar(BTC, minute(0, 100))]
+    finally:
+        await feed.stop()

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import traceback
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -53,7 +54,7 @@ async def fake() -> AsyncIterator[FakeSantiment]:
 
 
 def source(
-    fake: FakeSantiment, *, retries: int = 0, api_key: str | None = None, **kwargs: float
+    fake: FakeSantiment, *, retries: int = 0, api_key: str | None = None, **kwargs: Any
 ) -> SantimentSource:
     cfg = SantimentConfig(api_url=fake.url, retries=retries)
     return SantimentSource(cfg, SecretStr(api_key) if api_key else None, **kwargs)
@@ -344,3 +345,50 @@ async def test_fake_answers_sanpys_batched_and_per_slug_queries(fake: FakeSantim
     assert many["ethereum"].tolist() == [10.0, 20.0]
     assert "query_0:" in fake.requests[0].query and "query_1:" in fake.requests[0].query
     assert san.graphql.DEFAULT_TRANSPORT.base_url == SANPY_DEFAULT_ENDPOINT
+
+
+async def test_values_fetched_live_are_known_when_fetched_not_before(
+    fake: FakeSantiment, metric_store: MetricStore
+) -> None:
+    fake.add_series(SLUG, DAA, daily(1, 10))
+    fetched_at = day(11) + 6 * HOUR_MS  # the bot ran on Jan 11, 06:00
+    santiment = source(fake, now_ms=lambda: fetched_at)
+
+    await santiment.download(
+        ASSET, SLUG, [DAA], day(1), day(11), metric_store, publication_lag_ms=HOUR_MS
+    )
+
+    frame = await metric_store.read_metrics([ASSET], [DAA])
+    known = dict(zip(frame["observed_at"], frame["known_at"], strict=True))
+    nominal = {d: d + DAY_MS + HOUR_MS for d in known}
+    # Days 9 and 10 were fetched within lag + 2 days of their nominal time: the bot had them
+    # only at 06:00 on Jan 11, and a replay must not see them earlier.
+    assert known[day(10)] == known[day(9)] == fetched_at
+    # Older days are a backfill of history: the nominal rule (assumed published on time).
+    assert all(known[day(n)] == nominal[day(n)] for n in range(1, 9))
+
+
+async def test_download_resumes_from_its_own_rows_and_never_writes_into_another_source(
+    fake: FakeSantiment, metric_store: MetricStore
+) -> None:
+    fake.add_series(SLUG, DAA, daily(1, 10))
+    fake.add_series(SLUG, "dev_activity", daily(1, 10))
+    # The synthetic market wrote this series (same name): Santiment must not join it.
+    await metric_store.upsert_metrics([(ASSET, DAA, day(9), day(10), 1.0)], source="synthetic")
+    santiment = source(fake)
+
+    with pytest.raises(SantimentError, match=r"from source .synthetic."):
+        await santiment.download(
+            ASSET, SLUG, [DAA], day(1), day(11), metric_store, publication_lag_ms=0
+        )
+    assert [r.status for r in fake.requests] == []  # refused before asking
+
+    # Its own older rows do not stop it, and the resume point is its own newest day.
+    await metric_store.upsert_metrics(
+        [(ASSET, "dev_activity", day(3), day(4), 3.0)], source="santiment"
+    )
+    report = await santiment.download(
+        ASSET, SLUG, ["dev_activity"], day(1), day(11), metric_store, publication_lag_ms=0
+    )
+    assert report.written == {"dev_activity": 7}
+    assert to_ms(fake.timeseries_calls[-1].from_) == day(4)

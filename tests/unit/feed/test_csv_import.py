@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from bot.feed.csv_import import (
+    check_directory,
     import_candle_file,
     import_directory,
     import_metric_file,
@@ -344,3 +345,49 @@ async def test_import_directory_refuses_a_missing_folder(
         await import_directory(
             tmp_path / "absent", market_store, metric_store, publication_lag_ms=0
         )
+
+
+def test_weekly_candle_file_opening_on_mondays_is_accepted(tmp_path: Path) -> None:
+    monday = 1_704_067_200_000  # 2024-01-01, a Monday: Binance's weekly open
+    week = 7 * DAY
+    lines = [f"{monday + k * week},1,2,0.5,1.5,10\n" for k in range(3)]
+    path = write(tmp_path / "BTC_USDT-1w.csv", HEADER + "".join(lines))
+
+    frame = read_candle_csv(path, "1w")
+
+    assert frame["open_time"].tolist() == [monday, monday + week, monday + 2 * week]
+    thursday = write(tmp_path / "t.csv", HEADER + f"{monday - 4 * DAY},1,2,0.5,1.5,10\n")
+    with pytest.raises(DataValidationError, match=r"line 2: .* not aligned to the 1w grid"):
+        read_candle_csv(thursday, "1w")
+
+
+@pytest.mark.parametrize("column", ["asset", "name", "Name"])
+def test_a_metric_column_named_asset_or_name_is_refused_naming_the_file(
+    tmp_path: Path, column: str
+) -> None:
+    path = write(tmp_path / "BTC_x.csv", f"date,{column},hash\n2021-01-01,BTC,1.5\n")
+
+    with pytest.raises(DataValidationError) as caught:
+        read_metric_csv(path, "BTC")
+
+    assert (caught.value.source, caught.value.line, caught.value.field) == (str(path), 1, column)
+    assert f"{path} line 1: column {column!r} is not allowed" in str(caught.value)
+
+
+async def test_check_directory_validates_every_file_without_a_store(tmp_path: Path) -> None:
+    root = data_folder(tmp_path / "data")
+
+    report = await check_directory(root)
+
+    assert report.dry_run
+    assert [(f.path.name, f.rows) for f in report.files] == [
+        ("BTC_USDT-1h.csv", 5),
+        ("ETH_USDT-1h.csv", 3),
+        ("SOL_USDT-1h.csv", 2),
+        ("BTC_blockchain_com.csv", 14),
+        ("LINK_coinmetrics_community.csv", 5),
+    ]
+    assert [p.name for p in report.skipped] == ["BTC_BUSD-1h.csv"]
+    write(root / "ohlcv" / "ETH_USDT-1h.csv", HEADER + f"{T0},20,19,18,20,1\n")
+    with pytest.raises(DataValidationError, match=r"ETH_USDT-1h\.csv line 2"):
+        await check_directory(root)

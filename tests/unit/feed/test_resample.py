@@ -194,3 +194,63 @@ async def test_resample_store_rebuilds_whole_bins_of_a_range(market_store: Marke
     assert result.dropped == 1
     stored = await market_store.read_candles("binance", "BTC/USDT", "6h")
     assert stored.values.tolist() == [BIN_00[:6]]
+
+
+def test_a_bin_ending_after_the_source_is_forming_and_left_out() -> None:
+    frame = hourly().iloc[:9].reset_index(drop=True)  # 00:00 .. 10:00 with 08, 09 missing
+    end = T0 + 11 * HOUR  # the newest source candle (10:00) closes at 11:00
+
+    result = resample_candles(frame, "1h", "6h", source_end_ms=end)
+
+    assert result.frame["open_time"].tolist() == [T0]
+    assert result.forming == IncompleteBin(T0 + 6 * HOUR, 3)
+    assert result.incomplete == ()  # the forming bin is not an outage
+    # The same bin inside the history (the source goes on past it) is a kept partial bin.
+    inside = resample_candles(frame, "1h", "6h", source_end_ms=T0 + 24 * HOUR)
+    assert inside.frame["open_time"].tolist() == [T0, T0 + 6 * HOUR]
+    assert inside.forming is None
+
+
+async def test_resample_store_never_writes_the_bin_still_forming(
+    market_store: MarketStore,
+) -> None:
+    # Hourly candles up to 19:00: the 18:00 bin still waits for 20:00 .. 23:00.
+    await market_store.upsert_frame("binance", "BTC/USDT", "1h", hourly().iloc[:12])
+    result = await resample_store(
+        market_store,
+        exchange="binance",
+        symbol="BTC/USDT",
+        source_timeframe="1h",
+        target_timeframe="6h",
+    )
+    stored = await market_store.read_candles("binance", "BTC/USDT", "6h")
+    assert stored["open_time"].tolist() == [T0, T0 + 6 * HOUR]  # the outage bin is kept
+    assert result.incomplete == (IncompleteBin(T0 + 6 * HOUR, 2),)
+    assert result.forming == IncompleteBin(T0 + 18 * HOUR, 4)
+
+    # Once its candles arrive, the next run writes it whole.
+    await market_store.upsert_frame("binance", "BTC/USDT", "1h", hourly())
+    result = await resample_store(
+        market_store,
+        exchange="binance",
+        symbol="BTC/USDT",
+        source_timeframe="1h",
+        target_timeframe="6h",
+    )
+    assert result.forming is None
+    stored = await market_store.read_candles("binance", "BTC/USDT", "6h")
+    assert stored.values.tolist() == [row[:6] for row in (BIN_00, BIN_06, BIN_18)]
+
+
+async def test_a_range_inside_the_history_keeps_its_last_bin(market_store: MarketStore) -> None:
+    await market_store.upsert_frame("binance", "BTC/USDT", "1h", hourly())
+    result = await resample_store(
+        market_store,
+        exchange="binance",
+        symbol="BTC/USDT",
+        source_timeframe="1h",
+        target_timeframe="6h",
+        end=T0 + 12 * HOUR,
+    )
+    assert result.frame["open_time"].tolist() == [T0, T0 + 6 * HOUR]
+    assert result.forming is None

@@ -9,7 +9,12 @@ import ccxt
 import pytest
 
 from bot.feed.exchange import describe_error, is_temporary
-from bot.feed.retry import backoff_delay, call_with_retries, parse_retry_after
+from bot.feed.retry import (
+    RetryWaitTooLong,
+    backoff_delay,
+    call_with_retries,
+    parse_retry_after,
+)
 
 
 class FakeSleep:
@@ -162,10 +167,10 @@ async def test_each_retry_logs_one_clear_line(caplog: pytest.LogCaptureFixture) 
         ccxt.ExchangeNotAvailable("binance GET http://h/api/v3/klines 503 Service Unavailable")
     )
 
-    with caplog.at_level(logging.WARNING, logger="cryptorlpm.feed"):
+    with caplog.at_level(logging.WARNING, logger="bot.feed.retry"):
         await call_with_retries(flaky.fetch, max_retries=2, base_delay_s=0.01, sleep=FakeSleep())
 
-    lines = [r.getMessage() for r in caplog.records if r.name == "cryptorlpm.feed"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "bot.feed.retry"]
     assert len(lines) == 1
     assert "\n" not in lines[0]
     assert "fetch failed, retry 1/2" in lines[0]
@@ -204,3 +209,30 @@ def test_describe_error_never_shows_signatures_or_keys() -> None:
     assert "topsecret" not in describe_error(ccxt.ExchangeError('binance {"secret": "topsecret"}'))
     assert "\n" not in text
     assert text.startswith("authentication failed")
+
+
+async def test_a_server_wait_beyond_max_wait_s_raises_instead_of_sleeping() -> None:
+    # A 418 is an IP ban: its Retry-After can be hours, which no call should sleep through.
+    flaky = Flaky(ccxt.DDoSProtection("binance 418 I'm a teapot"))
+    flaky.last_response_headers = {"Retry-After": "7200"}
+    sleep = FakeSleep()
+
+    with pytest.raises(RetryWaitTooLong) as caught:
+        await call_with_retries(
+            flaky.fetch, max_retries=5, base_delay_s=0.1, sleep=sleep, max_wait_s=120
+        )
+
+    assert sleep.waits == []
+    assert (caught.value.wait_s, caught.value.max_wait_s) == (7200.0, 120)
+    assert isinstance(caught.value.__cause__, ccxt.DDoSProtection)
+    message = str(caught.value)
+    assert "asked to wait 7200 s" in message and "120 s allowed" in message
+    assert "\n" not in message
+
+    # A wait within the cap is honoured as before.
+    flaky = Flaky(ccxt.DDoSProtection("binance 429"))
+    flaky.last_response_headers = {"Retry-After": "100"}
+    await call_with_retries(
+        flaky.fetch, max_retries=1, base_delay_s=0.1, sleep=sleep, max_wait_s=120
+    )
+    assert sleep.waits == [100.0]

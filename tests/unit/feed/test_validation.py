@@ -35,7 +35,7 @@ def error_of(frame: pd.DataFrame, **options: object) -> DataValidationError:
 
 
 def test_good_candles_pass() -> None:
-    validate_candles(candles(), SOURCE, timeframe_ms=HOUR)
+    validate_candles(candles(), SOURCE, timeframe="1h")
 
 
 def test_message_names_file_line_and_values() -> None:
@@ -102,7 +102,7 @@ def test_misaligned_open_time_needs_a_timeframe() -> None:
     frame = candles()
     frame["open_time"] += 60_000
     validate_candles(frame, SOURCE)
-    error = error_of(frame, timeframe_ms=HOUR)
+    error = error_of(frame, timeframe="1h")
     assert error.line == 2
     assert "not aligned" in error.reason
 
@@ -193,12 +193,17 @@ def test_bad_date_and_missing_date_column_are_reported() -> None:
     assert (error.line, error.field) == (3, "date")
 
     error = metric_error(frame.drop(columns="date"))
-    assert (error.line, error.field) == (1, "observed_at")
+    assert (error.line, error.field) == (1, "date")
+    assert "missing column 'date'" in error.reason
 
 
-def test_metrics_keyed_by_observed_at_must_be_whole_days() -> None:
-    day = 86_400_000
-    validate_metrics(pd.DataFrame({"observed_at": [0, day], "a": [1.0, 2.0]}), "feed")
-    error = metric_error(pd.DataFrame({"observed_at": [0, day + 1], "a": [1.0, 2.0]}))
-    assert error.line == 3
-    assert "00:00 UTC" in error.reason
+def test_weekly_candles_must_open_on_mondays() -> None:
+    monday = 4 * 24 * HOUR  # 1970-01-05, the first Monday after the epoch
+    weeks = candles(3)
+    weeks["open_time"] = monday + np.arange(3) * 7 * 24 * HOUR
+    validate_candles(weeks, SOURCE, timeframe="1w")
+
+    weeks["open_time"] -= 4 * 24 * HOUR  # Thursdays: multiples of a week since the epoch
+    error = error_of(weeks, timeframe="1w")
+    assert (error.line, error.field) == (2, "open_time")
+    assert "not aligned to the 1w grid (Mondays 00:00 UTC)" in error.reason
