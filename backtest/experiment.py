@@ -26,7 +26,7 @@ from backtest.pipeline import (
 from backtest.report import format_metrics_table, write_report
 from bot.feed import dataset
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import ms_to_iso
+from bot.timeframes import ms_to_iso, timeframe_ms
 from config.schema import AppConfig, DataConfig, TrainingConfig, WindowsConfig
 
 PORTFOLIOS: dict[str, tuple[str, ...]] = {
@@ -86,10 +86,11 @@ async def coverage_notes(cfg: AppConfig, market: MarketStore) -> list[str]:
             "is nothing to test on. Move the windows inside the data, e.g. --train "
             "2020-10-01:2021-09-30 --val 2021-10-01:2021-11-30 --test 2021-12-01:2022-02-28"
         )
-    if test.end_ms > last:
+    last_close = last + timeframe_ms(cfg.market.timeframe)
+    if test.end_ms > last_close:
         notes.append(
-            f"The test window {test} extends beyond the data (last bar opens {ms_to_iso(last)}); "
-            "results cover only the part with data."
+            f"The test window {test} extends beyond the data (last bar closes "
+            f"{ms_to_iso(last_close)}); results cover only the part with data."
         )
     if train.start_ms < first:
         notes.append(
