@@ -1,4 +1,4 @@
-"""``cryptorlpm experiment paper`` end to end on a small folder laid out like ../shared/data."""
+"""``cryptorlpm experiment paper`` end to end on a small generated ohlcv/ + onchain/ folder."""
 
 from __future__ import annotations
 

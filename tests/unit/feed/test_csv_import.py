@@ -227,7 +227,7 @@ async def test_daily_value_is_known_after_its_day_ends_plus_the_lag(
 
 
 def data_folder(root: Path) -> Path:
-    """A tiny folder laid out like ../shared/data."""
+    """A tiny folder laid out like the shared real-data folder (ohlcv/, onchain/)."""
     write(root / "ohlcv" / "BTC_USDT-1h.csv", HEADER + "".join(candle_lines(5)))
     write(root / "ohlcv" / "ETH_USDT-1h.csv", HEADER + "".join(candle_lines(3, price=20.0)))
     write(root / "ohlcv" / "SOL_USDT-1h.csv", HEADER + "".join(candle_lines(2, price=2.0)))
