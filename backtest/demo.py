@@ -17,7 +17,7 @@ from pathlib import Path
 from backtest.pipeline import (
     SeedSummary,
     backtest_baselines,
-    backtest_vote,
+    backtest_seeds,
     read_histories,
     replay_driver,
     summarise_seeds,
@@ -73,12 +73,7 @@ async def run_demo(
         folders = train_modules(cfg, histories, seeds, out_dir / "models", on_trained=on_trained)
         step(f"backtest on {test} (out of sample)")
         driver = await replay_driver(cfg, market, metrics, coins, test.start_ms, test.end_ms)
-        runs = {}
-        for seed in seeds:
-            vote = await backtest_vote(
-                cfg, {coin: folders[coin, seed] for coin in coins}, driver, name="cryptorlpm"
-            )
-            runs[seed] = vote.result
+        runs = await backtest_seeds(cfg, folders, coins, seeds, driver)
         others = await backtest_baselines(cfg, coins, driver)
     finally:
         await metrics.close()

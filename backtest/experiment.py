@@ -17,7 +17,7 @@ from pathlib import Path
 from backtest.metrics import compute_metrics
 from backtest.pipeline import (
     backtest_baselines,
-    backtest_vote,
+    backtest_seeds,
     read_histories,
     replay_driver,
     summarise_seeds,
@@ -130,12 +130,7 @@ async def run_paper_experiment(
         for name, members in PORTFOLIOS.items():
             step(f"portfolio {name} ({', '.join(members)}) on {test}")
             driver = await replay_driver(cfg, market, metrics, members, test.start_ms, test.end_ms)
-            runs = {}
-            for seed in seeds:
-                vote = await backtest_vote(
-                    cfg, {c: folders[c, seed] for c in members}, driver, name="cryptorlpm"
-                )
-                runs[seed] = vote.result
+            runs = await backtest_seeds(cfg, folders, members, seeds, driver)
             summary = summarise_seeds(runs)
             others = await backtest_baselines(cfg, members, driver)
             entry: dict[str, dict] = {

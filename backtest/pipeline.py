@@ -140,6 +140,21 @@ class RecordingPolicy:
         bus.subscribe(ModuleDecision, self.decisions.append)
 
 
+async def backtest_seeds(
+    cfg: AppConfig,
+    folders: Mapping[tuple[str, int], Path],
+    coins: Sequence[str],
+    seeds: Sequence[int],
+    driver: ReplayDriver,
+) -> dict[int, RunResult]:
+    """The vote of ``coins``' modules, once per seed (``folders`` keyed by coin and seed)."""
+    runs = {}
+    for seed in seeds:
+        vote = await backtest_vote(cfg, {c: folders[c, seed] for c in coins}, driver)
+        runs[seed] = vote.result
+    return runs
+
+
 async def backtest_baselines(
     cfg: AppConfig, coins: Sequence[str], driver: ReplayDriver
 ) -> list[RunResult]:

@@ -452,23 +452,17 @@ def refine_history(
     long metric frame (every asset, so that market-wide candidates can be offered);
     ``features``: the config's :class:`~config.schema.FeatureConfig`.
     """
-    from strategies.features import (
-        available_metrics,
-        candidate_pool,
-        daily_closes,
-        fit_feature_spec,
-    )
+    from strategies.features.inputs import fit_features
 
-    step_ms = timeframe_ms(timeframe)
-    pool = candidate_pool(coin, available_metrics(metrics), market_wide_assets=market_wide_assets)
-    spec = fit_feature_spec(
+    spec = fit_features(
         coin,
-        daily_closes(bars, step_ms),
+        bars,
         metrics,
-        pool,
+        timeframe,
         features,
         train_window[0],
         train_window[1],
+        market_wide_assets=market_wide_assets,
         publication_lag_ms=publication_lag_ms,
     )
     return coin_history(bars, metrics, timeframe, spec)

@@ -6,6 +6,7 @@ every consumer selects from the same pool with the same windows and known-time r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -14,6 +15,7 @@ from bot.feed.resample import resample_candles
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import timeframe_ms
 from config import AppConfig
+from config.schema import FeatureConfig
 from strategies.features.pipeline import FeatureSpec, fit_feature_spec
 from strategies.features.pool import available_metrics, candidate_pool
 from strategies.features.selection import daily_closes
@@ -64,21 +66,43 @@ def fit_coin_features(
     cfg: AppConfig, inputs: CoinInputs, train_start_ms: int, train_end_ms: int
 ) -> FeatureSpec:
     """Select the coin's metrics and fit the refiner on ``[train_start_ms, train_end_ms)`` only."""
-    pool = candidate_pool(
+    return fit_features(
         inputs.coin,
-        available_metrics(inputs.metrics),
-        market_wide_assets=market_wide_assets(cfg, inputs.metrics),
-    )
-    features = cfg.features
-    return fit_feature_spec(
-        inputs.coin,
-        daily_closes(inputs.bars, timeframe_ms(inputs.timeframe)),
+        inputs.bars,
         inputs.metrics,
+        inputs.timeframe,
+        cfg.features,
+        train_start_ms,
+        train_end_ms,
+        market_wide_assets=market_wide_assets(cfg, inputs.metrics),
+        publication_lag_ms=cfg.metrics.publication_lag_ms,
+    )
+
+
+def fit_features(
+    coin: str,
+    bars: pd.DataFrame,
+    metrics: pd.DataFrame,
+    timeframe: str,
+    features: FeatureConfig,
+    train_start_ms: int,
+    train_end_ms: int,
+    *,
+    market_wide_assets: Sequence[str] = (),
+    publication_lag_ms: int,
+) -> FeatureSpec:
+    """The DRU fit from plain frames: pool (own + ``market_wide_assets``), selection and refiner,
+    on ``[train_start_ms, train_end_ms)`` only, with every knob of ``features``."""
+    pool = candidate_pool(coin, available_metrics(metrics), market_wide_assets=market_wide_assets)
+    return fit_feature_spec(
+        coin,
+        daily_closes(bars, timeframe_ms(timeframe)),
+        metrics,
         pool,
         features,
         train_start_ms,
         train_end_ms,
-        publication_lag_ms=cfg.metrics.publication_lag_ms,
+        publication_lag_ms=publication_lag_ms,
         min_obs=features.min_obs,
         max_stale_days=features.max_stale_days,
         min_periods=features.min_periods_days,
