@@ -65,6 +65,13 @@ class EqualWeightBuyAndHold(_WeightsPolicy):
         )
 
 
+class CashOnly(_WeightsPolicy):
+    """Everything in the quote currency at every decision (sells whatever is held)."""
+
+    def __init__(self, quote: str) -> None:
+        super().__init__("cash", {}, quote, every_bar=True)
+
+
 def baselines(coins: Sequence[str], quote: str) -> list[_WeightsPolicy]:
     """Every baseline of a portfolio: buy & hold of each coin, and both equal-weight ones."""
     return [

@@ -267,6 +267,20 @@ class RiskConfig(Section):
     min_trade_weight: float = Field(
         0.0, ge=0, lt=1, description="ignore rebalancing moves smaller than this share of equity"
     )
+    max_order_notional: float | None = Field(None, gt=0)
+    """Largest single order in the quote currency; bigger orders are cut to it (None: no cap)."""
+    max_daily_turnover: float | None = Field(None, gt=0)
+    """Most traded notional per UTC day, as a multiple of the equity at the day's first
+    decision (2.0 = trade at most twice the equity); orders beyond it are cut or refused."""
+    max_drawdown: float | None = Field(None, gt=0, lt=1)
+    """Kill switch: when equity falls this far below its running peak (0.25 = 25%), trading
+    stops (``on_drawdown``) until an operator resumes it. None: no kill switch."""
+    on_drawdown: Literal["halt", "flatten"] = "halt"
+    """What the kill switch does: ``halt`` sends no more orders; ``flatten`` sells every coin
+    to cash once, then halts."""
+    stale_after_bars: int | None = Field(2, ge=1)
+    """Stale-data halt: no orders at a decision when a coin's latest bar closed more than this
+    many intervals before it (None: never)."""
 
 
 # -- agents and training (PAU) ---------------------------------------------------------------
@@ -358,6 +372,96 @@ class TrainingConfig(Section):
     """Root of the model registry: ``<models_dir>/<coin>/<model id>/``."""
 
 
+# -- live trading, alerts and agent updating (LTU, Telegram, AUU) ------------------------------
+
+
+class LiveConfig(Section):
+    """The live daemon (``cryptorlpm live``): when it wakes, where it trades, how it orders.
+
+    The daemon trades ``[market].coins`` on ``[market].timeframe`` (10-30 minutes is the
+    paper's range) against ``[exchange]``; ``paper`` (or ``--paper``) keeps every fill
+    simulated on live prices and needs no API key.
+    """
+
+    paper: bool = False
+    """Simulate fills on live prices instead of sending orders (no API key needed)."""
+    state_db: str = "state.db"
+    """File (under ``[data].dir``) holding orders, cycles, refusals and balances."""
+    policy: Literal["vote", "equal_weight", "hold"] = "vote"
+    """What decides: the Crypto Modules' vote, 1/N rebalancing, or holding cash only."""
+    models: dict[str, str] = Field(default_factory=dict)
+    """Model id per coin for the vote; a coin not listed uses its registry's active (else
+    newest) model under ``[training].models_dir``."""
+    grace_s: float = Field(3.0, ge=0)
+    """Seconds after a bar's close (on the exchange's clock) before the cycle starts."""
+    bar_source: Literal["rest", "websocket"] = "rest"
+    """Closed bars over REST polling, or the kline websocket with REST backfill."""
+    order_type: Literal["market", "limit"] = "market"
+    """Market orders, or limit orders at the reference price +- ``limit_offset_bps``."""
+    limit_offset_bps: float = Field(5.0, ge=0)
+    """How far past the reference price a limit order is placed (buy above, sell below)."""
+    limit_timeout_s: float = Field(60.0, gt=0)
+    """A limit order still open after this is cancelled; its filled part is kept."""
+    order_poll_s: float = Field(1.0, gt=0)
+    """Seconds between status queries of an open order."""
+    reconcile_every: int = Field(12, ge=1)
+    """Reconcile balances and open orders with the exchange every this many cycles (and at
+    every start)."""
+    resume_within_bars: int = Field(1, ge=0)
+    """An interrupted cycle's remaining orders are sent on restart only if its close is at
+    most this many bars old; older plans are abandoned and the next cycle re-plans."""
+    warmup_days: int = Field(240, ge=1)
+    """History (from the stores, topped up from the exchange) replayed into the modules at
+    start so their rolling features are ready."""
+    clock_speed: float = Field(1.0, gt=0)
+    """How many times faster than the local clock the exchange's clock runs (1 in production;
+    an accelerated fake exchange in tests and benchmarks)."""
+    max_cycles: int | None = Field(None, ge=1)
+    """Stop after this many cycles (tests, benchmarks); None runs until stopped."""
+    control_socket: str = "control.sock"
+    """Unix socket (under ``[data].dir``) where ``cryptorlpm live pause|resume|...`` reach the
+    running daemon."""
+
+
+class TelegramConfig(Section):
+    """Alerts and commands through the Telegram Bot API (token: ``CRYPTORLPM_TELEGRAM_TOKEN``)."""
+
+    enabled: bool = False
+    api_url: str = "https://api.telegram.org"
+    """Bot API base URL (requests go to ``<api_url>/bot<token>/<method>``)."""
+    chat_ids: tuple[int, ...] = ()
+    """Chats that receive alerts and whose commands are obeyed; every other chat is refused."""
+    queue_size: int = Field(200, ge=1)
+    """Alerts waiting to be sent; when full the oldest is dropped and counted."""
+    per_chat_per_s: float = Field(1.0, gt=0)
+    """Messages per second to one chat (Telegram allows about 1)."""
+    global_per_s: float = Field(25.0, gt=0)
+    """Messages per second over all chats (Telegram allows about 30)."""
+    poll_timeout_s: int = Field(25, ge=0)
+    """Long-poll timeout of ``getUpdates``."""
+    daily_summary_hour: int | None = Field(0, ge=0, le=23)
+    """UTC hour of the daily summary with an equity chart (None: no summary)."""
+    alert_fills: bool = True
+    alert_refusals: bool = True
+
+
+class UpdatingConfig(Section):
+    """The Agent Updating Unit: scheduled retraining with a validation gate, and hot swaps."""
+
+    enabled: bool = False
+    every_days: float = Field(7.0, gt=0)
+    """Retrain every coin's module this often (on the daemon's clock)."""
+    train_days: int = Field(365, ge=30)
+    """Length of the rolling training window that ends where validation starts."""
+    validation_days: int = Field(60, ge=7)
+    """Length of the validation window that ends at the retraining time."""
+    tolerance: float = Field(0.02, ge=0)
+    """A candidate replaces the active module only if its validation score is at least the
+    active module's score on the same window minus this (net log return)."""
+    seed: int = 1
+    """Seed of the retraining runs."""
+
+
 class AppConfig(Section):
     """The whole configuration of one run or daemon."""
 
@@ -373,6 +477,9 @@ class AppConfig(Section):
     risk: RiskConfig = RiskConfig()
     agents: CryptoModuleParams = CryptoModuleParams()
     training: TrainingConfig = TrainingConfig()
+    live: LiveConfig = LiveConfig()
+    telegram: TelegramConfig = TelegramConfig()
+    updating: UpdatingConfig = UpdatingConfig()
 
 
 class Secrets(BaseSettings):

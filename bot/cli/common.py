@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -77,11 +76,8 @@ def progress_bar() -> Progress:
     )
 
 
-def setup_logging(verbose: bool) -> None:
-    """Plain, timestamped log lines on stderr."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("aiosqlite", "matplotlib", "urllib3", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def setup_logging(verbose: bool, *, json_lines: bool = False) -> None:
+    """Plain, timestamped log lines (or JSON lines) on stderr."""
+    from bot.logs import setup_logging as setup
+
+    setup(verbose, json_lines=json_lines)

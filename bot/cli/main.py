@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli import data, experiment, features, models
+from bot.cli import data, experiment, features, live, models
 from bot.cli.common import ConfigOption, console, load, run, setup_logging
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(features.app, name="features")
 app.add_typer(models.app, name="models")
 app.add_typer(experiment.app, name="experiment")
+app.add_typer(live.app, name="live")
 app.command("train")(models.train)
 
 

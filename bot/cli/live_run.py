@@ -1,0 +1,77 @@
+"""The composition root of the daemon: config + secrets + policy + alerts -> ``run_daemon``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from bot.cli.common import fail
+from config import AppConfig, Secrets
+
+log = logging.getLogger(__name__)
+
+
+async def build_policy(cfg: AppConfig, market: Any, metrics: Any, now_ms: int) -> tuple[Any, Any]:
+    """The configured policy (and its module host, for the Crypto Module vote)."""
+    coins, quote = cfg.market.coins, cfg.market.quote
+    if cfg.live.policy == "equal_weight":
+        from backtest.baselines import EqualWeightRebalanced
+
+        return EqualWeightRebalanced(coins, quote), None
+    if cfg.live.policy == "hold":
+        from backtest.baselines import CashOnly
+
+        return CashOnly(quote), None
+    from strategies.live import build_vote
+
+    return await build_vote(cfg, market, metrics, now_ms)
+
+
+def alerts_factory(cfg: AppConfig, secrets: Secrets) -> Any:
+    """Telegram alerts and commands when enabled (None otherwise)."""
+    if not cfg.telegram.enabled:
+        return None
+
+    async def make(controls: Any) -> list[Any]:
+        from bot.telegram import telegram_services
+
+        return telegram_services(cfg.telegram, secrets.telegram_token, controls)
+
+    return make
+
+
+def run_live(cfg: AppConfig, *, json_logs: bool = False, verbose: bool = False) -> None:
+    """Run the daemon in the foreground; errors become one-line messages."""
+    from bot.feed.dataset import DatasetConfigError
+    from bot.feed.exchange import ExchangeConfigError
+    from bot.live.daemon import LiveConfigError, run_daemon
+    from bot.live.executor import LiveTradingError
+    from bot.logs import redact_secrets, setup_logging
+
+    secrets = Secrets()
+    if json_logs:
+        setup_logging(verbose, json_lines=True)
+    redact_secrets(
+        s.get_secret_value()
+        for s in (
+            secrets.exchange_api_key,
+            secrets.exchange_secret,
+            secrets.telegram_token,
+            secrets.santiment_api_key,
+        )
+        if s is not None
+    )
+    try:
+        result = asyncio.run(
+            run_daemon(cfg, secrets, build_policy, alerts_factory=alerts_factory(cfg, secrets))
+        )
+    except (LiveConfigError, LiveTradingError, ExchangeConfigError, DatasetConfigError) as exc:
+        fail(str(exc))
+        return
+    log.info(
+        "daemon stopped: %s after %d cycles, equity %.2f",
+        result.reason,
+        result.cycles,
+        result.equity,
+    )

@@ -1,0 +1,68 @@
+"""The control service's contract: what an operator can ask a running daemon, any transport.
+
+Telegram commands, the ``cryptorlpm live pause|resume|...`` CLI (over the daemon's control
+socket) and tests all call the same :class:`Controls`; none of them touches the engine directly.
+Every method answers plain data (JSON-serialisable dicts and lists) so any transport can carry it,
+and raises :class:`ControlError` with a message meant for the operator when a request cannot be
+done (an unknown coin, a module already plugged, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class ControlError(Exception):
+    """A control request that cannot be done; the message is shown to the operator as is."""
+
+
+class Controls(Protocol):
+    """What an operator can ask of the running daemon."""
+
+    async def status(self) -> dict[str, Any]:
+        """``mode`` (paper|exchange), ``paused``, ``halted`` (reason or None), ``cycles``,
+        ``last_cycle`` (ISO time or None), ``last_error`` (or None), ``equity``, ``quote``."""
+        ...
+
+    async def balance(self) -> dict[str, Any]:
+        """``quote``, ``equity``, ``cash``, ``positions``: list of ``{coin, amount, price,
+        value, weight}``."""
+        ...
+
+    async def weights(self) -> dict[str, Any]:
+        """``target``: asset -> weight of the last decision (after the guardrails), ``actual``:
+        asset -> current weight, ``ts``: ISO time of the decision (or None)."""
+        ...
+
+    async def modules(self) -> list[dict[str, Any]]:
+        """Plugged modules: ``coin``, ``model_id``, ``ready``, ``last_decision`` (coin weight or
+        None), ``pending`` (a swap waiting for the next cycle, or None)."""
+        ...
+
+    async def pause(self) -> str:
+        """Stop sending new orders (decisions go on); answers a confirmation line."""
+        ...
+
+    async def resume(self) -> str:
+        """Send orders again (also clears a tripped kill switch); answers a confirmation line."""
+        ...
+
+    async def stop(self) -> str:
+        """Stop the daemon gracefully after the current cycle; answers a confirmation line."""
+        ...
+
+    async def retrain(self, coin: str) -> str:
+        """Start retraining ``coin``'s module now (the validation gate decides the swap)."""
+        ...
+
+    async def plug(self, coin: str, model_id: str | None = None) -> str:
+        """Plug ``coin``'s module (``model_id`` or the registry's active one) at the next cycle."""
+        ...
+
+    async def unplug(self, coin: str) -> str:
+        """Unplug ``coin``'s module at the next cycle; its holding is sold by the rebalance."""
+        ...
+
+    async def rollback(self, coin: str) -> str:
+        """Re-activate ``coin``'s previous module version and swap it in at the next cycle."""
+        ...

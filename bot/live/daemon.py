@@ -1,0 +1,414 @@
+"""``cryptorlpm live``: the daemon's assembly, start-up, main loop and graceful stop.
+
+Start-up order (each step needs the previous one):
+
+1. take the lock on ``state.db`` (one daemon per state), open it and the stores;
+2. connect to the exchange (public endpoints only in paper mode), load its markets (lot, tick
+   and minimum notional of every coin come from there) and read its clock;
+3. top up ``market.db`` with the closed bars of the last ``warmup_days``;
+4. build the policy from the stores (the factory warms the Crypto Modules up on that history);
+5. build the engine with a ccxt or paper executor, mark the account at the latest closes;
+6. reconcile with the exchange and finish a cycle a crash interrupted, restore the guardrails'
+   state and the operator's pause;
+7. open the control socket (and Telegram), then run cycles until SIGINT/SIGTERM, ``/stop`` or
+   ``max_cycles``. A stop lets the running cycle finish (orders in flight are followed to their
+   end); every journal write is already committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.engine.kernel import Policy, TradingEngine
+from bot.feed.dataset import check_stores
+from bot.feed.exchange import create_exchange, describe_error
+from bot.feed.retry import call_with_retries
+from bot.live.clock import ExchangeTimeClock
+from bot.live.control import ControlSocket, DaemonControls, ModuleHost
+from bot.live.driver import LiveDriver
+from bot.live.executor import CcxtExecutor, LiveExecutor, LiveTradingError, PaperExecutor
+from bot.live.journal import Journal
+from bot.live.orders import rules_from_markets
+from bot.live.reconcile import reconcile
+from bot.store import MarketStore, MetricStore
+from bot.timeframes import ms_to_iso
+from config.schema import AppConfig, Secrets
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+
+
+class LiveConfigError(ValueError):
+    """The daemon cannot start with this configuration (message names what to fix)."""
+
+
+PolicyFactory = Callable[
+    [AppConfig, MarketStore, MetricStore, int], Awaitable[tuple[Policy, ModuleHost | None]]
+]
+"""``(cfg, market, metrics, now_ms) -> (policy, module host or None)``; warms the policy up."""
+
+
+class Alerts(Protocol):
+    """What the daemon asks of an alert channel (Telegram)."""
+
+    def attach(self, bus: Any) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self, flush_timeout_s: float = 5.0) -> None: ...
+
+    def started(self, summary: str) -> None: ...
+
+    def stopped(self, summary: str) -> None: ...
+
+    def error(self, text: str) -> None: ...
+
+
+AlertsFactory = Callable[[DaemonControls], Awaitable[list[Any]]]
+"""Builds the alert/command services once the controls exist; each has ``start``/``close``."""
+
+
+@dataclass
+class DaemonResult:
+    """How a daemon run ended."""
+
+    cycles: int
+    equity: float
+    reason: str
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``<state.db>.lock``: two daemons never share a state. The
+    kernel releases it when the process dies, however it dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> StateLock:
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LiveConfigError(
+                f"another daemon holds {self.path}; one daemon per state.db"
+            ) from None
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import os
+
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def state_path(cfg: AppConfig) -> Path:
+    """Where the daemon's journal lives."""
+    return cfg.data.dir / cfg.live.state_db
+
+
+def check_credentials(cfg: AppConfig, secrets: Secrets) -> None:
+    """Exchange mode needs both API credentials in the environment."""
+    if cfg.live.paper:
+        return
+    missing = [
+        name
+        for name, value in (
+            ("CRYPTORLPM_EXCHANGE_API_KEY", secrets.exchange_api_key),
+            ("CRYPTORLPM_EXCHANGE_SECRET", secrets.exchange_secret),
+        )
+        if value is None or not value.get_secret_value()
+    ]
+    if missing:
+        raise LiveConfigError(
+            f"trading on {cfg.exchange.id} needs {' and '.join(missing)} in the environment "
+            "(testnet keys when [exchange].sandbox = true), or run with --paper"
+        )
+
+
+async def run_daemon(
+    cfg: AppConfig,
+    secrets: Secrets,
+    policy_factory: PolicyFactory,
+    *,
+    stop: asyncio.Event | None = None,
+    install_signals: bool = True,
+    alerts_factory: AlertsFactory | None = None,
+) -> DaemonResult:
+    """Run the live daemon until stopped (see the module docstring)."""
+    check_credentials(cfg, secrets)
+    stop = stop or asyncio.Event()
+    path = state_path(cfg)
+    with StateLock(path):
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, _on_signal, stop, sig)
+        try:
+            return await _run(cfg, secrets, policy_factory, stop, path, alerts_factory)
+        finally:
+            if install_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    log.warning("%s received: stopping after the current cycle", sig.name)
+    stop.set()
+
+
+async def _run(
+    cfg: AppConfig,
+    secrets: Secrets,
+    policy_factory: PolicyFactory,
+    stop: asyncio.Event,
+    path: Path,
+    alerts_factory: AlertsFactory | None,
+) -> DaemonResult:
+    live = cfg.live
+    paper = live.paper
+    async with contextlib.AsyncExitStack() as stack:
+        journal = await Journal.open(path)
+        stack.push_async_callback(journal.close)
+        market = await MarketStore.open(cfg.data.market_path)
+        stack.push_async_callback(market.close)
+        metrics = await MetricStore.open(cfg.data.metrics_path)
+        stack.push_async_callback(metrics.close)
+        await check_stores(market, metrics, "exchange")
+        exchange = create_exchange(cfg.exchange, None if paper else secrets)
+        stack.push_async_callback(exchange.close)
+        retry = {"max_retries": cfg.exchange.max_retries, "base_delay_s": cfg.exchange.retry_base_s}
+        try:
+            markets = await call_with_retries(exchange.load_markets, **retry)
+            rules = rules_from_markets(markets, cfg.market.coins, cfg.market.quote)
+        except KeyError as exc:
+            raise LiveConfigError(f"[market].coins: {exc.args[0]}") from None
+        clock = ExchangeTimeClock(
+            lambda: call_with_retries(exchange.fetch_time, **retry), speed=live.clock_speed
+        )
+        now = await clock.sync()
+        log.info(
+            "connected to %s (%s mode), exchange time %s",
+            cfg.exchange.id,
+            "paper" if paper else "exchange",
+            ms_to_iso(now),
+        )
+
+        executor: LiveExecutor
+        if paper:
+            executor = PaperExecutor(journal, clock.now_ms, None, cfg.broker, rules)  # type: ignore[arg-type]
+        else:
+            executor = CcxtExecutor(
+                exchange,
+                journal,
+                clock.now_ms,
+                live,
+                rules,
+                cfg.market.quote,
+                max_retries=cfg.exchange.max_retries,
+                base_delay_s=cfg.exchange.retry_base_s,
+            )
+        # The bars of the warm-up window go to the store first; the policy is built from it.
+        probe = LiveDriver(cfg, _Inert(), executor, exchange, clock, market, metrics)  # type: ignore[arg-type]
+        written = await probe.catch_up(now - live.warmup_days * DAY_MS)
+        log.info("stored %d new closed bars (warm-up window %d days)", written, live.warmup_days)
+        policy, host = await policy_factory(cfg, market, metrics, clock.now_ms())
+        if host is not None:
+            stack.push_async_callback(host.close)
+        initial_cash = float(await journal.get("paper_initial_cash", cfg.broker.initial_cash))
+        if paper:
+            await journal.put("paper_initial_cash", initial_cash)
+        engine = TradingEngine(cfg, policy, executor, cash=0.0, rules=rules)
+        if isinstance(executor, PaperExecutor):
+            executor.account = engine.account
+        driver = LiveDriver(cfg, engine, executor, exchange, clock, market, metrics)
+        driver._next_open = probe._next_open
+        driver._metrics_known_until = probe._metrics_known_until
+        await _mark_latest(engine, market, cfg)
+
+        report = await reconcile(
+            executor,
+            engine.account,
+            cfg.market.coins,
+            now_ms=clock.now_ms(),
+            step_ms=driver.step,
+            resume_within_bars=live.resume_within_bars,
+            initial_cash=initial_cash,
+            at_start=True,
+        )
+        _log_reconciliation(report, at_start=True)
+        await _restore(engine, journal)
+
+        controls = DaemonControls(
+            engine,
+            journal,
+            mode=executor.mode,
+            now_ms=clock.now_ms,
+            stop=stop,
+            modules=host,
+        )
+        control_socket = ControlSocket(controls, cfg.data.dir / live.control_socket)
+        await control_socket.start()
+        stack.push_async_callback(control_socket.close)
+        services = await alerts_factory(controls) if alerts_factory is not None else []
+        for service in services:
+            if hasattr(service, "attach"):
+                service.attach(engine.bus)
+            await service.start()
+            stack.push_async_callback(service.close)
+        _announce(services, "started", _summary(cfg, executor.mode, engine))
+
+        reason = "stopped"
+        try:
+            reason = await _loop(cfg, driver, engine, journal, host, services, stop)
+        except LiveTradingError as exc:
+            reason = str(exc)
+            log.error("%s", exc)
+            _announce(services, "error", str(exc))
+            raise
+        finally:
+            await journal.put("risk", _snapshot(engine))
+            _announce(services, "stopped", f"{reason}; {_summary(cfg, executor.mode, engine)}")
+        return DaemonResult(driver.cycles, engine.account.equity(), reason)
+
+
+async def _loop(
+    cfg: AppConfig,
+    driver: LiveDriver,
+    engine: TradingEngine,
+    journal: Journal,
+    host: ModuleHost | None,
+    services: list[Any],
+    stop: asyncio.Event,
+) -> str:
+    live = cfg.live
+    grace = int(live.grace_s * 1000)
+    clock = driver.clock
+    ts = driver.next_close(await clock.sync())
+    while not stop.is_set():
+        if not await clock.sleep_until(ts + grace, stop):
+            return "stopped by signal or operator"
+        now = clock.now_ms()
+        latest = driver.grid.floor(now - grace)
+        if latest > ts:
+            log.warning(
+                "woke %d bar(s) late: skipping to %s",
+                (latest - ts) // driver.step,
+                ms_to_iso(latest),
+            )
+            ts = latest
+        if host is not None:
+            for line in await host.between_cycles(now):
+                log.info("%s", line)
+        report = await driver.run_cycle(ts)
+        if report.error:
+            _announce(services, "error", f"cycle {ms_to_iso(ts)} failed: {report.error}")
+        await journal.put("risk", _snapshot(engine))
+        if driver.cycles % live.reconcile_every == 0:
+            try:
+                found = await reconcile(
+                    driver.executor,
+                    engine.account,
+                    cfg.market.coins,
+                    now_ms=clock.now_ms(),
+                    step_ms=driver.step,
+                    resume_within_bars=live.resume_within_bars,
+                    initial_cash=float(await journal.get("paper_initial_cash", 0.0)),
+                    at_start=False,
+                )
+                _log_reconciliation(found, at_start=False)
+            except Exception as exc:
+                log.error("reconciliation failed: %s", describe_error(exc))
+        if live.max_cycles is not None and driver.cycles >= live.max_cycles:
+            return f"max_cycles ({live.max_cycles}) reached"
+        ts += driver.step
+    return "stopped by signal or operator"
+
+
+class _Inert:
+    """Stands in for the engine while the warm-up bars are stored (nothing is published)."""
+
+    class _Bus:
+        def subscribe(self, *args: Any) -> None:
+            return None
+
+    bus = _Bus()
+
+
+async def _mark_latest(engine: TradingEngine, market: MarketStore, cfg: AppConfig) -> None:
+    """Give the account the latest stored close of every coin (before reconciliation)."""
+    tf, name = cfg.market.timeframe, cfg.market.exchange
+    for coin in cfg.market.coins:
+        symbol = cfg.market.symbol(coin)
+        last = await market.last_open_time(name, symbol, tf)
+        if last is None:
+            continue
+        async for bar in market.iter_bars(name, [symbol], tf, start=last, end=last + 1):
+            engine.account.on_bar(bar)
+
+
+async def _restore(engine: TradingEngine, journal: Journal) -> None:
+    engine.planner.paused = bool(await journal.get("paused", False))
+    if engine.planner.paused:
+        log.warning("the operator's pause is still on: no orders until resumed")
+    snapshot = await journal.get("risk")
+    if snapshot and hasattr(engine.gate, "restore"):
+        engine.gate.restore(snapshot)
+        halted = getattr(engine.gate, "halted", None)
+        if halted:
+            log.warning("the kill switch is still tripped (%s): no orders until resumed", halted)
+
+
+def _snapshot(engine: TradingEngine) -> Any:
+    return engine.gate.snapshot() if hasattr(engine.gate, "snapshot") else None
+
+
+def _log_reconciliation(report: Any, *, at_start: bool) -> None:
+    what = "start-up reconciliation" if at_start else "reconciliation"
+    if report.balance_drift:
+        drift = ", ".join(f"{a} {d:+.8g}" for a, d in report.balance_drift.items())
+        log.log(
+            logging.INFO if at_start else logging.WARNING,
+            "%s: balances taken from the exchange (%s)",
+            what,
+            drift,
+        )
+    for name in ("resolved", "unsent", "resumed", "abandoned", "cancelled"):
+        items = getattr(report, name)
+        if items:
+            log.warning("%s: %s %s", what, name, items)
+
+
+def _summary(cfg: AppConfig, mode: str, engine: TradingEngine) -> str:
+    account = engine.account
+    return (
+        f"{mode} mode on {cfg.exchange.id}{' testnet' if cfg.exchange.sandbox else ''}, "
+        f"{', '.join(cfg.market.coins)} every {cfg.market.timeframe}; "
+        f"equity {account.equity():.2f} {account.quote}"
+    )
+
+
+def _announce(services: list[Any], kind: str, text: str) -> None:
+    for service in services:
+        method = getattr(service, kind, None)
+        if method is not None:
+            try:
+                method(text)
+            except Exception:  # alerts never stop trading
+                log.exception("alert %s failed", kind)

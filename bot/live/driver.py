@@ -1,0 +1,248 @@
+"""The live driver: wakes at every bar close on the exchange's clock and runs one trading cycle.
+
+A cycle deciding at close ``ts``:
+
+1. waits until the exchange's clock passes ``ts + grace_s``;
+2. fetches every coin's closed bars since the last one it has (REST, retried; a bar the exchange
+   has not published yet is asked for again for up to ``bar_wait_s``), stores them in
+   ``market.db``, and reads the metrics that became known since the last cycle;
+3. publishes them into the engine as the replay driver does (``Metric``, ``Bar`` in close order,
+   then one ``BarsClosed`` at ``ts``), so the policy, the risk gate and the planner run exactly
+   as in a backtest;
+4. hands the planned orders to the executor, which journals and sends them;
+5. closes the cycle's row in ``state.db`` with the equity and the latency.
+
+Bars older than ``ts`` (after an outage) are published as ``Bar`` events only: the modules'
+state follows every bar, but decisions are taken at the current close alone. A coin whose bar
+at ``ts`` is missing is left to the risk gate's stale-data rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.engine.kernel import TradingEngine
+from bot.events import Bar, BarsClosed, Metric, RiskRefusal
+from bot.feed.exchange import describe_error
+from bot.feed.live import fetch_closed_bars
+from bot.live.clock import ExchangeTimeClock
+from bot.live.executor import LiveExecutor, LiveTradingError
+from bot.store import MarketStore, MetricStore
+from bot.timeframes import CandleGrid, ms_to_iso
+from config.schema import AppConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CycleReport:
+    """What one cycle did."""
+
+    ts: int
+    bars: int
+    metrics: int
+    orders: int
+    refusals: int
+    equity: float
+    latency_ms: float
+    error: str | None = None
+
+
+class LiveDriver:
+    """Feeds the engine from the exchange at every close and runs the cycle's orders."""
+
+    def __init__(
+        self,
+        cfg: AppConfig,
+        engine: TradingEngine,
+        executor: LiveExecutor,
+        exchange: Any,
+        clock: ExchangeTimeClock,
+        market: MarketStore,
+        metrics: MetricStore | None = None,
+        *,
+        bar_wait_s: float | None = None,
+        coins: Callable[[], tuple[str, ...]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.executor = executor
+        self.exchange = exchange
+        self.clock = clock
+        self.market = market
+        self.metrics = metrics
+        self.grid = CandleGrid(cfg.market.timeframe)
+        self.step = self.grid.step
+        self.bar_wait_s = (
+            bar_wait_s if bar_wait_s is not None else min(30.0, self.step / 4000 / clock.speed)
+        )
+        self._coins = coins or (lambda: cfg.market.coins)
+        self._next_open: dict[str, int] = {}
+        self._metrics_known_until: int | None = None
+        self._refusals: list[RiskRefusal] = []
+        self.cycles = 0
+        self.last_report: CycleReport | None = None
+        engine.bus.subscribe(RiskRefusal, self._refusals.append)
+
+    # -- history ----------------------------------------------------------------------------------
+
+    async def catch_up(self, since_ms: int) -> int:
+        """Store every closed bar from ``since_ms`` (or the last stored one) up to now.
+
+        Run once at start, before the policy is warmed up from the stores; returns the bars
+        written. Later bars come from the cycles.
+        """
+        now = self.clock.now_ms()
+        written = 0
+        tf, name = self.cfg.market.timeframe, self.cfg.market.exchange
+        for coin in self._coins():
+            symbol = self.cfg.market.symbol(coin)
+            last = await self.market.last_open_time(name, symbol, tf)
+            start = since_ms if last is None or last < since_ms else last + self.step
+            bars = await self._fetch(symbol, start, now)
+            written += await self._store(symbol, bars)
+            last = bars[-1].open_time if bars else last
+            self._next_open[symbol] = (last + self.step) if last is not None else start
+        self._metrics_known_until = now
+        return written
+
+    async def _fetch(self, symbol: str, since_ms: int, until_close_ms: int) -> list[Bar]:
+        ex_cfg = self.cfg.exchange
+        return await fetch_closed_bars(
+            self.exchange,
+            exchange_name=self.cfg.market.exchange,
+            symbol=symbol,
+            timeframe=self.cfg.market.timeframe,
+            since_ms=since_ms,
+            now_ms=until_close_ms,
+            exchange_time_ms=self.clock.now_ms(),
+            max_retries=ex_cfg.max_retries,
+            base_delay_s=ex_cfg.retry_base_s,
+        )
+
+    async def _store(self, symbol: str, bars: list[Bar]) -> int:
+        if not bars:
+            return 0
+        rows = [(b.open_time, b.open, b.high, b.low, b.close, b.volume) for b in bars]
+        return await self.market.upsert_candles(
+            self.cfg.market.exchange, symbol, self.cfg.market.timeframe, rows
+        )
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def next_close(self, now_ms: int) -> int:
+        """The first close strictly after ``now_ms - grace``: the next cycle to run."""
+        grace = int(self.cfg.live.grace_s * 1000)
+        return self.grid.floor(now_ms - grace) + self.step
+
+    async def run_cycle(self, ts: int) -> CycleReport:
+        """One cycle deciding at the close ``ts`` (see the module docstring)."""
+        started = time.perf_counter()
+        journal = self.executor.journal
+        await journal.start_cycle(ts, self.clock.now_ms())
+        self._refusals.clear()
+        try:
+            report = await self._cycle(ts, started)
+        except LiveTradingError:
+            await journal.finish_cycle(ts, "failed", self.clock.now_ms(), error="credentials")
+            raise
+        except Exception as exc:
+            error = describe_error(exc)
+            log.error("cycle %s failed: %s", ms_to_iso(ts), error, exc_info=True)
+            self.executor.discard_pending()
+            await journal.finish_cycle(ts, "failed", self.clock.now_ms(), error=error)
+            report = CycleReport(ts, 0, 0, 0, 0, self.engine.account.equity(), 0.0, error)
+        self.cycles += 1
+        self.last_report = report
+        return report
+
+    async def _cycle(self, ts: int, started: float) -> CycleReport:
+        bars = await self._new_bars(ts)
+        metrics = await self._new_metrics(ts)
+        bus = self.engine.bus
+        for metric in metrics:
+            bus.emit(metric)
+        for bar in sorted(bars, key=lambda b: (b.ts, b.symbol)):
+            bus.emit(bar)
+        present = tuple(sorted(b.symbol for b in bars if b.ts == ts))
+        bus.emit(BarsClosed(ts, self.cfg.market.timeframe, present))
+        await bus.drain()
+        refusals = list(self._refusals)
+        await self.executor.journal.add_refusals(refusals)
+        for refusal in refusals:
+            log.warning(
+                "guardrail %s on %s: wanted %.4g, allowed %.4g (%s)",
+                refusal.rule,
+                refusal.asset,
+                refusal.wanted,
+                refusal.allowed,
+                refusal.detail,
+            )
+        orders = await self.executor.execute_cycle(ts)
+        latency = (time.perf_counter() - started) * 1000
+        account = self.engine.account
+        equity = account.equity()
+        await self.executor.journal.set_balances(
+            {account.quote: account.cash, **account.holdings}, self.clock.now_ms()
+        )
+        await self.executor.journal.finish_cycle(
+            ts, "done", self.clock.now_ms(), equity=equity, latency_ms=latency
+        )
+        log.info(
+            "cycle %s: %d bars, %d metrics, %d orders, %d refusals, equity %.2f, %.0f ms",
+            ms_to_iso(ts),
+            len(bars),
+            len(metrics),
+            orders,
+            len(refusals),
+            equity,
+            latency,
+        )
+        return CycleReport(ts, len(bars), len(metrics), orders, len(refusals), equity, latency)
+
+    async def _new_bars(self, ts: int) -> list[Bar]:
+        """Every coin's closed bars up to the close ``ts``, waiting a little for late ones."""
+        deadline = time.monotonic() + self.bar_wait_s
+        found: list[Bar] = []
+        waiting = list(self._coins())
+        while True:
+            missing = []
+            for coin in waiting:
+                symbol = self.cfg.market.symbol(coin)
+                start = self._next_open.get(symbol, ts - self.step)
+                if start >= ts:  # already has the bar closing at ts
+                    continue
+                bars = await self._fetch(symbol, start, ts)
+                await self._store(symbol, bars)
+                if bars:
+                    self._next_open[symbol] = bars[-1].open_time + self.step
+                    found.extend(bars)
+                if not bars or bars[-1].ts < ts:
+                    missing.append(coin)
+            if not missing or time.monotonic() >= deadline:
+                if missing:
+                    log.warning(
+                        "no bar closing at %s yet for %s; the stale-data rule decides",
+                        ms_to_iso(ts),
+                        ", ".join(missing),
+                    )
+                return found
+            waiting = missing
+            await asyncio.sleep(min(1.0, self.bar_wait_s / 10))
+
+    async def _new_metrics(self, ts: int) -> list[Metric]:
+        """Metrics that became known in (last cycle, ts], in publish order."""
+        if self.metrics is None:
+            return []
+        since = self._metrics_known_until
+        self._metrics_known_until = ts
+        found: list[Metric] = []
+        start = None if since is None else since + 1
+        async for metric in self.metrics.iter_metrics(start=start, end=ts + 1):
+            found.append(metric)
+        return found

@@ -1,0 +1,361 @@
+"""``state.db``: the daemon's crash-safe journal of cycles, orders, refusals and balances.
+
+Write-ahead rule: a cycle's whole order plan is committed (``planned``) before the first order is
+sent, and each order is marked ``sending`` (committed) before its request leaves. Whatever
+instant the process dies at, a restart finds every order it may have sent, asks the exchange
+about those it does not know the fate of, and never sends one twice (see
+:mod:`bot.live.reconcile`). The database runs with ``synchronous=FULL``: a commit survives a
+power cut, not only a crash.
+
+Order states: ``planned`` (journalled, not sent) -> ``sending`` (request may have left) ->
+``open`` / ``partially_filled`` (on the book) -> ``filled`` | ``canceled`` | ``expired`` |
+``rejected``; ``abandoned`` is a planned order never sent because its cycle became too old.
+``booked`` is the amount already published to the engine as ``OrderFilled``, so a fill is
+booked once whatever the number of restarts.
+
+Nothing secret is ever written here: no API key, no signature, no request URL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.events import RiskRefusal, SubmitOrder
+from bot.store.sqlite import open_database
+
+OPEN_STATES = ("planned", "sending", "open", "partially_filled")
+"""Orders whose fate is not settled yet."""
+FINAL_STATES = ("filled", "canceled", "expired", "rejected", "abandoned")
+
+_MIGRATIONS = (
+    """
+    CREATE TABLE cycles (
+        ts INTEGER PRIMARY KEY,           -- the bar close the cycle decides at (exchange ms)
+        started_ms INTEGER NOT NULL,      -- exchange time the cycle started
+        status TEXT NOT NULL,             -- running | planned | done | failed | abandoned
+        orders INTEGER NOT NULL DEFAULT 0,
+        equity REAL,
+        latency_ms REAL,                  -- cycle start to the last order's answer (wall ms)
+        error TEXT,
+        finished_ms INTEGER
+    );
+    CREATE TABLE orders (
+        client_order_id TEXT PRIMARY KEY,
+        cycle_ts INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        symbol TEXT NOT NULL,
+        side TEXT NOT NULL,
+        amount REAL NOT NULL,
+        order_type TEXT NOT NULL,
+        limit_price REAL,
+        reference_price REAL NOT NULL,
+        status TEXT NOT NULL,
+        exchange_order_id TEXT,
+        filled REAL NOT NULL DEFAULT 0,
+        average_price REAL,
+        fee REAL NOT NULL DEFAULT 0,
+        fee_asset TEXT,
+        booked REAL NOT NULL DEFAULT 0,
+        reason TEXT,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE INDEX orders_by_cycle ON orders (cycle_ts, seq);
+    CREATE INDEX orders_by_status ON orders (status);
+    CREATE TABLE refusals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        rule TEXT NOT NULL,
+        asset TEXT NOT NULL,
+        wanted REAL NOT NULL,
+        allowed REAL NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE balances (
+        asset TEXT PRIMARY KEY,
+        total REAL NOT NULL,
+        free REAL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+
+@dataclass(frozen=True)
+class JournalOrder:
+    """One row of the ``orders`` table."""
+
+    client_order_id: str
+    cycle_ts: int
+    seq: int
+    symbol: str
+    side: str
+    amount: float
+    order_type: str
+    limit_price: float | None
+    reference_price: float
+    status: str
+    exchange_order_id: str | None
+    filled: float
+    average_price: float | None
+    fee: float
+    fee_asset: str | None
+    booked: float
+    reason: str | None
+
+    def submit_order(self) -> SubmitOrder:
+        """The command this row journals."""
+        return SubmitOrder(
+            self.cycle_ts,
+            self.client_order_id,
+            self.symbol,
+            self.side,
+            self.amount,
+            self.order_type,
+            self.limit_price,
+            self.reference_price,
+        )
+
+
+_ORDER_COLUMNS = ", ".join(JournalOrder.__dataclass_fields__)
+
+
+class Journal:
+    """The ``state.db`` of one daemon. Open with ``await Journal.open(path)``."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Journal:
+        """Open (creating) ``path`` with full durability."""
+        path = Path(path)
+        return cls(await open_database(path, _MIGRATIONS, synchronous="FULL"), path)
+
+    async def close(self) -> None:
+        """Close the database (every write is already committed)."""
+        await self._db.close()
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- cycles ---------------------------------------------------------------------------------
+
+    async def start_cycle(self, ts: int, started_ms: int) -> None:
+        """Record that the cycle deciding at ``ts`` began (a restarted cycle keeps its row)."""
+        await self._db.execute(
+            "INSERT INTO cycles (ts, started_ms, status) VALUES (?, ?, 'running') "
+            "ON CONFLICT (ts) DO UPDATE SET status = 'running', error = NULL",
+            (ts, started_ms),
+        )
+        await self._db.commit()
+
+    async def plan_cycle(self, ts: int, orders: Sequence[SubmitOrder], now_ms: int) -> None:
+        """Journal the cycle's whole plan in one transaction, before anything is sent.
+
+        Orders already journalled under the same client id (a resumed cycle) are kept as they
+        are: the plan of a cycle is written once.
+        """
+        rows = [
+            (
+                o.client_order_id,
+                ts,
+                seq,
+                o.symbol,
+                o.side,
+                float(o.amount),
+                o.order_type,
+                o.limit_price,
+                float(o.reference_price),
+                now_ms,
+                now_ms,
+            )
+            for seq, o in enumerate(orders)
+        ]
+        await self._db.executemany(
+            "INSERT OR IGNORE INTO orders (client_order_id, cycle_ts, seq, symbol, side, amount,"
+            " order_type, limit_price, reference_price, status, created_ms, updated_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)",
+            rows,
+        )
+        await self._db.execute(
+            "UPDATE cycles SET status = 'planned', orders = ? WHERE ts = ?", (len(orders), ts)
+        )
+        await self._db.commit()
+
+    async def finish_cycle(
+        self,
+        ts: int,
+        status: str,
+        finished_ms: int,
+        *,
+        equity: float | None = None,
+        latency_ms: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Close the cycle's row (``done``, ``failed`` or ``abandoned``)."""
+        await self._db.execute(
+            "UPDATE cycles SET status = ?, finished_ms = ?, equity = COALESCE(?, equity),"
+            " latency_ms = COALESCE(?, latency_ms), error = ? WHERE ts = ?",
+            (status, finished_ms, equity, latency_ms, error, ts),
+        )
+        await self._db.commit()
+
+    async def unfinished_cycles(self) -> list[int]:
+        """Cycles that started and did not finish (oldest first)."""
+        async with self._db.execute(
+            "SELECT ts FROM cycles WHERE status IN ('running', 'planned') ORDER BY ts"
+        ) as cursor:
+            return [int(r[0]) async for r in cursor]
+
+    async def last_cycle(self) -> dict[str, Any] | None:
+        """The latest cycle row as a dict, or None."""
+        rows = await self._select_dicts("SELECT * FROM cycles ORDER BY ts DESC LIMIT 1")
+        return rows[0] if rows else None
+
+    async def cycles(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Cycle rows, oldest first (the last ``limit`` when given)."""
+        query = "SELECT * FROM cycles ORDER BY ts DESC" + (f" LIMIT {int(limit)}" if limit else "")
+        return list(reversed(await self._select_dicts(query)))
+
+    # -- orders ---------------------------------------------------------------------------------
+
+    async def mark_sending(self, client_order_id: str, now_ms: int) -> None:
+        """Committed before the order's request leaves: from now on its fate must be asked."""
+        await self._set(client_order_id, now_ms, status="sending")
+
+    async def record(
+        self,
+        client_order_id: str,
+        now_ms: int,
+        *,
+        status: str,
+        filled: float | None = None,
+        average_price: float | None = None,
+        fee: float | None = None,
+        fee_asset: str | None = None,
+        exchange_order_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        """Store what the exchange said about an order (fields left None keep their value)."""
+        await self._set(
+            client_order_id,
+            now_ms,
+            status=status,
+            filled=filled,
+            average_price=average_price,
+            fee=fee,
+            fee_asset=fee_asset,
+            exchange_order_id=exchange_order_id,
+            reason=reason,
+        )
+
+    async def mark_booked(self, client_order_id: str, booked: float, now_ms: int) -> None:
+        """The engine has been told about ``booked`` units of the order's fills."""
+        await self._set(client_order_id, now_ms, booked=booked)
+
+    async def mark_all_booked(self) -> None:
+        """Every fill so far is in the account (rebuilt from balances): nothing left to book."""
+        await self._db.execute("UPDATE orders SET booked = filled WHERE booked != filled")
+        await self._db.commit()
+
+    async def _set(self, client_order_id: str, now_ms: int, **fields: Any) -> None:
+        values = {k: v for k, v in fields.items() if v is not None}
+        assignments = ", ".join(f"{k} = ?" for k in values)
+        cursor = await self._db.execute(
+            f"UPDATE orders SET {assignments}, updated_ms = ? WHERE client_order_id = ?",
+            (*values.values(), now_ms, client_order_id),
+        )
+        if cursor.rowcount != 1:
+            raise KeyError(f"state.db has no order {client_order_id!r}")
+        await self._db.commit()
+
+    async def order(self, client_order_id: str) -> JournalOrder | None:
+        """One order by client id."""
+        rows = await self._orders("WHERE client_order_id = ?", (client_order_id,))
+        return rows[0] if rows else None
+
+    async def open_orders(self) -> list[JournalOrder]:
+        """Orders whose fate is not settled (planned, sending, open), by cycle and sequence."""
+        marks = ", ".join("?" * len(OPEN_STATES))
+        return await self._orders(f"WHERE status IN ({marks}) ORDER BY cycle_ts, seq", OPEN_STATES)
+
+    async def cycle_orders(self, ts: int) -> list[JournalOrder]:
+        """The plan of cycle ``ts`` in sending order."""
+        return await self._orders("WHERE cycle_ts = ? ORDER BY seq", (ts,))
+
+    async def orders(self, limit: int | None = None) -> list[JournalOrder]:
+        """Every order, oldest first (the last ``limit`` when given)."""
+        tail = f" LIMIT {int(limit)}" if limit else ""
+        rows = await self._orders("ORDER BY cycle_ts DESC, seq DESC" + tail, ())
+        return list(reversed(rows))
+
+    async def _orders(self, where: str, params: Sequence[Any]) -> list[JournalOrder]:
+        async with self._db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders {where}", params) as c:
+            return [JournalOrder(*row) async for row in c]
+
+    # -- refusals, balances, key-values -----------------------------------------------------------
+
+    async def add_refusals(self, refusals: Iterable[RiskRefusal]) -> None:
+        """Keep guardrail refusals (one transaction)."""
+        rows = [tuple(r) for r in refusals]
+        if rows:
+            await self._db.executemany(
+                "INSERT INTO refusals (ts, rule, asset, wanted, allowed, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            await self._db.commit()
+
+    async def refusals(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest refusals, oldest first."""
+        rows = await self._select_dicts(
+            f"SELECT ts, rule, asset, wanted, allowed, detail FROM refusals"
+            f" ORDER BY id DESC LIMIT {int(limit)}"
+        )
+        return list(reversed(rows))
+
+    async def set_balances(self, totals: dict[str, float], now_ms: int) -> None:
+        """Replace the balance snapshot (asset -> total held)."""
+        await self._db.execute("DELETE FROM balances")
+        await self._db.executemany(
+            "INSERT INTO balances (asset, total, updated_ms) VALUES (?, ?, ?)",
+            [(asset, float(total), now_ms) for asset, total in sorted(totals.items())],
+        )
+        await self._db.commit()
+
+    async def balances(self) -> dict[str, float]:
+        """The last balance snapshot (asset -> total)."""
+        async with self._db.execute("SELECT asset, total FROM balances ORDER BY asset") as c:
+            return {str(a): float(t) async for a, t in c}
+
+    async def put(self, key: str, value: Any) -> None:
+        """Store a JSON value under ``key``."""
+        await self._db.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+        await self._db.commit()
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The JSON value stored under ``key``, or ``default``."""
+        async with self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)) as cursor:
+            row = await cursor.fetchone()
+        return default if row is None else json.loads(row[0])
+
+    async def _select_dicts(self, query: str) -> list[dict[str, Any]]:
+        async with self._db.execute(query) as cursor:
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) async for row in cursor]

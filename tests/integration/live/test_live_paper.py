@@ -1,0 +1,53 @@
+"""The daemon in paper mode against the fake exchange's public endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bot.cli.live_run import build_policy
+from bot.live.daemon import run_daemon, state_path
+from bot.live.journal import Journal
+from config.schema import Secrets
+from tests.fakes.binance import FakeBinance
+from tests.integration.live.harness import T0, live_config, seed_market, step_cycles
+
+COINS = ("BTC", "ETH")
+
+
+@pytest.fixture
+async def fake() -> FakeBinance:
+    async with FakeBinance(symbols=(), now_ms=T0 - 20_000) as server:
+        seed_market(server, COINS)
+        yield server
+
+
+async def test_paper_daemon_rebalances_to_equal_weights_and_journals_every_cycle(
+    fake: FakeBinance, tmp_path: Path
+) -> None:
+    cfg = live_config(fake, tmp_path, COINS, max_cycles=3)
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(
+        run_daemon(cfg, Secrets(), build_policy, stop=stop, install_signals=False)
+    )
+    await step_cycles(fake, state_path(cfg), 3)
+    result = await asyncio.wait_for(daemon, 10)
+    assert result.cycles == 3
+    async with await Journal.open(state_path(cfg)) as journal:
+        cycles = await journal.cycles()
+        orders = await journal.orders()
+        balances = await journal.balances()
+    assert [c["status"] for c in cycles] == ["done"] * 3
+    assert [c["ts"] for c in cycles] == [T0, T0 + 60_000, T0 + 120_000]
+    assert orders and all(o.status == "filled" for o in orders)
+    assert len({o.client_order_id for o in orders}) == len(orders)
+    # equal weights within lot rounding and fees
+    prices = {
+        c: fake.candles(f"{c}USDT", "1m").set_index("open_time").loc[T0 + 120_000 - 60_000, "close"]
+        for c in COINS
+    }
+    equity = balances["USDT"] + sum(balances[c] * prices[c] for c in COINS)
+    for coin in COINS:
+        assert balances[coin] * prices[coin] / equity == pytest.approx(0.5, abs=0.01)
