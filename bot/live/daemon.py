@@ -199,9 +199,16 @@ async def _run(
             rules = rules_from_markets(markets, cfg.market.coins, cfg.market.quote)
         except KeyError as exc:
             raise LiveConfigError(f"[market].coins: {exc.args[0]}") from None
-        clock = ExchangeTimeClock(
-            lambda: call_with_retries(exchange.fetch_time, **retry), speed=live.clock_speed
-        )
+
+        async def exchange_time() -> int:
+            # Signed requests carry a timestamp the exchange checks against its clock: keep
+            # ccxt's offset (``timeDifference``, what ``adjustForTimeDifference`` measures once)
+            # fresh at every reading, so local drift never gets orders refused.
+            server = int(await call_with_retries(exchange.fetch_time, **retry))
+            exchange.options["timeDifference"] = exchange.milliseconds() - server
+            return server
+
+        clock = ExchangeTimeClock(exchange_time, speed=live.clock_speed)
         now = await clock.sync()
         log.info(
             "connected to %s (%s mode), exchange time %s",
@@ -276,7 +283,8 @@ async def _run(
 
         reason = "stopped"
         try:
-            reason = await _loop(cfg, driver, engine, journal, host, services, stop)
+            first = report.redo[-1] if report.redo else None
+            reason = await _loop(cfg, driver, engine, journal, host, services, stop, first)
         except LiveTradingError as exc:
             reason = str(exc)
             log.error("%s", exc)
@@ -296,11 +304,12 @@ async def _loop(
     host: ModuleHost | None,
     services: list[Any],
     stop: asyncio.Event,
+    first: int | None,
 ) -> str:
     live = cfg.live
     grace = int(live.grace_s * 1000)
     clock = driver.clock
-    ts = driver.next_close(await clock.sync())
+    ts = first if first is not None else driver.next_close(await clock.sync())
     while not stop.is_set():
         if not await clock.sleep_until(ts + grace, stop):
             return "stopped by signal or operator"
@@ -320,7 +329,8 @@ async def _loop(
         if report.error:
             _announce(services, "error", f"cycle {ms_to_iso(ts)} failed: {report.error}")
         await journal.put("risk", _snapshot(engine))
-        if driver.cycles % live.reconcile_every == 0:
+        if driver.cycles % live.reconcile_every == 0 or driver.executor.needs_reconcile:
+            driver.executor.needs_reconcile = False
             try:
                 found = await reconcile(
                     driver.executor,

@@ -56,6 +56,8 @@ class LiveExecutor:
         self._pending: list[SubmitOrder] = []
         self._bus: EventBus | None = None
         self.last_cycle_orders = 0
+        self.needs_reconcile = False
+        """Set when an order's fate was uncertain: balances are re-read after the cycle."""
 
     def attach(self, bus: EventBus) -> None:
         """Collect ``SubmitOrder`` from ``bus``; fills and rejections are published on it."""
@@ -192,6 +194,7 @@ class CcxtExecutor(LiveExecutor):
         price = None
         if order.order_type == "limit":
             price = order.limit_price or self._limit_price(order)
+        uncertain = False  # an earlier try of this order may have reached the exchange
         for attempt in range(self.max_retries + 1):
             try:
                 raw = await ex.create_order(
@@ -203,11 +206,13 @@ class CcxtExecutor(LiveExecutor):
                     {"newClientOrderId": cid},
                 )
                 return outcome_from_ccxt(raw, coin, self.quote)
-            except ccxt.InsufficientFunds as exc:
-                return OrderOutcome("rejected", reason=describe_error(exc))
-            except ccxt.InvalidOrder as exc:
-                if "duplicate" in str(exc).lower():  # already on the book under this id
-                    return await self.lookup(order)
+            except ccxt.InvalidOrder as exc:  # InsufficientFunds included
+                if uncertain or "duplicate" in str(exc).lower():
+                    # The first try may have gone through after all (its funds are spent, or
+                    # it is on the book under this id): the exchange's record wins.
+                    known = await self.lookup(order, quiet=True)
+                    if known is not None:
+                        return known
                 return OrderOutcome("rejected", reason=describe_error(exc))
             except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
                 raise LiveTradingError(
@@ -236,13 +241,33 @@ class CcxtExecutor(LiveExecutor):
                     "resending" if refused else "checking whether it arrived",
                     delay,
                 )
-                await self._sleep(delay)
-                if isinstance(exc, ccxt.InvalidNonce):
-                    await self._resync_time()
-                if not refused:
-                    known = await self.lookup(order, quiet=True)
-                    if known is not None:
-                        return known
+                if refused:
+                    await self._sleep(delay)
+                    if isinstance(exc, ccxt.InvalidNonce) or delay >= 0.5:
+                        await self._resync_time()  # signed timestamps after a long wait
+                    continue
+                uncertain = True
+                self.needs_reconcile = True
+                known = await self._find_unknown(order, delay)
+                if known is not None:
+                    return known
+        return None
+
+    async def _find_unknown(self, order: SubmitOrder, delay: float) -> OrderOutcome | None:
+        """Whether a request of unknown fate reached the exchange.
+
+        A request the client gave up on may still be processed: the exchange is asked only after
+        at least one more request timeout, and asked twice, a timeout apart, before the order
+        is taken as never received (and resent under the same client id).
+        """
+        timeout_s = float(getattr(self.exchange, "timeout", 10_000)) / 1000
+        await self._sleep(max(delay, timeout_s))
+        for check in range(2):
+            known = await self.lookup(order, quiet=True)
+            if known is not None:
+                return known
+            if check == 0:
+                await self._sleep(timeout_s)
         return None
 
     def _wait(self, attempt: int, exc: BaseException) -> float:
@@ -276,11 +301,14 @@ class CcxtExecutor(LiveExecutor):
                 return None
             except Exception as exc:
                 if not is_temporary(exc) or attempt >= self.max_retries:
+                    self.needs_reconcile = True
                     if not quiet:
                         raise
                     log.error("cannot look up order %s: %s", cid, describe_error(exc))
                     return None
                 await self._sleep(self._wait(attempt + 1, exc))
+                if isinstance(exc, ccxt.InvalidNonce):
+                    await self._resync_time()
         return None
 
     async def _follow(self, order: SubmitOrder, outcome: OrderOutcome) -> OrderOutcome | None:

@@ -212,12 +212,13 @@ class Journal:
         )
         await self._db.commit()
 
-    async def unfinished_cycles(self) -> list[int]:
-        """Cycles that started and did not finish (oldest first)."""
+    async def unfinished_cycles(self) -> dict[int, str]:
+        """Cycles that started and did not finish -> ``running`` (no plan journalled yet) or
+        ``planned``, oldest first."""
         async with self._db.execute(
-            "SELECT ts FROM cycles WHERE status IN ('running', 'planned') ORDER BY ts"
+            "SELECT ts, status FROM cycles WHERE status IN ('running', 'planned') ORDER BY ts"
         ) as cursor:
-            return [int(r[0]) async for r in cursor]
+            return {int(ts): str(status) async for ts, status in cursor}
 
     async def last_cycle(self) -> dict[str, Any] | None:
         """The latest cycle row as a dict, or None."""

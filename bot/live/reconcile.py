@@ -10,8 +10,9 @@ crash interrupted:
 2. **Balances** are the exchange's (paper: derived from the journal) and replace the account's;
    every journalled fill is then marked booked, since the balances already contain it.
 3. **An interrupted cycle** whose close is at most ``resume_within_bars`` bars old is resumed
-   with the plan journalled before the crash (its ``planned`` orders are sent); an older one is
-   abandoned, so the next cycle re-plans from the real balances.
+   with the plan journalled before the crash (its ``planned`` orders are sent), or, when it died
+   before its plan was journalled, handed back to the daemon to decide again (``redo``); an
+   older one is abandoned, so the next cycle re-plans from the real balances.
 4. **Open orders on the exchange that the journal lacks**: ours (client id prefix ``rlpm-``)
    are cancelled, anyone else's are left alone with a warning.
 """
@@ -22,10 +23,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import ccxt
+
 from bot.engine.account import Account, coin_of
 from bot.feed.exchange import describe_error
 from bot.feed.retry import call_with_retries
-from bot.live.executor import CcxtExecutor, LiveExecutor, paper_balances
+from bot.live.executor import CcxtExecutor, LiveExecutor, LiveTradingError, paper_balances
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class Reconciliation:
     """Orders that never reached the exchange (back to planned)."""
     resumed: list[int] = field(default_factory=list)
     """Interrupted cycles finished with their journalled plan."""
+    redo: list[int] = field(default_factory=list)
+    """Interrupted cycles that had not planned yet and are recent enough to decide again."""
     abandoned: list[int] = field(default_factory=list)
     """Interrupted cycles too old to resume."""
     cancelled: list[str] = field(default_factory=list)
@@ -64,7 +69,7 @@ async def reconcile(
     """Bring journal and account in line with the exchange (see the module docstring)."""
     journal = executor.journal
     report = Reconciliation()
-    unfinished = set(await journal.unfinished_cycles()) if at_start else set()
+    unfinished = await journal.unfinished_cycles() if at_start else {}
     for row in await journal.open_orders():
         if row.status == "planned":
             continue
@@ -87,8 +92,13 @@ async def reconcile(
     await _sync_balances(executor, account, coins, initial_cash, now_ms, report)
     await journal.mark_all_booked()
     if at_start:
-        for ts in sorted(unfinished):
-            await _finish_interrupted(executor, ts, now_ms, step_ms, resume_within_bars, report)
+        for ts, status in unfinished.items():
+            recent = now_ms - ts <= resume_within_bars * step_ms
+            if status == "running" and recent and ts == max(unfinished):
+                report.redo.append(ts)  # died before planning: the daemon decides again
+                continue
+            window = resume_within_bars if status == "planned" else -1  # no plan: nothing to resume
+            await _finish_interrupted(executor, ts, now_ms, step_ms, window, report)
         if isinstance(executor, CcxtExecutor):
             await _cancel_strays(executor, coins, account.quote, report)
     return report
@@ -105,9 +115,18 @@ async def _sync_balances(
     quote = account.quote
     if isinstance(executor, CcxtExecutor):
         ex = executor.exchange
-        balance: dict[str, Any] = await call_with_retries(
-            ex.fetch_balance, max_retries=executor.max_retries, base_delay_s=executor.base_delay_s
-        )
+        try:
+            balance: dict[str, Any] = await call_with_retries(
+                ex.fetch_balance,
+                max_retries=executor.max_retries,
+                base_delay_s=executor.base_delay_s,
+            )
+        except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
+            raise LiveTradingError(
+                f"the exchange refused the API key when reading balances: {describe_error(exc)}; "
+                "check CRYPTORLPM_EXCHANGE_API_KEY / CRYPTORLPM_EXCHANGE_SECRET (testnet keys for "
+                "the testnet)"
+            ) from None
         totals = {a: float(v or 0.0) for a, v in (balance.get("total") or {}).items()}
     else:
         totals = paper_balances(initial_cash, quote, await executor.journal.orders())

@@ -8,6 +8,11 @@ the same decisions and runs are comparable to the order.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +98,19 @@ async def cycles_done(state_db: Path) -> int:
     return int(row[0]) if row else 0
 
 
+async def wait_ready(data_dir: Path) -> None:
+    """Return once a daemon answers on its control socket (start-up is over)."""
+    socket = data_dir / "control.sock"
+    while True:
+        try:
+            _, writer = await asyncio.open_unix_connection(str(socket))
+        except (FileNotFoundError, ConnectionRefusedError):
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        return
+
+
 async def step_cycles(
     fake: FakeBinance, state_db: Path, cycles: int, *, first_close: int = T0, timeout: float = 20.0
 ) -> None:
@@ -101,11 +119,89 @@ async def step_cycles(
     Waits first for the daemon's control socket: it opens once start-up (warm-up,
     reconciliation) is over and the daemon waits for its first close.
     """
-    socket = state_db.parent / "control.sock"
     async with asyncio.timeout(timeout):
-        while not socket.exists():
-            await asyncio.sleep(0.02)
+        await wait_ready(state_db.parent)
         for k in range(cycles):
             fake.now_ms = first_close + k * MINUTE_MS + GRACE_MS + 5
             while await cycles_done(state_db) < k + 1:
                 await asyncio.sleep(0.02)
+
+
+# ------------------------------------------------------------------ the daemon as a process
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_config(cfg: AppConfig, path: Path) -> Path:
+    """``cfg`` as a TOML file (only what differs from the defaults)."""
+    data = cfg.model_dump(mode="json", exclude_defaults=True)
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(v)}" for key, v in values.items() if v is not None]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+class DaemonProcess:
+    """``cryptorlpm live --config <file>`` as a child process, its output in ``log_path``."""
+
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.env = {**os.environ, **env}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.starts = 0
+
+    async def start(self) -> None:
+        """Start (or restart) the daemon; its output is appended to the log file."""
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot.cli.main",
+                "live",
+                "--config",
+                str(self.config_path),
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        self.starts += 1
+
+    def kill(self) -> None:
+        """SIGKILL: no handler, no flush, no cleanup."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        """The exit code once the process ended."""
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
