@@ -283,7 +283,7 @@ async def _run(
 
         reason = "stopped"
         try:
-            first = report.redo[-1] if report.redo else None
+            first = report.redo[-1] if report.redo else await _missed_close(driver, journal)
             reason = await _loop(cfg, driver, engine, journal, host, services, stop, first)
         except LiveTradingError as exc:
             reason = str(exc)
@@ -349,6 +349,17 @@ async def _loop(
             return f"max_cycles ({live.max_cycles}) reached"
         ts += driver.step
     return "stopped by signal or operator"
+
+
+async def _missed_close(driver: LiveDriver, journal: Journal) -> int | None:
+    """The latest close, when the daemon traded the one before it and died before this one's
+    cycle began: it is run at once instead of being skipped."""
+    last = await journal.last_cycle()
+    grace = int(driver.cfg.live.grace_s * 1000)
+    latest = driver.grid.floor(await driver.clock.sync() - grace)
+    if last is not None and int(last["ts"]) == latest - driver.step:
+        return latest
+    return None
 
 
 class _Inert:
