@@ -33,10 +33,18 @@ def alerts_factory(cfg: AppConfig, secrets: Secrets) -> Any:
     if not cfg.telegram.enabled:
         return None
 
-    async def make(controls: Any) -> list[Any]:
-        from bot.telegram import telegram_services
+    if secrets.telegram_token is None or not secrets.telegram_token.get_secret_value():
+        log.warning("[telegram] is enabled but CRYPTORLPM_TELEGRAM_TOKEN is not set: no alerts")
+        return None
+    if not cfg.telegram.chat_ids:
+        log.warning("[telegram].chat_ids is empty: alerts have no recipient, commands are refused")
 
-        return telegram_services(cfg.telegram, secrets.telegram_token, controls)
+    async def make(controls: Any) -> list[Any]:
+        from bot.telegram import TelegramAlerts, TelegramCommands
+
+        token = secrets.telegram_token
+        alerts = TelegramAlerts(cfg.telegram, token, quote=cfg.market.quote)
+        return [alerts, TelegramCommands(cfg.telegram, token, controls)]
 
     return make
 

@@ -40,20 +40,28 @@ def train(
 @app.command("list")
 def list_(config: ConfigOption = None) -> None:
     """Every trained Crypto Module: coin, id, seed, validation scores."""
+    from strategies import versions
     from strategies.registry import list_models
 
     cfg = load(config)
-    models = list_models(cfg.training.models_dir)
+    root = cfg.training.models_dir
+    models = list_models(root)
     if not models:
-        console.print(f"no models in {cfg.training.models_dir} (train one: cryptorlpm train)")
+        console.print(f"no models in {root} (train one: cryptorlpm train)")
         return
-    table = Table(title=f"Crypto Modules in {cfg.training.models_dir}")
+    active = {}
+    for coin in {m.coin for m in models}:
+        try:
+            active[coin] = versions.active_model(root, coin)
+        except versions.VersionError:
+            active[coin] = None  # `models history COIN` says what is wrong
+    table = Table(title=f"Crypto Modules in {root} (* active)")
     for column in ("coin", "id", "tf", "seed", "created", "val SAM", "val B&H"):
         table.add_column(column)
     for m in models:
         table.add_row(
             m.coin,
-            m.id,
+            m.id + (" *" if active[m.coin] == m.id else ""),
             m.timeframe,
             str(m.seed),
             m.created_at[:19],
@@ -78,3 +86,105 @@ def show(
         fail(str(exc))
         return
     console.print_json(json.dumps(card, default=str))
+
+
+def _coin(coin: str) -> str:
+    return coin.upper().split("/")[0]
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4f}"
+
+
+@app.command("history")
+def history(
+    coin: Annotated[str, typer.Argument(help="coin ticker, e.g. BTC")],
+    config: ConfigOption = None,
+) -> None:
+    """A coin's version history: every activation (initial, retrain, rollback, manual) with
+    its validation scores, the active model, and the last retrainings."""
+    from strategies import versions
+
+    cfg = load(config)
+    coin, root = _coin(coin), cfg.training.models_dir
+    try:
+        entries = versions.history(root, coin)
+        active = versions.active_model(root, coin)
+        attempts = versions.retrains(root, coin)
+    except (OSError, LookupError, ValueError) as exc:
+        fail(str(exc))
+        return
+    if active is None:
+        fail(f"{coin}: no models in {root / coin} (train one: cryptorlpm train --coin {coin})")
+    if not entries:
+        console.print(f"{coin}: no version history yet; the active model is the newest: {active}")
+    else:
+        table = Table(title=f"{coin} versions in {root}")
+        for column in ("#", "activated at", "model id", "reason", "val score", "replaced score"):
+            table.add_column(column)
+        for number, entry in enumerate(entries, 1):
+            marker = " (active)" if number == len(entries) else ""
+            table.add_row(
+                str(number),
+                entry.activated_at,
+                entry.model_id + marker,
+                entry.reason,
+                _score(entry.validation_score),
+                _score(entry.incumbent_score),
+            )
+        console.print(table)
+        console.print(f"active: {active}")
+    if attempts:
+        table = Table(title=f"{coin} retrainings (newest last)")
+        for column in ("at", "candidate", "outcome"):
+            table.add_column(column)
+        for attempt in attempts[-10:]:
+            outcome = attempt.outcome
+            table.add_row(attempt.at, str(outcome.get("candidate_id") or ""), outcome["reason"])
+        console.print(table)
+
+
+@app.command("activate")
+def activate(
+    model_id: Annotated[str, typer.Argument(help="model id, as listed by `models list`")],
+    config: ConfigOption = None,
+) -> None:
+    """Make a model its coin's active one (recorded as a manual activation)."""
+    import time
+
+    from strategies import versions
+
+    cfg = load(config)
+    root = cfg.training.models_dir
+    try:
+        coin = versions.coin_of(root, model_id)
+        before = versions.active_model(root, coin)
+        versions.activate(root, coin, model_id, reason="manual", at_ms=time.time_ns() // 10**6)
+    except (OSError, LookupError, ValueError) as exc:
+        fail(str(exc))
+        return
+    if before == model_id:
+        console.print(f"{coin}: {model_id} is already the active model")
+    else:
+        console.print(f"{coin}: active model is now {model_id} (was {before})")
+
+
+@app.command("rollback")
+def rollback(
+    coin: Annotated[str, typer.Argument(help="coin ticker, e.g. BTC")],
+    config: ConfigOption = None,
+) -> None:
+    """Re-activate the model that was active before the current one (again: one more back)."""
+    import time
+
+    from strategies import versions
+
+    cfg = load(config)
+    coin, root = _coin(coin), cfg.training.models_dir
+    try:
+        before = versions.active_model(root, coin)
+        after = versions.rollback(root, coin, at_ms=time.time_ns() // 10**6)
+    except (OSError, LookupError, ValueError) as exc:
+        fail(str(exc))
+        return
+    console.print(f"{coin}: rolled back from {before} to {after}")

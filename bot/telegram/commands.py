@@ -1,0 +1,275 @@
+"""Telegram commands: a long-polling client of the control service (:class:`bot.control.Controls`).
+
+The poller calls ``getUpdates`` with ``offset`` = last handled ``update_id`` + 1, so each update is
+handled once; on start it calls ``deleteWebhook(drop_pending_updates=True)``: commands sent while
+the daemon was not running are dropped rather than obeyed late (a ``/resume`` from yesterday must
+not restart trading after a kill switch tripped today). On close it confirms the last handled
+update with a short ``getUpdates``, so a restart does not see it again either.
+
+Only chats in ``chat_ids`` are obeyed; any other chat is answered "Not authorised." and logged
+at WARNING with its id. A :class:`~bot.control.ControlError` is replied as is; any other
+exception gets a short reply and a traceback in the log. ``/stop`` only arms a confirmation:
+``/stop confirm`` within ``stop_confirm_s`` (60 s) calls ``controls.stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import SecretStr
+from telegram import BotCommand, Update
+from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError
+
+from bot.control import ControlError, Controls
+from bot.telegram import format as fmt
+from bot.telegram.outbox import Clock
+from bot.telegram.transport import BotClient, brief, retry_after_s
+from config.schema import TelegramConfig
+
+log = logging.getLogger(__name__)
+
+NOT_AUTHORISED = "Not authorised."
+STOP_CONFIRM_S = 60.0
+
+Handler = Callable[[int, list[str]], Awaitable[str]]
+
+
+class TelegramCommands:
+    """Polls for commands and answers them through ``controls``; see the module docstring.
+
+    ``clock``: monotonic seconds (for the /stop confirmation window); ``client``: a ready
+    :class:`BotClient` (default: one built from ``config.api_url`` and ``token``).
+    """
+
+    def __init__(
+        self,
+        config: TelegramConfig,
+        token: SecretStr | str,
+        controls: Controls,
+        *,
+        clock: Clock = time.monotonic,
+        stop_confirm_s: float = STOP_CONFIRM_S,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 30.0,
+        drop_pending: bool = True,
+        client: BotClient | None = None,
+    ) -> None:
+        self.config = config
+        self.controls = controls
+        self._client = client or BotClient(config.api_url, token)
+        self._clock = clock
+        self._stop_confirm_s = stop_confirm_s
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._drop_pending = drop_pending
+        self._allowed = frozenset(config.chat_ids)
+        self._offset: int | None = None
+        self._stop_armed: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._handling: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        """Set once the webhook is deleted and polling has begun."""
+        self.handled = 0
+        """Updates handled so far (authorised or not)."""
+        self._commands: dict[str, Handler] = {
+            "status": self._status,
+            "balance": self._balance,
+            "weights": self._weights,
+            "modules": self._modules,
+            "pause": self._pause,
+            "resume": self._resume,
+            "stop": self._stop,
+            "retrain": self._retrain,
+            "plug": self._plug,
+            "unplug": self._unplug,
+            "rollback": self._rollback,
+            "help": self._help,
+            "start": self._help,  # what Telegram clients send when a chat with the bot opens
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the HTTP client and launch the polling task (returns at once)."""
+        if self._task is None:
+            await self._client.open()
+            self._task = asyncio.create_task(self._run(), name="telegram-commands")
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop polling; a command being handled gets ``timeout_s`` to finish and reply."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        handling = self._handling
+        if handling is not None and handling is not asyncio.current_task():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(handling), timeout=timeout_s)
+        if self._offset is not None:
+            with contextlib.suppress(Exception):  # confirm handled updates; best effort
+                await asyncio.wait_for(
+                    self._client.bot.get_updates(offset=self._offset, timeout=0, limit=1),
+                    timeout=min(2.0, timeout_s),
+                )
+        await self._client.close()
+
+    # -- polling --------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        await self._retrying("deleteWebhook", self._prepare)
+        self.ready.set()
+        bot, timeout = self._client.bot, self.config.poll_timeout_s
+        while True:
+            updates = await self._retrying(
+                "getUpdates",
+                lambda: bot.get_updates(
+                    offset=self._offset, timeout=timeout, limit=100, allowed_updates=["message"]
+                ),
+            )
+            for update in updates:
+                self._offset = update.update_id + 1  # at most once, even if handling fails
+                # shielded: cancelling the poller (close) lets the command finish its reply
+                self._handling = asyncio.create_task(self.handle(update))
+                try:
+                    await asyncio.shield(self._handling)
+                except Exception:  # handle() catches everything; this keeps the poller alive
+                    log.exception("telegram: update %s could not be handled", update.update_id)
+                self._handling = None
+
+    async def _prepare(self) -> None:
+        bot = self._client.bot
+        await bot.delete_webhook(drop_pending_updates=self._drop_pending)
+        commands = [BotCommand(name, f"{args} {text}".strip()) for name, args, text in fmt.COMMANDS]
+        try:
+            await bot.set_my_commands(commands)
+        except TelegramError as exc:  # only the clients' command menu depends on it
+            log.warning("telegram: setMyCommands failed: %s", exc)
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()`` until it succeeds, with capped backoff on any Telegram error."""
+        initial_s, max_s = self._backoff
+        failures = 0
+        while True:
+            try:
+                return await call()
+            except RetryAfter as exc:
+                delay_s = retry_after_s(exc)
+                log.warning("telegram: %s flood control, retry in %.0f s", what, delay_s)
+            except (TelegramError, OSError) as exc:
+                failures += 1
+                delay_s = min(max_s, initial_s * 2 ** (failures - 1))
+                if isinstance(exc, InvalidToken):
+                    log.error("telegram: %s: the bot token was rejected", what)
+                elif isinstance(exc, Conflict):
+                    log.error("telegram: %s: another client polls with this token", what)
+                elif failures == 1 or not isinstance(exc, NetworkError):
+                    log.warning(
+                        "telegram: %s failed (%s: %s), retrying", what, type(exc).__name__, exc
+                    )
+                else:
+                    log.debug("telegram: %s still failing (%s)", what, exc)
+            await asyncio.sleep(delay_s)
+
+    # -- one update -----------------------------------------------------------------------------
+
+    async def handle(self, update: Update) -> None:
+        """Answer one update (never raises)."""
+        self.handled += 1
+        message = update.message
+        if message is None or not message.text or not message.text.startswith("/"):
+            return
+        chat_id = message.chat.id
+        words = message.text.split()
+        name = words[0][1:].split("@", 1)[0].lower()
+        args = words[1:]
+        if chat_id not in self._allowed:
+            log.warning("telegram: refused /%s from unauthorised chat %s", name[:32], chat_id)
+            await self._reply(chat_id, NOT_AUTHORISED)
+            return
+        handler = self._commands.get(name)
+        if handler is None:
+            await self._reply(chat_id, f"Unknown command /{name}; send /help for the list.")
+            return
+        try:
+            text = await handler(chat_id, args)
+        except ControlError as exc:
+            text = str(exc) or "Refused."
+        except Exception:
+            log.exception("telegram: /%s failed", name)
+            text = f"/{name} failed with an internal error; see the daemon's log."
+        await self._reply(chat_id, text)
+
+    async def _reply(self, chat_id: int, text: str) -> None:
+        for attempt in range(2):
+            try:
+                await self._client.bot.send_message(chat_id=chat_id, text=fmt.truncate(text))
+                return
+            except RetryAfter as exc:
+                delay_s = retry_after_s(exc)
+                if attempt or delay_s > 30:
+                    log.warning("telegram: reply to chat %s dropped (flood control)", chat_id)
+                    return
+                await asyncio.sleep(delay_s)
+            except Exception as exc:  # TelegramError, or a client closed under us at shutdown
+                log.warning("telegram: reply to chat %s failed (%s)", chat_id, brief(exc))
+                return
+
+    # -- commands -------------------------------------------------------------------------------
+
+    async def _status(self, chat_id: int, args: list[str]) -> str:
+        return fmt.format_status(await self.controls.status())
+
+    async def _balance(self, chat_id: int, args: list[str]) -> str:
+        return fmt.format_balance(await self.controls.balance())
+
+    async def _weights(self, chat_id: int, args: list[str]) -> str:
+        return fmt.format_weights(await self.controls.weights())
+
+    async def _modules(self, chat_id: int, args: list[str]) -> str:
+        return fmt.format_modules(await self.controls.modules())
+
+    async def _pause(self, chat_id: int, args: list[str]) -> str:
+        return await self.controls.pause()
+
+    async def _resume(self, chat_id: int, args: list[str]) -> str:
+        return await self.controls.resume()
+
+    async def _stop(self, chat_id: int, args: list[str]) -> str:
+        if not args:
+            self._stop_armed[chat_id] = self._clock() + self._stop_confirm_s
+            return f"Send /stop confirm within {self._stop_confirm_s:.0f} s to stop the daemon."
+        if [arg.lower() for arg in args] != ["confirm"]:
+            return "Usage: /stop, then /stop confirm"
+        deadline = self._stop_armed.pop(chat_id, None)
+        if deadline is None or self._clock() > deadline:
+            return "No stop pending (or it expired): send /stop first."
+        return await self.controls.stop()
+
+    async def _retrain(self, chat_id: int, args: list[str]) -> str:
+        if len(args) != 1:
+            return "Usage: /retrain COIN"
+        return await self.controls.retrain(args[0].upper())
+
+    async def _plug(self, chat_id: int, args: list[str]) -> str:
+        if len(args) not in (1, 2):
+            return "Usage: /plug COIN [MODEL_ID]"
+        model_id = args[1] if len(args) == 2 else None
+        return await self.controls.plug(args[0].upper(), model_id)
+
+    async def _unplug(self, chat_id: int, args: list[str]) -> str:
+        if len(args) != 1:
+            return "Usage: /unplug COIN"
+        return await self.controls.unplug(args[0].upper())
+
+    async def _rollback(self, chat_id: int, args: list[str]) -> str:
+        if len(args) != 1:
+            return "Usage: /rollback COIN"
+        return await self.controls.rollback(args[0].upper())
+
+    async def _help(self, chat_id: int, args: list[str]) -> str:
+        return fmt.format_help()
