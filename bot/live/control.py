@@ -49,7 +49,7 @@ class ModuleHost(Protocol):
         """One dict per plugged module (``coin``, ``model_id``, ``ready``, ...)."""
         ...
 
-    def request_plug(self, coin: str, model_id: str | None) -> str: ...
+    def request_plug(self, coin: str, model_id: str | None, now_ms: int) -> str: ...
 
     def request_unplug(self, coin: str) -> str: ...
 
@@ -181,7 +181,7 @@ class DaemonControls(Controls):
 
     async def plug(self, coin: str, model_id: str | None = None) -> str:
         """Plug ``coin``'s module at the next cycle."""
-        return self._host().request_plug(coin.upper(), model_id)
+        return self._host().request_plug(coin.upper(), model_id, self.now_ms())
 
     async def unplug(self, coin: str) -> str:
         """Unplug ``coin``'s module at the next cycle."""

@@ -1,0 +1,124 @@
+"""Crypto Modules in the running daemon: a hot swap between two cycles, then a rollback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from bot.cli.live_run import build_policy
+from bot.events import ModuleDecision
+from bot.live.daemon import run_daemon, state_path
+from bot.live.journal import Journal
+from bot.timeframes import MINUTE_MS
+from config.schema import Secrets
+from strategies import versions
+from strategies.agents.train import CoinHistory, Windows, train_cm
+from strategies.registry import save_crypto_module
+from tests.fakes.binance import FakeBinance
+from tests.integration.live.harness import (
+    GRACE_MS,
+    T0,
+    cycles_done,
+    live_config,
+    seed_market,
+    wait_ready,
+)
+from tests.unit.agents.conftest import TINY
+
+COINS = ("BTC", "ETH")
+
+
+def constant_module(fake: FakeBinance, root: Path, coin: str, action: int, stamp: int) -> str:
+    """A tiny CM on the fake's 1m bars (price features only) whose SAM always picks
+    ``action`` (0 cash, 1 coin); returns its registry id."""
+    frame = fake.candles(f"{coin}USDT", "1m")
+    frame = frame[frame.open_time < T0 - 60 * MINUTE_MS]
+    n = len(frame)
+    history = CoinHistory(
+        coin=coin,
+        timeframe="1m",
+        open_time=frame.open_time.to_numpy(np.int64),
+        ohlcv=frame[["open", "high", "low", "close", "volume"]].to_numpy(np.float64),
+        features=np.zeros((n, 0)),
+        ready=np.ones(n, dtype=bool),
+        feature_names=(),
+    )
+    close = history.close_time
+    windows = Windows((int(close[0]), int(close[n // 2])), (int(close[n // 2]), int(close[-1]) + 1))
+    trained = train_cm(history, windows, TINY.model_copy(update={"use_eam": False}), seed=1)
+    state = trained.sam.state_dict
+    state["head.weight"].zero_()
+    state["head.bias"].copy_(torch.tensor([1.0, 0.0] if action == 0 else [0.0, 1.0]))
+    created = datetime.fromtimestamp(1_700_000_000 + stamp, UTC)
+    return save_crypto_module(root, trained, exchange="binance", created_at=created).name
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBinance]:
+    async with FakeBinance(symbols=(), now_ms=T0 - 20_000) as server:
+        seed_market(server, COINS)
+        yield server
+
+
+async def test_hot_swap_takes_effect_at_the_next_cycle_and_rollback_restores_the_old_module(
+    fake: FakeBinance, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    cash_btc = constant_module(fake, root, "BTC", 0, 1)
+    coin_eth = constant_module(fake, root, "ETH", 1, 2)
+    versions.activate(root, "BTC", cash_btc, reason="initial", at_ms=T0)
+    versions.activate(root, "ETH", coin_eth, reason="initial", at_ms=T0)
+    coin_btc = constant_module(fake, root, "BTC", 1, 3)  # saved, not active
+    cfg = live_config(fake, tmp_path / "data", COINS, policy="vote", max_cycles=6)
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"models_dir": root})})
+    got: dict[str, Any] = {}
+    decisions: list[ModuleDecision] = []
+
+    async def grab(controls: Any) -> list[Any]:
+        got["controls"] = controls
+        controls.engine.bus.subscribe(ModuleDecision, decisions.append)
+        return []
+
+    daemon = asyncio.create_task(
+        run_daemon(cfg, Secrets(), build_policy, install_signals=False, alerts_factory=grab)
+    )
+    db = state_path(cfg)
+    await asyncio.wait_for(wait_ready(cfg.data.dir), 30)
+    controls = got["controls"]
+
+    async def cycle(k: int) -> None:
+        fake.now_ms = T0 + k * MINUTE_MS + GRACE_MS + 5
+        async with asyncio.timeout(20):
+            while await cycles_done(db) < k + 1:
+                await asyncio.sleep(0.02)
+
+    def btc_module_at(k: int) -> str:
+        return next(
+            d.module_id for d in decisions if d.coin == "BTC" and d.ts == T0 + k * MINUTE_MS
+        )
+
+    await cycle(0)
+    await cycle(1)
+    assert "will be swapped in" in await controls.plug("BTC", coin_btc)
+    await cycle(2)
+    await cycle(3)
+    assert "rolled back" in await controls.rollback("BTC")
+    await cycle(4)
+    await cycle(5)
+    await asyncio.wait_for(daemon, 10)
+
+    assert [btc_module_at(k) for k in range(6)] == [cash_btc] * 2 + [coin_btc] * 2 + [cash_btc] * 2
+    async with await Journal.open(db) as journal:
+        cycles = await journal.cycles()
+    assert [c["ts"] for c in cycles] == [T0 + k * MINUTE_MS for k in range(6)]  # none missed
+    assert {c["status"] for c in cycles} == {"done"}
+    weights = (await controls.weights())["target"]
+    assert weights["BTC"] == 0.0 and weights["ETH"] == pytest.approx(0.5)
+    assert versions.active_model(root, "BTC") == cash_btc
