@@ -287,6 +287,7 @@ class VoteHost:
 
         pending.task = asyncio.create_task(prepare())
         self._pending[coin] = pending
+        log.info("%s: preparing %s (%s) for the next cycle", coin, folder.name, reason)
 
     async def _last_close(self, coin: str) -> int:
         last = await self.market.last_open_time(

@@ -6,6 +6,10 @@ answers ``BarsClosed`` with ``TargetWeights``; the :class:`~bot.engine.planner.O
 passes them through the :class:`~bot.engine.risk.RiskGate` and turns them into ``SubmitOrder``
 commands; an executor (simulated broker, paper or exchange) answers with ``OrderFilled`` or
 ``OrderRejected``; the :class:`~bot.engine.account.Account` books fills and marks to market.
+
+The gate's guardrails (weight caps, stale data, order notional, daily turnover, the drawdown kill
+switch) all come from ``[risk]`` and run identically in backtests and in the daemon; every change
+they make is a ``RiskRefusal`` event (rule names in :mod:`bot.engine.risk`).
 """
 
 from bot.engine.account import Account

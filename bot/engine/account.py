@@ -35,16 +35,19 @@ class Account:
         self.cash = float(cash)
         self.holdings: dict[str, float] = dict(holdings or {})
         self.prices: dict[str, float] = {}
+        self.last_bars: dict[str, Bar] = {}
+        """Latest bar of each coin (its ``ts`` is the close): what the stale-data check reads."""
         self.fees_paid = 0.0
         self.traded_notional = 0.0
         self.fills = 0
         self._emit = emit
 
     def on_bar(self, bar: Bar) -> None:
-        """Remember the latest close of the bar's coin."""
+        """Remember the latest bar and close of the bar's coin (a hot path: two stores)."""
         symbol = bar.symbol
         coin = _COINS.get(symbol) or coin_of(symbol)
         self.prices[coin] = bar.close
+        self.last_bars[coin] = bar
 
     def on_fill(self, fill: OrderFilled) -> None:
         """Book a fill: move cash and coin, charge the fee in the asset it was paid in."""

@@ -3,10 +3,14 @@
 Only the policy (what decides) and the executor (what trades) are passed in; the driver (where
 events come from) stays outside. The wiring order below is part of the contract:
 
-1. the account records closes (``Bar``) before anyone decides;
-2. the policy handles ``Metric``/``Bar``/``BarsClosed`` and emits ``TargetWeights``;
-3. the account publishes its valuation at the close (``PortfolioValued``);
-4. the planner turns ``TargetWeights`` into ``SubmitOrder`` through the risk gate;
+1. the account records closes (``Bar``: price and bar time) before anyone decides;
+2. at ``BarsClosed`` the account publishes its valuation (``PortfolioValued``) *before* the
+   policy answers: the account's handler is subscribed first, so the valuation is queued ahead
+   of the policy's ``TargetWeights`` and the risk gate has followed this close's equity (and
+   tripped its kill switch if need be) before it reviews this close's decision;
+3. the policy handles ``Metric``/``Bar``/``BarsClosed`` and emits ``TargetWeights``;
+4. the planner turns ``TargetWeights`` into ``SubmitOrder`` through the risk gate (drawdown
+   kill switch, weight caps, stale data, pause, order notional, daily turnover);
 5. the executor answers ``SubmitOrder`` with ``OrderFilled``/``OrderRejected``;
 6. the account books fills.
 """
@@ -20,7 +24,7 @@ from bot.engine.account import Account
 from bot.engine.planner import OrderPlanner
 from bot.engine.risk import RiskGate
 from bot.engine.rules import MarketRules
-from bot.events import Bar, BarsClosed, OrderFilled, TargetWeights
+from bot.events import Bar, BarsClosed, OrderFilled, PortfolioValued, TargetWeights
 from config.schema import AppConfig
 
 
@@ -84,8 +88,10 @@ class TradingEngine:
         self.executor = executor
         bus = self.bus
         bus.subscribe(Bar, self.account.on_bar)
-        policy.attach(bus)
         bus.subscribe(BarsClosed, self.account.on_bars_closed)
+        if cfg.risk.max_drawdown is not None:  # only the kill switch needs equity at each close
+            bus.subscribe(PortfolioValued, self.planner.on_portfolio_valued)
+        policy.attach(bus)
         bus.subscribe(TargetWeights, self.planner.on_target_weights)
         executor.attach(bus)
         bus.subscribe(OrderFilled, self.account.on_fill)

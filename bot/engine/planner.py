@@ -5,6 +5,23 @@ The planner sizes orders from the account's last valuation: the target amount of
 down together when cash (after fees) would not cover them. Moves smaller than
 ``min_trade_weight`` of equity, below one lot, or below the minimum notional are not sent.
 Client order ids are deterministic: the same decision always produces the same ids.
+
+At each decision (``TargetWeights``) the checks run in this order, every change or block
+emitted as a ``RiskRefusal`` (see :mod:`bot.engine.risk` for the rules):
+
+1. kill switch: while it holds, no orders and one ``halted`` refusal; when it tripped with
+   ``on_drawdown="flatten"``, the policy's targets are replaced by 100% cash (sold through the
+   normal sizing, lot-rounded, ignoring ``min_trade_weight`` and the daily turnover limit) at
+   every decision until nothing tradable is left, then it halts;
+2. weight guardrails (``max_weight_per_coin``, ``min_cash``);
+3. stale data: a coin the targets or the holdings involve whose latest bar is too old blocks
+   every order of the decision;
+4. operator pause (``paused``): the decision's refusals are emitted, no orders;
+5. order guardrails (``max_order_notional``, ``max_daily_turnover``), on the sells and then on
+   the buys, which are sized from the cash the reviewed sells will bring.
+
+The kill switch itself trips on a ``PortfolioValued`` (:meth:`OrderPlanner.on_portfolio_valued`),
+which the kernel has the account publish before the policy's ``TargetWeights`` of the same close.
 """
 
 from __future__ import annotations
@@ -14,7 +31,7 @@ from collections.abc import Callable, Mapping
 from bot.engine.account import Account
 from bot.engine.risk import RiskGate
 from bot.engine.rules import MarketRules
-from bot.events import Event, SubmitOrder, TargetWeights
+from bot.events import Event, PortfolioValued, RiskRefusal, SubmitOrder, TargetWeights
 
 
 def client_order_id(ts: int, coin: str, side: str) -> str:
@@ -23,7 +40,10 @@ def client_order_id(ts: int, coin: str, side: str) -> str:
 
 
 class OrderPlanner:
-    """Turns ``TargetWeights`` into ``SubmitOrder`` commands for the executor."""
+    """Turns ``TargetWeights`` into ``SubmitOrder`` commands for the executor, through the gate.
+
+    ``paused`` (the operator's pause): decisions and their refusals go on, no order is sent.
+    """
 
     def __init__(
         self,
@@ -43,23 +63,74 @@ class OrderPlanner:
         self._emit = emit
         self.paused = False
 
+    def on_portfolio_valued(self, event: PortfolioValued) -> None:
+        """Let the gate follow equity; emit the kill switch's refusal when it trips."""
+        refusal = self.gate.observe_equity(event.ts, event.equity)
+        if refusal is not None:
+            self._emit(refusal)
+
     def on_target_weights(self, target: TargetWeights) -> None:
         """Review ``target`` through the gate and emit the orders that move the account to it."""
-        weights, refusals = self.gate.review_weights(target.ts, target.as_dict())
-        for refusal in refusals:
-            self._emit(refusal)
-        if self.paused:
+        ts = target.ts
+        gate, account, emit = self.gate, self.account, self._emit
+        gate.start_decision(ts, account.equity())
+        flatten = gate.flatten_due
+        if gate.halted is not None and not flatten:
+            emit(gate.halt_refusal(ts, self._wanted_notional(ts, target.as_dict())))
             return
-        for order in self.plan(target.ts, weights):
-            self._emit(order)
+        if flatten:
+            weights: dict[str, float] = {account.quote: 1.0}
+            refusals: list[RiskRefusal] = []
+        else:
+            weights, refusals = gate.review_weights(ts, target.as_dict())
+        stale = gate.review_data(ts, self.involved_coins(weights), account.last_bars)
+        if stale:
+            refusals.extend(stale)
+            for refusal in refusals:
+                emit(refusal)
+            return
+        if self.paused:
+            for refusal in refusals:
+                emit(refusal)
+            return
+        orders, order_refusals = self._plan(ts, weights, reviewed=True, flatten=flatten)
+        if flatten and not orders:
+            # Nothing tradable left to sell: the flatten is complete and the switch just halts.
+            gate.flatten_done()
+            order_refusals.append(gate.halt_refusal(ts, 0.0))
+        for refusal in refusals:
+            emit(refusal)
+        for refusal in order_refusals:
+            emit(refusal)
+        for order in orders:
+            emit(order)
+
+    def involved_coins(self, weights: Mapping[str, float]) -> set[str]:
+        """Coins a decision touches: wanted (weight > 0) or held (amount > 0)."""
+        quote = self.account.quote
+        coins = {coin for coin, w in weights.items() if w > 0 and coin != quote}
+        coins.update(coin for coin, amount in self.account.holdings.items() if amount > 0)
+        return coins
 
     def plan(self, ts: int, weights: Mapping[str, float]) -> list[SubmitOrder]:
-        """Orders (sells first) that bring the account to ``weights``; may be empty."""
+        """Orders (sells first) that bring the account to ``weights``, before the order
+        guardrails (``max_order_notional``, ``max_daily_turnover``); may be empty."""
+        return self._plan(ts, weights, reviewed=False, flatten=False)[0]
+
+    def _wanted_notional(self, ts: int, wanted: Mapping[str, float]) -> float:
+        weights, _ = self.gate.review_weights(ts, wanted)
+        return sum(o.amount * o.reference_price for o in self.plan(ts, weights))
+
+    def _plan(
+        self, ts: int, weights: Mapping[str, float], *, reviewed: bool, flatten: bool
+    ) -> tuple[list[SubmitOrder], list[RiskRefusal]]:
         account = self.account
+        refusals: list[RiskRefusal] = []
         equity = account.equity()
         if equity <= 0:
-            return []
+            return [], refusals
         quote = account.quote
+        min_move = 0.0 if flatten else self.min_trade_weight * equity
         coins = (set(weights) | set(account.holdings)) - {quote}
         sells: list[SubmitOrder] = []
         buys: list[tuple[str, float, float]] = []  # coin, amount, price
@@ -70,7 +141,7 @@ class OrderPlanner:
             rules = self.rules.get(coin, MarketRules())
             held = account.holdings.get(coin, 0.0)
             delta = weights.get(coin, 0.0) * equity / price - held
-            if abs(delta) * price < self.min_trade_weight * equity:
+            if abs(delta) * price < min_move:
                 continue
             if delta < 0:
                 # Selling everything may leave dust below one lot; selling "all" means all lots.
@@ -79,16 +150,22 @@ class OrderPlanner:
                     sells.append(self._order(ts, coin, "sell", amount, price))
             elif delta > 0:
                 buys.append((coin, delta, price))
+        if reviewed:
+            sells, cut = self.gate.review_orders(ts, sells, self.rules, exempt_turnover=flatten)
+            refusals.extend(cut)
         cash = account.cash + sum(o.amount * o.reference_price for o in sells) * (1 - self.fee_rate)
         wanted = sum(amount * price for _, amount, price in buys) * (1 + self.fee_rate)
         scale = min(1.0, cash / wanted) if wanted > 0 else 0.0
-        orders = list(sells)
+        planned: list[SubmitOrder] = []
         for coin, amount, price in buys:
             rules = self.rules.get(coin, MarketRules())
             amount = rules.round_amount(amount * scale)
             if rules.tradable(amount, price):
-                orders.append(self._order(ts, coin, "buy", amount, price))
-        return orders
+                planned.append(self._order(ts, coin, "buy", amount, price))
+        if reviewed and planned:
+            planned, cut = self.gate.review_orders(ts, planned, self.rules)
+            refusals.extend(cut)
+        return sells + planned, refusals
 
     def _order(self, ts: int, coin: str, side: str, amount: float, price: float) -> SubmitOrder:
         return SubmitOrder(

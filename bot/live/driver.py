@@ -211,13 +211,18 @@ class LiveDriver:
         found: list[Bar] = []
         waiting = list(self._coins())
         while True:
-            missing = []
+            wanted = {}
             for coin in waiting:
                 symbol = self.cfg.market.symbol(coin)
                 start = self._next_open.get(symbol, ts - self.step)
-                if start >= ts:  # already has the bar closing at ts
-                    continue
-                bars = await self._fetch(symbol, start, ts)
+                if start < ts:  # else it already has the bar closing at ts
+                    wanted[coin] = (symbol, start)
+            # One request per coin, all in flight together (ccxt throttles if configured to).
+            answers = await asyncio.gather(
+                *(self._fetch(symbol, start, ts) for symbol, start in wanted.values())
+            )
+            missing = []
+            for (coin, (symbol, _)), bars in zip(wanted.items(), answers, strict=True):
                 await self._store(symbol, bars)
                 if bars:
                     self._next_open[symbol] = bars[-1].open_time + self.step

@@ -99,6 +99,10 @@ class LiveExecutor:
     async def apply(self, row: JournalOrder, outcome: OrderOutcome) -> None:
         """Journal ``outcome``; publish what is new: a fill (its unbooked part) or a rejection."""
         cid, now = row.client_order_id, self.now_ms()
+        new = outcome.filled - row.booked
+        booking = new > 1e-15 and bool(outcome.average_price)
+        # One commit holds the outcome and what is booked: a crash before the fill reaches the
+        # account is harmless, since a restart rebuilds the account from the balances.
         await self.journal.record(
             cid,
             now,
@@ -109,10 +113,11 @@ class LiveExecutor:
             fee_asset=outcome.fee_asset,
             exchange_order_id=outcome.exchange_order_id,
             reason=outcome.reason,
+            booked=outcome.filled if booking else None,
         )
         bus = self._bus
-        new = outcome.filled - row.booked
-        if new > 1e-15 and outcome.average_price:
+        if booking:
+            assert outcome.average_price is not None
             fee = outcome.fee * new / outcome.filled if outcome.filled else 0.0
             fill = OrderFilled(
                 now,
@@ -126,7 +131,6 @@ class LiveExecutor:
             )
             if bus is not None:
                 await bus.publish(fill)
-            await self.journal.mark_booked(cid, outcome.filled, now)
             if outcome.status != "filled":
                 log.warning(
                     "order %s %s %s: %s, %.8g of %.8g filled",

@@ -248,8 +248,10 @@ class Journal:
         fee_asset: str | None = None,
         exchange_order_id: str | None = None,
         reason: str | None = None,
+        booked: float | None = None,
     ) -> None:
-        """Store what the exchange said about an order (fields left None keep their value)."""
+        """Store what the exchange said about an order (fields left None keep their value);
+        ``booked``: the filled amount the engine is told about with this outcome."""
         await self._set(
             client_order_id,
             now_ms,
@@ -260,11 +262,8 @@ class Journal:
             fee_asset=fee_asset,
             exchange_order_id=exchange_order_id,
             reason=reason,
+            booked=booked,
         )
-
-    async def mark_booked(self, client_order_id: str, booked: float, now_ms: int) -> None:
-        """The engine has been told about ``booked`` units of the order's fills."""
-        await self._set(client_order_id, now_ms, booked=booked)
 
     async def mark_all_booked(self) -> None:
         """Every fill so far is in the account (rebuilt from balances): nothing left to book."""

@@ -20,14 +20,23 @@ signed account and order endpoints can be added with :meth:`FakeBinance.add_rout
 Fault injection: :meth:`FakeBinance.inject` makes the next requests to a path answer a given
 status, body and headers (a 429 with ``Retry-After``, a 418, a 5xx, a Binance error JSON), after
 an optional number of normal answers and with an optional delay (to trigger client timeouts).
+
+Trading (accounts, signed ``/api/v3/account``, ``/api/v3/order``, ``/api/v3/openOrders``,
+``/api/v3/allOrders``, ``/api/v3/myTrades``, fills at the candles' price path, partial fills,
+order hooks) comes from :class:`tests.fakes.binance_trading.TradingMixin`; a client is built with
+``create_exchange(fake.exchange_config(), fake.secrets(api_key))`` after
+``fake.add_account(api_key, secret, {"USDT": 1000.0})``.
+
+Clock: ``now_ms`` is fixed when set, wall time when ``None``, or runs ``speed`` times faster
+than real time from a start after :meth:`FakeBinance.accelerate`; :meth:`FakeBinance.advance`
+moves it. Every answer carries ``X-MBX-USED-WEIGHT-1M`` (the request weight of the last minute
+of that clock); with ``weight_limit`` set, requests past it get a 429 with ``Retry-After: 1``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +51,26 @@ from aiohttp import WSMsgType, web
 from bot.store.market import CANDLE_COLUMNS
 from bot.timeframes import timeframe_ms
 from config.schema import ExchangeConfig
+from tests.fakes.binance_trading import (
+    BinanceError,
+    TradingMixin,
+    binance_error,
+    check_signature,
+    sign,
+)
+
+__all__ = [
+    "BinanceError",
+    "ExchangeState",
+    "FakeBinance",
+    "Fault",
+    "MarketSpec",
+    "RecordedRequest",
+    "binance_error",
+    "check_signature",
+    "sign",
+    "synthetic_candles",
+]
 
 KLINES_DEFAULT_LIMIT = 500
 KLINES_MAX_LIMIT = 1000
@@ -49,6 +78,17 @@ INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h"
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Request weight per endpoint (Binance's, roughly); anything else weighs 1.
+WEIGHTS = {
+    ("GET", "/api/v3/exchangeInfo"): 20,
+    ("GET", "/api/v3/klines"): 2,
+    ("GET", "/api/v3/account"): 20,
+    ("GET", "/api/v3/order"): 4,
+    ("GET", "/api/v3/allOrders"): 20,
+    ("GET", "/api/v3/myTrades"): 20,
+}
+WEIGHT_WINDOW_MS = 60_000
 
 
 # --------------------------------------------------------------------------- state
@@ -85,17 +125,22 @@ class Fault:
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """A request the fake received: method, path, query parameters and arrival (wall ms)."""
+    """A request the fake received: method, path, query parameters, arrival (wall ms), body."""
 
     method: str
     path: str
     query: dict[str, str]
     received_ms: int
+    body: str = ""
 
 
 @dataclass
 class ExchangeState:
-    """All the fake exchange knows. ``fixed_now_ms=None`` follows the wall clock."""
+    """All the fake exchange knows (the trading side keeps its own, in the mixin).
+
+    Clock: ``fixed_now_ms`` when set; else, while ``accel_speed`` is set,
+    ``accel_start_ms + (monotonic seconds since accel_t0) * accel_speed * 1000``; else wall time.
+    """
 
     fixed_now_ms: int | None = None
     markets: dict[str, MarketSpec] = field(default_factory=dict)
@@ -103,13 +148,20 @@ class ExchangeState:
     faults: dict[str, list[Fault]] = field(default_factory=dict)
     requests: list[RecordedRequest] = field(default_factory=list)
     api_secrets: dict[str, str] = field(default_factory=dict)
+    accel_start_ms: int = 0
+    accel_speed: float | None = None
+    accel_t0: float = 0.0
+    weights: list[tuple[int, int]] = field(default_factory=list)  # (exchange ms, weight)
 
     @property
     def now_ms(self) -> int:
         """The exchange's clock."""
-        if self.fixed_now_ms is None:
-            return time.time_ns() // 1_000_000
-        return self.fixed_now_ms
+        if self.fixed_now_ms is not None:
+            return self.fixed_now_ms
+        if self.accel_speed is not None:
+            elapsed = time.monotonic() - self.accel_t0
+            return self.accel_start_ms + int(elapsed * self.accel_speed * 1000)
+        return time.time_ns() // 1_000_000
 
 
 # --------------------------------------------------------------------------- helpers
@@ -164,22 +216,6 @@ def _num(value: float) -> str:
     return text if float(text) == value else repr(float(value))
 
 
-def binance_error(status: int, code: int, msg: str) -> web.Response:
-    """A Binance error answer: ``{"code": code, "msg": msg}`` with HTTP ``status``."""
-    return web.json_response({"code": code, "msg": msg}, status=status)
-
-
-def sign(payload: str, secret: str) -> str:
-    """Binance's request signature: hex HMAC-SHA256 of the raw query string or body."""
-    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
-
-
-def check_signature(raw: str, secret: str) -> bool:
-    """Whether ``raw`` (query string or form body) ends in ``&signature=`` of what precedes it."""
-    payload, sep, signature = raw.rpartition("&signature=")
-    return bool(sep) and hmac.compare_digest(sign(payload, secret), signature)
-
-
 def _split_symbol(symbol: str) -> tuple[str, str]:
     for quote in _QUOTES:
         if symbol.endswith(quote) and len(symbol) > len(quote):
@@ -190,7 +226,7 @@ def _split_symbol(symbol: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- server
 
 
-class FakeBinance:
+class FakeBinance(TradingMixin):
     """The fake exchange server. Use as ``async with FakeBinance() as fake``."""
 
     def __init__(
@@ -205,6 +241,8 @@ class FakeBinance:
             ("GET", "/api/v3/exchangeInfo"): self._exchange_info,
             ("GET", "/api/v3/klines"): self._klines,
         }
+        self.routes.update(self._init_trading())
+        self.weight_limit: int | None = None
         self._sockets: dict[web.WebSocketResponse, set[str]] = {}
         self.ws_paths: list[str] = []
         self._runner: web.AppRunner | None = None
@@ -252,6 +290,29 @@ class FakeBinance:
     @now_ms.setter
     def now_ms(self, value: int | None) -> None:
         self.state.fixed_now_ms = None if value is None else int(value)
+        self.state.accel_speed = None
+
+    def accelerate(self, start_ms: int, speed: float) -> None:
+        """Run the clock from ``start_ms``, ``speed`` times faster than real time."""
+        self.state.fixed_now_ms = None
+        self.state.accel_start_ms, self.state.accel_speed = int(start_ms), float(speed)
+        self.state.accel_t0 = time.monotonic()
+
+    def advance(self, ms: int) -> int:
+        """Move the clock ``ms`` forward (a fixed or accelerated one; wall time is fixed first)
+        and return the new time."""
+        if self.state.fixed_now_ms is None and self.state.accel_speed is not None:
+            self.state.accel_start_ms += int(ms)
+        else:
+            self.state.fixed_now_ms = self.now_ms + int(ms)
+        return self.now_ms
+
+    @property
+    def used_weight(self) -> int:
+        """Request weight used in the last minute of the exchange's clock."""
+        now = self.now_ms
+        self.state.weights = [w for w in self.state.weights if w[0] > now - WEIGHT_WINDOW_MS]
+        return sum(weight for ts, weight in self.state.weights if ts <= now)
 
     def add_market(self, symbol: str, **spec: Any) -> MarketSpec:
         """List a spot market (``base``/``quote`` guessed from common quote assets if absent)."""
@@ -302,7 +363,8 @@ class FakeBinance:
         """Answer the next ``times`` requests to ``path`` (after ``after`` normal ones) with
         ``status``, ``body`` (dict: JSON, str: text; default a Binance-like body for 4xx and
         ``Service Unavailable`` text for 5xx) and ``headers``, after waiting ``delay_s``.
-        ``status=None`` only delays. ``times=None`` keeps the fault until :meth:`clear_faults`."""
+        ``status=None`` only delays. ``times=None`` keeps the fault until :meth:`clear_faults`.
+        ``path`` may name a method too (``"POST /api/v3/order"``): then only it is faulted."""
         fault = Fault(status, body, headers, times, after, delay_s)
         self.state.faults.setdefault(path, []).append(fault)
         return fault
@@ -335,24 +397,53 @@ class FakeBinance:
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
+        body = await request.text()
         self.state.requests.append(
             RecordedRequest(
-                request.method, request.path, dict(request.query), time.time_ns() // 1_000_000
+                request.method,
+                request.path,
+                dict(request.query),
+                time.time_ns() // 1_000_000,
+                body,
             )
         )
-        fault = self._next_fault(request.path)
+        self.state.weights.append((self.now_ms, self._weight(request)))
+        response = await self._answer(request)
+        if not response.prepared:
+            response.headers["X-MBX-USED-WEIGHT-1M"] = str(self.used_weight)
+        return response
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        self.match_orders()  # resting limit orders fill lazily, whenever a request arrives
+        fault = self._next_fault(f"{request.method} {request.path}")
+        fault = fault or self._next_fault(request.path)
         if fault is not None:
             if fault.delay_s:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), fault.delay_s)
             if fault.status is not None:
                 return self._fault_response(fault)
+        if self.weight_limit is not None and self.used_weight > self.weight_limit:
+            msg = (
+                f"Too much request weight used; current limit is {self.weight_limit} request "
+                "weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid "
+                "polling the API."
+            )
+            return web.json_response(
+                {"code": -1003, "msg": msg}, status=429, headers={"Retry-After": "1"}
+            )
         handler = self.routes.get((request.method, request.path))
         if handler is None:
             return web.Response(
                 status=404, text=f"fake Binance: no route {request.method} {request.path}"
             )
         return await handler(request)
+
+    @staticmethod
+    def _weight(request: web.Request) -> int:
+        if request.path == "/api/v3/openOrders":
+            return 6 if request.query.get("symbol") else 80
+        return WEIGHTS.get((request.method, request.path), 1)
 
     def _next_fault(self, path: str) -> Fault | None:
         faults = self.state.faults.get(path, [])

@@ -69,14 +69,16 @@ def live_config(
         broker=BrokerConfig(initial_cash=10_000.0, slippage_bps=0.0),
         risk=RiskConfig(**(risk or {})),
         live=LiveConfig(
-            paper=paper,
-            policy=policy,
-            grace_s=GRACE_MS / 1000,
-            warmup_days=1,
-            clock_speed=600.0,
-            order_poll_s=0.05,
-            limit_timeout_s=0.5,
-            **live,
+            **{
+                "paper": paper,
+                "policy": policy,
+                "grace_s": GRACE_MS / 1000,
+                "warmup_days": 1,
+                "clock_speed": 600.0,
+                "order_poll_s": 0.05,
+                "limit_timeout_s": 0.5,
+                **live,
+            }
         ),
     )
 
