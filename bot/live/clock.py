@@ -44,13 +44,16 @@ class ExchangeTimeClock:
         return self._server_ms is not None
 
     async def sync(self) -> int:
-        """Read the exchange's time (half the round trip added) and return it."""
-        before = self._monotonic()
+        """Read the exchange's time and return it.
+
+        The reading is taken as the time at the answer's arrival, without adding half the round
+        trip: the estimate stays a time the exchange's clock has certainly reached, so the
+        daemon can be late by a round trip, never early.
+        """
         server = int(await self._fetch_time())
-        after = self._monotonic()
-        self._server_ms = server + int((after - before) * 500 * self.speed)
-        self._at = after
-        return self._server_ms
+        self._server_ms = server
+        self._at = self._monotonic()
+        return server
 
     def now_ms(self) -> int:
         """The exchange's time as estimated now (call :meth:`sync` first)."""

@@ -270,6 +270,10 @@ async def _run(
             stop=stop,
             modules=host,
         )
+        # The first close to trade is fixed before anyone can talk to the daemon.
+        first = report.redo[-1] if report.redo else await _missed_close(driver, journal)
+        if first is None:
+            first = driver.next_close(await clock.sync())
         control_socket = ControlSocket(controls, cfg.data.dir / live.control_socket)
         await control_socket.start()
         stack.push_async_callback(control_socket.close)
@@ -283,7 +287,6 @@ async def _run(
 
         reason = "stopped"
         try:
-            first = report.redo[-1] if report.redo else await _missed_close(driver, journal)
             reason = await _loop(cfg, driver, engine, journal, host, services, stop, first)
         except LiveTradingError as exc:
             reason = str(exc)
@@ -304,13 +307,14 @@ async def _loop(
     host: ModuleHost | None,
     services: list[Any],
     stop: asyncio.Event,
-    first: int | None,
+    first: int,
 ) -> str:
     live = cfg.live
     grace = int(live.grace_s * 1000)
     clock = driver.clock
-    ts = first if first is not None else driver.next_close(await clock.sync())
+    ts = first
     while not stop.is_set():
+        log.debug("next cycle at the close of %s", ms_to_iso(ts))
         if not await clock.sleep_until(ts + grace, stop):
             return "stopped by signal or operator"
         now = clock.now_ms()

@@ -164,7 +164,10 @@ REPO = Path(__file__).resolve().parents[3]
 class DaemonProcess:
     """``cryptorlpm live --config <file>`` as a child process, its output in ``log_path``."""
 
-    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, config_path: Path, log_path: Path, env: dict[str, str], *, verbose: bool = False
+    ) -> None:
+        self.verbose = verbose
         self.config_path = config_path
         self.log_path = log_path
         self.env = {**os.environ, **env}
@@ -179,6 +182,7 @@ class DaemonProcess:
                 sys.executable,
                 "-m",
                 "bot.cli.main",
+                *(["--verbose"] if self.verbose else []),
                 "live",
                 "--config",
                 str(self.config_path),
