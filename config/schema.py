@@ -394,8 +394,6 @@ class LiveConfig(Section):
     newest) model under ``[training].models_dir``."""
     grace_s: float = Field(3.0, ge=0)
     """Seconds after a bar's close (on the exchange's clock) before the cycle starts."""
-    bar_source: Literal["rest", "websocket"] = "rest"
-    """Closed bars over REST polling, or the kline websocket with REST backfill."""
     order_type: Literal["market", "limit"] = "market"
     """Market orders, or limit orders at the reference price +- ``limit_offset_bps``."""
     limit_offset_bps: float = Field(5.0, ge=0)

@@ -25,7 +25,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from bot.engine.kernel import Policy, TradingEngine
 from bot.feed.dataset import check_stores
@@ -55,22 +55,6 @@ PolicyFactory = Callable[
     [AppConfig, MarketStore, MetricStore, int], Awaitable[tuple[Policy, ModuleHost | None]]
 ]
 """``(cfg, market, metrics, now_ms) -> (policy, module host or None)``; warms the policy up."""
-
-
-class Alerts(Protocol):
-    """What the daemon asks of an alert channel (Telegram)."""
-
-    def attach(self, bus: Any) -> None: ...
-
-    async def start(self) -> None: ...
-
-    async def close(self, flush_timeout_s: float = 5.0) -> None: ...
-
-    def started(self, summary: str) -> None: ...
-
-    def stopped(self, summary: str) -> None: ...
-
-    def error(self, text: str) -> None: ...
 
 
 AlertsFactory = Callable[[DaemonControls], Awaitable[list[Any]]]
@@ -232,8 +216,8 @@ async def _run(
                 base_delay_s=cfg.exchange.retry_base_s,
             )
         # The bars of the warm-up window go to the store first; the policy is built from it.
-        probe = LiveDriver(cfg, _Inert(), executor, exchange, clock, market, metrics)  # type: ignore[arg-type]
-        written = await probe.catch_up(now - live.warmup_days * DAY_MS)
+        driver = LiveDriver(cfg, executor, exchange, clock, market, metrics)
+        written = await driver.catch_up(now - live.warmup_days * DAY_MS)
         log.info("stored %d new closed bars (warm-up window %d days)", written, live.warmup_days)
         policy, host = await policy_factory(cfg, market, metrics, clock.now_ms())
         if host is not None:
@@ -244,9 +228,7 @@ async def _run(
         engine = TradingEngine(cfg, policy, executor, cash=0.0, rules=rules)
         if isinstance(executor, PaperExecutor):
             executor.account = engine.account
-        driver = LiveDriver(cfg, engine, executor, exchange, clock, market, metrics)
-        driver._next_open = probe._next_open
-        driver._metrics_known_until = probe._metrics_known_until
+        driver.attach(engine)
         await _mark_latest(engine, market, cfg)
 
         report = await reconcile(
@@ -271,9 +253,7 @@ async def _run(
             modules=host,
         )
         # The first close to trade is fixed before anyone can talk to the daemon.
-        first = report.redo[-1] if report.redo else await _missed_close(driver, journal)
-        if first is None:
-            first = driver.next_close(await clock.sync())
+        first = report.redo[-1] if report.redo else await _first_close(driver, journal)
         control_socket = ControlSocket(controls, cfg.data.dir / live.control_socket)
         await control_socket.start()
         stack.push_async_callback(control_socket.close)
@@ -355,25 +335,24 @@ async def _loop(
     return "stopped by signal or operator"
 
 
-async def _missed_close(driver: LiveDriver, journal: Journal) -> int | None:
-    """The latest close, when the daemon traded the one before it and died before this one's
-    cycle began: it is run at once instead of being skipped."""
-    last = await journal.last_cycle()
+async def _first_close(driver: LiveDriver, journal: Journal) -> int:
+    """The close the first cycle decides at.
+
+    The latest close is traded at once when the daemon traded the one before it (it died in
+    between: nothing is skipped) or when it starts within two grace periods of that close
+    (a restart right after a close); otherwise the first cycle waits for the next close.
+    """
     grace = int(driver.cfg.live.grace_s * 1000)
-    latest = driver.grid.floor(await driver.clock.sync() - grace)
+    now = await driver.clock.sync()
+    latest = driver.grid.floor(now - grace)
+    last = await journal.last_cycle()
+    if last is not None and int(last["ts"]) >= latest:
+        return int(last["ts"]) + driver.step
     if last is not None and int(last["ts"]) == latest - driver.step:
         return latest
-    return None
-
-
-class _Inert:
-    """Stands in for the engine while the warm-up bars are stored (nothing is published)."""
-
-    class _Bus:
-        def subscribe(self, *args: Any) -> None:
-            return None
-
-    bus = _Bus()
+    if now - latest <= 2 * grace:
+        return latest
+    return latest + driver.step
 
 
 async def _mark_latest(engine: TradingEngine, market: MarketStore, cfg: AppConfig) -> None:

@@ -59,7 +59,6 @@ class LiveDriver:
     def __init__(
         self,
         cfg: AppConfig,
-        engine: TradingEngine,
         executor: LiveExecutor,
         exchange: Any,
         clock: ExchangeTimeClock,
@@ -70,7 +69,7 @@ class LiveDriver:
         coins: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.engine = engine
+        self.engine: TradingEngine | None = None
         self.executor = executor
         self.exchange = exchange
         self.clock = clock
@@ -87,6 +86,10 @@ class LiveDriver:
         self._refusals: list[RiskRefusal] = []
         self.cycles = 0
         self.last_report: CycleReport | None = None
+
+    def attach(self, engine: TradingEngine) -> None:
+        """Feed ``engine`` (built once the history is stored and the policy warmed up)."""
+        self.engine = engine
         engine.bus.subscribe(RiskRefusal, self._refusals.append)
 
     # -- history ----------------------------------------------------------------------------------
@@ -94,8 +97,8 @@ class LiveDriver:
     async def catch_up(self, since_ms: int) -> int:
         """Store every closed bar from ``since_ms`` (or the last stored one) up to now.
 
-        Run once at start, before the policy is warmed up from the stores; returns the bars
-        written. Later bars come from the cycles.
+        Run once at start, before the policy is warmed up from the stores (and before
+        :meth:`attach`); returns the bars written. Later bars come from the cycles.
         """
         now = self.clock.now_ms()
         written = 0
@@ -135,13 +138,10 @@ class LiveDriver:
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def next_close(self, now_ms: int) -> int:
-        """The first close strictly after ``now_ms - grace``: the next cycle to run."""
-        grace = int(self.cfg.live.grace_s * 1000)
-        return self.grid.floor(now_ms - grace) + self.step
-
     async def run_cycle(self, ts: int) -> CycleReport:
         """One cycle deciding at the close ``ts`` (see the module docstring)."""
+        if self.engine is None:
+            raise RuntimeError("LiveDriver.attach(engine) must be called before the cycles")
         started = time.perf_counter()
         journal = self.executor.journal
         await journal.start_cycle(ts, self.clock.now_ms())
@@ -162,6 +162,7 @@ class LiveDriver:
         return report
 
     async def _cycle(self, ts: int, started: float) -> CycleReport:
+        assert self.engine is not None
         bars = await self._new_bars(ts)
         metrics = await self._new_metrics(ts)
         bus = self.engine.bus
