@@ -236,7 +236,7 @@ class VoteHost:
         rows = []
         for coin in self.vote.coins:
             module = self.vote.module(coin)
-            latest = self.vote._latest.get(coin)
+            latest = self.vote.latest(coin)
             pending = self._pending.get(coin)
             rows.append(
                 {

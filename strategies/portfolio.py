@@ -104,6 +104,10 @@ class PortfolioVote:
         self._latest.pop(module.coin, None)
         return old
 
+    def latest(self, coin: str) -> ModuleDecision | None:
+        """The last decision of ``coin``'s module (None before its first, or once unplugged)."""
+        return self._latest.get(coin)
+
     def on_metric(self, metric: Metric) -> None:
         """Hand a metric to every plugged module."""
         for module in tuple(self._modules.values()):

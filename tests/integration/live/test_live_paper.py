@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,15 @@ from bot.live.daemon import run_daemon, state_path
 from bot.live.journal import Journal
 from config.schema import Secrets
 from tests.fakes.binance import FakeBinance
-from tests.integration.live.harness import T0, live_config, seed_market, step_cycles
+from tests.integration.live.harness import (
+    REPO,
+    T0,
+    live_config,
+    seed_market,
+    step_cycles,
+    wait_ready,
+    write_config,
+)
 
 COINS = ("BTC", "ETH")
 
@@ -51,3 +60,35 @@ async def test_paper_daemon_rebalances_to_equal_weights_and_journals_every_cycle
     equity = balances["USDT"] + sum(balances[c] * prices[c] for c in COINS)
     for coin in COINS:
         assert balances[coin] * prices[coin] / equity == pytest.approx(0.5, abs=0.01)
+
+
+async def run_cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bot.cli.main",
+        "live",
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
+async def test_cli_pauses_the_running_daemon_and_reads_its_status(
+    fake: FakeBinance, tmp_path: Path
+) -> None:
+    cfg = live_config(fake, tmp_path / "data", COINS, max_cycles=2)
+    path = write_config(cfg, tmp_path / "live.toml")
+    daemon = asyncio.create_task(run_daemon(cfg, Secrets(), build_policy, install_signals=False))
+    await asyncio.wait_for(wait_ready(cfg.data.dir), 30)
+    assert "paused" in await run_cli("pause", "--config", str(path))
+    await step_cycles(fake, state_path(cfg), 2)
+    await asyncio.wait_for(daemon, 10)
+    async with await Journal.open(state_path(cfg)) as journal:
+        assert [c["orders"] for c in await journal.cycles()] == [0, 0]  # paused: no order
+    status = await run_cli("status", "--config", str(path))
+    assert "cycles: 2" in status and "paused: True" in status
