@@ -23,7 +23,7 @@ from typing import Any
 from bot.control import ControlError
 from bot.events import Event, Metric
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import ms_to_iso
+from bot.timeframes import timeframe_ms
 from config.schema import AppConfig
 from strategies import versions
 from strategies.crypto_module import CryptoModule
@@ -77,8 +77,6 @@ async def history_events(
 
 
 def _step(cfg: AppConfig) -> int:
-    from bot.timeframes import timeframe_ms
-
     return timeframe_ms(cfg.market.timeframe)
 
 
@@ -125,8 +123,6 @@ class VoteHost:
         self.updater = updater
         self._pending: dict[str, _Pending] = {}
         self._retraining: dict[str, asyncio.Task[Any]] = {}
-        self.swaps: list[dict[str, Any]] = []
-        """Every swap applied: coin, action, old and new model ids, close time, reason."""
 
     # -- requests (from the control service) ---------------------------------------------------
 
@@ -203,7 +199,7 @@ class VoteHost:
         for coin, pending in list(self._pending.items()):
             if pending.action == "unplug":
                 old = self.vote.unplug(coin)
-                self._record(coin, "unplug", old.model_id, None, now_ms, pending.reason)
+                self._record(coin, "unplug", old.model_id, None, pending.reason)
                 del self._pending[coin]
                 lines.append(f"{coin}: unplugged {old.model_id}")
                 continue
@@ -227,7 +223,7 @@ class VoteHost:
             else:
                 self.vote.plug(module)
                 old_id = None
-            self._record(coin, pending.action, old_id, module.model_id, now_ms, pending.reason)
+            self._record(coin, pending.action, old_id, module.model_id, pending.reason)
             lines.append(f"{coin}: {pending.action} {old_id or '-'} -> {module.model_id}")
         return lines
 
@@ -323,18 +319,8 @@ class VoteHost:
         return lines
 
     def _record(
-        self, coin: str, action: str, old: str | None, new: str | None, ts: int, reason: str
+        self, coin: str, action: str, old: str | None, new: str | None, reason: str
     ) -> None:
-        self.swaps.append(
-            {
-                "coin": coin,
-                "action": action,
-                "old": old,
-                "new": new,
-                "at": ms_to_iso(ts),
-                "reason": reason,
-            }
-        )
         log.warning("hot swap %s: %s %s -> %s (%s)", coin, action, old or "-", new or "-", reason)
 
 

@@ -37,7 +37,7 @@ from bot.live.driver import LiveDriver
 from bot.live.executor import CcxtExecutor, LiveExecutor, LiveTradingError, PaperExecutor
 from bot.live.journal import Journal
 from bot.live.orders import rules_from_markets
-from bot.live.reconcile import reconcile
+from bot.live.reconcile import Reconciliation, reconcile
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import ms_to_iso
 from config.schema import AppConfig, Secrets
@@ -231,17 +231,21 @@ async def _run(
         driver.attach(engine)
         await _mark_latest(engine, market, cfg)
 
-        report = await reconcile(
-            executor,
-            engine.account,
-            cfg.market.coins,
-            now_ms=clock.now_ms(),
-            step_ms=driver.step,
-            resume_within_bars=live.resume_within_bars,
-            initial_cash=initial_cash,
-            at_start=True,
-        )
-        _log_reconciliation(report, at_start=True)
+        async def reconcile_now(at_start: bool) -> Reconciliation:
+            found = await reconcile(
+                executor,
+                engine.account,
+                cfg.market.coins,
+                now_ms=clock.now_ms(),
+                step_ms=driver.step,
+                resume_within_bars=live.resume_within_bars,
+                initial_cash=initial_cash,
+                at_start=at_start,
+            )
+            _log_reconciliation(found, at_start=at_start)
+            return found
+
+        report = await reconcile_now(True)
         await _restore(engine, journal)
 
         controls = DaemonControls(
@@ -267,7 +271,9 @@ async def _run(
 
         reason = "stopped"
         try:
-            reason = await _loop(cfg, driver, engine, journal, host, services, stop, first)
+            reason = await _loop(
+                cfg, driver, engine, journal, host, services, stop, first, reconcile_now
+            )
         except LiveTradingError as exc:
             reason = str(exc)
             log.error("%s", exc)
@@ -288,6 +294,7 @@ async def _loop(
     services: list[Any],
     stop: asyncio.Event,
     first: int,
+    reconcile_now: Callable[[bool], Awaitable[Reconciliation]],
 ) -> str:
     live = cfg.live
     grace = int(live.grace_s * 1000)
@@ -316,17 +323,7 @@ async def _loop(
         if driver.cycles % live.reconcile_every == 0 or driver.executor.needs_reconcile:
             driver.executor.needs_reconcile = False
             try:
-                found = await reconcile(
-                    driver.executor,
-                    engine.account,
-                    cfg.market.coins,
-                    now_ms=clock.now_ms(),
-                    step_ms=driver.step,
-                    resume_within_bars=live.resume_within_bars,
-                    initial_cash=float(await journal.get("paper_initial_cash", 0.0)),
-                    at_start=False,
-                )
-                _log_reconciliation(found, at_start=False)
+                await reconcile_now(False)
             except Exception as exc:
                 log.error("reconciliation failed: %s", describe_error(exc))
         if live.max_cycles is not None and driver.cycles >= live.max_cycles:
@@ -383,7 +380,7 @@ def _snapshot(engine: TradingEngine) -> Any:
     return engine.gate.snapshot() if hasattr(engine.gate, "snapshot") else None
 
 
-def _log_reconciliation(report: Any, *, at_start: bool) -> None:
+def _log_reconciliation(report: Reconciliation, *, at_start: bool) -> None:
     what = "start-up reconciliation" if at_start else "reconciliation"
     if report.balance_drift:
         drift = ", ".join(f"{a} {d:+.8g}" for a, d in report.balance_drift.items())

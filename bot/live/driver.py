@@ -85,7 +85,6 @@ class LiveDriver:
         self._metrics_known_until: int | None = None
         self._refusals: list[RiskRefusal] = []
         self.cycles = 0
-        self.last_report: CycleReport | None = None
 
     def attach(self, engine: TradingEngine) -> None:
         """Feed ``engine`` (built once the history is stored and the policy warmed up)."""
@@ -158,7 +157,6 @@ class LiveDriver:
             await journal.finish_cycle(ts, "failed", self.clock.now_ms(), error=error)
             report = CycleReport(ts, 0, 0, 0, 0, self.engine.account.equity(), 0.0, error)
         self.cycles += 1
-        self.last_report = report
         return report
 
     async def _cycle(self, ts: int, started: float) -> CycleReport:

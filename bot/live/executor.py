@@ -55,7 +55,6 @@ class LiveExecutor:
         self.now_ms = now_ms
         self._pending: list[SubmitOrder] = []
         self._bus: EventBus | None = None
-        self.last_cycle_orders = 0
         self.needs_reconcile = False
         """Set when an order's fate was uncertain: balances are re-read after the cycle."""
 
@@ -79,7 +78,6 @@ class LiveExecutor:
         await self.journal.plan_cycle(ts, orders, self.now_ms())
         plan = await self.journal.cycle_orders(ts)
         await self.send_planned(plan)
-        self.last_cycle_orders = len(plan)
         return len(plan)
 
     async def send_planned(self, rows: list[JournalOrder]) -> None:
@@ -224,17 +222,17 @@ class CcxtExecutor(LiveExecutor):
                     f"{describe_error(exc)}; check CRYPTORLPM_EXCHANGE_API_KEY / _SECRET"
                 ) from exc
             except Exception as exc:
-                if not is_temporary(exc) or attempt >= self.max_retries:
-                    if is_temporary(exc):
-                        log.error(
-                            "order %s: gave up after %d tries (%s); its fate is checked at the "
-                            "next reconciliation",
-                            cid,
-                            attempt + 1,
-                            describe_error(exc),
-                        )
-                        return await self.lookup(order, quiet=True)
+                if not is_temporary(exc):
                     return OrderOutcome("rejected", reason=describe_error(exc))
+                if attempt >= self.max_retries:
+                    log.error(
+                        "order %s: gave up after %d tries (%s); its fate is checked at the "
+                        "next reconciliation",
+                        cid,
+                        attempt + 1,
+                        describe_error(exc),
+                    )
+                    return await self.lookup(order, quiet=True)
                 delay = self._wait(attempt + 1, exc)
                 refused = isinstance(exc, ccxt.DDoSProtection | ccxt.InvalidNonce)
                 log.warning(
