@@ -178,10 +178,13 @@ class _OrderFilled(NamedTuple):
     price: float
     fee: float
     fee_asset: str
+    fee_quote: float | None = None
 
 
 class OrderFilled(_OrderFilled, Event):
-    """An order (or part of it) was executed. ``fee`` is in ``fee_asset``."""
+    """An order (or part of it) was executed. ``fee`` is in ``fee_asset``; ``fee_quote`` is
+    every commission of the fill valued in the quote currency (``None``: derive it from ``fee``,
+    which is then in the quote currency or the coin)."""
 
     __slots__ = ()
 

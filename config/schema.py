@@ -143,6 +143,17 @@ class ExchangeConfig(Section):
     timeout_ms: int = Field(10_000, gt=0)
     max_retries: int = Field(5, ge=0, description="retries of a temporary error")
     retry_base_s: float = Field(1.0, gt=0, description="first backoff delay, doubled each retry")
+    weight_limit: int = Field(6000, gt=0, description="request weight allowed per minute")
+    weight_headroom: float = Field(
+        0.8, gt=0, le=1, description="share of the weight limit after which requests wait"
+    )
+    ca_file: Path | None = Field(
+        None, description="extra trusted certificate authority (PEM), e.g. of a TLS proxy"
+    )
+    resolve: dict[str, str] = Field(
+        default_factory=dict,
+        description="host name -> IP address to connect to (like curl --resolve)",
+    )
 
 
 class SantimentConfig(Section):
@@ -405,6 +416,10 @@ class LiveConfig(Section):
     reconcile_every: int = Field(12, ge=1)
     """Reconcile balances and open orders with the exchange every this many cycles (and at
     every start)."""
+    unknown_settle_s: float = Field(60.0, ge=0)
+    """An order of unknown fate with no record on the exchange is taken as never received once
+    ``recvWindow`` (10 s) plus this has passed since it was signed; until then it blocks its
+    coin and is never resent."""
     resume_within_bars: int = Field(1, ge=0)
     """An interrupted cycle's remaining orders are sent on restart only if its close is at
     most this many bars old; older plans are abandoned and the next cycle re-plans."""
@@ -414,6 +429,9 @@ class LiveConfig(Section):
     clock_speed: float = Field(1.0, gt=0)
     """How many times faster than the local clock the exchange's clock runs (1 in production;
     an accelerated fake exchange in tests and benchmarks)."""
+    clock_poll_s: float = Field(5.0, gt=0)
+    """While waiting for a close, the exchange's clock is read at least this often (a local
+    clock that drifts or a suspended host is noticed within this)."""
     max_cycles: int | None = Field(None, ge=1)
     """Stop after this many cycles (tests, benchmarks); None runs until stopped."""
     control_socket: str = "control.sock"

@@ -88,6 +88,8 @@ def status(config: LiveConfigOption = None, as_json: bool = typer.Option(False, 
         )
     )
     console.print(f"paused: {state['paused']}, kill switch: {state['halted'] or 'not tripped'}")
+    for line in state["trading"]:
+        console.print(line)
     error = state["last_error"]
     console.print(
         f"last error: {ms_to_iso(error['ts']) + ' ' + error['error'] if error else 'none'}"

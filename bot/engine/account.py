@@ -59,12 +59,19 @@ class Account:
         else:
             self.cash += notional
             self.holdings[coin] = self.holdings.get(coin, 0.0) - fill.amount
-        if fill.fee_asset == self.quote:
+        fee_asset = fill.fee_asset
+        if fee_asset == self.quote:
             self.cash -= fill.fee
-            self.fees_paid += fill.fee
-        elif fill.fee_asset == coin:
-            self.holdings[coin] -= fill.fee
-            self.fees_paid += fill.fee * fill.price
+            value = fill.fee
+        else:
+            # Paid in the coin itself, or in another asset (BNB): a coin of the portfolio loses
+            # it; an asset outside the portfolio is not part of the account's equity.
+            if fee_asset in self.holdings or fee_asset == coin:
+                self.holdings[fee_asset] = self.holdings.get(fee_asset, 0.0) - fill.fee
+            value = fill.fee * (
+                fill.price if fee_asset == coin else self.prices.get(fee_asset, 0.0)
+            )
+        self.fees_paid += value if fill.fee_quote is None else fill.fee_quote
         self.traded_notional += notional
         self.fills += 1
 

@@ -2,7 +2,8 @@
 
 The planner sizes orders from the account's last valuation: the target amount of a coin is
 ``weight * equity / price``. Sells go first so their proceeds can pay for buys; buys are scaled
-down together when cash (after fees) would not cover them. Moves smaller than
+down together when cash (after fees) would not cover them. No order exceeds the market's
+largest market order (MARKET_LOT_SIZE): the rest waits for the next decision. Moves smaller than
 ``min_trade_weight`` of equity, below one lot, or below the minimum notional are not sent.
 Client order ids are deterministic: the same decision always produces the same ids.
 
@@ -13,7 +14,9 @@ emitted as a ``RiskRefusal`` (see :mod:`bot.engine.risk` for the rules):
    ``on_drawdown="flatten"``, the policy's targets are replaced by 100% cash (sold through the
    normal sizing, lot-rounded, ignoring ``min_trade_weight`` and the daily turnover limit) at
    every decision until nothing tradable is left, then it halts;
-2. weight guardrails (``max_weight_per_coin``, ``min_cash``);
+2. weight guardrails (``max_weight_per_coin``, ``min_cash``); then a coin in ``blocked`` (live
+   trading: an order of unknown fate) keeps its current weight, with an ``order_unknown``
+   refusal, and the other coins share what is left;
 3. stale data: a coin the targets or the holdings involve whose latest bar is too old blocks
    every order of the decision;
 4. operator pause (``paused``): the decision's refusals are emitted, no orders;
@@ -33,10 +36,13 @@ from bot.engine.risk import RiskGate
 from bot.engine.rules import MarketRules
 from bot.events import Event, PortfolioValued, RiskRefusal, SubmitOrder, TargetWeights
 
+CLIENT_ID_PREFIX = "rlpm-"
+"""Every client order id of this bot starts with it (stray orders of ours are recognised)."""
+
 
 def client_order_id(ts: int, coin: str, side: str) -> str:
     """Deterministic id (Binance allows 36 chars of ``[.A-Za-z0-9:/_-]``)."""
-    return f"rlpm-{ts // 1000}-{coin[:12]}-{side[0]}"
+    return f"{CLIENT_ID_PREFIX}{ts // 1000}-{coin[:12]}-{side[0]}"
 
 
 class OrderPlanner:
@@ -62,6 +68,8 @@ class OrderPlanner:
         self.min_trade_weight = min_trade_weight
         self._emit = emit
         self.paused = False
+        self.blocked: dict[str, str] = {}
+        """Coin -> why no order may be planned for it (set by the live executor)."""
 
     def on_portfolio_valued(self, event: PortfolioValued) -> None:
         """Let the gate follow equity; emit the kill switch's refusal when it trips."""
@@ -83,6 +91,8 @@ class OrderPlanner:
             refusals: list[RiskRefusal] = []
         else:
             weights, refusals = gate.review_weights(ts, target.as_dict())
+        if self.blocked:
+            weights = self._hold_blocked(ts, weights, refusals)
         stale = gate.review_data(ts, self.involved_coins(weights), account.last_bars)
         if stale:
             refusals.extend(stale)
@@ -104,6 +114,30 @@ class OrderPlanner:
             emit(refusal)
         for order in orders:
             emit(order)
+
+    def _hold_blocked(
+        self, ts: int, weights: dict[str, float], refusals: list[RiskRefusal]
+    ) -> dict[str, float]:
+        """Keep each blocked coin at its current weight; scale the others into what is left."""
+        account = self.account
+        quote = account.quote
+        current = account.weights()
+        held = {}
+        for coin in sorted(self.blocked):
+            now = current.get(coin, 0.0)
+            wanted = weights.get(coin, 0.0)
+            held[coin] = now
+            refusals.append(RiskRefusal(ts, "order_unknown", coin, wanted, now, self.blocked[coin]))
+        free = {c: w for c, w in weights.items() if c != quote and c not in held}
+        room = max(0.0, 1.0 - sum(held.values()))
+        total = sum(free.values())
+        if total > room > 0:
+            free = {c: w * room / total for c, w in free.items()}
+        elif room <= 0:
+            free = dict.fromkeys(free, 0.0)
+        out = {**free, **held}
+        out[quote] = max(0.0, 1.0 - sum(out.values()))
+        return out
 
     def involved_coins(self, weights: Mapping[str, float]) -> set[str]:
         """Coins a decision touches: wanted (weight > 0) or held (amount > 0)."""
@@ -131,7 +165,7 @@ class OrderPlanner:
             return [], refusals
         quote = account.quote
         min_move = 0.0 if flatten else self.min_trade_weight * equity
-        coins = (set(weights) | set(account.holdings)) - {quote}
+        coins = (set(weights) | set(account.holdings)) - {quote} - set(self.blocked)
         sells: list[SubmitOrder] = []
         buys: list[tuple[str, float, float]] = []  # coin, amount, price
         for coin in sorted(coins):
@@ -145,11 +179,11 @@ class OrderPlanner:
                 continue
             if delta < 0:
                 # Selling everything may leave dust below one lot; selling "all" means all lots.
-                amount = rules.round_amount(min(-delta, held))
+                amount = rules.round_amount(min(-delta, held, rules.max_market_amount))
                 if rules.tradable(amount, price):
                     sells.append(self._order(ts, coin, "sell", amount, price))
             elif delta > 0:
-                buys.append((coin, delta, price))
+                buys.append((coin, min(delta, rules.max_market_amount), price))
         if reviewed:
             sells, cut = self.gate.review_orders(ts, sells, self.rules, exempt_turnover=flatten)
             refusals.extend(cut)

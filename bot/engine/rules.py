@@ -1,4 +1,4 @@
-"""Exchange filters of a market: lot size, tick size, minimum notional.
+"""Exchange filters of a market: lot size, tick size, minimum notional, largest market order.
 
 Amounts are rounded *down* to the lot (never trade more than intended); an order whose value is
 below the minimum notional is not sent (the exchange would reject it).
@@ -17,6 +17,8 @@ class MarketRules:
     step_size: float = 1e-8
     tick_size: float = 1e-8
     min_notional: float = 5.0
+    max_market_amount: float = math.inf
+    """Largest amount of one market order (Binance's MARKET_LOT_SIZE ``maxQty``)."""
 
     def round_amount(self, amount: float) -> float:
         """``amount`` rounded down to a multiple of the lot size (0 when below one lot)."""

@@ -27,6 +27,7 @@ import ccxt
 import ccxt.async_support as ccxt_async
 import ccxt.pro as ccxt_pro
 
+from bot.feed.guard import GuardClock, RequestGuard, guarded_class
 from config.schema import ExchangeConfig, Secrets
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,11 @@ class ExchangeConfigError(ValueError):
 
 
 def create_exchange(
-    cfg: ExchangeConfig, secrets: Secrets | None = None, *, pro: bool = False
+    cfg: ExchangeConfig,
+    secrets: Secrets | None = None,
+    *,
+    pro: bool = False,
+    guard_clock: GuardClock | None = None,
 ) -> Any:
     """A ready-to-use ccxt exchange for ``cfg``; the caller must ``await exchange.close()``.
 
@@ -53,6 +58,11 @@ def create_exchange(
     spot markets only, in a single ``exchangeInfo`` request (no currencies, no margin pairs).
     Sandbox mode is switched on before ``api_url`` is applied, so a local fake replaces the
     testnet hosts. API key and secret come from ``secrets`` and are never logged.
+
+    Every client has a :class:`~bot.feed.guard.RequestGuard` (``exchange.guard``, on
+    ``guard_clock`` or wall time): bans, request weight and refused keys are enforced on every
+    request. ``[exchange].ca_file`` adds a trusted certificate authority (a TLS-intercepting
+    proxy) and ``[exchange].resolve`` pins host names to addresses.
     """
     module = ccxt_pro if pro else ccxt_async
     exchange_class = getattr(module, cfg.id, None)
@@ -66,12 +76,18 @@ def create_exchange(
         "timeout": cfg.timeout_ms,
         "options": _single_request_market_options(cfg.id),
     }
+    if cfg.ca_file is not None:
+        params["cafile"] = str(cfg.ca_file)
     if secrets is not None:
         if secrets.exchange_api_key is not None:
             params["apiKey"] = secrets.exchange_api_key.get_secret_value()
         if secrets.exchange_secret is not None:
             params["secret"] = secrets.exchange_secret.get_secret_value()
-    exchange = exchange_class(params)
+    exchange = guarded_class(exchange_class)(params)
+    exchange.guard = RequestGuard(
+        weight_limit=cfg.weight_limit, headroom=cfg.weight_headroom, clock=guard_clock
+    )
+    exchange.resolve_hosts = dict(cfg.resolve) or None
     if cfg.sandbox:
         exchange.set_sandbox_mode(True)
     if cfg.api_url:
@@ -162,6 +178,27 @@ _KINDS: list[tuple[type[BaseException], str]] = [
     (ccxt.BadRequest, "bad request"),
     (ccxt.ExchangeError, "exchange error"),
 ]
+
+
+def exchange_code(exc: BaseException) -> int | None:
+    """The exchange's own error code in a ccxt exception (Binance's ``{"code": -2015, ..}``),
+    whatever class ccxt chose for it; ``None`` when the message carries none."""
+    own = getattr(exc, "code", None)
+    if isinstance(own, int):
+        return own
+    message = str(exc)
+    start = message.find("{")
+    if start < 0:
+        return None
+    try:
+        body = json.loads(message[start : message.rfind("}") + 1])
+    except ValueError:
+        return None
+    code = body.get("code") if isinstance(body, dict) else None
+    try:
+        return int(code) if code is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def describe_error(exc: BaseException) -> str:

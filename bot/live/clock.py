@@ -61,23 +61,35 @@ class ExchangeTimeClock:
             raise RuntimeError("the exchange clock was never synced")
         return self._server_ms + int((self._monotonic() - self._at) * 1000 * self.speed)
 
-    async def sleep_until(self, ts_ms: int, stop: asyncio.Event | None = None) -> bool:
+    async def sleep_until(
+        self, ts_ms: int, stop: asyncio.Event | None = None, *, confirm: bool = True
+    ) -> bool:
         """Return True once the exchange's clock reached ``ts_ms``; False if ``stop`` was set.
 
-        Sleeps in slices of at most ``max_sleep_s``; each time the local estimate says the
-        target is reached, the exchange's time is read to confirm. A failed read is retried
-        after a slice (the error is logged), never treated as "reached".
+        Sleeps in slices of at most ``max_sleep_s``. The exchange's time is read when the local
+        estimate says the target is reached (to confirm it) and after every slice that follows
+        ``max_sleep_s`` without a reading, so a local clock running slow or fast, a suspended
+        host or an exchange clock driven by a test are noticed within a slice. A failed read is
+        retried after a slice (logged), never treated as "reached". ``confirm=False`` trusts
+        the local estimate and reads nothing (while the exchange must not be asked: a ban).
         """
         if self._server_ms is None:
             await self.sync()
         while True:
             remaining = ts_ms - self.now_ms()
-            if remaining <= 0:
+            if remaining <= 0 and not confirm:
+                return True
+            stale = self._monotonic() - self._at >= self.max_sleep_s
+            if confirm and (remaining <= 0 or stale):
                 try:
                     if await self.sync() >= ts_ms:
                         return True
                 except Exception as exc:
-                    log.warning("cannot read the exchange's time: %s", describe_error(exc))
+                    log.log(
+                        logging.WARNING if remaining <= 0 else logging.DEBUG,
+                        "cannot read the exchange's time: %s",
+                        describe_error(exc),
+                    )
                 remaining = max(ts_ms - self.now_ms(), 50 * self.speed)
             delay = min(remaining / 1000 / self.speed, self.max_sleep_s)
             if stop is None:

@@ -22,6 +22,7 @@ from bot.control import ControlError, Controls
 from bot.engine.kernel import TradingEngine
 from bot.events import TargetWeights
 from bot.live.journal import Journal
+from bot.live.status import trading_lines
 from bot.timeframes import ms_to_iso
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class DaemonControls(Controls):
             "last_error": errors[-1]["error"] if errors else None,
             "equity": round(self.engine.account.equity(), 2),
             "quote": self.engine.account.quote,
+            "trading": await trading_lines(self.journal),
         }
 
     async def balance(self) -> dict[str, Any]:

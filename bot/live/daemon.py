@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +30,16 @@ from typing import Any
 
 from bot.engine.kernel import Policy, TradingEngine
 from bot.feed.dataset import check_stores
-from bot.feed.exchange import create_exchange, describe_error
+from bot.feed.exchange import create_exchange
+from bot.feed.guard import GuardClock, RequestGuard
 from bot.feed.retry import call_with_retries
+from bot.live.ccxt_executor import CcxtExecutor
 from bot.live.clock import ExchangeTimeClock
 from bot.live.control import ControlSocket, DaemonControls, ModuleHost
 from bot.live.driver import LiveDriver
-from bot.live.executor import CcxtExecutor, LiveExecutor, LiveTradingError, PaperExecutor
+from bot.live.executor import LiveExecutor, PaperExecutor
 from bot.live.journal import Journal
+from bot.live.loop import DaemonLoop
 from bot.live.orders import rules_from_markets
 from bot.live.reconcile import Reconciliation, reconcile
 from bot.store import MarketStore, MetricStore
@@ -134,8 +138,13 @@ async def run_daemon(
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
     alerts_factory: AlertsFactory | None = None,
+    guard_clock: GuardClock | None = None,
 ) -> DaemonResult:
-    """Run the live daemon until stopped (see the module docstring)."""
+    """Run the live daemon until stopped (see the module docstring).
+
+    ``guard_clock``: the clock bans and request weight are measured on (default: the
+    exchange's clock as the daemon estimates it); tests drive one.
+    """
     check_credentials(cfg, secrets)
     stop = stop or asyncio.Event()
     path = state_path(cfg)
@@ -145,7 +154,7 @@ async def run_daemon(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, _on_signal, stop, sig)
         try:
-            return await _run(cfg, secrets, policy_factory, stop, path, alerts_factory)
+            return await _run(cfg, secrets, policy_factory, stop, path, alerts_factory, guard_clock)
         finally:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -164,9 +173,18 @@ async def _run(
     stop: asyncio.Event,
     path: Path,
     alerts_factory: AlertsFactory | None,
+    guard_clock: GuardClock | None,
 ) -> DaemonResult:
     live = cfg.live
     paper = live.paper
+    clock: ExchangeTimeClock | None = None
+
+    def estimate_ms() -> int:
+        return clock.now_ms() if clock is not None and clock.synced else _wall_ms()
+
+    async def sleep_ms(ms: int) -> None:
+        await asyncio.sleep(max(ms, 0) / 1000 / live.clock_speed)
+
     async with contextlib.AsyncExitStack() as stack:
         journal = await Journal.open(path)
         stack.push_async_callback(journal.close)
@@ -175,8 +193,13 @@ async def _run(
         metrics = await MetricStore.open(cfg.data.metrics_path)
         stack.push_async_callback(metrics.close)
         await check_stores(market, metrics, "exchange")
-        exchange = create_exchange(cfg.exchange, None if paper else secrets)
+        exchange = create_exchange(
+            cfg.exchange,
+            None if paper else secrets,
+            guard_clock=guard_clock or GuardClock(estimate_ms, sleep_ms),
+        )
         stack.push_async_callback(exchange.close)
+        guard: RequestGuard = exchange.guard
         retry = {"max_retries": cfg.exchange.max_retries, "base_delay_s": cfg.exchange.retry_base_s}
         try:
             markets = await call_with_retries(exchange.load_markets, **retry)
@@ -192,7 +215,9 @@ async def _run(
             exchange.options["timeDifference"] = exchange.milliseconds() - server
             return server
 
-        clock = ExchangeTimeClock(exchange_time, speed=live.clock_speed)
+        clock = ExchangeTimeClock(
+            exchange_time, speed=live.clock_speed, max_sleep_s=live.clock_poll_s
+        )
         now = await clock.sync()
         log.info(
             "connected to %s (%s mode), exchange time %s",
@@ -215,6 +240,10 @@ async def _run(
                 max_retries=cfg.exchange.max_retries,
                 base_delay_s=cfg.exchange.retry_base_s,
             )
+        incidents: list[str] = []  # told to the alert services once they run
+        executor.on_incident = incidents.append
+        executor.wait_until = lambda ts: clock.sleep_until(ts, stop)
+        executor.exchange_now = clock.sync
         # The bars of the warm-up window go to the store first; the policy is built from it.
         driver = LiveDriver(cfg, executor, exchange, clock, market, metrics)
         written = await driver.catch_up(now - live.warmup_days * DAY_MS)
@@ -268,68 +297,18 @@ async def _run(
             await service.start()
             stack.push_async_callback(service.close)
         _announce(services, "started", _summary(cfg, executor.mode, engine))
+        for text in incidents:
+            _announce(services, "error", text)
+        executor.on_incident = lambda text: _announce(services, "error", text)
 
         reason = "stopped"
+        loop = DaemonLoop(cfg, driver, engine, journal, host, services, stop, guard, reconcile_now)
         try:
-            reason = await _loop(
-                cfg, driver, engine, journal, host, services, stop, first, reconcile_now
-            )
-        except LiveTradingError as exc:
-            reason = str(exc)
-            log.error("%s", exc)
-            _announce(services, "error", str(exc))
-            raise
+            reason = await loop.run(first)
         finally:
             await journal.put("risk", _snapshot(engine))
             _announce(services, "stopped", f"{reason}; {_summary(cfg, executor.mode, engine)}")
         return DaemonResult(driver.cycles, engine.account.equity(), reason)
-
-
-async def _loop(
-    cfg: AppConfig,
-    driver: LiveDriver,
-    engine: TradingEngine,
-    journal: Journal,
-    host: ModuleHost | None,
-    services: list[Any],
-    stop: asyncio.Event,
-    first: int,
-    reconcile_now: Callable[[bool], Awaitable[Reconciliation]],
-) -> str:
-    live = cfg.live
-    grace = int(live.grace_s * 1000)
-    clock = driver.clock
-    ts = first
-    while not stop.is_set():
-        log.debug("next cycle at the close of %s", ms_to_iso(ts))
-        if not await clock.sleep_until(ts + grace, stop):
-            return "stopped by signal or operator"
-        now = clock.now_ms()
-        latest = driver.grid.floor(now - grace)
-        if latest > ts:
-            log.warning(
-                "woke %d bar(s) late: skipping to %s",
-                (latest - ts) // driver.step,
-                ms_to_iso(latest),
-            )
-            ts = latest
-        if host is not None:
-            for line in await host.between_cycles(now):
-                log.info("%s", line)
-        report = await driver.run_cycle(ts)
-        if report.error:
-            _announce(services, "error", f"cycle {ms_to_iso(ts)} failed: {report.error}")
-        await journal.put("risk", _snapshot(engine))
-        if driver.cycles % live.reconcile_every == 0 or driver.executor.needs_reconcile:
-            driver.executor.needs_reconcile = False
-            try:
-                await reconcile_now(False)
-            except Exception as exc:
-                log.error("reconciliation failed: %s", describe_error(exc))
-        if live.max_cycles is not None and driver.cycles >= live.max_cycles:
-            return f"max_cycles ({live.max_cycles}) reached"
-        ts += driver.step
-    return "stopped by signal or operator"
 
 
 async def _first_close(driver: LiveDriver, journal: Journal) -> int:
@@ -378,6 +357,10 @@ async def _restore(engine: TradingEngine, journal: Journal) -> None:
 
 def _snapshot(engine: TradingEngine) -> Any:
     return engine.gate.snapshot() if hasattr(engine.gate, "snapshot") else None
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _log_reconciliation(report: Reconciliation, *, at_start: bool) -> None:

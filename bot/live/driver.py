@@ -161,6 +161,9 @@ class LiveDriver:
 
     async def _cycle(self, ts: int, started: float) -> CycleReport:
         assert self.engine is not None
+        # Orders of unknown fate from earlier cycles: asked about when due; their coins keep
+        # their weight until the exchange's record settles them.
+        self.engine.planner.blocked = await self.executor.check_unknown(self.clock.now_ms())
         bars = await self._new_bars(ts)
         metrics = await self._new_metrics(ts)
         bus = self.engine.bus
@@ -182,7 +185,7 @@ class LiveDriver:
                 refusal.allowed,
                 refusal.detail,
             )
-        orders = await self.executor.execute_cycle(ts)
+        orders = await self.executor.execute_cycle(ts, deadline_ms=ts + self.step)
         latency = (time.perf_counter() - started) * 1000
         account = self.engine.account
         equity = account.equity()

@@ -2,17 +2,22 @@
 
 Both executors follow the engine's ``Executor`` protocol (``attach(bus)``) and the same cycle:
 the orders the planner emits while a decision is dispatched are collected, then
-:meth:`LiveExecutor.execute_cycle` journals the whole plan in ``state.db`` (one transaction) and
+:meth:`LiveExecutor.execute_cycle` journals the whole plan in ``state.db`` (one transaction),
 sends the orders one by one in plan order (sells first), marking each ``sending`` before its
-request leaves. Fills reach the engine as ``OrderFilled`` (once: the journal counts what was
-booked) and refusals as ``OrderRejected``.
+request leaves, and settles what stayed uncertain. Fills reach the engine as ``OrderFilled``
+(once: the journal counts what was booked) and refusals as ``OrderRejected``.
 
-* :class:`CcxtExecutor` trades on the exchange through ccxt. Errors are sorted at the boundary:
-  a refused request (HTTP 429/418, a stale timestamp) is resent after the wait the exchange asked
-  for; a request whose fate is unknown (timeout, 5xx, dropped connection) is never blindly
-  resent: the order is first looked up by its client id, and sent again only if the exchange
-  does not know it; a rejection (minimum notional, insufficient balance) is final; an
-  authentication failure stops the daemon with a clear message.
+The one rule of the order path: **an order whose outcome is unknown is never sent again until
+the exchange's own record says what happened.** Such an order is journalled ``unknown``, blocks
+new orders for its coin, and is looked up again (:meth:`LiveExecutor.resolve`) at the end of
+its cycle, at every later cycle and at every start, with backoff, until the exchange either
+shows it (its fill is booked) or proves it never received it: no record of it once
+``recvWindow`` plus ``unknown_settle_s`` have passed since the request was signed (a request
+the exchange has not received by then is refused when it arrives). Only then may the same
+intent be sent, and only while its cycle is current; otherwise it is abandoned and the next
+decision starts from the real balances.
+
+* :class:`bot.live.ccxt_executor.CcxtExecutor` trades on the exchange through ccxt.
 * :class:`PaperExecutor` fills at the live price (the close just published) with the configured
   slippage, fee and the exchange's filters; its balances are derived from the journal, so they
   are exactly as crash-safe as the orders.
@@ -20,29 +25,44 @@ booked) and refusals as ``OrderRejected``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
-from typing import Any
-
-import ccxt
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from bot.bus import EventBus
 from bot.engine.account import Account, coin_of
 from bot.engine.rules import MarketRules
 from bot.events import OrderFilled, OrderRejected, SubmitOrder
-from bot.feed.exchange import describe_error, is_temporary
-from bot.feed.retry import backoff_delay, retry_after_from
 from bot.live.journal import Journal, JournalOrder
-from bot.live.orders import OrderOutcome, outcome_from_ccxt
-from config.schema import BrokerConfig, LiveConfig
+from bot.live.orders import OrderOutcome
+from config.schema import BrokerConfig
 
 log = logging.getLogger(__name__)
 
+SETTLED, ABSENT, UNKNOWN = "settled", "absent", "unknown"
+"""What :meth:`LiveExecutor.resolve` learnt: the exchange showed the order (its state is
+journalled), proved it never received it, or cannot say yet (the order stays ``unknown``)."""
+
 
 class LiveTradingError(RuntimeError):
-    """A failure the daemon cannot trade through (bad credentials, no permission)."""
+    """A failure the daemon cannot trade through: the exchange refused the API key."""
+
+
+@dataclass(frozen=True)
+class NotSent:
+    """The request was refused before the exchange acted on it (rate limit, ban): not placed."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Uncertain:
+    """The request may have reached the exchange and nobody can say what happened."""
+
+    reason: str
+
+
+Placement = OrderOutcome | NotSent | Uncertain
 
 
 class LiveExecutor:
@@ -57,6 +77,12 @@ class LiveExecutor:
         self._bus: EventBus | None = None
         self.needs_reconcile = False
         """Set when an order's fate was uncertain: balances are re-read after the cycle."""
+        self.wait_until: Callable[[int], Awaitable[bool]] | None = None
+        """Sleeps until an exchange time (False when the daemon stops); settling waits on it."""
+        self.exchange_now: Callable[[], Awaitable[int]] | None = None
+        """Reads the exchange's own clock: an order is proven never received only on it."""
+        self.on_incident: Callable[[str], None] = lambda text: None
+        """Told once about each order whose fate became unknown, and about its resolution."""
 
     def attach(self, bus: EventBus) -> None:
         """Collect ``SubmitOrder`` from ``bus``; fills and rejections are published on it."""
@@ -68,31 +94,162 @@ class LiveExecutor:
         pending, self._pending[:] = list(self._pending), []
         return pending
 
-    async def execute_cycle(self, ts: int) -> int:
-        """Journal the orders collected for the decision at ``ts``, then send them in order.
+    # -- one cycle ------------------------------------------------------------------------------
 
-        Returns the number of orders of the cycle's plan. A resumed cycle (restart) keeps the
-        plan journalled the first time and sends only what was never sent.
-        """
-        orders = self.discard_pending()
+    async def execute_cycle(self, ts: int, *, deadline_ms: int | None = None) -> int:
+        """Journal the orders collected for the decision at ``ts`` and run the plan
+        (:meth:`run_plan`). Returns the number of orders of the cycle's plan. A resumed cycle
+        (restart) keeps the plan journalled the first time and sends only what was never
+        sent."""
+        orders = [self.shape(order) for order in self.discard_pending()]
         await self.journal.plan_cycle(ts, orders, self.now_ms())
+        return await self.run_plan(ts, deadline_ms=deadline_ms)
+
+    async def run_plan(self, ts: int, *, deadline_ms: int | None = None) -> int:
+        """Send the cycle's ``planned`` orders, sells then buys, each side's uncertain orders
+        settled (until ``deadline_ms``, exchange time) before the next side; then abandon what
+        could not be sent."""
         plan = await self.journal.cycle_orders(ts)
-        await self.send_planned(plan)
+        # Sells first, settled before the buys their proceeds pay for are sent.
+        for side in ("sell", "buy"):
+            rows = [r for r in await self.journal.cycle_orders(ts) if r.side == side]
+            await self.send_planned(rows)
+            if deadline_ms is not None:
+                await self.settle(ts, deadline_ms)
+        await self.abandon_unsent(ts, "not sent during its cycle")
         return len(plan)
 
     async def send_planned(self, rows: list[JournalOrder]) -> None:
-        """Send every ``planned`` order of ``rows`` (in order) and book what happens."""
+        """Send every ``planned`` order of ``rows`` (in order) and book what happens.
+
+        An order whose coin has an order of unknown fate from another cycle is not sent.
+        """
+        blocked = await self.blocked_coins()
         for row in rows:
             if row.status != "planned":
                 continue
-            await self.journal.mark_sending(row.client_order_id, self.now_ms())
-            outcome = await self.send(row.submit_order())
-            if outcome is not None:
-                await self.apply(row, outcome)
+            if row.coin in blocked:
+                await self.journal.record(
+                    row.client_order_id, self.now_ms(), status="planned", reason=blocked[row.coin]
+                )
+                log.warning("order %s not sent: %s", row.client_order_id, blocked[row.coin])
+                continue
+            now = self.now_ms()
+            await self.journal.mark_sending(row.client_order_id, now)
+            row = await self._row(row.client_order_id)
+            placed = await self.send(row.submit_order())
+            if isinstance(placed, NotSent):
+                await self.journal.record(
+                    row.client_order_id, self.now_ms(), status="planned", reason=placed.reason
+                )
+                log.warning("order %s not placed: %s", row.client_order_id, placed.reason)
+            elif isinstance(placed, Uncertain):
+                self.needs_reconcile = True
+                await self.resolve(row, self.now_ms(), first_reason=placed.reason)
+            else:
+                await self.apply(row, placed)
 
-    async def send(self, order: SubmitOrder) -> OrderOutcome | None:
-        """Place ``order`` and follow it until it settles; None when its fate stays unknown."""
+    async def settle(self, ts: int, deadline_ms: int) -> None:
+        """Look the cycle's ``unknown`` orders up when due, until none is left or the next
+        check lies past ``deadline_ms``; one the exchange proves it never received is sent
+        again (its cycle is current)."""
+        if self.wait_until is None:
+            return
+        while True:
+            rows = [r for r in await self.journal.cycle_orders(ts) if r.status == "unknown"]
+            if not rows:
+                return
+            due = min(r.next_check_ms or 0 for r in rows)
+            if due > deadline_ms or not await self.wait_until(due):
+                return
+            for row in rows:
+                now = self.now_ms()
+                if (row.next_check_ms or 0) > now:
+                    continue
+                if await self.resolve(row, now) == ABSENT:
+                    await self.journal.record(
+                        row.client_order_id,
+                        now,
+                        status="planned",
+                        reason="the exchange has no record of it: sent again",
+                    )
+                    await self.send_planned([await self._row(row.client_order_id)])
+
+    async def check_unknown(self, now_ms: int) -> dict[str, str]:
+        """Look up the ``unknown`` orders that are due (their cycles are over: one the exchange
+        never received is abandoned). Returns the coins still blocked -> why."""
+        for row in await self.journal.unknown_orders():
+            if (row.next_check_ms or 0) <= now_ms and await self.resolve(row, now_ms) == ABSENT:
+                await self.journal.record(
+                    row.client_order_id,
+                    now_ms,
+                    status="abandoned",
+                    reason="the exchange never received it; its cycle is over",
+                )
+                self.on_incident(
+                    f"order {row.client_order_id} ({row.side} {row.amount:.8g} {row.symbol}) "
+                    "never reached the exchange; its coin trades again"
+                )
+        return await self.blocked_coins()
+
+    async def blocked_coins(self) -> dict[str, str]:
+        """Coins with an order of unknown fate -> why no new order may be sent for them."""
+        blocked: dict[str, str] = {}
+        for row in await self.journal.unknown_orders():
+            blocked.setdefault(
+                row.coin,
+                f"order {row.client_order_id} ({row.side} {row.amount:.8g}) is of unknown fate; "
+                f"{row.coin} trades again once the exchange's record settles it",
+            )
+        return blocked
+
+    async def abandon_unsent(self, ts: int, reason: str) -> None:
+        """Mark the cycle's orders still ``planned`` as abandoned (never sent)."""
+        for row in await self.journal.cycle_orders(ts):
+            if row.status == "planned":
+                await self.journal.record(
+                    row.client_order_id,
+                    self.now_ms(),
+                    status="abandoned",
+                    reason=f"{reason}: {row.reason}" if row.reason else reason,
+                )
+
+    async def _row(self, client_order_id: str) -> JournalOrder:
+        row = await self.journal.order(client_order_id)
+        if row is None:  # pragma: no cover - the journal holds every order it planned
+            raise KeyError(client_order_id)
+        return row
+
+    # -- what each venue does ---------------------------------------------------------------------
+
+    def shape(self, order: SubmitOrder) -> SubmitOrder:
+        """The order as this venue sends it (journalled so): the planner's market order, or a
+        limit order when the venue is configured so."""
+        return order
+
+    async def send(self, order: SubmitOrder) -> Placement:
+        """Place ``order`` and follow it until it settles."""
         raise NotImplementedError
+
+    async def resolve(self, row: JournalOrder, now_ms: int, *, first_reason: str = "") -> str:
+        """Ask the exchange's record about ``row`` (sent, of unknown fate): ``SETTLED`` (its
+        state is journalled and booked), ``ABSENT`` (provably never received; the caller
+        decides) or ``UNKNOWN`` (journalled ``unknown`` with its next check)."""
+        raise NotImplementedError
+
+    async def balances(self, coins: tuple[str, ...], quote: str, initial_cash: float) -> dict:
+        """Total balance per asset (``quote`` and ``coins``) as the venue holds it."""
+        raise NotImplementedError
+
+    async def cancel(self, order: SubmitOrder, last: OrderOutcome | None = None) -> OrderOutcome:
+        """Cancel an open order; its final state (it may have filled meanwhile)."""
+        raise NotImplementedError
+
+    async def cancel_strays(self, coins: tuple[str, ...], quote: str) -> list[str]:
+        """Cancel open orders of ours the journal does not know; their client ids."""
+        return []
+
+    # -- booking --------------------------------------------------------------------------------
 
     async def apply(self, row: JournalOrder, outcome: OrderOutcome) -> None:
         """Journal ``outcome``; publish what is new: a fill (its unbooked part) or a rejection."""
@@ -112,11 +269,13 @@ class LiveExecutor:
             exchange_order_id=outcome.exchange_order_id,
             reason=outcome.reason,
             booked=outcome.filled if booking else None,
+            fee_quote=outcome.fee_quote,
+            fees=dict(outcome.fees) if outcome.fees else None,
         )
         bus = self._bus
         if booking:
             assert outcome.average_price is not None
-            fee = outcome.fee * new / outcome.filled if outcome.filled else 0.0
+            share = new / outcome.filled if outcome.filled else 0.0
             fill = OrderFilled(
                 now,
                 cid,
@@ -124,8 +283,9 @@ class LiveExecutor:
                 row.side,
                 new,
                 outcome.average_price,
-                fee,
+                outcome.fee * share,
                 outcome.fee_asset or "",
+                None if outcome.fee_quote is None else outcome.fee_quote * share,
             )
             if bus is not None:
                 await bus.publish(fill)
@@ -151,195 +311,6 @@ class LiveExecutor:
             await bus.publish(
                 OrderRejected(now, cid, row.symbol, row.side, row.amount, outcome.reason or "")
             )
-
-
-class CcxtExecutor(LiveExecutor):
-    """Orders on the exchange through a ccxt async client (Binance spot or its testnet)."""
-
-    mode = "exchange"
-
-    def __init__(
-        self,
-        exchange: Any,
-        journal: Journal,
-        now_ms: Callable[[], int],
-        cfg: LiveConfig,
-        rules: Mapping[str, MarketRules],
-        quote: str,
-        *,
-        max_retries: int = 5,
-        base_delay_s: float = 0.5,
-        max_wait_s: float = 120.0,
-        sleep: Callable[[float], Any] = asyncio.sleep,
-    ) -> None:
-        super().__init__(journal, now_ms)
-        self.exchange = exchange
-        self.cfg = cfg
-        self.rules = rules
-        self.quote = quote
-        self.max_retries = max_retries
-        self.base_delay_s = base_delay_s
-        self.max_wait_s = max_wait_s
-        self._sleep = sleep
-        self._retry_after = retry_after_from(exchange)
-
-    async def send(self, order: SubmitOrder) -> OrderOutcome | None:
-        """Place the order (retrying safely), then follow a limit order to its end."""
-        outcome = await self._place(order)
-        if outcome is None or outcome.settled:
-            return outcome
-        return await self._follow(order, outcome)
-
-    async def _place(self, order: SubmitOrder) -> OrderOutcome | None:
-        ex, cid = self.exchange, order.client_order_id
-        coin = coin_of(order.symbol)
-        price = None
-        if order.order_type == "limit":
-            price = order.limit_price or self._limit_price(order)
-        uncertain = False  # an earlier try of this order may have reached the exchange
-        for attempt in range(self.max_retries + 1):
-            try:
-                raw = await ex.create_order(
-                    order.symbol,
-                    order.order_type,
-                    order.side,
-                    order.amount,
-                    price,
-                    {"newClientOrderId": cid},
-                )
-                return outcome_from_ccxt(raw, coin, self.quote)
-            except ccxt.InvalidOrder as exc:  # InsufficientFunds included
-                if uncertain or "duplicate" in str(exc).lower():
-                    # The first try may have gone through after all (its funds are spent, or
-                    # it is on the book under this id): the exchange's record wins.
-                    known = await self.lookup(order, quiet=True)
-                    if known is not None:
-                        return known
-                return OrderOutcome("rejected", reason=describe_error(exc))
-            except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
-                raise LiveTradingError(
-                    f"the exchange refused the API key for {order.symbol} orders: "
-                    f"{describe_error(exc)}; check CRYPTORLPM_EXCHANGE_API_KEY / _SECRET"
-                ) from exc
-            except Exception as exc:
-                if not is_temporary(exc):
-                    return OrderOutcome("rejected", reason=describe_error(exc))
-                if attempt >= self.max_retries:
-                    log.error(
-                        "order %s: gave up after %d tries (%s); its fate is checked at the "
-                        "next reconciliation",
-                        cid,
-                        attempt + 1,
-                        describe_error(exc),
-                    )
-                    return await self.lookup(order, quiet=True)
-                delay = self._wait(attempt + 1, exc)
-                refused = isinstance(exc, ccxt.DDoSProtection | ccxt.InvalidNonce)
-                log.warning(
-                    "order %s %s: %s; %s in %.2f s",
-                    cid,
-                    order.symbol,
-                    describe_error(exc),
-                    "resending" if refused else "checking whether it arrived",
-                    delay,
-                )
-                if refused:
-                    await self._sleep(delay)
-                    if isinstance(exc, ccxt.InvalidNonce) or delay >= 0.5:
-                        await self._resync_time()  # signed timestamps after a long wait
-                    continue
-                uncertain = True
-                self.needs_reconcile = True
-                known = await self._find_unknown(order, delay)
-                if known is not None:
-                    return known
-        return None
-
-    async def _find_unknown(self, order: SubmitOrder, delay: float) -> OrderOutcome | None:
-        """Whether a request of unknown fate reached the exchange.
-
-        A request the client gave up on may still be processed: the exchange is asked only after
-        at least one more request timeout, and asked twice, a timeout apart, before the order
-        is taken as never received (and resent under the same client id).
-        """
-        timeout_s = float(getattr(self.exchange, "timeout", 10_000)) / 1000
-        await self._sleep(max(delay, timeout_s))
-        for check in range(2):
-            known = await self.lookup(order, quiet=True)
-            if known is not None:
-                return known
-            if check == 0:
-                await self._sleep(timeout_s)
-        return None
-
-    def _wait(self, attempt: int, exc: BaseException) -> float:
-        delay = backoff_delay(attempt, self.base_delay_s)
-        asked = self._retry_after(exc)
-        if asked is not None:
-            delay = max(delay, asked)
-        return min(delay, self.max_wait_s)
-
-    async def _resync_time(self) -> None:
-        try:
-            await self.exchange.load_time_difference()
-        except Exception as exc:  # the next request will tell
-            log.warning("could not resync with the exchange clock: %s", describe_error(exc))
-
-    def _limit_price(self, order: SubmitOrder) -> float:
-        offset = self.cfg.limit_offset_bps / 10_000
-        sign = 1.0 if order.side == "buy" else -1.0
-        rules = self.rules.get(coin_of(order.symbol), MarketRules())
-        return rules.round_price(order.reference_price * (1 + sign * offset))
-
-    async def lookup(self, order: SubmitOrder, *, quiet: bool = False) -> OrderOutcome | None:
-        """The exchange's view of ``order`` by client id; None when it does not know it (or
-        cannot say now)."""
-        cid = order.client_order_id
-        for attempt in range(self.max_retries + 1):
-            try:
-                raw = await self.exchange.fetch_order(cid, order.symbol, {"origClientOrderId": cid})
-                return outcome_from_ccxt(raw, coin_of(order.symbol), self.quote)
-            except ccxt.OrderNotFound:
-                return None
-            except Exception as exc:
-                if not is_temporary(exc) or attempt >= self.max_retries:
-                    self.needs_reconcile = True
-                    if not quiet:
-                        raise
-                    log.error("cannot look up order %s: %s", cid, describe_error(exc))
-                    return None
-                await self._sleep(self._wait(attempt + 1, exc))
-                if isinstance(exc, ccxt.InvalidNonce):
-                    await self._resync_time()
-        return None
-
-    async def _follow(self, order: SubmitOrder, outcome: OrderOutcome) -> OrderOutcome | None:
-        """Poll an open order until it settles or ``limit_timeout_s`` passes, then cancel it."""
-        deadline = time.monotonic() + self.cfg.limit_timeout_s
-        while time.monotonic() < deadline:
-            await self._sleep(self.cfg.order_poll_s)
-            current = await self.lookup(order, quiet=True)
-            if current is not None:
-                outcome = current
-                if outcome.settled:
-                    return outcome
-        return await self.cancel(order, outcome)
-
-    async def cancel(
-        self, order: SubmitOrder, last: OrderOutcome | None = None
-    ) -> OrderOutcome | None:
-        """Cancel an open order and return its final state (it may have filled meanwhile)."""
-        try:
-            await self.exchange.cancel_order(
-                last.exchange_order_id if last and last.exchange_order_id else None,
-                order.symbol,
-                {"origClientOrderId": order.client_order_id},
-            )
-        except ccxt.OrderNotFound:
-            pass  # filled or cancelled in the meantime: the lookup below says which
-        except Exception as exc:
-            log.error("cancel of %s failed: %s", order.client_order_id, describe_error(exc))
-        return await self.lookup(order, quiet=True) or last
 
 
 class PaperExecutor(LiveExecutor):
@@ -394,14 +365,30 @@ class PaperExecutor(LiveExecutor):
                 "rejected",
                 reason=f"notional {amount * price:.2f} below minimum {rules.min_notional:.2f}",
             )
+        fee = amount * price * self.fee_rate
         return OrderOutcome(
             "filled",
             filled=amount,
             average_price=price,
-            fee=amount * price * self.fee_rate,
+            fee=fee,
             fee_asset=self.account.quote,
             exchange_order_id=f"paper-{order.client_order_id}",
+            fees=((self.account.quote, fee),),
+            fee_quote=fee,
         )
+
+    async def resolve(self, row: JournalOrder, now_ms: int, *, first_reason: str = "") -> str:
+        """A paper fill is journalled in the same step as its ``sending`` mark: a row still
+        ``sending`` was never filled."""
+        return ABSENT
+
+    async def balances(self, coins: tuple[str, ...], quote: str, initial_cash: float) -> dict:
+        """Derived from the journal: the initial cash plus every journalled fill."""
+        return paper_balances(initial_cash, quote, await self.journal.orders())
+
+    async def cancel(self, order: SubmitOrder, last: OrderOutcome | None = None) -> OrderOutcome:
+        """Paper orders never rest on a book."""
+        return last or OrderOutcome("canceled")
 
 
 def paper_balances(initial_cash: float, quote: str, orders: list[JournalOrder]) -> dict[str, float]:

@@ -9,9 +9,14 @@ power cut, not only a crash.
 
 Order states: ``planned`` (journalled, not sent) -> ``sending`` (request may have left) ->
 ``open`` / ``partially_filled`` (on the book) -> ``filled`` | ``canceled`` | ``expired`` |
-``rejected``; ``abandoned`` is a planned order never sent because its cycle became too old.
-``booked`` is the amount already published to the engine as ``OrderFilled``, so a fill is
-booked once whatever the number of restarts.
+``rejected``. ``unknown``: a request may have reached the exchange but its fate could not be
+learnt (timeouts, -1007, 5xx, lookups failing); such an order is never sent again and blocks
+its coin until the exchange's own record settles it (``next_check_ms``, ``checks``).
+``abandoned`` is a planned order never sent (its cycle became too old, or the exchange proved
+it never received it once its cycle had passed). ``booked`` is the amount already published to
+the engine as ``OrderFilled``, so a fill is booked once whatever the number of restarts.
+``sent_ms`` is the exchange time of the last request's departure: a request signed then cannot
+be accepted after ``sent_ms + recvWindow``, which bounds how long an order can stay unknown.
 
 Nothing secret is ever written here: no API key, no signature, no request URL.
 """
@@ -29,8 +34,10 @@ import aiosqlite
 from bot.events import RiskRefusal, SubmitOrder
 from bot.store.sqlite import open_database
 
-OPEN_STATES = ("planned", "sending", "open", "partially_filled")
+OPEN_STATES = ("planned", "sending", "unknown", "open", "partially_filled")
 """Orders whose fate is not settled yet."""
+UNSETTLED_STATES = ("sending", "unknown", "open", "partially_filled")
+"""Orders that may be on the exchange and whose end is not known."""
 FINAL_STATES = ("filled", "canceled", "expired", "rejected", "abandoned")
 
 _MIGRATIONS = (
@@ -85,6 +92,13 @@ _MIGRATIONS = (
     );
     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    """
+    ALTER TABLE orders ADD COLUMN sent_ms INTEGER;      -- exchange ms the last request left
+    ALTER TABLE orders ADD COLUMN next_check_ms INTEGER; -- unknown: when to ask the exchange again
+    ALTER TABLE orders ADD COLUMN checks INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE orders ADD COLUMN fee_quote REAL;       -- every commission, in the quote currency
+    ALTER TABLE orders ADD COLUMN fees TEXT;            -- JSON {asset: commission}
+    """,
 )
 
 
@@ -109,6 +123,16 @@ class JournalOrder:
     fee_asset: str | None
     booked: float
     reason: str | None
+    sent_ms: int | None = None
+    next_check_ms: int | None = None
+    checks: int = 0
+    fee_quote: float | None = None
+    fees: str | None = None
+
+    @property
+    def coin(self) -> str:
+        """The traded coin (the symbol's base asset)."""
+        return self.symbol.split("/", 1)[0]
 
     def submit_order(self) -> SubmitOrder:
         """The command this row journals."""
@@ -234,7 +258,31 @@ class Journal:
 
     async def mark_sending(self, client_order_id: str, now_ms: int) -> None:
         """Committed before the order's request leaves: from now on its fate must be asked."""
-        await self._set(client_order_id, now_ms, status="sending")
+        await self._set(client_order_id, now_ms, status="sending", sent_ms=now_ms)
+
+    async def mark_unknown(
+        self, client_order_id: str, now_ms: int, *, next_check_ms: int, checks: int, reason: str
+    ) -> None:
+        """The order may be on the exchange and nobody can say: ask again at ``next_check_ms``."""
+        await self._set(
+            client_order_id,
+            now_ms,
+            status="unknown",
+            next_check_ms=next_check_ms,
+            checks=checks,
+            reason=reason,
+        )
+
+    async def unknown_orders(self) -> list[JournalOrder]:
+        """Orders of unknown fate, oldest first."""
+        return await self._orders("WHERE status = 'unknown' ORDER BY cycle_ts, seq", ())
+
+    async def unsettled_orders(self) -> list[JournalOrder]:
+        """Orders that may be on the exchange with no known end (sending, unknown, open)."""
+        marks = ", ".join("?" * len(UNSETTLED_STATES))
+        return await self._orders(
+            f"WHERE status IN ({marks}) ORDER BY cycle_ts, seq", UNSETTLED_STATES
+        )
 
     async def record(
         self,
@@ -249,6 +297,8 @@ class Journal:
         exchange_order_id: str | None = None,
         reason: str | None = None,
         booked: float | None = None,
+        fee_quote: float | None = None,
+        fees: dict[str, float] | None = None,
     ) -> None:
         """Store what the exchange said about an order (fields left None keep their value);
         ``booked``: the filled amount the engine is told about with this outcome."""
@@ -263,6 +313,8 @@ class Journal:
             exchange_order_id=exchange_order_id,
             reason=reason,
             booked=booked,
+            fee_quote=fee_quote,
+            fees=None if fees is None else json.dumps(fees, sort_keys=True),
         )
 
     async def mark_all_booked(self) -> None:

@@ -1,38 +1,38 @@
 """Reconciliation: make the journal and the account agree with the exchange before trading.
 
-Run at every start and every ``reconcile_every`` cycles. At a start it also finishes what a
-crash interrupted:
+Run at every start, every ``reconcile_every`` cycles, and before trading again after a ban. At
+a start it also finishes what a crash interrupted:
 
-1. **Orders of unknown fate** (``sending``, ``open``, ``partially_filled``) are looked up by
-   client id. Known to the exchange: its state is journalled (an open order of a finished cycle
-   is cancelled). Unknown and ``sending``: the request never arrived, so the order goes back to
-   ``planned``; it was not sent, and sending it later is not a duplicate.
-2. **Balances** are the exchange's (paper: derived from the journal) and replace the account's;
-   every journalled fill is then marked booked, since the balances already contain it.
+1. **Orders that may be on the exchange** (``sending``, ``unknown``, ``open``,
+   ``partially_filled``) are settled from the exchange's record
+   (:meth:`~bot.live.executor.LiveExecutor.resolve`): one it shows is journalled and booked (an
+   open order of a finished cycle is cancelled); one it provably never received goes back to
+   ``planned`` when its cycle is resumed, else is abandoned; one it cannot account for stays
+   ``unknown``, is never resent, and blocks its coin.
+2. **Balances** are the venue's (the exchange's, or paper's derived from the journal) and
+   replace the account's; every journalled fill is then marked booked, since the balances
+   already contain it.
 3. **An interrupted cycle** whose close is at most ``resume_within_bars`` bars old is resumed
-   with the plan journalled before the crash (its ``planned`` orders are sent), or, when it died
-   before its plan was journalled, handed back to the daemon to decide again (``redo``); an
-   older one is abandoned, so the next cycle re-plans from the real balances.
+   with the plan journalled before the crash (its ``planned`` orders are sent, its unknown ones
+   settled), or, when it died before its plan was journalled, handed back to the daemon to
+   decide again (``redo``); an older one is abandoned, so the next cycle re-plans from the real
+   balances.
 4. **Open orders on the exchange that the journal lacks**: ours (client id prefix ``rlpm-``)
    are cancelled, anyone else's are left alone with a warning.
+
+A refused API key surfaces as :class:`~bot.live.executor.LiveTradingError`, never as anything
+else: the daemon halts trading on it.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
-import ccxt
-
-from bot.engine.account import Account, coin_of
-from bot.feed.exchange import describe_error
-from bot.feed.retry import call_with_retries
-from bot.live.executor import CcxtExecutor, LiveExecutor, LiveTradingError, paper_balances
+from bot.engine.account import Account
+from bot.live.executor import ABSENT, SETTLED, UNKNOWN, LiveExecutor
 
 log = logging.getLogger(__name__)
-
-CLIENT_ID_PREFIX = "rlpm-"
 
 
 @dataclass
@@ -42,7 +42,9 @@ class Reconciliation:
     resolved: list[str] = field(default_factory=list)
     """Orders whose fate was learnt from the exchange."""
     unsent: list[str] = field(default_factory=list)
-    """Orders that never reached the exchange (back to planned)."""
+    """Orders the exchange never received (back to planned, or abandoned)."""
+    unknown: list[str] = field(default_factory=list)
+    """Orders whose fate the exchange's record does not settle yet (never resent)."""
     resumed: list[int] = field(default_factory=list)
     """Interrupted cycles finished with their journalled plan."""
     redo: list[int] = field(default_factory=list)
@@ -70,38 +72,56 @@ async def reconcile(
     journal = executor.journal
     report = Reconciliation()
     unfinished = await journal.unfinished_cycles() if at_start else {}
-    for row in await journal.open_orders():
-        if row.status == "planned":
-            continue
-        if isinstance(executor, CcxtExecutor):
-            order = row.submit_order()
-            outcome = await executor.lookup(order, quiet=True)
-            if outcome is None:
-                if row.status == "sending":
-                    await journal.record(row.client_order_id, now_ms, status="planned")
-                    report.unsent.append(row.client_order_id)
-                continue
-            if not outcome.settled and row.cycle_ts not in unfinished:
-                outcome = await executor.cancel(order, outcome) or outcome
+    resumable = _resumable(unfinished, now_ms, step_ms, resume_within_bars)
+    for row in await journal.unsettled_orders():
+        found = await executor.resolve(row, now_ms)
+        if found == SETTLED:
+            settled = await journal.order(row.client_order_id)
+            still_open = settled is not None and settled.status in ("open", "partially_filled")
+            if still_open and row.cycle_ts not in unfinished:
+                assert settled is not None
+                last = await executor.cancel(row.submit_order())
+                await executor.apply(settled, last)
                 report.cancelled.append(row.client_order_id)
-            await executor.apply(row, outcome)
             report.resolved.append(row.client_order_id)
-        elif row.status == "sending":  # paper: the fill is journalled with its status at once
-            await journal.record(row.client_order_id, now_ms, status="planned")
+        elif found == ABSENT:
+            again = row.cycle_ts == resumable
+            await journal.record(
+                row.client_order_id,
+                now_ms,
+                status="planned" if again else "abandoned",
+                reason="the exchange never received it" + ("" if again else "; its cycle is over"),
+            )
             report.unsent.append(row.client_order_id)
+        else:
+            assert found == UNKNOWN
+            report.unknown.append(row.client_order_id)
     await _sync_balances(executor, account, coins, initial_cash, now_ms, report)
     await journal.mark_all_booked()
     if at_start:
         for ts, status in unfinished.items():
-            recent = now_ms - ts <= resume_within_bars * step_ms
-            if status == "running" and recent and ts == max(unfinished):
+            if ts == resumable and status == "running":
                 report.redo.append(ts)  # died before planning: the daemon decides again
-                continue
-            window = resume_within_bars if status == "planned" else -1  # no plan: nothing to resume
-            await _finish_interrupted(executor, ts, now_ms, step_ms, window, report)
-        if isinstance(executor, CcxtExecutor):
-            await _cancel_strays(executor, coins, account.quote, report)
+            elif ts == resumable:
+                await _resume(executor, ts, deadline_ms=ts + step_ms, report=report)
+            else:
+                await _abandon(executor, ts, now_ms, report)
+        report.cancelled += await executor.cancel_strays(coins, account.quote)
     return report
+
+
+def _resumable(
+    unfinished: dict[int, str], now_ms: int, step_ms: int, resume_within_bars: int
+) -> int | None:
+    """The interrupted cycle to finish: the latest, if recent enough (a cycle that never
+    planned can only be decided again while it is the current one)."""
+    if not unfinished:
+        return None
+    ts = max(unfinished)
+    window = resume_within_bars if unfinished[ts] == "planned" else 0
+    if unfinished[ts] == "running":
+        window = max(window, resume_within_bars)
+    return ts if now_ms - ts <= window * step_ms else None
 
 
 async def _sync_balances(
@@ -113,23 +133,7 @@ async def _sync_balances(
     report: Reconciliation,
 ) -> None:
     quote = account.quote
-    if isinstance(executor, CcxtExecutor):
-        ex = executor.exchange
-        try:
-            balance: dict[str, Any] = await call_with_retries(
-                ex.fetch_balance,
-                max_retries=executor.max_retries,
-                base_delay_s=executor.base_delay_s,
-            )
-        except (ccxt.AuthenticationError, ccxt.PermissionDenied) as exc:
-            raise LiveTradingError(
-                f"the exchange refused the API key when reading balances: {describe_error(exc)}; "
-                "check CRYPTORLPM_EXCHANGE_API_KEY / CRYPTORLPM_EXCHANGE_SECRET (testnet keys for "
-                "the testnet)"
-            ) from None
-        totals = {a: float(v or 0.0) for a, v in (balance.get("total") or {}).items()}
-    else:
-        totals = paper_balances(initial_cash, quote, await executor.journal.orders())
+    totals = await executor.balances(coins, quote, initial_cash)
     wanted = (quote, *coins)
     before = {quote: account.cash, **account.holdings}
     for asset in wanted:
@@ -141,61 +145,24 @@ async def _sync_balances(
     await executor.journal.set_balances({a: totals.get(a, 0.0) for a in wanted}, now_ms)
 
 
-async def _finish_interrupted(
-    executor: LiveExecutor,
-    ts: int,
-    now_ms: int,
-    step_ms: int,
-    resume_within_bars: int,
-    report: Reconciliation,
+async def _resume(
+    executor: LiveExecutor, ts: int, *, deadline_ms: int, report: Reconciliation
 ) -> None:
     journal = executor.journal
     plan = await journal.cycle_orders(ts)
-    if now_ms - ts <= resume_within_bars * step_ms:
-        log.warning(
-            "resuming the cycle of %d interrupted by a restart (%d orders not sent yet)",
-            ts,
-            sum(1 for o in plan if o.status == "planned"),
-        )
-        await executor.send_planned(plan)
-        await journal.finish_cycle(ts, "done", now_ms, error="resumed after a restart")
-        report.resumed.append(ts)
-        return
-    for row in plan:
-        if row.status == "planned":
-            await journal.record(
-                row.client_order_id, now_ms, status="abandoned", reason="cycle too old to resume"
-            )
+    log.warning(
+        "resuming the cycle of %d interrupted by a restart (%d orders not sent yet)",
+        ts,
+        sum(1 for o in plan if o.status == "planned"),
+    )
+    await executor.run_plan(ts, deadline_ms=deadline_ms)
+    await journal.finish_cycle(ts, "done", executor.now_ms(), error="resumed after a restart")
+    report.resumed.append(ts)
+
+
+async def _abandon(executor: LiveExecutor, ts: int, now_ms: int, report: Reconciliation) -> None:
+    journal = executor.journal
+    await executor.abandon_unsent(ts, "cycle too old to resume")
     await journal.finish_cycle(ts, "abandoned", now_ms, error="interrupted; too old to resume")
     report.abandoned.append(ts)
     log.warning("abandoned the cycle of %d interrupted by a restart: too old to resume", ts)
-
-
-async def _cancel_strays(
-    executor: CcxtExecutor, coins: tuple[str, ...], quote: str, report: Reconciliation
-) -> None:
-    journal = executor.journal
-    for coin in coins:
-        symbol = f"{coin}/{quote}"
-        try:
-            open_orders = await executor.exchange.fetch_open_orders(symbol)
-        except Exception as exc:
-            log.warning("cannot list open %s orders: %s", symbol, describe_error(exc))
-            continue
-        for order in open_orders:
-            cid = str(order.get("clientOrderId") or "")
-            if await journal.order(cid) is not None:
-                continue
-            if cid.startswith(CLIENT_ID_PREFIX):
-                try:
-                    await executor.exchange.cancel_order(order.get("id"), symbol)
-                    report.cancelled.append(cid)
-                    log.warning("cancelled open order %s that state.db does not know", cid)
-                except Exception as exc:
-                    log.error("cannot cancel stray order %s: %s", cid, describe_error(exc))
-            else:
-                log.warning(
-                    "open %s order %s was not placed by this daemon; left alone",
-                    coin_of(symbol),
-                    cid or order.get("id"),
-                )

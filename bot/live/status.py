@@ -32,9 +32,37 @@ async def read_status(path: Path, *, orders: int = 10, refusals: int = 10) -> di
             "median_latency_ms": _median([c["latency_ms"] for c in done]),
             "orders": [o.__dict__ for o in await journal.orders(limit=orders)],
             "refusals": await journal.refusals(limit=refusals),
+            "exchange": await journal.get("exchange_guard"),
+            "trading_halt": await journal.get("trading_halt"),
+            "unknown_orders": [o.__dict__ for o in await journal.unknown_orders()],
+            "trading": await trading_lines(journal),
         }
     finally:
         await journal.close()
+
+
+async def trading_lines(journal: Journal) -> list[str]:
+    """What keeps the daemon from trading, one line each: a ban, refused credentials, orders
+    of unknown fate (empty when nothing does)."""
+    from bot.timeframes import ms_to_iso
+
+    lines = []
+    halt = await journal.get("trading_halt")
+    if halt:
+        lines.append(f"TRADING HALTED: {halt}")
+    guard = await journal.get("exchange_guard") or {}
+    ban = guard.get("banned") if isinstance(guard, dict) else None
+    if ban:
+        lines.append(
+            f"EXCHANGE BAN: {ban['detail']}; no request until {ms_to_iso(int(ban['until_ms']))}"
+        )
+    for order in await journal.unknown_orders():
+        lines.append(
+            f"ORDER OF UNKNOWN FATE: {order.client_order_id} {order.side} {order.amount:.8g} "
+            f"{order.symbol} ({order.reason}); {order.coin} is blocked, next check "
+            f"{ms_to_iso(order.next_check_ms) if order.next_check_ms else 'at the next cycle'}"
+        )
+    return lines
 
 
 def _median(values: list[float]) -> float | None:

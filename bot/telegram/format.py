@@ -182,8 +182,20 @@ def format_status(status: Mapping[str, Any]) -> str:
         f"Equity: {fmt_money(status.get('equity'))} {quote}".rstrip(),
         f"Cycles: {status.get('cycles', 'n/a')} (last {status.get('last_cycle') or 'never'})",
         f"Last error: {status.get('last_error') or 'none'}",
+        *(status.get("trading") or ()),
     ]
-    known = ("mode", "paused", "halted", "cycles", "last_cycle", "last_error", "equity", "quote")
+    known = (
+        "mode",
+        "paused",
+        "halted",
+        "cycles",
+        "last_cycle",
+        "last_error",
+        "equity",
+        "quote",
+        "trading",
+        "last_cycle_status",
+    )
     return truncate("\n".join(lines + _extras(status, known)))
 
 

@@ -62,7 +62,7 @@ metrics = ["daily_active_addresses", "dev_activity"]
 retries = 0
 """,
     )
-    async with FakeBinance() as exchange, FakeSantiment() as santiment:
+    async with FakeBinance(tls=False) as exchange, FakeSantiment() as santiment:
         for symbol in ("BTCUSDT", "ETHUSDT"):
             exchange.set_candles(
                 symbol, "1h", synthetic_candles(24 * 10 + 1, start_ms=START, timeframe="1h")

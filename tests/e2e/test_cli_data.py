@@ -108,7 +108,7 @@ async def test_a_bad_exchange_id_or_api_url_is_one_line(tmp_path: Path) -> None:
 
 
 async def test_a_bad_page_from_the_exchange_is_one_line(tmp_path: Path) -> None:
-    async with FakeBinance() as exchange:
+    async with FakeBinance(tls=False) as exchange:
         candles = synthetic_candles(30, start_ms=START, timeframe="1h")
         candles.loc[5, "high"] = candles.loc[5, "low"] / 2
         exchange.set_candles("BTCUSDT", "1h", candles)

@@ -1,7 +1,16 @@
 """A fake Binance spot exchange on 127.0.0.1 that speaks the protocol ccxt sends.
 
-``async with FakeBinance() as fake:`` starts an aiohttp server on a free port; point ccxt at
-``fake.url`` with ``ExchangeConfig(api_url=fake.url)`` (see ``bot.feed.exchange``). It answers:
+``async with FakeBinance() as fake:`` starts an aiohttp server on a free port; point ccxt at it
+with ``fake.exchange_config()`` (see ``bot.feed.exchange``).
+
+TLS (the default): ccxt applies Binance's spot error table only to URLs on its real hosts
+(``get_exceptions_by_url`` checks the prefix ``https://testnet.binance.vision``), so the fake
+serves HTTPS with a throwaway certificate authority (``trustme``) for ``testnet.binance.vision``
+and ``127.0.0.1``, and :meth:`FakeBinance.exchange_config` points ccxt at
+``https://testnet.binance.vision:PORT`` with ``[exchange].resolve`` sending that name to
+127.0.0.1 and ``[exchange].ca_file`` trusting the authority: every Binance error reaches ccxt as
+it does from the testnet, and is classified the same way. ``FakeBinance(tls=False)`` serves
+plain HTTP on ``fake.url`` (ccxt then maps some codes differently). It answers:
 
 - REST: ``GET /api/v3/ping``, ``/api/v3/time``, ``/api/v3/exchangeInfo`` and ``/api/v3/klines``
   (Binance semantics: ``startTime``/``endTime`` bound the open time, ``limit`` defaults to 500,
@@ -29,8 +38,12 @@ order hooks) comes from :class:`tests.fakes.binance_trading.TradingMixin`; a cli
 
 Clock: ``now_ms`` is fixed when set, wall time when ``None``, or runs ``speed`` times faster
 than real time from a start after :meth:`FakeBinance.accelerate`; :meth:`FakeBinance.advance`
-moves it. Every answer carries ``X-MBX-USED-WEIGHT-1M`` (the request weight of the last minute
-of that clock); with ``weight_limit`` set, requests past it get a 429 with ``Retry-After: 1``.
+moves it. Every answer carries ``X-MBX-USED-WEIGHT-1M`` (the request weight used in the current
+minute of that clock, Binance's real weights); with ``weight_limit`` set, a request past it gets
+a 429 with ``Retry-After`` up to the next minute. :meth:`FakeBinance.ban` is an IP ban: every
+request gets a 418 whose ``Retry-After`` says what is left, and each request during the ban
+extends it, as Binance does. Injected 429/418 carry ``Retry-After`` by default, and errors carry
+Binance's real message texts (:data:`MESSAGES`).
 """
 
 from __future__ import annotations
@@ -38,6 +51,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +61,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import trustme
 from aiohttp import WSMsgType, web
 
 from bot.store.market import CANDLE_COLUMNS
@@ -79,7 +95,7 @@ _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# Request weight per endpoint (Binance's, roughly); anything else weighs 1.
+# Request weight per endpoint, as Binance's spot API documents them; anything else weighs 1.
 WEIGHTS = {
     ("GET", "/api/v3/exchangeInfo"): 20,
     ("GET", "/api/v3/klines"): 2,
@@ -87,8 +103,24 @@ WEIGHTS = {
     ("GET", "/api/v3/order"): 4,
     ("GET", "/api/v3/allOrders"): 20,
     ("GET", "/api/v3/myTrades"): 20,
+    ("GET", "/api/v3/ticker/24hr"): 2,
+    ("GET", "/api/v3/ticker/price"): 2,
 }
 WEIGHT_WINDOW_MS = 60_000
+HOST = "testnet.binance.vision"
+"""The host name the TLS fake answers as (what ccxt's sandbox mode uses for spot)."""
+
+MESSAGES = {
+    -1003: "Too much request weight used; current limit is {limit} request weight per 1 MINUTE. "
+    "Please use WebSocket Streams for live updates to avoid polling the API.",
+    418: "Way too much request weight used; IP banned until {until}. Please use WebSocket "
+    "Streams for live updates to avoid bans.",
+    -1007: "Timeout waiting for response from backend server. Send status unknown; execution "
+    "status unknown.",
+    -1008: "Server is currently overloaded with other requests. Please try again in a few minutes.",
+    -1001: "Internal error; unable to process your request. Please try again.",
+}
+"""Binance's texts for the errors the fake makes up itself."""
 
 
 # --------------------------------------------------------------------------- state
@@ -105,6 +137,12 @@ class MarketSpec:
     step_size: str = "0.00001000"
     min_qty: str = "0.00001000"
     min_notional: str = "5.00000000"
+    market_max_qty: str = "1000.00000000"
+    """MARKET_LOT_SIZE ``maxQty``: the largest market order."""
+    percent_up: str = "5"
+    """PERCENT_PRICE_BY_SIDE: a limit price at most this times the current price..."""
+    percent_down: str = "0.2"
+    """...and at least this times it."""
     status: str = "TRADING"
 
 
@@ -121,6 +159,8 @@ class Fault:
     times: int | None = 1
     after: int = 0
     delay_s: float = 0.0
+    processed: bool = False
+    """The request is handled (an order is placed) and only its answer is replaced."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +192,8 @@ class ExchangeState:
     accel_speed: float | None = None
     accel_t0: float = 0.0
     weights: list[tuple[int, int]] = field(default_factory=list)  # (exchange ms, weight)
+    banned_until_ms: int | None = None
+    ban_requests: int = 0
 
     @property
     def now_ms(self) -> int:
@@ -230,8 +272,17 @@ class FakeBinance(TradingMixin):
     """The fake exchange server. Use as ``async with FakeBinance() as fake``."""
 
     def __init__(
-        self, symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT"), *, now_ms: int | None = None
+        self,
+        symbols: Sequence[str] = ("BTCUSDT", "ETHUSDT"),
+        *,
+        now_ms: int | None = None,
+        tls: bool = True,
     ) -> None:
+        self.tls = tls
+        self.ca_file: str | None = None
+        self.client_ssl: ssl.SSLContext | None = None
+        """An SSL context trusting the fake's authority, for raw requests to :attr:`url`."""
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.state = ExchangeState(fixed_now_ms=now_ms)
         for symbol in symbols:
             self.add_market(symbol)
@@ -240,6 +291,8 @@ class FakeBinance(TradingMixin):
             ("GET", "/api/v3/time"): self._time,
             ("GET", "/api/v3/exchangeInfo"): self._exchange_info,
             ("GET", "/api/v3/klines"): self._klines,
+            ("GET", "/api/v3/ticker/24hr"): self._ticker,
+            ("GET", "/api/v3/ticker/price"): self._ticker,
         }
         self.routes.update(self._init_trading())
         self.weight_limit: int | None = None
@@ -257,11 +310,25 @@ class FakeBinance(TradingMixin):
         self._closing.clear()
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        server_ssl = self._make_tls() if self.tls else None
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=server_ssl)
         await site.start()
         host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
+        self.port = port
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{port}"
         return self
+
+    def _make_tls(self) -> ssl.SSLContext:
+        """A throwaway authority and a certificate for ``testnet.binance.vision`` and 127.0.0.1."""
+        authority = trustme.CA()
+        certificate = authority.issue_cert(HOST, "127.0.0.1")
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        certificate.configure_cert(server)
+        self._tmp = tempfile.TemporaryDirectory(prefix="fake-binance-")
+        self.ca_file = f"{self._tmp.name}/ca.pem"
+        authority.cert_pem.write_to_path(self.ca_file)
+        self.client_ssl = ssl.create_default_context(cafile=self.ca_file)
+        return server
 
     async def __aexit__(
         self,
@@ -274,10 +341,20 @@ class FakeBinance(TradingMixin):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def exchange_config(self, **overrides: Any) -> ExchangeConfig:
-        """An :class:`ExchangeConfig` aimed at this fake: no client throttling, 5 s timeout."""
+        """An :class:`ExchangeConfig` aimed at this fake: no client throttling, 5 s timeout;
+        over TLS as ``testnet.binance.vision`` (resolved to 127.0.0.1, its authority trusted)."""
         values: dict[str, Any] = {"api_url": self.url, "rate_limit": False, "timeout_ms": 5_000}
+        if self.tls:
+            values |= {
+                "api_url": f"https://{HOST}:{self.port}",
+                "resolve": {HOST: "127.0.0.1"},
+                "ca_file": self.ca_file,
+            }
         return ExchangeConfig(**(values | overrides))
 
     # ---- state
@@ -309,10 +386,20 @@ class FakeBinance(TradingMixin):
 
     @property
     def used_weight(self) -> int:
-        """Request weight used in the last minute of the exchange's clock."""
-        now = self.now_ms
-        self.state.weights = [w for w in self.state.weights if w[0] > now - WEIGHT_WINDOW_MS]
-        return sum(weight for ts, weight in self.state.weights if ts <= now)
+        """Request weight used in the current minute of the exchange's clock (Binance counts
+        per calendar minute: the count starts again at each minute)."""
+        start = self.now_ms // WEIGHT_WINDOW_MS * WEIGHT_WINDOW_MS
+        self.state.weights = [w for w in self.state.weights if w[0] >= start]
+        return sum(weight for ts, weight in self.state.weights if ts <= self.now_ms)
+
+    def ban(self, seconds: float) -> None:
+        """An IP ban of ``seconds`` from now: every request gets a 418, and extends the ban."""
+        self.state.banned_until_ms = self.now_ms + int(seconds * 1000)
+
+    @property
+    def requests_during_ban(self) -> int:
+        """Requests that arrived while an IP ban was in force."""
+        return self.state.ban_requests
 
     def add_market(self, symbol: str, **spec: Any) -> MarketSpec:
         """List a spot market (``base``/``quote`` guessed from common quote assets if absent)."""
@@ -359,15 +446,33 @@ class FakeBinance(TradingMixin):
         *,
         after: int = 0,
         delay_s: float = 0.0,
+        processed: bool = False,
     ) -> Fault:
         """Answer the next ``times`` requests to ``path`` (after ``after`` normal ones) with
-        ``status``, ``body`` (dict: JSON, str: text; default a Binance-like body for 4xx and
-        ``Service Unavailable`` text for 5xx) and ``headers``, after waiting ``delay_s``.
-        ``status=None`` only delays. ``times=None`` keeps the fault until :meth:`clear_faults`.
-        ``path`` may name a method too (``"POST /api/v3/order"``): then only it is faulted."""
-        fault = Fault(status, body, headers, times, after, delay_s)
+        ``status``, ``body`` (dict: JSON, str: text; default Binance's body for the status: a
+        -1003 for 429, a ban for 418, ``Service Unavailable`` text for 5xx) and ``headers``
+        (a 429/418 carries ``Retry-After`` unless given: 1 s and 120 s), after waiting
+        ``delay_s``. ``processed``: the request is handled first (an order is placed) and only
+        its answer replaced. ``status=None`` only delays. ``times=None`` keeps the fault until
+        :meth:`clear_faults`. ``path`` may name a method too (``"POST /api/v3/order"``)."""
+        fault = Fault(status, body, headers, times, after, delay_s, processed)
         self.state.faults.setdefault(path, []).append(fault)
         return fault
+
+    def inject_code(
+        self,
+        path: str,
+        code: int,
+        *,
+        status: int = 503,
+        times: int | None = 1,
+        processed: bool = False,
+        after: int = 0,
+    ) -> Fault:
+        """Answer with Binance's JSON error ``code`` and its real message (a 5xx by default:
+        -1007 "execution status unknown", -1008 "server busy", -1001 internal error)."""
+        body = {"code": code, "msg": MESSAGES.get(code, "An unknown error occurred.")}
+        return self.inject(path, status, body, times=times, processed=processed, after=after)
 
     def delay(self, path: str, seconds: float, times: int | None = 1, *, after: int = 0) -> Fault:
         """Hold the next ``times`` requests to ``path`` for ``seconds``, then answer normally."""
@@ -414,6 +519,9 @@ class FakeBinance(TradingMixin):
         return response
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
+        banned = self._banned_answer()
+        if banned is not None:
+            return banned
         self.match_orders()  # resting limit orders fill lazily, whenever a request arrives
         fault = self._next_fault(f"{request.method} {request.path}")
         fault = fault or self._next_fault(request.path)
@@ -421,23 +529,42 @@ class FakeBinance(TradingMixin):
             if fault.delay_s:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), fault.delay_s)
-            if fault.status is not None:
+            if fault.status is not None and not fault.processed:
                 return self._fault_response(fault)
         if self.weight_limit is not None and self.used_weight > self.weight_limit:
-            msg = (
-                f"Too much request weight used; current limit is {self.weight_limit} request "
-                "weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid "
-                "polling the API."
-            )
+            msg = MESSAGES[-1003].format(limit=self.weight_limit)
+            wait = WEIGHT_WINDOW_MS - self.now_ms % WEIGHT_WINDOW_MS
             return web.json_response(
-                {"code": -1003, "msg": msg}, status=429, headers={"Retry-After": "1"}
+                {"code": -1003, "msg": msg},
+                status=429,
+                headers={"Retry-After": str(max(1, -(-wait // 1000)))},
             )
         handler = self.routes.get((request.method, request.path))
         if handler is None:
             return web.Response(
                 status=404, text=f"fake Binance: no route {request.method} {request.path}"
             )
-        return await handler(request)
+        answer = await handler(request)
+        if fault is not None and fault.status is not None:  # processed: only the answer is lost
+            return self._fault_response(fault)
+        return answer
+
+    def _banned_answer(self) -> web.Response | None:
+        """During an IP ban every request is refused with 418, and extends the ban."""
+        until = self.state.banned_until_ms
+        if until is None:
+            return None
+        now = self.now_ms
+        if now >= until:
+            self.state.banned_until_ms = None
+            return None
+        self.state.ban_requests += 1
+        until = self.state.banned_until_ms = until + 60_000  # each request extends the ban
+        return web.json_response(
+            {"code": -1003, "msg": MESSAGES[418].format(until=until)},
+            status=418,
+            headers={"Retry-After": str(-(-(until - now) // 1000))},
+        )
 
     @staticmethod
     def _weight(request: web.Request) -> int:
@@ -462,18 +589,21 @@ class FakeBinance(TradingMixin):
     def _fault_response(fault: Fault) -> web.Response:
         status = int(fault.status or 500)
         body = fault.body
+        headers = dict(fault.headers or {})
+        if status in (418, 429) and not any(k.lower() == "retry-after" for k in headers):
+            headers["Retry-After"] = "1" if status == 429 else "120"
         if body is None:
             if status == 429:
-                body = {"code": -1003, "msg": "Too much request weight used; please retry later."}
+                body = {"code": -1003, "msg": MESSAGES[-1003].format(limit=6000)}
             elif status == 418:
-                body = {"code": -1003, "msg": "Way too much request weight used; IP banned."}
+                body = {"code": -1003, "msg": MESSAGES[418].format(until=0)}
             elif status >= 500:
                 body = "Service Unavailable"
             else:
                 body = {"code": -1000, "msg": "An unknown error occurred."}
         if isinstance(body, dict | list):
-            return web.json_response(body, status=status, headers=fault.headers)
-        return web.Response(status=status, text=str(body), headers=fault.headers)
+            return web.json_response(body, status=status, headers=headers)
+        return web.Response(status=status, text=str(body), headers=headers)
 
     # ---- REST endpoints
 
@@ -504,6 +634,43 @@ class FakeBinance(TradingMixin):
                 ],
                 "exchangeFilters": [],
                 "symbols": [_symbol_info(m) for m in self.state.markets.values()],
+            }
+        )
+
+    async def _ticker(self, request: web.Request) -> web.Response:
+        symbol = request.query.get("symbol", "")
+        if symbol not in self.state.markets:
+            return binance_error(400, -1121, "Invalid symbol.")
+        price = self.price(symbol)
+        if price is None:
+            return binance_error(400, -1121, "Invalid symbol.")
+        text = _num(price)
+        if request.path.endswith("/price"):
+            return web.json_response({"symbol": symbol, "price": text})
+        now = self.now_ms
+        return web.json_response(
+            {
+                "symbol": symbol,
+                "priceChange": "0.00000000",
+                "priceChangePercent": "0.000",
+                "weightedAvgPrice": text,
+                "prevClosePrice": text,
+                "lastPrice": text,
+                "lastQty": "1.00000000",
+                "bidPrice": text,
+                "bidQty": "1.00000000",
+                "askPrice": text,
+                "askQty": "1.00000000",
+                "openPrice": text,
+                "highPrice": text,
+                "lowPrice": text,
+                "volume": "0.00000000",
+                "quoteVolume": "0.00000000",
+                "openTime": now - 86_400_000,
+                "closeTime": now,
+                "firstId": 1,
+                "lastId": 1,
+                "count": 1,
             }
         )
 
@@ -698,9 +865,20 @@ def _symbol_info(market: MarketSpec) -> dict[str, Any]:
             {
                 "filterType": "MARKET_LOT_SIZE",
                 "minQty": "0.00000000",
-                "maxQty": "100.00000000",
+                "maxQty": market.market_max_qty,
                 "stepSize": "0.00000000",
             },
+            {
+                "filterType": "PERCENT_PRICE_BY_SIDE",
+                "bidMultiplierUp": market.percent_up,
+                "bidMultiplierDown": market.percent_down,
+                "askMultiplierUp": market.percent_up,
+                "askMultiplierDown": market.percent_down,
+                "avgPriceMins": 5,
+            },
+            {"filterType": "ICEBERG_PARTS", "limit": 10},
+            {"filterType": "MAX_NUM_ORDERS", "maxNumOrders": 200},
+            {"filterType": "MAX_NUM_ALGO_ORDERS", "maxNumAlgoOrders": 5},
         ],
         "permissions": [],
         "permissionSets": [["SPOT", "MARGIN"]],

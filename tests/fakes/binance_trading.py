@@ -11,10 +11,15 @@ works on the exchange's clock (``self.now_ms``), markets (``self.state.markets``
 - Endpoints: ``GET /api/v3/account``, ``POST``/``GET``/``DELETE /api/v3/order``,
   ``GET /api/v3/openOrders``, ``/api/v3/allOrders`` and ``/api/v3/myTrades``, in Binance's shapes.
 - Orders: MARKET orders fill at once at :meth:`TradingMixin.price` (commission ``fee_rate`` of the
-  received asset); LIMIT orders rest with their funds locked and are matched whenever a request
-  arrives (or on :meth:`TradingMixin.match_orders`): a buy fills at its limit when the price is at
-  or below it, a sell at or above (a limit that crosses when placed fills at once at the price).
-  :meth:`TradingMixin.partial_fills` makes orders fill only in part.
+  received asset, or, when the account holds enough BNB and BNBUSDT has a price, ``fee_rate``
+  less Binance's 25 % discount paid in BNB); LIMIT orders rest with their funds locked and are
+  matched whenever a request arrives (or on :meth:`TradingMixin.match_orders`): a buy fills at
+  its limit when the price is at or below it, a sell at or above (a limit that crosses when
+  placed fills at once at the price). :meth:`TradingMixin.partial_fills` makes orders fill only
+  in part.
+- Filters as Binance applies them: LOT_SIZE, PRICE_FILTER, NOTIONAL (market orders too),
+  MARKET_LOT_SIZE (market orders) and PERCENT_PRICE_BY_SIDE (limit prices within the multipliers
+  of the current price); ``newClientOrderId`` must match ``^[.A-Z:/a-z0-9_-]{1,36}$``.
 - Crash tests: :meth:`TradingMixin.on_order` hooks run when an order request is ``"received"``
   (authenticated, not yet validated), ``"rejected"`` and ``"processed"`` (booked, answer not yet
   written); a hook may sleep, or kill the client.
@@ -28,6 +33,7 @@ import hashlib
 import hmac
 import inspect
 import itertools
+import re
 import secrets as _secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +57,9 @@ OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED")
 DEFAULT_RECV_WINDOW = 5_000
 MAX_RECV_WINDOW = 60_000
 INSUFFICIENT = "Account has insufficient balance for requested action."
+CLIENT_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
+BNB_DISCOUNT = Decimal("0.75")
+"""Share of the commission paid when it is paid in BNB (Binance's 25 % discount)."""
 
 OrderHook = Callable[[str, dict[str, Any]], Awaitable[None] | None]
 
@@ -268,6 +277,7 @@ class TradingMixin:
         self.timestamp_clock: str | None = "exchange"
         self.order_requests: list[OrderRequest] = []
         self._accounts: dict[str, Account] = {}
+        self._revoked: set[str] = set()
         self._orders: list[Order] = []
         self._order_ids = itertools.count(1)
         self._trade_ids = itertools.count(1)
@@ -291,6 +301,11 @@ class TradingMixin:
         self._accounts[api_key] = Account(
             api_key, secret, {asset: Decimal(str(v)) for asset, v in balances.items()}
         )
+
+    def revoke(self, api_key: str) -> None:
+        """Revoke ``api_key`` (as deleting it, or an IP whitelist change, does): every signed
+        request with it now gets Binance's 401 -2015."""
+        self._revoked.add(api_key)
 
     def set_balance(self, api_key: str, asset: str, free: float) -> None:
         """Set the free balance of ``asset`` (what is locked by open orders stays locked)."""
@@ -427,8 +442,11 @@ class TradingMixin:
             market = self.state.markets[order.symbol]
             fee = Decimal(str(self.fee_rate))
             quote_qty = _q8(qty * price)
+            bnb = self._bnb_commission(account, market, quote_qty)
             if order.side == "BUY":
                 commission, asset = _q8(qty * fee, ROUND_UP), market.base
+                if bnb is not None:
+                    commission, asset = bnb
                 spent = quote_qty
                 if order.lock_asset:  # the limit reserved qty * limit price
                     release = min(order.locked, _q8(qty * order.price, ROUND_UP))
@@ -437,16 +455,22 @@ class TradingMixin:
                     account.add(market.quote, release - spent)
                 else:
                     account.add(market.quote, -spent)
-                account.add(market.base, qty - commission)
+                account.add(market.base, qty - (commission if asset == market.base else ZERO))
             else:
                 commission, asset = _q8(quote_qty * fee, ROUND_UP), market.quote
+                if bnb is not None:
+                    commission, asset = bnb
                 if order.lock_asset:
                     release = min(order.locked, qty)
                     order.locked -= release
                     account.add(market.base, -release, locked=True)
                 else:
                     account.add(market.base, -qty)
-                account.add(market.quote, quote_qty - commission)
+                account.add(
+                    market.quote, quote_qty - (commission if asset == market.quote else ZERO)
+                )
+            if asset == "BNB" and asset not in (market.base, market.quote):
+                account.add("BNB", -commission)
             trade_id = next(self._trade_ids)
             order.fills.append(
                 Fill(trade_id, price, qty, quote_qty, commission, asset, now, is_maker)
@@ -457,6 +481,24 @@ class TradingMixin:
             self._close(order, "FILLED")
         elif order.executed_qty > 0:
             order.status = "PARTIALLY_FILLED"
+
+    def _bnb_commission(
+        self, account: Account, market: MarketSpec, quote_qty: Decimal
+    ) -> tuple[Decimal, str] | None:
+        """The commission in BNB, when the account holds enough of it (Binance's "use BNB to pay
+        fees") and BNB has a price in the trade's quote currency; else None."""
+        if "BNB" in (market.base, market.quote):
+            return None
+        free = account.free.get("BNB", ZERO)
+        price = (
+            self.price(f"BNB{market.quote}") if f"BNB{market.quote}" in self.state.markets else None
+        )
+        if free <= 0 or not price:
+            return None
+        commission = _q8(
+            quote_qty * Decimal(str(self.fee_rate)) * BNB_DISCOUNT / Decimal(str(price)), ROUND_UP
+        )
+        return (commission, "BNB") if free >= commission else None
 
     def _close(self, order: Order, status: str) -> None:
         """End ``order`` with ``status`` and give back whatever it still locks."""
@@ -484,7 +526,8 @@ class TradingMixin:
 
     async def _authenticate(self, request: web.Request) -> tuple[Account, dict[str, str]]:
         """The account and the parameters (query and form body) of a signed request."""
-        account = self._accounts.get(request.headers.get("X-MBX-APIKEY", ""))
+        key = request.headers.get("X-MBX-APIKEY", "")
+        account = None if key in self._revoked else self._accounts.get(key)
         if account is None:
             raise BinanceError(401, -2015, "Invalid API-key, IP, or permissions for action.")
         query = request.rel_url.raw_query_string
@@ -506,7 +549,11 @@ class TradingMixin:
         if self.timestamp_clock is None:
             return account, params
         now = self.now_ms if self.timestamp_clock == "exchange" else time.time_ns() // 1_000_000
-        if timestamp > now + 1000 or now - timestamp > window:
+        if timestamp > now + 1000:
+            raise BinanceError(
+                400, -1021, "Timestamp for this request was 1000ms ahead of the server's time."
+            )
+        if now - timestamp > window:
             raise BinanceError(
                 400, -1021, "Timestamp for this request is outside of the recvWindow."
             )
@@ -636,8 +683,15 @@ class TradingMixin:
                 raise _missing("timeInForce")
             if tif not in ("GTC", "IOC", "FOK"):
                 raise BinanceError(400, -1115, "Invalid timeInForce.")
-        self._check_filters(market, qty, price, limit=kind == "LIMIT")
+        self._check_filters(market, qty, price, limit=kind == "LIMIT", side=side)
         client_id = params.get("newClientOrderId") or f"fake{_secrets.token_hex(10)}"
+        if not CLIENT_ID.match(client_id):
+            raise BinanceError(
+                400,
+                -1100,
+                "Illegal characters found in parameter 'newClientOrderId'; legal range is "
+                "'^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.",
+            )
         if any(
             o.api_key == account.api_key and o.is_open and o.client_order_id == client_id
             for o in self._orders
@@ -688,15 +742,23 @@ class TradingMixin:
         return order
 
     def _check_filters(
-        self, market: MarketSpec, qty: Decimal, price: Decimal, *, limit: bool
+        self, market: MarketSpec, qty: Decimal, price: Decimal, *, limit: bool, side: str
     ) -> None:
         step, min_qty = Decimal(market.step_size), Decimal(market.min_qty)
         if qty < min_qty or qty > 9000 or (step > 0 and (qty - min_qty) % step != 0):
             raise BinanceError(400, -1013, "Filter failure: LOT_SIZE")
+        if not limit and qty > Decimal(market.market_max_qty):
+            raise BinanceError(400, -1013, "Filter failure: MARKET_LOT_SIZE")
         if limit:
             tick = Decimal(market.tick_size)
             if price < tick or price > 1_000_000 or (tick > 0 and (price - tick) % tick != 0):
                 raise BinanceError(400, -1013, "Filter failure: PRICE_FILTER")
+            current = self.price(market.symbol)
+            if current is not None:
+                now = Decimal(str(current))
+                up, down = Decimal(market.percent_up), Decimal(market.percent_down)
+                if not now * down <= price <= now * up:
+                    raise BinanceError(400, -1013, "Filter failure: PERCENT_PRICE_BY_SIDE")
         if qty * price < Decimal(market.min_notional):
             raise BinanceError(400, -1013, "Filter failure: NOTIONAL")
 
@@ -767,9 +829,17 @@ class TradingMixin:
         self, request: web.Request, account: Account, params: dict[str, str]
     ) -> web.Response:
         symbol = self._market(params).symbol
-        mine = [o for o in self._orders if o.api_key == account.api_key and o.symbol == symbol]
+        start = int(params.get("startTime", 0))
+        end = int(params.get("endTime", 2**62))
+        mine = [
+            o
+            for o in self._orders
+            if o.api_key == account.api_key and o.symbol == symbol and start <= o.time <= end
+        ]
         limit = int(params.get("limit", 500))
-        return web.json_response([o.to_json() for o in mine][-limit:])
+        # With startTime Binance lists the oldest orders from it; without, the most recent.
+        chosen = mine[:limit] if "startTime" in params else mine[-limit:]
+        return web.json_response([o.to_json() for o in chosen])
 
     async def _my_trades(
         self, request: web.Request, account: Account, params: dict[str, str]

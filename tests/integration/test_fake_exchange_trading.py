@@ -13,6 +13,7 @@ import ccxt
 import pytest
 
 from bot.feed.exchange import create_exchange
+from bot.feed.guard import ExchangeBanned, GuardClock
 from bot.timeframes import MINUTE_MS, to_ms
 from config.schema import Secrets
 from tests.fakes.binance import FakeBinance, sign, synthetic_candles
@@ -41,7 +42,7 @@ class Clients:
         secrets = Secrets(exchange_api_key=key, exchange_secret=secret)
         ex = create_exchange(self.fake.exchange_config(), secrets)
         ex.options.update(options)
-        ex.timeout_on_exit = 0  # ccxt sleeps 250 ms on close() for TLS; plain HTTP here
+        ex.timeout_on_exit = 0  # ccxt sleeps 250 ms on close() to let TLS connections end
         self.made.append(ex)
         return ex
 
@@ -63,13 +64,20 @@ def exchange(clients: Clients) -> Any:
 
 
 async def signed(
-    fake: FakeBinance, method: str, path: str, params: dict[str, Any], secret: str = SECRET
+    fake: FakeBinance,
+    method: str,
+    path: str,
+    params: dict[str, Any],
+    secret: str = SECRET,
+    *,
+    timestamp: int | None = None,
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     """A raw signed request, as Binance documents it (no ccxt in between)."""
-    query = urlencode(params | {"timestamp": fake.now_ms})
+    query = urlencode(params | {"timestamp": fake.now_ms if timestamp is None else timestamp})
     query += "&signature=" + sign(query, secret)
     headers = {"X-MBX-APIKEY": KEY}
-    async with aiohttp.ClientSession() as http:
+    connector = aiohttp.TCPConnector(ssl=fake.client_ssl) if fake.client_ssl else None
+    async with aiohttp.ClientSession(connector=connector) as http:
         if method == "POST":
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             request = http.post(fake.url + path, data=query, headers=headers)
@@ -200,7 +208,7 @@ async def test_rejections_map_to_ccxt_errors(
     with pytest.raises(ccxt.InsufficientFunds):
         await exchange.create_order(BTC, "limit", "sell", 2.0, 100.0)
     fake.set_balance(KEY, "BTC", 2.0)
-    await exchange.create_order(BTC, "limit", "sell", 2.0, 1000.0)
+    await exchange.create_order(BTC, "limit", "sell", 2.0, 400.0)
     await exchange.create_order(BTC, "limit", "buy", 1.0, 50.0, {"newClientOrderId": "dup"})
     with pytest.raises(ccxt.InvalidOrder, match="Duplicate order sent"):
         await exchange.create_order(BTC, "limit", "buy", 1.0, 60.0, {"newClientOrderId": "dup"})
@@ -235,7 +243,7 @@ async def test_filters_and_auth_errors_have_binance_codes(fake: FakeBinance) -> 
     bad_sig = await signed(fake, "GET", "/api/v3/account", {}, secret="wrong")
     missing = await signed(fake, "GET", "/api/v3/order", {"symbol": "BTCUSDT", "orderId": 7})
     url = fake.url + "/api/v3/account?timestamp=1&signature=x"
-    async with aiohttp.ClientSession() as http, http.get(url) as response:
+    async with aiohttp.ClientSession() as http, http.get(url, ssl=fake.client_ssl) as response:
         no_key = (response.status, await response.json())
 
     assert lot[:2] == (400, {"code": -1013, "msg": "Filter failure: LOT_SIZE"})
@@ -247,6 +255,60 @@ async def test_filters_and_auth_errors_have_binance_codes(fake: FakeBinance) -> 
         401,
         {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."},
     )
+
+
+async def test_market_and_limit_filters_client_ids_and_clock_errors_answer_as_binance(
+    fake: FakeBinance,
+) -> None:
+    fake.state.markets["BTCUSDT"].market_max_qty = "2.00000000"
+    market = {"symbol": "BTCUSDT", "side": "BUY", "type": "MARKET"}
+    limit = {"symbol": "BTCUSDT", "side": "SELL", "type": "LIMIT", "timeInForce": "GTC"}
+    too_big = await signed(fake, "POST", "/api/v3/order", market | {"quantity": "3"})
+    far = await signed(fake, "POST", "/api/v3/order", limit | {"quantity": "1", "price": "501"})
+    bad_id = await signed(
+        fake, "POST", "/api/v3/order", market | {"quantity": "1", "newClientOrderId": "a b"}
+    )
+    ahead = await signed(fake, "GET", "/api/v3/account", {}, timestamp=fake.now_ms + 1_500)
+    late = await signed(fake, "GET", "/api/v3/account", {}, timestamp=fake.now_ms - 6_000)
+
+    assert too_big[:2] == (400, {"code": -1013, "msg": "Filter failure: MARKET_LOT_SIZE"})
+    assert far[:2] == (400, {"code": -1013, "msg": "Filter failure: PERCENT_PRICE_BY_SIDE"})
+    assert bad_id[0] == 400 and bad_id[1]["code"] == -1100
+    assert "newClientOrderId" in bad_id[1]["msg"]
+    assert ahead[1] == {
+        "code": -1021,
+        "msg": "Timestamp for this request was 1000ms ahead of the server's time.",
+    }
+    assert late[1]["msg"] == "Timestamp for this request is outside of the recvWindow."
+    assert fake.orders() == []
+
+
+async def test_a_418_is_an_ip_ban_that_every_request_extends(fake: FakeBinance) -> None:
+    fake.now_ms = T0
+    fake.ban(120)
+    status, body, headers = await signed(fake, "GET", "/api/v3/time", {})
+    assert body["code"] == -1003 and "IP banned until" in body["msg"]
+    # the request during the ban added a minute to it
+    assert (status, headers["Retry-After"], fake.requests_during_ban) == (418, "180", 1)
+    fake.advance(170_000)
+    status, _, headers = await signed(fake, "GET", "/api/v3/account", {})
+    assert (status, headers["Retry-After"], fake.requests_during_ban) == (418, "70", 2)
+    fake.advance(70_000)
+    assert (await signed(fake, "GET", "/api/v3/account", {}))[0] == 200
+
+
+async def test_fees_are_paid_in_bnb_with_the_discount_when_the_account_holds_bnb(
+    fake: FakeBinance, exchange: Any
+) -> None:
+    fake.add_market("BNBUSDT")
+    fake.set_price("BNBUSDT", 200.0)
+    fake.set_balance(KEY, "BNB", 1.0)
+    order = await exchange.create_order(BTC, "market", "buy", 2.0)  # 200 USDT at 100
+    [trade] = fake.trades(KEY)
+    assert (trade["commissionAsset"], trade["commission"]) == ("BNB", "0.00075000")
+    assert order["fee"] == {"currency": "BNB", "cost": 0.00075}
+    balances = fake.balances(KEY)
+    assert (balances["BTC"], balances["BNB"]) == (3.0, 0.99925)  # the whole 2 BTC arrived
 
 
 async def test_timestamps_outside_the_recv_window_are_invalid_nonces(
@@ -288,17 +350,28 @@ async def test_adjusting_for_time_difference_trades_on_a_fixed_clock_at_the_cand
 async def test_injected_429_on_the_order_path_is_a_rate_limit_error(
     fake: FakeBinance, exchange: Any
 ) -> None:
+    now = [1_000_000]
+    exchange.guard.clock = GuardClock(now_ms=lambda: now[0])
     fake.inject("/api/v3/order", 429, headers={"Retry-After": "1"})
 
     # ccxt's binance raises DDoSProtection for any HTTP 418/429 (RateLimitExceeded only
-    # for a -1003 code with another status).
-    with pytest.raises(ccxt.DDoSProtection):
+    # for a -1003 code with another status); the guard makes it ExchangeBanned and keeps the
+    # next request home until Retry-After has passed.
+    with pytest.raises(ExchangeBanned) as first:
         await exchange.create_order(BTC, "market", "buy", 1.0)
+    assert first.value.retry_after == 1.0
     assert fake.orders() == []
+    requests = len(fake.requests())
+    with pytest.raises(ExchangeBanned, match="not sent"):
+        await exchange.create_order(BTC, "market", "buy", 1.0)
+    assert len(fake.requests()) == requests
+    now[0] += 1_000
     assert (await exchange.create_order(BTC, "market", "buy", 1.0))["status"] == "closed"
 
 
 async def test_request_weight_is_reported_and_limited(fake: FakeBinance, exchange: Any) -> None:
+    fake.timestamp_clock = None  # the exchange's clock is fixed below; ccxt signs with the wall's
+    fake.now_ms = 1_709_251_230_000  # 30 s into a minute: weight counts per calendar minute
     await exchange.load_markets()  # exchangeInfo: 20
     await exchange.fetch_balance()  # account: 20
     assert exchange.last_response_headers["X-MBX-USED-WEIGHT-1M"] == "40"
@@ -310,9 +383,10 @@ async def test_request_weight_is_reported_and_limited(fake: FakeBinance, exchang
     with pytest.raises(ccxt.DDoSProtection):
         await exchange.fetch_balance()  # 67 > 50
     status, body, headers = await signed(fake, "GET", "/api/v3/account", {})
-    assert (status, body["code"], headers["Retry-After"]) == (429, -1003, "1")
+    # Retry-After: the seconds left until the minute's count starts again
+    assert (status, body["code"], headers["Retry-After"]) == (429, -1003, "30")
 
-    fake.advance(61_000)  # a minute later (the clock was the wall's: now it is fixed)
+    fake.advance(30_000)  # the next minute
     assert fake.used_weight == 0
 
 

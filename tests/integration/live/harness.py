@@ -74,9 +74,11 @@ def live_config(
                 "policy": policy,
                 "grace_s": GRACE_MS / 1000,
                 "warmup_days": 1,
-                "clock_speed": 600.0,
+                "clock_speed": 1.0,
+                "clock_poll_s": 0.05,
                 "order_poll_s": 0.05,
                 "limit_timeout_s": 0.5,
+                "unknown_settle_s": 1.0,
                 **live,
             }
         ),
@@ -100,6 +102,29 @@ async def cycles_done(state_db: Path) -> int:
     return int(row[0]) if row else 0
 
 
+async def next_unknown_check(state_db: Path) -> int | None:
+    """The earliest ``next_check_ms`` of the orders of unknown fate in ``state_db``."""
+    if not state_db.exists():
+        return None
+    try:
+        async with (
+            aiosqlite.connect(state_db) as db,
+            db.execute("SELECT MIN(next_check_ms) FROM orders WHERE status = 'unknown'") as cursor,
+        ):
+            row = await cursor.fetchone()
+    except aiosqlite.OperationalError:  # not created (or migrated) yet
+        return None
+    return None if row is None or row[0] is None else int(row[0])
+
+
+async def advance_to_unknown_checks(fake: FakeBinance, state_db: Path, limit_ms: int) -> None:
+    """Move the fake's stepped clock to the daemon's next check of an order of unknown fate
+    (never past ``limit_ms``): the daemon waits for it on the exchange's clock."""
+    due = await next_unknown_check(state_db)
+    if due is not None and fake.now_ms < due <= limit_ms:
+        fake.now_ms = due
+
+
 async def wait_ready(data_dir: Path) -> None:
     """Return once a daemon answers on its control socket (start-up is over)."""
     socket = data_dir / "control.sock"
@@ -119,17 +144,24 @@ async def step_cycles(
     """Move the exchange's clock to each close (+ grace) once the previous cycle is done.
 
     Waits first for the daemon's control socket: it opens once start-up (warm-up,
-    reconciliation) is over and the daemon waits for its first close.
+    reconciliation) is over and the daemon waits for its first close. While a cycle settles an
+    order of unknown fate, the clock moves (within the bar) to the daemon's next check of it.
     """
     async with asyncio.timeout(timeout):
         await wait_ready(state_db.parent)
         for k in range(cycles):
-            fake.now_ms = first_close + k * MINUTE_MS + GRACE_MS + 5
+            close = first_close + k * MINUTE_MS
+            fake.now_ms = close + GRACE_MS + 5
             while await cycles_done(state_db) < k + 1:
+                await advance_to_unknown_checks(fake, state_db, close + MINUTE_MS - 1)
                 await asyncio.sleep(0.02)
 
 
 # ------------------------------------------------------------------ the daemon as a process
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
 
 
 def _toml_value(value: Any) -> str:
@@ -142,7 +174,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -152,7 +186,9 @@ def write_config(cfg: AppConfig, path: Path) -> Path:
     lines = []
     for section, values in data.items():
         lines.append(f"[{section}]")
-        lines += [f"{key} = {_toml_value(v)}" for key, v in values.items() if v is not None]
+        lines += [
+            f"{_toml_key(key)} = {_toml_value(v)}" for key, v in values.items() if v is not None
+        ]
         lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -173,6 +209,7 @@ class DaemonProcess:
         self.env = {**os.environ, **env}
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
+        self._killed = False
 
     async def start(self) -> None:
         """Start (or restart) the daemon; its output is appended to the log file."""
@@ -194,11 +231,13 @@ class DaemonProcess:
         finally:
             log.close()
         self.starts += 1
+        self._killed = False
 
     def kill(self) -> None:
         """SIGKILL: no handler, no flush, no cleanup."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGKILL)
+            self._killed = True
 
     async def wait(self, timeout: float = 30.0) -> int:
         """The exit code once the process ended."""
@@ -207,7 +246,9 @@ class DaemonProcess:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        """Started and neither exited nor sent a SIGKILL (a killed process may take a moment
+        to die: it never counts as running again)."""
+        return self.proc is not None and self.proc.returncode is None and not self._killed
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")

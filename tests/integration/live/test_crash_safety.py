@@ -19,10 +19,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 
 from bot.live.daemon import state_path
+from bot.live.journal import Journal
 from bot.timeframes import MINUTE_MS
 from tests.fakes.binance import FakeBinance
 from tests.integration.live.harness import (
@@ -31,6 +33,7 @@ from tests.integration.live.harness import (
     GRACE_MS,
     T0,
     DaemonProcess,
+    advance_to_unknown_checks,
     cycles_done,
     live_config,
     seed_market,
@@ -95,8 +98,11 @@ async def run_scenario(fake: FakeBinance, folder: Path, kills: list[Kill]) -> Ou
     fake.on_order(hook)
     db = state_path(cfg)
 
+    close = T0  # the close of the cycle under way
+
     async def keep_running() -> None:
-        """Restart the daemon whenever it died, until it answers on its control socket."""
+        """Restart the daemon whenever it died, until it answers on its control socket (its
+        start-up may settle an order of unknown fate: the clock follows its checks)."""
         while True:
             if not daemon.running:
                 if daemon.proc is not None:
@@ -106,19 +112,24 @@ async def run_scenario(fake: FakeBinance, folder: Path, kills: list[Kill]) -> Ou
                 await asyncio.wait_for(wait_ready(cfg.data.dir), 0.2)
                 return
             except TimeoutError:
-                continue
+                await advance_to_unknown_checks(fake, db, close + MINUTE_MS - 1)
 
     async with asyncio.timeout(150):
         await keep_running()
         for k in range(CYCLES):
-            fake.now_ms = T0 + k * MINUTE_MS + GRACE_MS + 5
+            close = T0 + k * MINUTE_MS
+            fake.now_ms = close + GRACE_MS + 5
             if k in timed:
+                if not daemon.running:
+                    await keep_running()
                 await asyncio.sleep(timed[k].delay_s)
                 daemon.kill()
+                await daemon.wait()  # reaped: a dying daemon must not pass for a live one
                 killed += 1
             while await cycles_done(db) < k + 1:
                 if not daemon.running:
                     await keep_running()
+                await advance_to_unknown_checks(fake, db, close + MINUTE_MS - 1)
                 await asyncio.sleep(0.02)
         await keep_running()
         daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -129,19 +140,35 @@ async def run_scenario(fake: FakeBinance, folder: Path, kills: list[Kill]) -> Ou
     return Outcome(fake.balances(API_KEY), ids, killed, daemon.starts)
 
 
+KILLS_PER_RUN = 5
+TIMED_KILLS = 2
+CI_RUNS = range(6)
+"""Scenarios every test run covers: 6 x 5 = 30 kill points."""
+SLOW_RUNS = range(6, 27)
+"""Scenarios of ``-m slow``: 21 x 5 = 105 more kill points."""
+
+
 def random_kills(rng: random.Random, orders: int) -> list[Kill]:
-    """Two kills on the order path and one at a random instant after a close."""
-    indexes = sorted(rng.sample(range(1, orders + 1), 2))
+    """Three kills on the order path (as the exchange receives or has booked an order) and two
+    at random instants after two different closes (bar fetch, decision, journal, sending)."""
+    indexes = sorted(rng.sample(range(1, orders + 1), KILLS_PER_RUN - TIMED_KILLS))
     kills = [Kill(rng.choice(("received", "processed")), index=i) for i in indexes]
-    kills.append(Kill("time", cycle=rng.randrange(CYCLES), delay_s=rng.uniform(0.0, 0.4)))
+    for cycle in sorted(rng.sample(range(CYCLES), TIMED_KILLS)):
+        kills.append(Kill("time", cycle=cycle, delay_s=rng.uniform(0.0, 0.4)))
     return kills
 
 
+_REFERENCE: dict[str, Outcome] = {}
+
+
 async def reference(tmp_path: Path) -> Outcome:
-    async with FakeBinance(symbols=(), now_ms=T0 - 20_000) as clean:
-        seed_market(clean, COINS)
-        clean.add_account(API_KEY, API_SECRET, {"USDT": 10_000.0})
-        return await run_scenario(clean, tmp_path / "reference", [])
+    """The run that was never killed (once per test session)."""
+    if "ref" not in _REFERENCE:
+        async with FakeBinance(symbols=(), now_ms=T0 - 20_000) as clean:
+            seed_market(clean, COINS)
+            clean.add_account(API_KEY, API_SECRET, {"USDT": 10_000.0})
+            _REFERENCE["ref"] = await run_scenario(clean, tmp_path / "reference", [])
+    return _REFERENCE["ref"]
 
 
 def assert_same(run: Outcome, ref: Outcome, label: str) -> None:
@@ -153,19 +180,90 @@ def assert_same(run: Outcome, ref: Outcome, label: str) -> None:
         )
 
 
-async def test_sigkill_anywhere_on_the_order_path_never_duplicates_or_loses_an_order(
-    tmp_path: Path,
-) -> None:
+async def killed_run(tmp_path: Path, run: int) -> None:
     ref = await reference(tmp_path)
     assert len(ref.client_ids) >= 2 * CYCLES  # the scenario trades at every cycle
-    rng = random.Random(20261121)
-    kills = 0
-    for run in range(7):
-        async with FakeBinance(symbols=(), now_ms=T0 - 20_000) as fake:
-            seed_market(fake, COINS)
-            fake.add_account(API_KEY, API_SECRET, {"USDT": 10_000.0})
-            plan = random_kills(rng, len(ref.client_ids))
-            outcome = await run_scenario(fake, tmp_path / f"run{run}", plan)
-        assert_same(outcome, ref, f"run {run} ({plan})")
-        kills += outcome.kills
-    assert kills >= 20
+    plan = random_kills(random.Random(20261121 + run), len(ref.client_ids))
+    async with FakeBinance(symbols=(), now_ms=T0 - 20_000) as fake:
+        seed_market(fake, COINS)
+        fake.add_account(API_KEY, API_SECRET, {"USDT": 10_000.0})
+        outcome = await run_scenario(fake, tmp_path / f"run{run}", plan)
+    assert_same(outcome, ref, f"run {run} ({plan})")
+    assert outcome.kills == KILLS_PER_RUN
+
+
+@pytest.mark.parametrize("run", CI_RUNS)
+async def test_sigkill_anywhere_on_the_order_path_never_duplicates_or_loses_an_order(
+    tmp_path: Path, run: int
+) -> None:
+    await killed_run(tmp_path, run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", SLOW_RUNS)
+async def test_sigkill_at_a_hundred_more_random_points(tmp_path: Path, run: int) -> None:
+    await killed_run(tmp_path, run)
+
+
+async def order_status(db: Path, cid: str) -> str | None:
+    async with await Journal.open(db) as journal:
+        row = await journal.order(cid)
+    return None if row is None else row.status
+
+
+async def first_unknown(db: Path) -> str:
+    """Wait for an order of unknown fate in ``db``; its client id."""
+    while True:
+        if db.exists():
+            async with await Journal.open(db) as journal:
+                unknown = await journal.unknown_orders()
+            if unknown:
+                return unknown[0].client_order_id
+        await asyncio.sleep(0.02)
+
+
+async def test_an_order_of_unknown_fate_survives_kills_and_restarts_and_exists_once(
+    fake: FakeBinance, tmp_path: Path
+) -> None:
+    cfg = live_config(fake, tmp_path / "data", COINS, paper=False)
+    daemon = DaemonProcess(
+        write_config(cfg, tmp_path / "live.toml"),
+        tmp_path / "daemon.log",
+        {"CRYPTORLPM_EXCHANGE_API_KEY": API_KEY, "CRYPTORLPM_EXCHANGE_SECRET": API_SECRET},
+    )
+    db = state_path(cfg)
+    # The first order is placed, but its answer is lost (-1007: execution status unknown), and
+    # the exchange cannot say anything about it (lookups and order lists fail) until told to.
+    fake.inject_code("POST /api/v3/order", -1007, processed=True)
+    fake.inject_code("GET /api/v3/order", -1007, times=None)
+    fake.inject_code("GET /api/v3/allOrders", -1001, times=None)
+    lookups = lambda: sum(1 for r in fake.requests("/api/v3/order") if r.method == "GET")  # noqa: E731
+    async with asyncio.timeout(90):
+        await daemon.start()
+        await wait_ready(cfg.data.dir)
+        fake.now_ms = T0 + GRACE_MS + 5
+        cid = await first_unknown(db)
+        for _ in range(3):  # SIGKILL while its fate is unknown; each restart asks again
+            asked = lookups()
+            daemon.kill()
+            await daemon.wait()
+            await daemon.start()
+            while lookups() == asked:
+                await asyncio.sleep(0.02)
+            assert await order_status(db, cid) == "unknown"
+        fake.clear_faults()  # the exchange can answer again: its record settles the order
+        while await order_status(db, cid) != "filled":
+            await advance_to_unknown_checks(fake, db, T0 + MINUTE_MS - 1)
+            await asyncio.sleep(0.02)
+        while await cycles_done(db) < 1:
+            await advance_to_unknown_checks(fake, db, T0 + MINUTE_MS - 1)
+            await asyncio.sleep(0.02)
+        daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert await daemon.wait() == 0, daemon.log_text()[-3000:]
+    sent = [dict(parse_qsl(r.body)).get("newClientOrderId") for r in fake.requests("/api/v3/order")]
+    assert sent.count(cid) == 1, "the order of unknown fate was sent again"
+    assert [o["clientOrderId"] for o in fake.orders(API_KEY)].count(cid) == 1
+    async with await Journal.open(db) as journal:
+        row = await journal.order(cid)
+    assert row is not None and row.booked == row.filled > 0
+    assert daemon.starts == 4

@@ -7,18 +7,15 @@ import signal
 from pathlib import Path
 
 from bot.live.daemon import state_path
-from bot.timeframes import MINUTE_MS
 from tests.fakes.binance import FakeBinance
 from tests.integration.live.harness import (
     API_KEY,
     API_SECRET,
-    GRACE_MS,
     T0,
     DaemonProcess,
-    cycles_done,
     live_config,
     seed_market,
-    wait_ready,
+    step_cycles,
     write_config,
 )
 
@@ -39,11 +36,7 @@ async def test_api_key_and_secret_appear_in_no_log_line_and_no_state_file(tmp_pa
         )
         await daemon.start()
         async with asyncio.timeout(60):
-            await wait_ready(cfg.data.dir)
-            for k in range(2):
-                fake.now_ms = T0 + k * MINUTE_MS + GRACE_MS + 5
-                while await cycles_done(state_path(cfg)) < k + 1:
-                    await asyncio.sleep(0.02)
+            await step_cycles(fake, state_path(cfg), 2, timeout=60)
             daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             assert await daemon.wait() == 0
         assert fake.orders(API_KEY), "the run placed no order: nothing was signed"

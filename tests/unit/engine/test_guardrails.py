@@ -12,6 +12,7 @@ from backtest.replay import ReplayDriver
 from backtest.run import run_backtest
 from bot.bus import EventBus
 from bot.engine import TradingEngine
+from bot.engine.rules import MarketRules
 from bot.events import (
     Bar,
     BarsClosed,
@@ -329,3 +330,24 @@ async def test_a_backtest_halts_at_the_trip_and_defaults_refuse_nothing() -> Non
     assert result.refusals["rule"].tolist() == ["max_drawdown"] + ["halted"] * 5
     assert result.refusals["ts"].iloc[0] == trip
     assert (result.trades["ts"] < trip).all()  # no fill of the trip decision or any later one
+
+
+def test_a_coin_with_an_order_of_unknown_fate_keeps_its_weight_and_the_others_share_the_rest() -> (
+    None
+):
+    h = Harness(cash=500.0, holdings={"BTC": 5.0})  # BTC 500 of equity 1 000: weight 0.5
+    h.engine.planner.blocked = {"BTC": "order rlpm-1-BTC-b is of unknown fate"}
+    orders, refusals = h.step(
+        DAY0 + HOUR_MS, {"BTC": 100.0, "ETH": 10.0}, {"BTC": 0.0, "ETH": 0.8, "USDT": 0.2}
+    )
+    # No BTC order at all; ETH gets its 0.8 scaled into the 0.5 BTC leaves: 500 USDT of ETH.
+    assert sides(orders) == [("ETH/USDT", "buy", 50.0)]
+    assert [pinned(r) for r in refusals] == [("order_unknown", "BTC", 0.0, 0.5)]
+    assert "unknown fate" in refusals[0].detail
+
+
+def test_no_market_order_exceeds_the_markets_largest_market_order() -> None:
+    h = Harness(cash=10_000.0)
+    h.engine.rules["BTC"] = MarketRules(0.01, 0.01, 5.0, max_market_amount=20.0)
+    orders, _ = h.step(DAY0 + HOUR_MS, {"BTC": 100.0}, {"BTC": 0.5, "USDT": 0.5})
+    assert sides(orders) == [("BTC/USDT", "buy", 20.0)]  # 50 wanted; the rest next decision
