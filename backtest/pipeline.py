@@ -13,16 +13,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from backtest.baselines import baselines
 from backtest.replay import Progress, ReplayDriver
 from backtest.result import RunResult
 from backtest.run import run_backtest
-from bot.bus import EventBus
-from bot.engine import Policy
+from bot.engine.step import DecisionContext, Policy
 from bot.events import ModuleDecision
 from bot.store import MarketStore, MetricStore
 from config.schema import AppConfig
 from strategies.agents.train import CoinHistory, Windows, coin_history, train_cm
+from strategies.baselines import baselines
 from strategies.crypto_module import CryptoModule
 from strategies.features.inputs import fit_coin_features, read_coin_inputs
 from strategies.portfolio import PortfolioVote
@@ -128,16 +127,21 @@ async def backtest_vote(
 
 
 class RecordingPolicy:
-    """Wraps a policy and records the module decisions published while it runs."""
+    """Wraps a policy and records the module decisions it notes while it runs."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self.name = policy.name
         self.decisions: list[ModuleDecision] = []
+        prepare = getattr(policy, "prepare", None)
+        if prepare is not None:
+            self.prepare = prepare
 
-    def attach(self, bus: EventBus) -> None:
-        """Attach the wrapped policy, then listen to ``ModuleDecision``."""
-        self.policy.attach(bus)
-        bus.subscribe(ModuleDecision, self.decisions.append)
+    def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
+        """The wrapped policy's answer; its module decisions are kept."""
+        answer = self.policy.decide(context)
+        self.decisions.extend(n for n in context.notes if isinstance(n, ModuleDecision))
+        return answer
 
 
 async def backtest_seeds(
@@ -160,8 +164,7 @@ async def backtest_baselines(
 ) -> list[RunResult]:
     """Buy & hold of each coin and both equal-weight portfolios, through the same engine."""
     return [
-        await run_backtest(cfg, policy, driver, name=policy.name)
-        for policy in baselines(coins, cfg.market.quote)
+        await run_backtest(cfg, policy, driver, name=policy.name) for policy in baselines(coins)
     ]
 
 

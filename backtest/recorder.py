@@ -1,76 +1,126 @@
-"""Records what an engine did during a replay, and turns it into a :class:`RunResult`."""
+"""Records what an engine did during a replay, and turns it into a :class:`RunResult`.
+
+A replay can be millions of steps: the recorder keeps one float per decision for equity and cash
+(typed arrays), the holdings only when a fill changes them, and builds the weights at the end
+from the replay's close prices, vectorised.
+"""
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Callable
+
+import numpy as np
 import pandas as pd
 
 from backtest.result import REFUSAL_COLUMNS, REJECTION_COLUMNS, TRADE_COLUMNS, RunResult
-from bot.bus import EventBus
-from bot.events import OrderFilled, OrderRejected, PortfolioValued, RiskRefusal
+from bot.engine.account import Account, coin_of
+from bot.engine.step import StepResult
+from bot.events import OrderFilled, OrderRejected, RiskRefusal
+
+CloseLookup = Callable[[np.ndarray], dict[str, np.ndarray]]
+"""``closes_at(ts)``: each symbol's latest close at or before each time (the replay's)."""
 
 
 class Recorder:
-    """Collects valuations, fills, rejections and risk refusals from a bus."""
+    """Collects each decision's valuation, the fills, rejections and risk refusals."""
 
-    def __init__(self) -> None:
-        self.valuations: list[PortfolioValued] = []
+    def __init__(self, account: Account) -> None:
+        self.account = account
+        self._ts = array("q")
+        self._equity = array("d")
+        self._cash = array("d")
+        self._snapshot = array("l")
+        self._holdings: list[dict[str, float]] = [dict(account.holdings)]
         self.fills: list[OrderFilled] = []
         self.rejections: list[OrderRejected] = []
         self.refusals: list[RiskRefusal] = []
 
-    def attach(self, bus: EventBus) -> None:
-        """Subscribe to the events a report needs."""
-        bus.subscribe(PortfolioValued, self.valuations.append)
-        bus.subscribe(OrderFilled, self.fills.append)
-        bus.subscribe(OrderRejected, self.rejections.append)
-        bus.subscribe(RiskRefusal, self.refusals.append)
+    def on_step(self, result: StepResult) -> None:
+        """A decision's valuation (taken before its orders) and its refusals."""
+        self._ts.append(result.ts)
+        self._equity.append(result.equity)
+        self._cash.append(self.account.cash)
+        self._snapshot.append(len(self._holdings) - 1)
+        if result.refusals:
+            self.refusals.extend(result.refusals)
+
+    def on_fill(self, fill: OrderFilled) -> None:
+        """A fill, and the holdings it leaves."""
+        self.fills.append(fill)
+        self._holdings.append(dict(self.account.holdings))
+
+    def on_rejection(self, rejection: OrderRejected) -> None:
+        """An order the venue refused."""
+        self.rejections.append(rejection)
 
     def result(
-        self, name: str, *, timeframe: str, quote: str, initial_cash: float, fees_paid: float
+        self,
+        name: str,
+        *,
+        timeframe: str,
+        quote: str,
+        initial_cash: float,
+        fees_paid: float,
+        closes_at: CloseLookup,
     ) -> RunResult:
         """Everything recorded, as frames."""
-        index = pd.Index([v.ts for v in self.valuations], dtype="int64", name="ts")
-        equity = pd.Series([v.equity for v in self.valuations], index=index, name="equity")
-        weights = pd.DataFrame(
-            [v.weights(quote) for v in self.valuations], index=index, dtype="float64"
-        ).fillna(0.0)
-        trades = pd.DataFrame(
-            [
-                (
-                    f.ts,
-                    f.client_order_id,
-                    f.symbol,
-                    f.side,
-                    f.amount,
-                    f.price,
-                    f.fee,
-                    f.fee_asset,
-                    f.amount * f.price,
-                )
-                for f in self.fills
-            ],
-            columns=TRADE_COLUMNS,
-        )
-        rejections = pd.DataFrame(
-            [
-                (r.ts, r.client_order_id, r.symbol, r.side, r.amount, r.reason)
-                for r in self.rejections
-            ],
-            columns=REJECTION_COLUMNS,
-        )
-        refusals = pd.DataFrame(
-            [(r.ts, r.rule, r.asset, r.wanted, r.allowed, r.detail) for r in self.refusals],
-            columns=REFUSAL_COLUMNS,
-        )
+        ts = np.frombuffer(self._ts, dtype=np.int64) if len(self._ts) else np.empty(0, np.int64)
+        index = pd.Index(ts, dtype="int64", name="ts")
+        equity_values = np.frombuffer(self._equity, dtype=np.float64).copy()
+        equity = pd.Series(equity_values, index=index, name="equity")
         return RunResult(
             name=name,
             timeframe=timeframe,
             quote=quote,
             initial_cash=initial_cash,
             equity=equity,
-            weights=weights,
-            trades=trades,
-            rejections=rejections,
-            refusals=refusals,
+            weights=self._weights(index, equity_values, quote, closes_at),
+            trades=pd.DataFrame(
+                [
+                    (
+                        f.ts,
+                        f.client_order_id,
+                        f.symbol,
+                        f.side,
+                        f.amount,
+                        f.price,
+                        f.fee,
+                        f.fee_asset,
+                        f.amount * f.price,
+                    )
+                    for f in self.fills
+                ],
+                columns=TRADE_COLUMNS,
+            ),
+            rejections=pd.DataFrame(
+                [
+                    (r.ts, r.client_order_id, r.symbol, r.side, r.amount, r.reason)
+                    for r in self.rejections
+                ],
+                columns=REJECTION_COLUMNS,
+            ),
+            refusals=pd.DataFrame(
+                [(r.ts, r.rule, r.asset, r.wanted, r.allowed, r.detail) for r in self.refusals],
+                columns=REFUSAL_COLUMNS,
+            ),
             fees_paid=fees_paid,
         )
+
+    def _weights(
+        self, index: pd.Index, equity: np.ndarray, quote: str, closes_at: CloseLookup
+    ) -> pd.DataFrame:
+        """Share of equity per asset at each decision: cash, and every coin ever held."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            safe = np.where(equity > 0, equity, np.nan)
+            columns = {quote: np.frombuffer(self._cash, dtype=np.float64) / safe}
+            coins = sorted({c for h in self._holdings for c in h})
+            if coins:
+                snapshot = np.frombuffer(self._snapshot, dtype=np.int64)
+                prices = {coin_of(s): p for s, p in closes_at(index.to_numpy()).items()}
+                for coin in coins:
+                    amounts = np.array([h.get(coin, 0.0) for h in self._holdings])[snapshot]
+                    price = prices.get(coin, np.zeros(len(index)))
+                    columns[coin] = np.nan_to_num(amounts * price, nan=0.0) / safe
+        frame = pd.DataFrame(columns, index=index, dtype="float64")
+        return frame.fillna(0.0)

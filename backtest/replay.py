@@ -1,29 +1,29 @@
-"""The replay driver: stored history published through the engine's bus, in known-time order.
+"""The replay driver: stored history as the engine's instants, in known-time order.
 
-For every bar close time ``t`` (ascending), the driver publishes:
+For every bar close time ``t`` (ascending) the driver yields one
+:class:`~bot.engine.step.Instant`: the metrics whose ``known_at <= t`` not yet yielded (by known
+time, asset, name), the bars closing at ``t`` (by symbol), and whether ``t`` lies in the decision
+window ``[start_ms, end_ms)``. Bars and metrics before ``start_ms`` still make instants (warm-up:
+feature state and network windows fill exactly as in training), but no decision is taken.
+Nothing closing at or after ``end_ms`` is yielded (the windows are half-open like the training
+windows). The driver also serves :meth:`next_open` to the simulated venue: an order decided at
+``t`` fills at the open of the first bar opening at or after ``t``, which may lie past
+``end_ms``.
 
-1. every ``Metric`` whose ``known_at <= t`` not yet published (by known time, asset, name);
-2. every ``Bar`` closing at ``t`` (by symbol);
-3. ``BarsClosed(t)`` when ``t`` lies in the decision window ``[start_ms, end_ms)``.
-
-Bars and metrics before ``start_ms`` are still published (warm-up: feature state and network
-windows fill exactly as in training), but no decision is asked for. The simulated clock follows
-``t``; nothing closing at or after ``end_ms`` is published (the windows are half-open like the
-training windows). The driver also serves :meth:`next_open` to the simulated broker: an order
-decided at ``t`` fills at the open of the first bar opening at or after ``t``, which may lie
-past ``end_ms``.
+:meth:`ReplayDriver.instants` is the vectorised twin of :func:`bot.engine.step.instants` (the
+live driver's): a test checks they build the same instants from the same history.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from bot.bus import EventBus
 from bot.clock import SimClock
-from bot.events import Bar, BarsClosed, Metric
+from bot.engine.step import Instant
+from bot.events import Bar, Metric
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import timeframe_ms
 
@@ -31,7 +31,7 @@ Progress = Callable[[int, int], None]
 
 
 class ReplayDriver:
-    """Publishes in-memory bars (per symbol) and metrics (long frame) into a bus."""
+    """In-memory bars (per symbol) and metrics (long frame), replayed as instants."""
 
     def __init__(
         self,
@@ -49,31 +49,35 @@ class ReplayDriver:
         self.symbols = tuple(sorted(bars))
         self.clock = SimClock()
         self._opens: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        columns = []
+        self._closes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        times, indexes, rows = [], [], []
         for index, symbol in enumerate(self.symbols):
             frame = bars[symbol]
             open_time = frame["open_time"].to_numpy(dtype=np.int64)
-            self._opens[symbol] = (open_time, frame["open"].to_numpy(dtype=np.float64))
-            columns.append((open_time, np.full(len(frame), index), frame))
-        self._open_time = np.concatenate([c[0] for c in columns]) if columns else np.array([])
-        symbol_index = np.concatenate([c[1] for c in columns]) if columns else np.array([])
-        ohlcv = (
-            np.concatenate(
-                [
-                    f[["open", "high", "low", "close", "volume"]].to_numpy(np.float64)
-                    for *_, f in columns
-                ]
-            )
-            if columns
-            else np.empty((0, 5))
-        )
-        order = np.lexsort((symbol_index, self._open_time))
-        self._open_time = self._open_time[order]
-        self._symbol_index = symbol_index[order].astype(np.int64)
+            ohlcv = frame[["open", "high", "low", "close", "volume"]].to_numpy(np.float64)
+            self._opens[symbol] = (open_time, ohlcv[:, 0].copy())
+            self._closes[symbol] = (open_time + self.step_ms, ohlcv[:, 3].copy())
+            times.append(open_time)
+            indexes.append(np.full(len(frame), index, dtype=np.int64))
+            rows.append(ohlcv)
+        open_time = np.concatenate(times) if times else np.empty(0, np.int64)
+        symbol_index = np.concatenate(indexes) if indexes else np.empty(0, np.int64)
+        ohlcv = np.concatenate(rows) if rows else np.empty((0, 5))
+        order = np.lexsort((symbol_index, open_time))
+        self._open_time = open_time[order]
+        self._symbol_index = symbol_index[order]
         self._ohlcv = ohlcv[order]
-        first_close = int(self._open_time[0]) + self.step_ms if len(order) else 0
-        last_close = int(self._open_time[-1]) + self.step_ms if len(order) else 0
-        self.start_ms = first_close if start_ms is None else int(start_ms)
+        # One instant per distinct close: its first row in the sorted arrays.
+        closes = self._open_time + self.step_ms
+        self._closes_all = closes
+        first = np.flatnonzero(np.r_[True, closes[1:] != closes[:-1]]) if len(closes) else closes
+        self._instant_close = closes[first] if len(closes) else np.empty(0, np.int64)
+        self._instant_start = first
+        last_close = int(closes[-1]) if len(closes) else 0
+        if start_ms is not None:
+            self.start_ms = int(start_ms)
+        else:
+            self.start_ms = int(self._instant_close[0]) if len(first) else 0
         self.end_ms = last_close + 1 if end_ms is None else int(end_ms)
         self._metrics = _sorted_metrics(metrics)
 
@@ -109,55 +113,66 @@ class ReplayDriver:
             return None
         return int(open_time[i]), float(opens[i])
 
+    def closes_at(self, ts: np.ndarray) -> dict[str, np.ndarray]:
+        """Each symbol's latest close at or before each time of ``ts`` (NaN before its first)."""
+        out = {}
+        for symbol, (close_time, close) in self._closes.items():
+            i = np.searchsorted(close_time, ts, side="right") - 1
+            if len(close) == 0:
+                out[symbol] = np.full(len(ts), np.nan)
+            else:
+                out[symbol] = np.where(i >= 0, close[np.clip(i, 0, None)], np.nan)
+        return out
+
     @property
     def decision_count(self) -> int:
-        """How many ``BarsClosed`` decisions the run will ask for."""
-        closes = np.unique(self._open_time + self.step_ms)
-        return int(((closes >= self.start_ms) & (closes < self.end_ms)).sum())
+        """How many decisions the run will take."""
+        closes = self._instant_close
+        lo = int(np.searchsorted(closes, self.start_ms, side="left"))
+        hi = int(np.searchsorted(closes, self.end_ms, side="left"))
+        return max(0, hi - lo)
 
-    async def run(self, bus: EventBus, progress: Progress | None = None) -> None:
-        """Publish everything up to ``end_ms`` into ``bus``, in known-time order.
+    def instants(self, progress: Progress | None = None) -> Iterator[Instant]:
+        """Every instant up to ``end_ms``, in close order (see the module docstring).
 
-        Each run starts a fresh simulated clock, so one driver can replay for several engines.
+        Each call starts a fresh simulated clock, so one driver can replay for several engines.
         """
         self.clock = SimClock()
-        exchange, timeframe, step = self.exchange, self.timeframe, self.step_ms
+        exchange, timeframe = self.exchange, self.timeframe
         symbols, start, end = self.symbols, self.start_ms, self.end_ms
-        open_time, symbol_index, ohlcv = self._open_time, self._symbol_index, self._ohlcv
         m_known, m_asset, m_name, m_observed, m_value = self._metrics
         n_metrics, m = len(m_known), 0
-        n = len(open_time)
-        total = self.decision_count
-        done = 0
-        emit, drain = bus.emit, bus.drain
-        rows = ohlcv.tolist()
-        times = open_time.tolist()
-        indexes = symbol_index.tolist()
-        i = 0
-        # Each instant is queued whole (metrics, bars, decision) and dispatched by one drain:
-        # the bus delivers in queue order, so this is the same as publishing one by one.
-        while i < n:
-            t_open = times[i]
-            close = t_open + step
+        closes = self._instant_close.tolist()
+        bounds = [*self._instant_start.tolist(), len(self._open_time)]
+        times = self._open_time.tolist()
+        indexes = self._symbol_index.tolist()
+        rows = self._ohlcv.tolist()
+        total, done = self.decision_count, 0
+        advance = self.clock.advance_to
+        no_metrics: tuple[Metric, ...] = ()
+        for k, close in enumerate(closes):
             if close >= end:
                 break
-            while m < n_metrics and m_known[m] <= close:
-                emit(Metric(m_known[m], m_asset[m], m_name[m], m_observed[m], m_value[m]))
-                m += 1
-            self.clock.advance_to(close)
-            present = []
-            while i < n and times[i] == t_open:
-                o, h, lo, c, v = rows[i]
-                symbol = symbols[indexes[i]]
-                present.append(symbol)
-                emit(Bar(close, exchange, symbol, timeframe, t_open, o, h, lo, c, v))
-                i += 1
-            if close >= start:
-                emit(BarsClosed(close, timeframe, tuple(present)))
+            known = no_metrics
+            if m < n_metrics and m_known[m] <= close:
+                first = m
+                while m < n_metrics and m_known[m] <= close:
+                    m += 1
+                known = tuple(
+                    Metric(m_known[j], m_asset[j], m_name[j], m_observed[j], m_value[j])
+                    for j in range(first, m)
+                )
+            advance(close)
+            bars = tuple(
+                Bar(close, exchange, symbols[indexes[i]], timeframe, times[i], *rows[i])
+                for i in range(bounds[k], bounds[k + 1])
+            )
+            deciding = close >= start
+            yield Instant(close, known, bars, deciding)
+            if deciding:
                 done += 1
                 if progress is not None and (done % 256 == 0 or done == total):
                     progress(done, total)
-            await drain()
 
 
 def _sorted_metrics(

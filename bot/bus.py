@@ -110,35 +110,10 @@ class EventBus:
                 if not waiter.done():
                     waiter.set_result(None)
 
-    def publish_sync(self, event: Event) -> None:
-        """Dispatch ``event`` (and what it causes) without an event loop.
-
-        Only valid while every handler of the events involved is synchronous: a fast path for
-        tools with no async edge. Raises ``TypeError`` on a handler that returns an awaitable.
-        """
-        self._queue.append(event)
-        if self._draining:
-            return
-        self._draining = True
-        queue, cache = self._queue, self._cache
-        try:
-            while queue:
-                event = queue.popleft()
-                route = cache.get(type(event))
-                if route is None:
-                    route = self._route(type(event))
-                for handler in route:
-                    result = handler(event)
-                    if result is not None:
-                        close = getattr(result, "close", None)
-                        if close is not None:
-                            close()  # no "never awaited" warning for the refused coroutine
-                        raise TypeError(
-                            f"publish_sync: handler {handler!r} for {type(event).__name__} "
-                            "is async; use `await bus.publish(...)`"
-                        )
-        finally:
-            self._draining = False
+    @property
+    def listening(self) -> bool:
+        """Whether anyone subscribed at all (publishers skip building events nobody reads)."""
+        return bool(self._subscriptions)
 
     @property
     def pending(self) -> int:

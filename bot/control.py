@@ -47,6 +47,11 @@ class Controls(Protocol):
         """Send orders again (also clears a tripped kill switch); answers a confirmation line."""
         ...
 
+    async def flatten(self) -> str:
+        """Sell every coin at the next decision, then halt until resumed (a manual kill
+        switch); answers a confirmation line."""
+        ...
+
     async def stop(self) -> str:
         """Stop the daemon gracefully after the current cycle; answers a confirmation line."""
         ...

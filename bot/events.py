@@ -2,7 +2,8 @@
 
 ``ts`` is always the moment the event became true and therefore usable: a ``Bar`` is published
 when its candle *closes*, a ``Metric`` when its value becomes *known*. Facts are named in the past
-tense or as states (``OrderFilled``, ``BarsClosed``), commands in the imperative (``SubmitOrder``).
+tense or as states (``OrderFilled``, ``PortfolioValued``), commands in the imperative
+(``SubmitOrder``, ``PauseTrading``).
 
 Implementation: each event is a named tuple that also derives from :class:`Event`. Named tuples
 are immutable (assigning a field raises ``AttributeError``) and about eight times cheaper to build
@@ -61,32 +62,6 @@ class Metric(_Metric, Event):
 
     ``observed_at`` is the start of the period the value describes (for a daily value, 00:00 UTC
     of its day); ``ts`` is at least the end of that period plus the configured publication lag.
-    """
-
-    __slots__ = ()
-
-
-class _Heartbeat(NamedTuple):
-    ts: int
-
-
-class Heartbeat(_Heartbeat, Event):
-    """The clock reached ``ts`` with no new data; lets handlers act on time alone."""
-
-    __slots__ = ()
-
-
-class _BarsClosed(NamedTuple):
-    ts: int
-    timeframe: str
-    symbols: tuple[str, ...]
-
-
-class BarsClosed(_BarsClosed, Event):
-    """Every bar closing at ``ts`` on ``timeframe`` has been published: time to decide.
-
-    Drivers publish it after the ``Metric`` events known by ``ts`` and the ``Bar`` events closing
-    at ``ts``, so a decision taken on it sees all the information of that instant and no more.
     """
 
     __slots__ = ()
@@ -202,6 +177,36 @@ class OrderRejected(_OrderRejected, Event):
     """An order was refused (by the exchange, the broker's filters or the balance)."""
 
     __slots__ = ()
+
+
+# -- operator commands --------------------------------------------------------------------------
+
+
+class _OperatorCommand(NamedTuple):
+    ts: int
+    by: str  # who asked: "cli", "telegram:<chat id>", ...
+
+
+class PauseTrading(_OperatorCommand, Event):
+    """Decide, but send no order until resumed."""
+
+    __slots__ = ()
+
+
+class ResumeTrading(_OperatorCommand, Event):
+    """Send orders again; also clears a tripped kill switch."""
+
+    __slots__ = ()
+
+
+class FlattenPositions(_OperatorCommand, Event):
+    """Sell every coin at the next decision, then halt until resumed (a manual kill switch)."""
+
+    __slots__ = ()
+
+
+OperatorCommand = PauseTrading | ResumeTrading | FlattenPositions
+"""What an operator can ask the engine; applied in order at the start of the next step."""
 
 
 class _PortfolioValued(NamedTuple):

@@ -1,10 +1,10 @@
 """The Crypto Module handler: a trained EAM + SAM turned into bar-by-bar decisions.
 
 Inference only: the handler holds the two networks in eval mode and nothing of training (no
-optimiser, no replay buffer, no target network). It is a plain synchronous handler (DESIGN
-property 2): ``on_metric`` and ``on_bar`` read events, and each closed bar of its coin ends in one
-:class:`~bot.events.ModuleDecision` (the paper's weight pair ``d_t^i``), passed to ``emit`` when
-one is set (``decide`` returns it instead, for the portfolio vote). The EAM's last signal and
+optimiser, no replay buffer, no target network). It is plain synchronous code (DESIGN
+property 2): ``on_metric`` reads metrics, and ``decide`` turns each closed bar of its coin into
+one :class:`~bot.events.ModuleDecision` (the paper's weight pair ``d_t^i``) for the portfolio
+vote. The EAM's last signal and
 whether the module is warm are kept as attributes (``signal``, ``ready``).
 
 The state is built exactly as in training (DESIGN property 4): the DRU's
@@ -17,7 +17,7 @@ and the position it chose at the previous bar, as it did in its environment.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -34,18 +34,11 @@ class CryptoModule:
     """One coin's trained module as an event handler.
 
     ``symbol`` (e.g. ``BTC/USDT``) selects the bars it reads; bars of other symbols or
-    timeframes are ignored. ``emit`` receives its decisions (``PortfolioVote.plug`` sets it to
-    the bus).
+    timeframes are ignored.
     """
 
-    def __init__(
-        self,
-        model: LoadedCryptoModule,
-        symbol: str,
-        emit: Callable[[Event], None] | None = None,
-    ) -> None:
+    def __init__(self, model: LoadedCryptoModule, symbol: str) -> None:
         self.model, self.symbol = model, symbol
-        self.emit = emit
         schema = model.schema
         self.window = schema.window
         self.timeframe = schema.timeframe
@@ -83,15 +76,12 @@ class CryptoModule:
         if self._features is not None:
             self._features.on_metric(metric)
 
-    def on_bar(self, bar: Bar) -> None:
-        """Bus handler: decide at the close of a bar of this coin and emit the decision."""
-        decision = self.decide(bar)
-        if decision is not None and self.emit is not None:
-            self.emit(decision)
-
-    def decide(self, bar: Bar) -> ModuleDecision | None:
+    def decide(self, bar: Bar, position: float | None = None) -> ModuleDecision | None:
         """The decision at the close of ``bar``, or None for a bar of another symbol or
-        timeframe. Call it for every bar of the coin, in order (it advances the state)."""
+        timeframe. Call it for every bar of the coin, in order (it advances the state).
+
+        ``position``: what the account holds in the coin (0 cash, 1 coin), the SAM's position
+        input; None keeps the module's own last action (training's assumption, and warm-up)."""
         if bar.symbol != self.symbol or bar.timeframe != self.timeframe:
             return None
         if self._features is None:
@@ -102,6 +92,8 @@ class CryptoModule:
         state = self._states.push(
             (bar.open, bar.high, bar.low, bar.close, bar.volume), features, ready
         )
+        if position is not None:
+            self.position = float(position)
         return self._decide(bar.ts, state, ready)
 
     @torch.no_grad()
@@ -127,8 +119,9 @@ class CryptoModule:
         return ModuleDecision(ts, self.model_id, self.coin, 1.0 - self.position, self.position)
 
     def warm_up(self, events: Iterable[Event]) -> int:
-        """Replay past ``Bar``/``Metric`` events without emitting, so that a module plugged at
-        run time starts with a full window and warm features; returns the bars read."""
+        """Replay past ``Bar``/``Metric`` events (their decisions are dropped), so that a module
+        plugged at run time starts with a full window and warm features; returns the bars
+        read."""
         bars = 0
         for event in events:
             if isinstance(event, Metric):

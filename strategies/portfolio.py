@@ -8,25 +8,25 @@ the portfolio weights are the vote
     ``w_t = sum_i d_t^i / m``
 
 over the ``m`` plugged modules: each coin gets 0 or ``1 / m``, and cash the rest. The vote is
-taken when the driver says every bar of ``t`` is in (:class:`~bot.events.BarsClosed`) and is
-emitted as :class:`~bot.events.TargetWeights` with source ``"vote"``.
+taken at every instant the engine steps through (its ``TargetWeights`` source is ``"vote"``).
 
-:class:`PortfolioVote` follows the engine's ``Policy`` protocol (``attach(bus)``). It hands each
-``Bar`` and ``Metric`` to the plugged modules itself, in plug order, rather than subscribing them
-to the bus, so their decisions are known before the vote whatever the bus queues; each decision
-is also emitted, for the logs. Modules can be plugged, unplugged and replaced at run time (from a
-handler, between events, or from the daemon's control service); ``m`` is the number plugged when
-the vote is taken, so it renormalises by itself. A module that is warming up, or has not decided
-yet, votes all cash.
+:class:`PortfolioVote` is an engine :class:`~bot.engine.step.Policy` (``decide(context)``): it
+hands the instant's metrics and bars to the plugged modules, in plug order, notes each module's
+decision for observers, and answers the vote. Each module's SAM reads the position the account
+actually holds in its coin (its sleeve of ``1 / m`` held at least half: position 1), not its own
+last action, so a refused or partial order is seen as what it is. Modules can be plugged,
+unplugged and replaced at run time (between two steps, from the daemon's control service);
+``m`` is the number plugged when the vote is taken, so it renormalises by itself. A module that
+is warming up, or has not decided yet, votes all cash.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Protocol
 
-from bot.bus import EventBus
-from bot.events import Bar, BarsClosed, Event, Metric, ModuleDecision, TargetWeights
+from bot.engine.step import DecisionContext
+from bot.events import Bar, Metric, ModuleDecision
 
 VOTE_SOURCE = "vote"
 
@@ -40,7 +40,7 @@ class Module(Protocol):
     @property
     def model_id(self) -> str: ...
 
-    def decide(self, bar: Bar) -> ModuleDecision | None: ...
+    def decide(self, bar: Bar, position: float | None = None) -> ModuleDecision | None: ...
 
     def on_metric(self, metric: Metric) -> None: ...
 
@@ -58,20 +58,32 @@ def vote(pairs: dict[str, tuple[float, float]], quote: str) -> tuple[tuple[str, 
 class PortfolioVote:
     """The plugged Crypto Modules and their vote; an engine policy."""
 
+    name = VOTE_SOURCE
+
     def __init__(self, quote: str = "USDT", modules: list[Module] | tuple[Module, ...] = ()):
         self.quote = quote
         self._modules: dict[str, Module] = {}
         self._latest: dict[str, ModuleDecision] = {}
-        self._emit: Callable[[Event], None] = lambda event: None
         for module in modules:
             self.plug(module)
 
-    def attach(self, bus: EventBus) -> None:
-        """Read bars and metrics, vote at every ``BarsClosed``; emit through ``bus.emit``."""
-        self._emit = bus.emit
-        bus.subscribe(Metric, self.on_metric)
-        bus.subscribe(Bar, self.on_bar)
-        bus.subscribe(BarsClosed, self.on_bars_closed)
+    def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
+        """Feed the instant to the modules, note their decisions, answer the vote."""
+        instant = context.instant
+        for metric in instant.metrics:
+            self.on_metric(metric)
+        if instant.bars:
+            positions = self.positions(context.account.weights())
+            for bar in instant.bars:
+                for decision in self.on_bar(bar, positions):
+                    context.note(decision)
+        return dict(self.weights()) if context.deciding else None
+
+    def positions(self, weights: Mapping[str, float]) -> dict[str, float]:
+        """Each module's position as the account holds it: 1 when at least half of its sleeve
+        (``1 / m`` of equity) is in its coin, else 0."""
+        m = len(self._modules)
+        return {coin: float(weights.get(coin, 0.0) * m >= 0.5) for coin in self._modules}
 
     @property
     def coins(self) -> tuple[str, ...]:
@@ -113,13 +125,19 @@ class PortfolioVote:
         for module in tuple(self._modules.values()):
             module.on_metric(metric)
 
-    def on_bar(self, bar: Bar) -> None:
-        """Hand a bar to every plugged module; remember and emit their decisions."""
+    def on_bar(
+        self, bar: Bar, positions: Mapping[str, float] | None = None
+    ) -> list[ModuleDecision]:
+        """Hand a bar to every plugged module (with the position the account holds in its
+        coin, when known); remember and return their decisions."""
+        decisions = []
         for coin, module in tuple(self._modules.items()):
-            decision = module.decide(bar)
+            position = None if positions is None else positions.get(coin, 0.0)
+            decision = module.decide(bar, position)
             if decision is not None:
                 self._latest[coin] = decision
-                self._emit(decision)
+                decisions.append(decision)
+        return decisions
 
     def weights(self) -> tuple[tuple[str, float], ...]:
         """The vote over the plugged modules' latest decisions."""
@@ -128,7 +146,3 @@ class PortfolioVote:
             for coin in self._modules
         }
         return vote(pairs, self.quote)
-
-    def on_bars_closed(self, event: BarsClosed) -> None:
-        """Every bar of ``event.ts`` is in: emit the vote as target weights."""
-        self._emit(TargetWeights(event.ts, self.weights(), VOTE_SOURCE))

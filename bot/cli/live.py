@@ -159,6 +159,12 @@ def resume(config: LiveConfigOption = None) -> None:
 
 
 @app.command()
+def flatten(config: LiveConfigOption = None) -> None:
+    """Sell every coin at the next decision, then send no order until `resume`."""
+    _ask(config, "flatten")
+
+
+@app.command()
 def stop(config: LiveConfigOption = None) -> None:
     """Stop the daemon after its current cycle."""
     _ask(config, "stop")

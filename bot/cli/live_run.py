@@ -14,15 +14,15 @@ log = logging.getLogger(__name__)
 
 async def build_policy(cfg: AppConfig, market: Any, metrics: Any, now_ms: int) -> tuple[Any, Any]:
     """The configured policy (and its module host, for the Crypto Module vote)."""
-    coins, quote = cfg.market.coins, cfg.market.quote
+    coins = cfg.market.coins
     if cfg.live.policy == "equal_weight":
-        from backtest.baselines import EqualWeightRebalanced
+        from strategies.baselines import EqualWeightRebalanced
 
-        return EqualWeightRebalanced(coins, quote), None
+        return EqualWeightRebalanced(coins), None
     if cfg.live.policy == "hold":
-        from backtest.baselines import CashOnly
+        from strategies.baselines import CashOnly
 
-        return CashOnly(quote), None
+        return CashOnly(), None
     from strategies.live import build_vote
 
     return await build_vote(cfg, market, metrics, now_ms)

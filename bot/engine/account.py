@@ -6,9 +6,9 @@ with its balances. It never decides anything: it answers "what do we hold, what 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
-from bot.events import Bar, BarsClosed, Event, OrderFilled, PortfolioValued
+from bot.events import Bar, OrderFilled, PortfolioValued
 
 _COINS: dict[str, str] = {}
 
@@ -29,7 +29,6 @@ class Account:
         quote: str,
         cash: float,
         holdings: Mapping[str, float] | None = None,
-        emit: Callable[[Event], None] | None = None,
     ) -> None:
         self.quote = quote
         self.cash = float(cash)
@@ -40,7 +39,6 @@ class Account:
         self.fees_paid = 0.0
         self.traded_notional = 0.0
         self.fills = 0
-        self._emit = emit
 
     def on_bar(self, bar: Bar) -> None:
         """Remember the latest bar and close of the bar's coin (a hot path: two stores)."""
@@ -74,11 +72,6 @@ class Account:
         self.fees_paid += value if fill.fee_quote is None else fill.fee_quote
         self.traded_notional += notional
         self.fills += 1
-
-    def on_bars_closed(self, event: BarsClosed) -> None:
-        """Publish the mark-to-market valuation at this close."""
-        if self._emit is not None:
-            self._emit(self.valuation(event.ts))
 
     def equity(self) -> float:
         """Cash plus every holding at its last price."""

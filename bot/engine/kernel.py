@@ -1,47 +1,44 @@
-"""The kernel: one place that builds and wires the engine, for backtests and live trading alike.
+"""The engine: one straight-line step per bar close, the same objects in backtests and live.
 
-Only the policy (what decides) and the executor (what trades) are passed in; the driver (where
-events come from) stays outside. The wiring order below is part of the contract:
+:meth:`Engine.step` is the whole order of operations, written out:
 
-1. the account records closes (``Bar``: price and bar time) before anyone decides;
-2. at ``BarsClosed`` the account publishes its valuation (``PortfolioValued``) *before* the
-   policy answers: the account's handler is subscribed first, so the valuation is queued ahead
-   of the policy's ``TargetWeights`` and the risk gate has followed this close's equity (and
-   tripped its kill switch if need be) before it reviews this close's decision;
-3. the policy handles ``Metric``/``Bar``/``BarsClosed`` and emits ``TargetWeights``;
-4. the planner turns ``TargetWeights`` into ``SubmitOrder`` through the risk gate (drawdown
-   kill switch, weight caps, stale data, pause, order notional, daily turnover);
-5. the executor answers ``SubmitOrder`` with ``OrderFilled``/``OrderRejected``;
-6. the account books fills.
+1. mark to market: the instant's bars give the account its prices and last bars;
+2. kill switch: the gate follows this close's equity and trips on a drawdown past the limit;
+3. decision: the policy's ``decide`` (at every instant; its answer is used only when the instant
+   decides);
+4. risk review: weight caps, min cash, coins blocked by an order of unknown fate, stale data,
+   pause, order notional, daily turnover (:class:`~bot.engine.planner.OrderPlanner`);
+5. order plan: lot- and notional-valid orders, sells first, deterministic client ids.
+
+The step returns a :class:`~bot.engine.step.StepResult` (target, refusals, orders) and the
+driver hands the orders to a venue, whose fills come back through :meth:`Engine.book`. The bus
+is for observers only (recorders, the journal, Telegram, logs): the engine publishes on it what
+happened, it never routes a decision through it. Operator commands (pause, resume, flatten) are
+events too (:meth:`Engine.command`): the step is synchronous, so a command always falls
+between two steps, and is published, journalled and applied in the order it came.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Mapping
 
 from bot.bus import EventBus
 from bot.engine.account import Account
 from bot.engine.planner import OrderPlanner
 from bot.engine.risk import RiskGate
 from bot.engine.rules import MarketRules
-from bot.events import Bar, BarsClosed, OrderFilled, PortfolioValued, TargetWeights
+from bot.engine.step import DecisionContext, Instant, Policy, StepResult, target_weights
+from bot.events import (
+    Event,
+    FlattenPositions,
+    OperatorCommand,
+    OrderFilled,
+    OrderRejected,
+    PauseTrading,
+    PortfolioValued,
+    ResumeTrading,
+)
 from config.schema import AppConfig
-
-
-class Policy(Protocol):
-    """Decides: subscribes its handlers and answers ``BarsClosed`` with ``TargetWeights``."""
-
-    def attach(self, bus: EventBus) -> None:
-        """Subscribe to the events the policy needs; emit through ``bus.emit``."""
-        ...
-
-
-class Executor(Protocol):
-    """Trades: answers ``SubmitOrder`` with ``OrderFilled`` / ``OrderRejected``."""
-
-    def attach(self, bus: EventBus) -> None:
-        """Subscribe to ``SubmitOrder`` (and whatever else the executor needs)."""
-        ...
 
 
 def market_rules(cfg: AppConfig) -> dict[str, MarketRules]:
@@ -51,47 +48,106 @@ def market_rules(cfg: AppConfig) -> dict[str, MarketRules]:
     }
 
 
-class TradingEngine:
-    """Bus, account, risk gate, planner, policy and executor, wired in the documented order."""
+class Engine:
+    """Account, risk gate, planner and policy, stepped one instant at a time."""
 
     def __init__(
         self,
         cfg: AppConfig,
         policy: Policy,
-        executor: Executor,
         *,
         cash: float | None = None,
-        holdings: dict[str, float] | None = None,
+        holdings: Mapping[str, float] | None = None,
         rules: dict[str, MarketRules] | None = None,
         bus: EventBus | None = None,
     ) -> None:
         self.cfg = cfg
         self.bus = bus or EventBus()
-        quote = cfg.market.quote
+        self.quote = quote = cfg.market.quote
         self.rules = rules if rules is not None else market_rules(cfg)
-        self.account = Account(
-            quote,
-            cfg.broker.initial_cash if cash is None else cash,
-            holdings,
-            emit=self.bus.emit,
-        )
+        self.account = Account(quote, cfg.broker.initial_cash if cash is None else cash, holdings)
         self.gate = RiskGate(cfg.risk, quote)
         self.planner = OrderPlanner(
             self.account,
             self.gate,
             self.rules,
-            self.bus.emit,
             fee_rate=cfg.broker.fee_rate,
             min_trade_weight=cfg.risk.min_trade_weight,
         )
         self.policy = policy
-        self.executor = executor
-        bus = self.bus
-        bus.subscribe(Bar, self.account.on_bar)
-        bus.subscribe(BarsClosed, self.account.on_bars_closed)
-        if cfg.risk.max_drawdown is not None:  # only the kill switch needs equity at each close
-            bus.subscribe(PortfolioValued, self.planner.on_portfolio_valued)
-        policy.attach(bus)
-        bus.subscribe(TargetWeights, self.planner.on_target_weights)
-        executor.attach(bus)
-        bus.subscribe(OrderFilled, self.account.on_fill)
+        self._watch_drawdown = cfg.risk.max_drawdown is not None
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def step(self, instant: Instant) -> StepResult:
+        """One bar close, in the order the module docstring lists."""
+        ts, account = instant.ts, self.account
+        for bar in instant.bars:  # 1. mark to market
+            account.on_bar(bar)
+        equity = account.equity()
+        refusals = []
+        if self._watch_drawdown:  # 2. kill switch
+            tripped = self.gate.observe_equity(ts, equity)
+            if tripped is not None:
+                refusals.append(tripped)
+        context = DecisionContext(instant, account)
+        wanted = self.policy.decide(context)  # 3. decision
+        target = None
+        orders: list = []
+        if instant.decide:
+            if wanted is not None:
+                target = target_weights(ts, wanted, self.quote, self.policy.name)
+            # 4. risk review and 5. order plan (a tripped kill switch acts without a target)
+            wanted_weights = None if target is None else target.as_dict()
+            orders, reviewed = self.planner.review(ts, wanted_weights)
+            refusals += reviewed
+        notes = tuple(context.notes)
+        result = StepResult(ts, equity, target, tuple(refusals), tuple(orders), notes)
+        if self.bus.listening:
+            self._publish(result)
+        return result
+
+    def book(self, fill: OrderFilled) -> None:
+        """A venue's fill: into the account, and to observers."""
+        self.account.on_fill(fill)
+        if self.bus.listening:
+            self.bus.emit(fill)
+
+    def reject(self, rejection: OrderRejected) -> None:
+        """A venue's refusal of an order: to observers (the account is unchanged)."""
+        if self.bus.listening:
+            self.bus.emit(rejection)
+
+    # -- operator commands ----------------------------------------------------------------------
+
+    def command(self, command: OperatorCommand) -> None:
+        """Apply an operator command before the next step and publish it (the journal keeps
+        it). Steps never await, so a command always falls between two of them."""
+        if isinstance(command, PauseTrading):
+            self.planner.paused = True
+        elif isinstance(command, ResumeTrading):
+            self.planner.paused = False
+            if self.gate.halted is not None:
+                self.gate.resume()
+        elif isinstance(command, FlattenPositions):
+            self.gate.trip(command.ts, f"flatten asked by {command.by}", flatten=True)
+        self.bus.emit(command)
+
+    # -- observers ------------------------------------------------------------------------------
+
+    def valuation(self, ts: int) -> PortfolioValued:
+        """The account's mark-to-market at ``ts``."""
+        return self.account.valuation(ts)
+
+    def _publish(self, result: StepResult) -> None:
+        emit = self.bus.emit
+        emit(self.account.valuation(result.ts))
+        events: tuple[Event, ...] = result.notes
+        for event in events:
+            emit(event)
+        if result.target is not None:
+            emit(result.target)
+        for refusal in result.refusals:
+            emit(refusal)
+        for order in result.orders:
+            emit(order)

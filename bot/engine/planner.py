@@ -7,8 +7,8 @@ largest market order (MARKET_LOT_SIZE): the rest waits for the next decision. Mo
 ``min_trade_weight`` of equity, below one lot, or below the minimum notional are not sent.
 Client order ids are deterministic: the same decision always produces the same ids.
 
-At each decision (``TargetWeights``) the checks run in this order, every change or block
-emitted as a ``RiskRefusal`` (see :mod:`bot.engine.risk` for the rules):
+At each decision (:meth:`OrderPlanner.review`) the checks run in this order, every change or
+block returned as a ``RiskRefusal`` (see :mod:`bot.engine.risk` for the rules):
 
 1. kill switch: while it holds, no orders and one ``halted`` refusal; when it tripped with
    ``on_drawdown="flatten"``, the policy's targets are replaced by 100% cash (sold through the
@@ -19,22 +19,22 @@ emitted as a ``RiskRefusal`` (see :mod:`bot.engine.risk` for the rules):
    refusal, and the other coins share what is left;
 3. stale data: a coin the targets or the holdings involve whose latest bar is too old blocks
    every order of the decision;
-4. operator pause (``paused``): the decision's refusals are emitted, no orders;
+4. operator pause (``paused``): the decision's refusals are returned, no orders;
 5. order guardrails (``max_order_notional``, ``max_daily_turnover``), on the sells and then on
    the buys, which are sized from the cash the reviewed sells will bring.
 
-The kill switch itself trips on a ``PortfolioValued`` (:meth:`OrderPlanner.on_portfolio_valued`),
-which the kernel has the account publish before the policy's ``TargetWeights`` of the same close.
+The kill switch itself trips on the valuation of the same close, which the engine's step takes
+before it asks the policy (:meth:`bot.engine.kernel.Engine.step`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from bot.engine.account import Account
 from bot.engine.risk import RiskGate
 from bot.engine.rules import MarketRules
-from bot.events import Event, PortfolioValued, RiskRefusal, SubmitOrder, TargetWeights
+from bot.events import RiskRefusal, SubmitOrder
 
 CLIENT_ID_PREFIX = "rlpm-"
 """Every client order id of this bot starts with it (stray orders of ours are recognised)."""
@@ -46,7 +46,7 @@ def client_order_id(ts: int, coin: str, side: str) -> str:
 
 
 class OrderPlanner:
-    """Turns ``TargetWeights`` into ``SubmitOrder`` commands for the executor, through the gate.
+    """Turns wanted weights into ``SubmitOrder`` commands for a venue, through the gate.
 
     ``paused`` (the operator's pause): decisions and their refusals go on, no order is sent.
     """
@@ -56,7 +56,6 @@ class OrderPlanner:
         account: Account,
         gate: RiskGate,
         rules: Mapping[str, MarketRules],
-        emit: Callable[[Event], None],
         *,
         fee_rate: float,
         min_trade_weight: float = 0.0,
@@ -66,54 +65,46 @@ class OrderPlanner:
         self.rules = rules
         self.fee_rate = fee_rate
         self.min_trade_weight = min_trade_weight
-        self._emit = emit
         self.paused = False
         self.blocked: dict[str, str] = {}
         """Coin -> why no order may be planned for it (set by the live executor)."""
 
-    def on_portfolio_valued(self, event: PortfolioValued) -> None:
-        """Let the gate follow equity; emit the kill switch's refusal when it trips."""
-        refusal = self.gate.observe_equity(event.ts, event.equity)
-        if refusal is not None:
-            self._emit(refusal)
+    def review(
+        self, ts: int, wanted: dict[str, float] | None
+    ) -> tuple[list[SubmitOrder], list[RiskRefusal]]:
+        """The guardrails' review of ``wanted`` (asset -> weight; ``None``: the policy has no
+        new target) and the orders that move the account to what they allow.
 
-    def on_target_weights(self, target: TargetWeights) -> None:
-        """Review ``target`` through the gate and emit the orders that move the account to it."""
-        ts = target.ts
-        gate, account, emit = self.gate, self.account, self._emit
-        gate.start_decision(ts, account.equity())
+        A tripped kill switch acts whatever the policy says: a due flatten sells everything,
+        a halt refuses any trade the policy wanted (one ``halted`` refusal).
+        """
+        gate, account = self.gate, self.account
         flatten = gate.flatten_due
+        if wanted is None and not flatten:
+            return [], []
+        gate.start_decision(ts, account.equity())
         if gate.halted is not None and not flatten:
-            emit(gate.halt_refusal(ts, self._wanted_notional(ts, target.as_dict())))
-            return
+            assert wanted is not None
+            return [], [gate.halt_refusal(ts, self._wanted_notional(ts, wanted))]
         if flatten:
             weights: dict[str, float] = {account.quote: 1.0}
             refusals: list[RiskRefusal] = []
         else:
-            weights, refusals = gate.review_weights(ts, target.as_dict())
+            assert wanted is not None
+            weights, refusals = gate.review_weights(ts, wanted)
         if self.blocked:
             weights = self._hold_blocked(ts, weights, refusals)
         stale = gate.review_data(ts, self.involved_coins(weights), account.last_bars)
         if stale:
-            refusals.extend(stale)
-            for refusal in refusals:
-                emit(refusal)
-            return
+            return [], refusals + stale
         if self.paused:
-            for refusal in refusals:
-                emit(refusal)
-            return
+            return [], refusals
         orders, order_refusals = self._plan(ts, weights, reviewed=True, flatten=flatten)
         if flatten and not orders:
             # Nothing tradable left to sell: the flatten is complete and the switch just halts.
             gate.flatten_done()
             order_refusals.append(gate.halt_refusal(ts, 0.0))
-        for refusal in refusals:
-            emit(refusal)
-        for refusal in order_refusals:
-            emit(refusal)
-        for order in orders:
-            emit(order)
+        return orders, refusals + order_refusals
 
     def _hold_blocked(
         self, ts: int, weights: dict[str, float], refusals: list[RiskRefusal]

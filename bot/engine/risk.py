@@ -108,6 +108,13 @@ class RiskGate:
             f"(limit {limit:.2%}); {action} until an operator resumes",
         )
 
+    def trip(self, ts: int, reason: str, *, flatten: bool) -> None:
+        """Trip the kill switch by hand (an operator's flatten): sell everything at the next
+        decision when ``flatten``, then halt until resumed."""
+        self._halted = f"{reason} at {ms_to_iso(ts)}"
+        self._flatten_due = flatten
+        self._flattened = False
+
     def flatten_done(self) -> None:
         """The flatten sold all it could: from now on the kill switch only halts."""
         self._flatten_due = False

@@ -19,8 +19,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bot.control import ControlError, Controls
-from bot.engine.kernel import TradingEngine
-from bot.events import TargetWeights
+from bot.engine.kernel import Engine
+from bot.events import (
+    FlattenPositions,
+    OperatorCommand,
+    PauseTrading,
+    ResumeTrading,
+    TargetWeights,
+)
 from bot.live.journal import Journal
 from bot.live.status import trading_lines
 from bot.timeframes import ms_to_iso
@@ -34,6 +40,7 @@ COMMANDS = (
     "modules",
     "pause",
     "resume",
+    "flatten",
     "stop",
     "retrain",
     "plug",
@@ -70,7 +77,7 @@ class DaemonControls(Controls):
 
     def __init__(
         self,
-        engine: TradingEngine,
+        engine: Engine,
         journal: Journal,
         *,
         mode: str,
@@ -84,6 +91,8 @@ class DaemonControls(Controls):
         self.now_ms = now_ms
         self._stop = stop
         self.host = modules
+        self.by = "operator"
+        """Who the commands are from, as journalled."""
         self.last_target: TargetWeights | None = None
         engine.bus.subscribe(TargetWeights, self._remember_target)
 
@@ -146,25 +155,31 @@ class DaemonControls(Controls):
         """The plugged Crypto Modules."""
         return [] if self.host is None else self.host.describe()
 
+    async def _command(self, command: OperatorCommand) -> None:
+        """Hand ``command`` to the engine; the journal (an observer) keeps it."""
+        self.engine.command(command)
+        await self.engine.bus.drain()
+
     async def pause(self) -> str:
         """No new orders until resumed; decisions go on."""
-        self.engine.planner.paused = True
-        await self.journal.put("paused", True)
+        await self._command(PauseTrading(self.now_ms(), self.by))
         log.warning("paused by the operator: no new orders until resumed")
         return "paused: decisions go on, no orders are sent until /resume"
 
     async def resume(self) -> str:
         """Orders again; also clears a tripped kill switch."""
-        self.engine.planner.paused = False
-        await self.journal.put("paused", False)
-        gate = self.engine.gate
-        halted = getattr(gate, "halted", None)
-        if halted and hasattr(gate, "resume"):
-            gate.resume()
+        halted = self.engine.gate.halted
+        await self._command(ResumeTrading(self.now_ms(), self.by))
         log.warning(
             "resumed by the operator%s", f" (kill switch cleared: {halted})" if halted else ""
         )
         return "resumed" + (f"; kill switch cleared ({halted})" if halted else "")
+
+    async def flatten(self) -> str:
+        """Sell every coin at the next decision, then halt until resumed."""
+        await self._command(FlattenPositions(self.now_ms(), self.by))
+        log.warning("flatten asked by the operator: every coin is sold at the next decision")
+        return "flatten: every coin is sold at the next decision, then no orders until /resume"
 
     async def stop(self) -> str:
         """Stop after the current cycle."""

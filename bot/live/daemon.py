@@ -28,22 +28,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.engine.kernel import Policy, TradingEngine
+from bot.engine.kernel import Engine
+from bot.engine.step import Policy
+from bot.events import FlattenPositions, PauseTrading, ResumeTrading
 from bot.feed.dataset import check_stores
 from bot.feed.exchange import create_exchange
 from bot.feed.guard import GuardClock, RequestGuard
 from bot.feed.retry import call_with_retries
-from bot.live.ccxt_executor import CcxtExecutor
 from bot.live.clock import ExchangeTimeClock
 from bot.live.control import ControlSocket, DaemonControls, ModuleHost
 from bot.live.driver import LiveDriver
-from bot.live.executor import LiveExecutor, PaperExecutor
+from bot.live.executor import Executor, paper_balances
 from bot.live.journal import Journal
 from bot.live.loop import DaemonLoop
-from bot.live.orders import rules_from_markets
 from bot.live.reconcile import Reconciliation, reconcile
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import ms_to_iso
+from bot.venues.base import Venue
+from bot.venues.ccxt import CcxtVenue
+from bot.venues.orders import rules_from_markets
+from bot.venues.sim import SimVenue, forming_candle_open
 from config.schema import AppConfig, Secrets
 
 log = logging.getLogger(__name__)
@@ -226,24 +230,34 @@ async def _run(
             ms_to_iso(now),
         )
 
-        executor: LiveExecutor
+        venue: Venue
         if paper:
-            executor = PaperExecutor(journal, clock.now_ms, None, cfg.broker, rules)  # type: ignore[arg-type]
+            held = paper_balances(
+                await _paper_cash(journal, cfg), cfg.market.quote, await journal.orders()
+            )
+            venue = SimVenue(
+                cfg.broker,
+                cfg.market.quote,
+                rules,
+                forming_candle_open(exchange.fetch_ohlcv, cfg.market.timeframe),
+                cash=held.pop(cfg.market.quote),
+                holdings=held,
+            )
         else:
-            executor = CcxtExecutor(
+            venue = CcxtVenue(
                 exchange,
-                journal,
-                clock.now_ms,
                 live,
                 rules,
                 cfg.market.quote,
+                now_ms=clock.now_ms,
+                exchange_time=clock.sync,
                 max_retries=cfg.exchange.max_retries,
                 base_delay_s=cfg.exchange.retry_base_s,
             )
+        executor = Executor(venue, journal, clock.now_ms)
         incidents: list[str] = []  # told to the alert services once they run
         executor.on_incident = incidents.append
         executor.wait_until = lambda ts: clock.sleep_until(ts, stop)
-        executor.exchange_now = clock.sync
         # The bars of the warm-up window go to the store first; the policy is built from it.
         driver = LiveDriver(cfg, executor, exchange, clock, market, metrics)
         written = await driver.catch_up(now - live.warmup_days * DAY_MS)
@@ -251,12 +265,9 @@ async def _run(
         policy, host = await policy_factory(cfg, market, metrics, clock.now_ms())
         if host is not None:
             stack.push_async_callback(host.close)
-        initial_cash = float(await journal.get("paper_initial_cash", cfg.broker.initial_cash))
-        if paper:
-            await journal.put("paper_initial_cash", initial_cash)
-        engine = TradingEngine(cfg, policy, executor, cash=0.0, rules=rules)
-        if isinstance(executor, PaperExecutor):
-            executor.account = engine.account
+        engine = Engine(cfg, policy, cash=0.0, rules=rules)
+        for command in (PauseTrading, ResumeTrading, FlattenPositions):
+            engine.bus.subscribe(command, journal.record_command)
         driver.attach(engine)
         await _mark_latest(engine, market, cfg)
 
@@ -268,7 +279,6 @@ async def _run(
                 now_ms=clock.now_ms(),
                 step_ms=driver.step,
                 resume_within_bars=live.resume_within_bars,
-                initial_cash=initial_cash,
                 at_start=at_start,
             )
             _log_reconciliation(found, at_start=at_start)
@@ -331,7 +341,14 @@ async def _first_close(driver: LiveDriver, journal: Journal) -> int:
     return latest + driver.step
 
 
-async def _mark_latest(engine: TradingEngine, market: MarketStore, cfg: AppConfig) -> None:
+async def _paper_cash(journal: Journal, cfg: AppConfig) -> float:
+    """The paper account's starting cash, fixed at its first start."""
+    cash = float(await journal.get("paper_initial_cash", cfg.broker.initial_cash))
+    await journal.put("paper_initial_cash", cash)
+    return cash
+
+
+async def _mark_latest(engine: Engine, market: MarketStore, cfg: AppConfig) -> None:
     """Give the account the latest stored close of every coin (before reconciliation)."""
     tf, name = cfg.market.timeframe, cfg.market.exchange
     for coin in cfg.market.coins:
@@ -343,7 +360,7 @@ async def _mark_latest(engine: TradingEngine, market: MarketStore, cfg: AppConfi
             engine.account.on_bar(bar)
 
 
-async def _restore(engine: TradingEngine, journal: Journal) -> None:
+async def _restore(engine: Engine, journal: Journal) -> None:
     engine.planner.paused = bool(await journal.get("paused", False))
     if engine.planner.paused:
         log.warning("the operator's pause is still on: no orders until resumed")
@@ -355,7 +372,7 @@ async def _restore(engine: TradingEngine, journal: Journal) -> None:
             log.warning("the kill switch is still tripped (%s): no orders until resumed", halted)
 
 
-def _snapshot(engine: TradingEngine) -> Any:
+def _snapshot(engine: Engine) -> Any:
     return engine.gate.snapshot() if hasattr(engine.gate, "snapshot") else None
 
 
@@ -379,7 +396,7 @@ def _log_reconciliation(report: Reconciliation, *, at_start: bool) -> None:
             log.warning("%s: %s %s", what, name, items)
 
 
-def _summary(cfg: AppConfig, mode: str, engine: TradingEngine) -> str:
+def _summary(cfg: AppConfig, mode: str, engine: Engine) -> str:
     account = engine.account
     return (
         f"{mode} mode on {cfg.exchange.id}{' testnet' if cfg.exchange.sandbox else ''}, "

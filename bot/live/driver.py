@@ -6,15 +6,15 @@ A cycle deciding at close ``ts``:
 2. fetches every coin's closed bars since the last one it has (REST, retried; a bar the exchange
    has not published yet is asked for again for up to ``bar_wait_s``), stores them in
    ``market.db``, and reads the metrics that became known since the last cycle;
-3. publishes them into the engine as the replay driver does (``Metric``, ``Bar`` in close order,
-   then one ``BarsClosed`` at ``ts``), so the policy, the risk gate and the planner run exactly
-   as in a backtest;
-4. hands the planned orders to the executor, which journals and sends them;
+3. builds instants from them with the replay's function (:func:`bot.engine.step.instants`) and
+   steps the engine through each, so the policy, the risk gate and the planner run exactly as in
+   a backtest; the decision (target weights, refusals) is journalled;
+4. hands the step's orders to the executor, which journals, sends and settles them;
 5. closes the cycle's row in ``state.db`` with the equity and the latency.
 
-Bars older than ``ts`` (after an outage) are published as ``Bar`` events only: the modules'
-state follows every bar, but decisions are taken at the current close alone. A coin whose bar
-at ``ts`` is missing is left to the risk gate's stale-data rule.
+Bars older than ``ts`` (after an outage) make warm-up instants: the modules' state follows every
+bar, but decisions are taken at the current close alone. A coin whose bar at ``ts`` is missing
+is left to the risk gate's stale-data rule.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.engine.kernel import TradingEngine
-from bot.events import Bar, BarsClosed, Metric, RiskRefusal
+from bot.engine.kernel import Engine
+from bot.engine.step import StepResult, instants
+from bot.events import Bar, Metric
 from bot.feed.exchange import describe_error
 from bot.feed.live import fetch_closed_bars
 from bot.live.clock import ExchangeTimeClock
-from bot.live.executor import LiveExecutor, LiveTradingError
+from bot.live.executor import Executor, LiveTradingError
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import CandleGrid, ms_to_iso
 from config.schema import AppConfig
@@ -59,7 +60,7 @@ class LiveDriver:
     def __init__(
         self,
         cfg: AppConfig,
-        executor: LiveExecutor,
+        executor: Executor,
         exchange: Any,
         clock: ExchangeTimeClock,
         market: MarketStore,
@@ -69,7 +70,7 @@ class LiveDriver:
         coins: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
         self.cfg = cfg
-        self.engine: TradingEngine | None = None
+        self.engine: Engine | None = None
         self.executor = executor
         self.exchange = exchange
         self.clock = clock
@@ -83,13 +84,16 @@ class LiveDriver:
         self._coins = coins or (lambda: cfg.market.coins)
         self._next_open: dict[str, int] = {}
         self._metrics_known_until: int | None = None
-        self._refusals: list[RiskRefusal] = []
         self.cycles = 0
+        self.last: StepResult | None = None
+        """The last decision's step."""
 
-    def attach(self, engine: TradingEngine) -> None:
-        """Feed ``engine`` (built once the history is stored and the policy warmed up)."""
+    def attach(self, engine: Engine) -> None:
+        """Feed ``engine`` (built once the history is stored and the policy warmed up); its
+        fills and refusals come back from the executor."""
         self.engine = engine
-        engine.bus.subscribe(RiskRefusal, self._refusals.append)
+        self.executor.on_fill = engine.book
+        self.executor.on_reject = engine.reject
 
     # -- history ----------------------------------------------------------------------------------
 
@@ -144,7 +148,6 @@ class LiveDriver:
         started = time.perf_counter()
         journal = self.executor.journal
         await journal.start_cycle(ts, self.clock.now_ms())
-        self._refusals.clear()
         try:
             report = await self._cycle(ts, started)
         except LiveTradingError:
@@ -153,7 +156,6 @@ class LiveDriver:
         except Exception as exc:
             error = describe_error(exc)
             log.error("cycle %s failed: %s", ms_to_iso(ts), error, exc_info=True)
-            self.executor.discard_pending()
             await journal.finish_cycle(ts, "failed", self.clock.now_ms(), error=error)
             report = CycleReport(ts, 0, 0, 0, 0, self.engine.account.equity(), 0.0, error)
         self.cycles += 1
@@ -164,18 +166,16 @@ class LiveDriver:
         # Orders of unknown fate from earlier cycles: asked about when due; their coins keep
         # their weight until the exchange's record settles them.
         self.engine.planner.blocked = await self.executor.check_unknown(self.clock.now_ms())
+        engine = self.engine
         bars = await self._new_bars(ts)
         metrics = await self._new_metrics(ts)
-        bus = self.engine.bus
-        for metric in metrics:
-            bus.emit(metric)
-        for bar in sorted(bars, key=lambda b: (b.ts, b.symbol)):
-            bus.emit(bar)
-        present = tuple(sorted(b.symbol for b in bars if b.ts == ts))
-        bus.emit(BarsClosed(ts, self.cfg.market.timeframe, present))
-        await bus.drain()
-        refusals = list(self._refusals)
-        await self.executor.journal.add_refusals(refusals)
+        ordered = sorted(bars, key=lambda b: (b.ts, b.symbol))
+        for instant in instants(ordered, metrics, decide_from=ts, close_at=ts):
+            result = engine.step(instant)
+        self.last = result
+        refusals = list(result.refusals)
+        await self.executor.journal.record_decision(result)
+        await engine.bus.drain()
         for refusal in refusals:
             log.warning(
                 "guardrail %s on %s: wanted %.4g, allowed %.4g (%s)",
@@ -185,7 +185,8 @@ class LiveDriver:
                 refusal.allowed,
                 refusal.detail,
             )
-        orders = await self.executor.execute_cycle(ts, deadline_ms=ts + self.step)
+        orders = await self.executor.execute_cycle(ts, result.orders, deadline_ms=ts + self.step)
+        await engine.bus.drain()
         latency = (time.perf_counter() - started) * 1000
         account = self.engine.account
         equity = account.equity()

@@ -1,108 +1,74 @@
-"""Live executors: the engine's ``SubmitOrder`` commands, journalled, then sent or simulated.
+"""The journalled executor: any venue's orders, write-ahead in ``state.db``.
 
-Both executors follow the engine's ``Executor`` protocol (``attach(bus)``) and the same cycle:
-the orders the planner emits while a decision is dispatched are collected, then
-:meth:`LiveExecutor.execute_cycle` journals the whole plan in ``state.db`` (one transaction),
-sends the orders one by one in plan order (sells first), marking each ``sending`` before its
-request leaves, and settles what stayed uncertain. Fills reach the engine as ``OrderFilled``
-(once: the journal counts what was booked) and refusals as ``OrderRejected``.
+The :class:`Executor` wraps a :class:`~bot.venues.base.Venue` (the exchange, or the simulated
+venue of paper trading) with the journal. A cycle's orders (the engine step's plan) are
+journalled whole (one transaction), sent in plan order, sells before buys, each marked
+``sending`` before its request leaves, and the uncertain ones are settled. Fills reach the engine
+through ``on_fill`` (once: the journal counts what was booked), refusals through ``on_reject``.
 
 The one rule of the order path: **an order whose outcome is unknown is never sent again until
-the exchange's own record says what happened.** Such an order is journalled ``unknown``, blocks
-new orders for its coin, and is looked up again (:meth:`LiveExecutor.resolve`) at the end of
-its cycle, at every later cycle and at every start, with backoff, until the exchange either
-shows it (its fill is booked) or proves it never received it: no record of it once
-``recvWindow`` plus ``unknown_settle_s`` have passed since the request was signed (a request
-the exchange has not received by then is refused when it arrives). Only then may the same
-intent be sent, and only while its cycle is current; otherwise it is abandoned and the next
-decision starts from the real balances.
-
-* :class:`bot.live.ccxt_executor.CcxtExecutor` trades on the exchange through ccxt.
-* :class:`PaperExecutor` fills at the live price (the close just published) with the configured
-  slippage, fee and the exchange's filters; its balances are derived from the journal, so they
-  are exactly as crash-safe as the orders.
+the venue's own record says what happened.** Such an order is journalled ``unknown``, blocks
+new orders for its coin, and is looked up again (:meth:`Executor.resolve`) at the end of its
+cycle, at every later cycle and at every start, with backoff, until the venue either shows it
+(its fill is booked) or proves it never received it: no record of it once the venue's
+``horizon_ms`` has passed since the request was signed, read on the venue's own clock (for the
+exchange, ``recvWindow`` plus ``unknown_settle_s``: a request the exchange has not received by
+then is refused when it arrives). Only then may the same intent be sent, and only while its
+cycle is current; otherwise it is abandoned and the next decision starts from the real balances.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
 
-from bot.bus import EventBus
-from bot.engine.account import Account, coin_of
-from bot.engine.rules import MarketRules
+from bot.engine.planner import CLIENT_ID_PREFIX
 from bot.events import OrderFilled, OrderRejected, SubmitOrder
+from bot.feed.retry import backoff_delay
 from bot.live.journal import Journal, JournalOrder
-from bot.live.orders import OrderOutcome
-from config.schema import BrokerConfig
+from bot.venues.base import ABSENT, LiveTradingError, NotSent, Uncertain, Unreachable, Venue
+from bot.venues.orders import OrderOutcome
 
 log = logging.getLogger(__name__)
 
-SETTLED, ABSENT, UNKNOWN = "settled", "absent", "unknown"
-"""What :meth:`LiveExecutor.resolve` learnt: the exchange showed the order (its state is
-journalled), proved it never received it, or cannot say yet (the order stays ``unknown``)."""
+__all__ = ["ABSENT", "SETTLED", "UNKNOWN", "Executor", "LiveTradingError", "paper_balances"]
+
+SETTLED, UNKNOWN = "settled", "unknown"
+"""What :meth:`Executor.resolve` learnt besides ``ABSENT``: the venue showed the order (its
+state is journalled), or cannot say yet (the order stays ``unknown``)."""
+MAX_CHECK_INTERVAL_MS = 15 * 60_000
+"""Longest wait between two lookups of an order of unknown fate."""
 
 
-class LiveTradingError(RuntimeError):
-    """A failure the daemon cannot trade through: the exchange refused the API key."""
+class Executor:
+    """A venue's orders through the journal (see the module docstring)."""
 
-
-@dataclass(frozen=True)
-class NotSent:
-    """The request was refused before the exchange acted on it (rate limit, ban): not placed."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Uncertain:
-    """The request may have reached the exchange and nobody can say what happened."""
-
-    reason: str
-
-
-Placement = OrderOutcome | NotSent | Uncertain
-
-
-class LiveExecutor:
-    """Collects a decision's orders, journals them, sends them, books the outcomes."""
-
-    mode = "live"
-
-    def __init__(self, journal: Journal, now_ms: Callable[[], int]) -> None:
+    def __init__(self, venue: Venue, journal: Journal, now_ms: Callable[[], int]) -> None:
+        self.venue = venue
+        self.mode = venue.name
         self.journal = journal
         self.now_ms = now_ms
-        self._pending: list[SubmitOrder] = []
-        self._bus: EventBus | None = None
+        self.on_fill: Callable[[OrderFilled], None] = lambda fill: None
+        """Where fills go (the engine's ``book``)."""
+        self.on_reject: Callable[[OrderRejected], None] = lambda rejection: None
+        """Where refusals go (the engine's ``reject``)."""
         self.needs_reconcile = False
         """Set when an order's fate was uncertain: balances are re-read after the cycle."""
         self.wait_until: Callable[[int], Awaitable[bool]] | None = None
         """Sleeps until an exchange time (False when the daemon stops); settling waits on it."""
-        self.exchange_now: Callable[[], Awaitable[int]] | None = None
-        """Reads the exchange's own clock: an order is proven never received only on it."""
         self.on_incident: Callable[[str], None] = lambda text: None
         """Told once about each order whose fate became unknown, and about its resolution."""
 
-    def attach(self, bus: EventBus) -> None:
-        """Collect ``SubmitOrder`` from ``bus``; fills and rejections are published on it."""
-        self._bus = bus
-        bus.subscribe(SubmitOrder, self._pending.append)
-
-    def discard_pending(self) -> list[SubmitOrder]:
-        """Drop the collected orders (a cycle that must not trade) and return them."""
-        pending, self._pending[:] = list(self._pending), []
-        return pending
-
     # -- one cycle ------------------------------------------------------------------------------
 
-    async def execute_cycle(self, ts: int, *, deadline_ms: int | None = None) -> int:
-        """Journal the orders collected for the decision at ``ts`` and run the plan
-        (:meth:`run_plan`). Returns the number of orders of the cycle's plan. A resumed cycle
-        (restart) keeps the plan journalled the first time and sends only what was never
-        sent."""
-        orders = [self.shape(order) for order in self.discard_pending()]
-        await self.journal.plan_cycle(ts, orders, self.now_ms())
+    async def execute_cycle(
+        self, ts: int, orders: Sequence[SubmitOrder], *, deadline_ms: int | None = None
+    ) -> int:
+        """Journal ``orders`` (the step's plan at ``ts``) and run the plan (:meth:`run_plan`).
+        Returns the number of orders of the cycle's plan. A resumed cycle (restart) keeps the
+        plan journalled the first time and sends only what was never sent."""
+        shaped = [self.venue.shape(order) for order in orders]
+        await self.journal.plan_cycle(ts, shaped, self.now_ms())
         return await self.run_plan(ts, deadline_ms=deadline_ms)
 
     async def run_plan(self, ts: int, *, deadline_ms: int | None = None) -> int:
@@ -137,7 +103,7 @@ class LiveExecutor:
             now = self.now_ms()
             await self.journal.mark_sending(row.client_order_id, now)
             row = await self._row(row.client_order_id)
-            placed = await self.send(row.submit_order())
+            placed = await self.venue.submit(row.submit_order())
             if isinstance(placed, NotSent):
                 await self.journal.record(
                     row.client_order_id, self.now_ms(), status="planned", reason=placed.reason
@@ -220,34 +186,88 @@ class LiveExecutor:
             raise KeyError(client_order_id)
         return row
 
-    # -- what each venue does ---------------------------------------------------------------------
-
-    def shape(self, order: SubmitOrder) -> SubmitOrder:
-        """The order as this venue sends it (journalled so): the planner's market order, or a
-        limit order when the venue is configured so."""
-        return order
-
-    async def send(self, order: SubmitOrder) -> Placement:
-        """Place ``order`` and follow it until it settles."""
-        raise NotImplementedError
+    # -- the venue's record -----------------------------------------------------------------------
 
     async def resolve(self, row: JournalOrder, now_ms: int, *, first_reason: str = "") -> str:
-        """Ask the exchange's record about ``row`` (sent, of unknown fate): ``SETTLED`` (its
-        state is journalled and booked), ``ABSENT`` (provably never received; the caller
-        decides) or ``UNKNOWN`` (journalled ``unknown`` with its next check)."""
-        raise NotImplementedError
-
-    async def balances(self, coins: tuple[str, ...], quote: str, initial_cash: float) -> dict:
-        """Total balance per asset (``quote`` and ``coins``) as the venue holds it."""
-        raise NotImplementedError
-
-    async def cancel(self, order: SubmitOrder, last: OrderOutcome | None = None) -> OrderOutcome:
-        """Cancel an open order; its final state (it may have filled meanwhile)."""
-        raise NotImplementedError
+        """Ask the venue's record about ``row`` (sent, fate not settled): ``SETTLED`` (its state
+        is journalled and booked), ``ABSENT`` (provably never received; the caller decides) or
+        ``UNKNOWN`` (journalled ``unknown`` with its next check, with backoff)."""
+        venue = self.venue
+        order = row.submit_order()
+        sent = row.sent_ms if row.sent_ms is not None else now_ms
+        record = await venue.lookup(order, max(0, sent - 60_000))
+        if isinstance(record, OrderOutcome):
+            await self.apply(row, record)
+            if row.status == "unknown":
+                text = (
+                    f"order {row.client_order_id} resolved from the venue's record: "
+                    f"{record.status}, {record.filled:.8g} of {row.amount:.8g} {row.symbol}"
+                )
+                log.warning("%s", text)
+                self.on_incident(text)
+            return SETTLED
+        horizon = sent + venue.horizon_ms
+        if record == ABSENT and now_ms >= horizon and await venue.clock_ms(now_ms) >= horizon:
+            if venue.horizon_ms:
+                log.warning(
+                    "order %s: the venue has no record of it %.0f s after it was sent: it never "
+                    "arrived",
+                    row.client_order_id,
+                    (now_ms - sent) / 1000,
+                )
+            return ABSENT
+        checks = row.checks + 1
+        backoff = now_ms + min(MAX_CHECK_INTERVAL_MS, int(1000 * backoff_delay(checks, 1.0)))
+        if isinstance(record, Unreachable):
+            self.needs_reconcile = True
+            reason = f"the venue cannot say: {record.reason}"
+            next_check = backoff
+        else:
+            reason = "no record on the venue yet"
+            first = now_ms + min(venue.horizon_ms, 10_000)
+            next_check = horizon if row.status == "unknown" else min(first, horizon)
+            if now_ms >= horizon:  # past it, but the venue's clock could not confirm it
+                next_check = backoff
+        if first_reason:
+            reason = f"{first_reason}; {reason}"
+        await self.journal.mark_unknown(
+            row.client_order_id, now_ms, next_check_ms=next_check, checks=checks, reason=reason
+        )
+        if row.status != "unknown":
+            text = (
+                f"order {row.client_order_id} ({row.side} {row.amount:.8g} {row.symbol}): fate "
+                f"unknown ({reason}); not resent, {row.coin} blocked until the venue's record "
+                "settles it"
+            )
+            log.error("%s", text)
+            self.on_incident(text)
+        return UNKNOWN
 
     async def cancel_strays(self, coins: tuple[str, ...], quote: str) -> list[str]:
-        """Cancel open orders of ours the journal does not know; their client ids."""
-        return []
+        """Cancel open orders of ours (``rlpm-``) the journal does not know; leave anyone
+        else's. Returns the client ids cancelled."""
+        cancelled = []
+        for order in await self.venue.open_orders(coins, quote):
+            cid = order.client_order_id
+            if await self.journal.order(cid) is not None:
+                continue
+            if not cid.startswith(CLIENT_ID_PREFIX):
+                log.warning(
+                    "open %s order %s was not placed by this daemon; left alone",
+                    order.symbol,
+                    cid or order.exchange_order_id,
+                )
+                continue
+            try:
+                await self.venue.cancel_open(order)
+            except LiveTradingError:
+                raise
+            except Exception as exc:
+                log.error("cannot cancel stray order %s: %s", cid, exc)
+                continue
+            cancelled.append(cid)
+            log.warning("cancelled open order %s that state.db does not know", cid)
+        return cancelled
 
     # -- booking --------------------------------------------------------------------------------
 
@@ -272,7 +292,6 @@ class LiveExecutor:
             fee_quote=outcome.fee_quote,
             fees=dict(outcome.fees) if outcome.fees else None,
         )
-        bus = self._bus
         if booking:
             assert outcome.average_price is not None
             share = new / outcome.filled if outcome.filled else 0.0
@@ -287,8 +306,7 @@ class LiveExecutor:
                 outcome.fee_asset or "",
                 None if outcome.fee_quote is None else outcome.fee_quote * share,
             )
-            if bus is not None:
-                await bus.publish(fill)
+            self.on_fill(fill)
             if outcome.status != "filled":
                 log.warning(
                     "order %s %s %s: %s, %.8g of %.8g filled",
@@ -299,7 +317,7 @@ class LiveExecutor:
                     outcome.filled,
                     row.amount,
                 )
-        elif outcome.status == "rejected" and bus is not None:
+        elif outcome.status == "rejected":
             log.warning(
                 "order %s %s %.8g %s rejected: %s",
                 cid,
@@ -308,87 +326,9 @@ class LiveExecutor:
                 row.symbol,
                 outcome.reason,
             )
-            await bus.publish(
+            self.on_reject(
                 OrderRejected(now, cid, row.symbol, row.side, row.amount, outcome.reason or "")
             )
-
-
-class PaperExecutor(LiveExecutor):
-    """Simulated fills on live prices; nothing reaches the exchange and no key is needed.
-
-    The fill price is the account's latest price of the coin (the close the decision saw)
-    moved by ``slippage_bps`` against the order; fees are ``fee_rate`` in the quote currency;
-    lots and minimum notional are those of the exchange. Balances come from the journal.
-    """
-
-    mode = "paper"
-
-    def __init__(
-        self,
-        journal: Journal,
-        now_ms: Callable[[], int],
-        account: Account | None,
-        broker: BrokerConfig,
-        rules: Mapping[str, MarketRules],
-    ) -> None:
-        super().__init__(journal, now_ms)
-        self.account = account
-        self.fee_rate = broker.fee_rate
-        self.slippage = broker.slippage_bps / 10_000
-        self.rules = rules
-
-    async def send(self, order: SubmitOrder) -> OrderOutcome:
-        """The simulated fill (or rejection) of ``order`` against the account's balances."""
-        coin = coin_of(order.symbol)
-        if self.account is None:
-            raise RuntimeError("PaperExecutor.account must be set before trading")
-        price = self.account.prices.get(coin)
-        if not price:
-            return OrderOutcome("rejected", reason=f"no live price for {coin}")
-        buy = order.side == "buy"
-        price *= 1 + self.slippage if buy else 1 - self.slippage
-        rules = self.rules.get(coin, MarketRules())
-        amount = rules.round_amount(order.amount)
-        if buy:
-            affordable = rules.round_amount(self.account.cash / (price * (1 + self.fee_rate)))
-            if amount > affordable:
-                return OrderOutcome(
-                    "rejected",
-                    reason=f"insufficient balance: {amount:.8g} {coin} needs "
-                    f"{amount * price * (1 + self.fee_rate):.2f} {self.account.quote}, "
-                    f"{self.account.cash:.2f} free",
-                )
-        elif amount > self.account.holdings.get(coin, 0.0) + 1e-12:
-            return OrderOutcome("rejected", reason=f"insufficient balance of {coin}")
-        if not rules.tradable(amount, price):
-            return OrderOutcome(
-                "rejected",
-                reason=f"notional {amount * price:.2f} below minimum {rules.min_notional:.2f}",
-            )
-        fee = amount * price * self.fee_rate
-        return OrderOutcome(
-            "filled",
-            filled=amount,
-            average_price=price,
-            fee=fee,
-            fee_asset=self.account.quote,
-            exchange_order_id=f"paper-{order.client_order_id}",
-            fees=((self.account.quote, fee),),
-            fee_quote=fee,
-        )
-
-    async def resolve(self, row: JournalOrder, now_ms: int, *, first_reason: str = "") -> str:
-        """A paper fill is journalled in the same step as its ``sending`` mark: a row still
-        ``sending`` was never filled."""
-        return ABSENT
-
-    async def balances(self, coins: tuple[str, ...], quote: str, initial_cash: float) -> dict:
-        """Derived from the journal: the initial cash plus every journalled fill."""
-        return paper_balances(initial_cash, quote, await self.journal.orders())
-
-    async def cancel(self, order: SubmitOrder, last: OrderOutcome | None = None) -> OrderOutcome:
-        """Paper orders never rest on a book."""
-        return last or OrderOutcome("canceled")
 
 
 def paper_balances(initial_cash: float, quote: str, orders: list[JournalOrder]) -> dict[str, float]:
@@ -397,7 +337,7 @@ def paper_balances(initial_cash: float, quote: str, orders: list[JournalOrder]) 
     for o in orders:
         if o.filled <= 0 or not o.average_price:
             continue
-        coin = coin_of(o.symbol)
+        coin = o.coin
         sign = 1.0 if o.side == "buy" else -1.0
         balances[coin] = balances.get(coin, 0.0) + sign * o.filled
         balances[quote] -= sign * o.filled * o.average_price

@@ -31,7 +31,14 @@ from typing import Any
 
 import aiosqlite
 
-from bot.events import RiskRefusal, SubmitOrder
+from bot.engine.step import StepResult
+from bot.events import (
+    OperatorCommand,
+    PauseTrading,
+    ResumeTrading,
+    RiskRefusal,
+    SubmitOrder,
+)
 from bot.store.sqlite import open_database
 
 OPEN_STATES = ("planned", "sending", "unknown", "open", "partially_filled")
@@ -98,6 +105,22 @@ _MIGRATIONS = (
     ALTER TABLE orders ADD COLUMN checks INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE orders ADD COLUMN fee_quote REAL;       -- every commission, in the quote currency
     ALTER TABLE orders ADD COLUMN fees TEXT;            -- JSON {asset: commission}
+    """,
+    """
+    CREATE TABLE decisions (
+        ts INTEGER PRIMARY KEY,           -- the close decided at
+        source TEXT,                      -- the policy (NULL: no new target)
+        target TEXT,                      -- JSON [[asset, weight], ...] the policy wanted
+        equity REAL NOT NULL,             -- mark-to-market before the orders
+        orders TEXT NOT NULL,             -- JSON [client order id, ...] of the step's plan
+        refusals TEXT NOT NULL            -- JSON [[rule, asset, wanted, allowed], ...]
+    );
+    CREATE TABLE commands (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,              -- exchange ms the operator asked
+        command TEXT NOT NULL,            -- PauseTrading | ResumeTrading | FlattenPositions
+        by TEXT NOT NULL
+    );
     """,
 )
 
@@ -356,6 +379,53 @@ class Journal:
     async def _orders(self, where: str, params: Sequence[Any]) -> list[JournalOrder]:
         async with self._db.execute(f"SELECT {_ORDER_COLUMNS} FROM orders {where}", params) as c:
             return [JournalOrder(*row) async for row in c]
+
+    # -- decisions ------------------------------------------------------------------------------
+
+    async def record_decision(self, result: StepResult) -> None:
+        """Keep what the engine's step decided at a close (replayed by ``live diff``)."""
+        target = result.target
+        await self._db.execute(
+            "INSERT INTO decisions (ts, source, target, equity, orders, refusals)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ts) DO UPDATE SET source = excluded.source,"
+            " target = excluded.target, equity = excluded.equity, orders = excluded.orders,"
+            " refusals = excluded.refusals",
+            (
+                result.ts,
+                None if target is None else target.source,
+                None if target is None else json.dumps([list(w) for w in target.weights]),
+                float(result.equity),
+                json.dumps([o.client_order_id for o in result.orders]),
+                json.dumps([[r.rule, r.asset, r.wanted, r.allowed] for r in result.refusals]),
+            ),
+        )
+        await self._db.commit()
+
+    async def decisions(self) -> list[dict[str, Any]]:
+        """Every journalled decision, oldest first (JSON fields decoded)."""
+        rows = await self._select_dicts("SELECT * FROM decisions ORDER BY ts")
+        for row in rows:
+            for key in ("target", "orders", "refusals"):
+                row[key] = None if row[key] is None else json.loads(row[key])
+        return rows
+
+    async def record_command(self, command: OperatorCommand) -> None:
+        """Keep an operator command, in the order it was applied (and the pause it leaves)."""
+        await self._db.execute(
+            "INSERT INTO commands (ts, command, by) VALUES (?, ?, ?)",
+            (command.ts, type(command).__name__, command.by),
+        )
+        if isinstance(command, PauseTrading | ResumeTrading):
+            await self._db.execute(
+                "INSERT INTO kv (key, value) VALUES ('paused', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (json.dumps(isinstance(command, PauseTrading)),),
+            )
+        await self._db.commit()
+
+    async def commands(self) -> list[dict[str, Any]]:
+        """Every operator command, in order."""
+        return await self._select_dicts("SELECT ts, command, by FROM commands ORDER BY id")
 
     # -- refusals, balances, key-values -----------------------------------------------------------
 

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bot.engine.kernel import TradingEngine
+from bot.engine.kernel import Engine
 from bot.feed.exchange import describe_error
 from bot.feed.guard import RequestGuard
 from bot.live.control import ModuleHost
@@ -42,7 +42,7 @@ class DaemonLoop:
         self,
         cfg: AppConfig,
         driver: LiveDriver,
-        engine: TradingEngine,
+        engine: Engine,
         journal: Journal,
         host: ModuleHost | None,
         services: list[Any],
@@ -197,5 +197,5 @@ class DaemonLoop:
                     log.exception("alert %s failed", kind)
 
 
-def _snapshot(engine: TradingEngine) -> Any:
+def _snapshot(engine: Engine) -> Any:
     return engine.gate.snapshot() if hasattr(engine.gate, "snapshot") else None

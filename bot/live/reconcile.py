@@ -9,7 +9,7 @@ a start it also finishes what a crash interrupted:
    open order of a finished cycle is cancelled); one it provably never received goes back to
    ``planned`` when its cycle is resumed, else is abandoned; one it cannot account for stays
    ``unknown``, is never resent, and blocks its coin.
-2. **Balances** are the venue's (the exchange's, or paper's derived from the journal) and
+2. **Balances** are the venue's (the exchange's, or paper's, derived from the journal) and
    replace the account's; every journalled fill is then marked booked, since the balances
    already contain it.
 3. **An interrupted cycle** whose close is at most ``resume_within_bars`` bars old is resumed
@@ -30,7 +30,7 @@ import logging
 from dataclasses import dataclass, field
 
 from bot.engine.account import Account
-from bot.live.executor import ABSENT, SETTLED, UNKNOWN, LiveExecutor
+from bot.live.executor import ABSENT, SETTLED, UNKNOWN, Executor
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,13 @@ class Reconciliation:
 
 
 async def reconcile(
-    executor: LiveExecutor,
+    executor: Executor,
     account: Account,
     coins: tuple[str, ...],
     *,
     now_ms: int,
     step_ms: int,
     resume_within_bars: int,
-    initial_cash: float,
     at_start: bool,
 ) -> Reconciliation:
     """Bring journal and account in line with the exchange (see the module docstring)."""
@@ -80,7 +79,7 @@ async def reconcile(
             still_open = settled is not None and settled.status in ("open", "partially_filled")
             if still_open and row.cycle_ts not in unfinished:
                 assert settled is not None
-                last = await executor.cancel(row.submit_order())
+                last = await executor.venue.cancel(row.submit_order())
                 await executor.apply(settled, last)
                 report.cancelled.append(row.client_order_id)
             report.resolved.append(row.client_order_id)
@@ -96,7 +95,7 @@ async def reconcile(
         else:
             assert found == UNKNOWN
             report.unknown.append(row.client_order_id)
-    await _sync_balances(executor, account, coins, initial_cash, now_ms, report)
+    await _sync_balances(executor, account, coins, now_ms, report)
     await journal.mark_all_booked()
     if at_start:
         for ts, status in unfinished.items():
@@ -125,15 +124,14 @@ def _resumable(
 
 
 async def _sync_balances(
-    executor: LiveExecutor,
+    executor: Executor,
     account: Account,
     coins: tuple[str, ...],
-    initial_cash: float,
     now_ms: int,
     report: Reconciliation,
 ) -> None:
     quote = account.quote
-    totals = await executor.balances(coins, quote, initial_cash)
+    totals = await executor.venue.balances(coins, quote)
     wanted = (quote, *coins)
     before = {quote: account.cash, **account.holdings}
     for asset in wanted:
@@ -145,9 +143,7 @@ async def _sync_balances(
     await executor.journal.set_balances({a: totals.get(a, 0.0) for a in wanted}, now_ms)
 
 
-async def _resume(
-    executor: LiveExecutor, ts: int, *, deadline_ms: int, report: Reconciliation
-) -> None:
+async def _resume(executor: Executor, ts: int, *, deadline_ms: int, report: Reconciliation) -> None:
     journal = executor.journal
     plan = await journal.cycle_orders(ts)
     log.warning(
@@ -160,7 +156,7 @@ async def _resume(
     report.resumed.append(ts)
 
 
-async def _abandon(executor: LiveExecutor, ts: int, now_ms: int, report: Reconciliation) -> None:
+async def _abandon(executor: Executor, ts: int, now_ms: int, report: Reconciliation) -> None:
     journal = executor.journal
     await executor.abandon_unsent(ts, "cycle too old to resume")
     await journal.finish_cycle(ts, "abandoned", now_ms, error="interrupted; too old to resume")

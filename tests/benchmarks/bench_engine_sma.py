@@ -22,8 +22,7 @@ import pandas as pd
 
 from backtest.replay import ReplayDriver
 from backtest.run import run_backtest
-from bot.bus import EventBus
-from bot.events import Bar, BarsClosed, TargetWeights
+from bot.engine import DecisionContext
 from bot.timeframes import MINUTE_MS
 from config.schema import AppConfig, BrokerConfig, MarketConfig, MarketRulesConfig
 
@@ -51,6 +50,8 @@ def synthetic_minutes(n: int, seed: int = 1) -> pd.DataFrame:
 class SmaCrossPolicy:
     """Long/flat on SMA(10) vs SMA(50) of closes, computed incrementally."""
 
+    name = "sma"
+
     def __init__(self, coin: str) -> None:
         self.coin = coin
         self.fast: deque[float] = deque(maxlen=FAST)
@@ -58,30 +59,24 @@ class SmaCrossPolicy:
         self.fast_sum = self.slow_sum = 0.0
         self.long = False
 
-    def attach(self, bus: EventBus) -> None:
-        self.emit = bus.emit
-        bus.subscribe(Bar, self.on_bar)
-        bus.subscribe(BarsClosed, self.on_bars_closed)
-
-    def on_bar(self, bar: Bar) -> None:
-        close = bar.close
-        if len(self.fast) == FAST:
-            self.fast_sum -= self.fast[0]
-        if len(self.slow) == SLOW:
-            self.slow_sum -= self.slow[0]
-        self.fast.append(close)
-        self.slow.append(close)
-        self.fast_sum += close
-        self.slow_sum += close
-
-    def on_bars_closed(self, event: BarsClosed) -> None:
+    def decide(self, context: DecisionContext) -> dict[str, float] | None:
+        for bar in context.instant.bars:
+            close = bar.close
+            if len(self.fast) == FAST:
+                self.fast_sum -= self.fast[0]
+            if len(self.slow) == SLOW:
+                self.slow_sum -= self.slow[0]
+            self.fast.append(close)
+            self.slow.append(close)
+            self.fast_sum += close
+            self.slow_sum += close
         if len(self.slow) < SLOW:
-            return
+            return None
         want_long = self.fast_sum / FAST > self.slow_sum / SLOW
-        if want_long != self.long:
-            self.long = want_long
-            weights = ((self.coin, 1.0), ("USDT", 0.0)) if want_long else (("USDT", 1.0),)
-            self.emit(TargetWeights(event.ts, weights, "sma"))
+        if want_long == self.long:
+            return None
+        self.long = want_long
+        return {self.coin: 1.0, "USDT": 0.0} if want_long else {"USDT": 1.0}
 
 
 def run_ours(bars: pd.DataFrame) -> tuple[float, int]:

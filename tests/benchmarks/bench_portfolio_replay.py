@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from backtest.baselines import EqualWeightRebalanced
 from backtest.pipeline import backtest_vote, read_histories, replay_driver, train_modules
 from backtest.run import run_backtest
 from bot.feed import dataset
@@ -34,6 +33,7 @@ from config.schema import (
     TrainingConfig,
     WindowsConfig,
 )
+from strategies.baselines import EqualWeightRebalanced
 
 COINS = ("BTC", "STORJ", "BLZ", "LINK")
 SMALL = DQNParams(total_env_steps=2_000, learning_starts=200, eval_interval=50)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from backtest.broker import SimBroker
 from backtest.replay import ReplayDriver
 from backtest.run import run_backtest
-from bot.bus import EventBus
+from bot.engine import DecisionContext, Engine
+from bot.engine.kernel import market_rules
 from bot.engine.rules import MarketRules
-from bot.events import Bar, BarsClosed, Event, Metric, SubmitOrder, TargetWeights
+from bot.engine.step import instants
+from bot.events import Bar, OrderFilled, SubmitOrder
 from bot.timeframes import HOUR_MS
+from bot.venues.sim import SimVenue
 from config.schema import AppConfig, BrokerConfig, MarketConfig, MarketRulesConfig, RiskConfig
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % HOUR_MS
@@ -55,21 +57,19 @@ def config(**risk: float) -> AppConfig:
 
 
 class ScriptedPolicy:
-    """Emits a fixed list of target weights, one per decision."""
+    """Answers a fixed list of target weights, one per decision (then no new target)."""
+
+    name = "script"
 
     def __init__(self, script: list[dict[str, float]]) -> None:
         self.script = list(script)
         self.decisions: list[int] = []
 
-    def attach(self, bus: EventBus) -> None:
-        self.emit = bus.emit
-        bus.subscribe(BarsClosed, self.on_bars_closed)
-
-    def on_bars_closed(self, event: BarsClosed) -> None:
-        self.decisions.append(event.ts)
-        if self.script:
-            weights = self.script.pop(0)
-            self.emit(TargetWeights(event.ts, tuple(sorted(weights.items())), "script"))
+    def decide(self, context: DecisionContext) -> dict[str, float] | None:
+        if not context.deciding:
+            return None
+        self.decisions.append(context.ts)
+        return self.script.pop(0) if self.script else None
 
 
 SCRIPT = [
@@ -120,23 +120,22 @@ async def test_first_golden_fill_is_the_next_open_plus_slippage_and_fee() -> Non
     assert btc.fee == pytest.approx(btc.amount * btc.price * 0.001)
 
 
-async def test_account_mirrors_the_broker_balances() -> None:
+async def test_account_mirrors_the_venue_balances() -> None:
     cfg = config()
     driver = ReplayDriver(BARS, exchange="x", timeframe="1h")
-    from backtest.recorder import Recorder
-    from bot.engine import TradingEngine
-    from bot.engine.kernel import market_rules
-
-    broker = SimBroker(cfg.broker, "USDT", market_rules(cfg), driver.next_open)
-    engine = TradingEngine(cfg, ScriptedPolicy(SCRIPT), broker)
-    Recorder().attach(engine.bus)
-    await driver.run(engine.bus)
-    assert engine.account.cash == pytest.approx(broker.balances["USDT"], abs=1e-9)
+    venue = SimVenue(cfg.broker, "USDT", market_rules(cfg), driver.next_open)
+    engine = Engine(cfg, ScriptedPolicy(SCRIPT))
+    for instant in driver.instants():
+        for order in engine.step(instant).orders:
+            fill = venue.execute(order)
+            if isinstance(fill, OrderFilled):
+                engine.book(fill)
+    assert engine.account.cash == pytest.approx(venue.balances_held["USDT"], abs=1e-9)
     for coin in ("BTC", "ETH"):
-        assert engine.account.holdings[coin] == pytest.approx(broker.balances[coin], abs=1e-12)
+        assert engine.account.holdings[coin] == pytest.approx(venue.balances_held[coin], abs=1e-12)
 
 
-async def test_replay_publishes_known_metrics_then_bars_then_the_decision() -> None:
+async def test_replay_yields_known_metrics_with_the_bars_of_each_close() -> None:
     metrics = pd.DataFrame(
         {
             "asset": ["BTC", "BTC"],
@@ -153,41 +152,56 @@ async def test_replay_publishes_known_metrics_then_bars_then_the_decision() -> N
         metrics=metrics,
         start_ms=T0 + 2 * HOUR_MS,
     )
-    log: list[Event] = []
-    bus = EventBus()
-    bus.subscribe(Event, log.append)
-    await driver.run(bus)
-    kinds = [
-        (type(e).__name__, (e.ts - T0) // HOUR_MS if e.ts % HOUR_MS == 0 else e.ts - T0)
-        for e in log
+    seen = [
+        (
+            (i.ts - T0) // HOUR_MS,
+            [m.value for m in i.metrics],
+            [(b.ts - T0) // HOUR_MS for b in i.bars],
+            i.decide,
+        )
+        for i in driver.instants()
     ]
-    assert kinds == [
-        ("Bar", 1),  # warm-up: bars, no decision
-        ("Metric", 2),  # known exactly at the close of bar 1: published before that bar
-        ("Bar", 2),
-        ("BarsClosed", 2),
-        ("Metric", 2 * HOUR_MS + 1),  # known 1 ms after the close: waits for the next close
-        ("Bar", 3),
-        ("BarsClosed", 3),
-        ("Bar", 4),
-        ("BarsClosed", 4),
+    assert seen == [
+        (1, [], [1], False),  # warm-up: bars, no decision
+        (2, [1.0], [2], True),  # known exactly at this close: part of it
+        (3, [2.0], [3], True),  # known 1 ms after the close of bar 2: waits for the next close
+        (4, [], [4], True),
     ]
-    assert isinstance(log[1], Metric) and log[1].value == 1.0
-    assert all(e.ts <= driver.clock.now_ms() for e in log)
+    assert driver.clock.now_ms() == T0 + 4 * HOUR_MS
+
+
+async def test_the_live_drivers_instants_equal_the_replays() -> None:
+    metrics = pd.DataFrame(
+        {
+            "asset": ["BTC", "ETH", "BTC"],
+            "name": ["a", "b", "a"],
+            "observed_at": [T0 - 24 * HOUR_MS, T0, T0],
+            "known_at": [T0 + 2 * HOUR_MS, T0 + 2 * HOUR_MS, T0 + 5 * HOUR_MS + 7],
+            "value": [1.0, 2.0, 3.0],
+        }
+    )
+    driver = ReplayDriver(
+        BARS, exchange="x", timeframe="1h", metrics=metrics, start_ms=T0 + 3 * HOUR_MS
+    )
+    replayed = list(driver.instants())
+    bars = sorted((b for i in replayed for b in i.bars), key=lambda b: (b.ts, b.symbol))
+    known = [m for i in replayed for m in i.metrics]
+    live = list(instants(bars, known, decide_from=T0 + 3 * HOUR_MS))
+    assert live == replayed
 
 
 async def test_orders_below_min_notional_and_beyond_the_balance_are_refused() -> None:
     cfg = config()
     driver = ReplayDriver(BARS, exchange="x", timeframe="1h")
     rules = {"BTC": MarketRules(0.001, 0.01, 5.0), "ETH": MarketRules(0.001, 0.01, 5.0)}
-    broker = SimBroker(cfg.broker, "USDT", rules, driver.next_open, cash=100.0)
-    tiny = broker.execute(SubmitOrder(T0 + HOUR_MS, "a", "BTC/USDT", "buy", 0.01))
+    venue = SimVenue(cfg.broker, "USDT", rules, driver.next_open, cash=100.0)
+    tiny = venue.execute(SubmitOrder(T0 + HOUR_MS, "a", "BTC/USDT", "buy", 0.01))
     assert tiny.reason.startswith("notional")  # type: ignore[union-attr]
-    big = broker.execute(SubmitOrder(T0 + HOUR_MS, "b", "BTC/USDT", "buy", 50.0))
+    big = venue.execute(SubmitOrder(T0 + HOUR_MS, "b", "BTC/USDT", "buy", 50.0))
     assert big.amount * big.price * 1.001 <= 100.0 + 1e-9  # type: ignore[union-attr]
-    short = broker.execute(SubmitOrder(T0 + HOUR_MS, "c", "ETH/USDT", "sell", 1.0))
+    short = venue.execute(SubmitOrder(T0 + HOUR_MS, "c", "ETH/USDT", "sell", 1.0))
     assert short.reason == "insufficient balance"  # type: ignore[union-attr]
-    late = broker.execute(SubmitOrder(T0 + 99 * HOUR_MS, "d", "BTC/USDT", "buy", 0.1))
+    late = venue.execute(SubmitOrder(T0 + 99 * HOUR_MS, "d", "BTC/USDT", "buy", 0.1))
     assert "end of data" in late.reason  # type: ignore[union-attr]
 
 

@@ -168,12 +168,19 @@ async def test_replay_decisions_equal_the_modules_called_bar_by_bar(original) ->
             getattr(e[2], "name", ""),
         )
     )
+    # Each module's SAM reads what the account held at the close (its sleeve of 1/m at least
+    # half in its coin): the weights the replay recorded before each decision; none before.
+    held = run.result.weights
+    m = len(modules)
     direct = []
-    for _, kind, event in events:
-        for module in modules.values():
+    for ts, kind, event in events:
+        for coin, module in modules.items():
             if kind == 0:
                 module.on_metric(event)  # type: ignore[arg-type]
-            elif (decision := module.decide(event)) is not None:  # type: ignore[arg-type]
+                continue
+            weight = float(held[coin].get(ts, 0.0)) if coin in held else 0.0
+            decision = module.decide(event, float(weight * m >= 0.5))  # type: ignore[arg-type]
+            if decision is not None:
                 direct.append(decision)
     engine = [(d.ts, d.coin, d.cash, d.coin_weight) for d in run.decisions]
     assert engine == [(d.ts, d.coin, d.cash, d.coin_weight) for d in direct]

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.bus import EventBus
-from bot.events import BarsClosed, TargetWeights
+from bot.engine import Account, DecisionContext, Instant
+from bot.engine.step import instants
+from bot.events import Bar, Metric
 from bot.feed.resample import resample_candles
 from bot.feed.synthetic import generate_market, write_market
 from bot.store import MarketStore, MetricStore
@@ -138,21 +139,17 @@ def test_train_from_the_stores_then_list_show_load_and_vote(tmp_path: Path):
     assert card["symbol"] == "ETH/USDT" and card["data_ranges"]["validation"]["first"]
     assert "test" not in card["data_ranges"] and card["scores"]["test"] == {}
 
-    bus = EventBus()
-    targets: list[TargetWeights] = []
-    bus.subscribe(TargetWeights, targets.append)
     portfolio = PortfolioVote("USDT", [CryptoModule.load(folders[0], "ETH/USDT")])
-    portfolio.attach(bus)
     from tests.unit.agents.test_crypto_module import replay_events
 
     bars = resample_candles(market.candles["ETH"], "1h", "6h").frame
-    for event in replay_events(market, bars):
-        bus.emit(event)
-        if type(event).__name__ == "Bar":
-            bus.emit(BarsClosed(event.ts, "6h", (event.symbol,)))
-    bus.publish_sync(BarsClosed(int(bars["open_time"].iloc[-1]) + 1, "6h", ()))
+    events = replay_events(market, bars)
+    known = [e for e in events if isinstance(e, Metric)]
+    account = Account("USDT", 1_000.0)
+    targets = []
+    for instant in instants([e for e in events if isinstance(e, Bar)], known):
+        targets.append(portfolio.decide(DecisionContext(instant, account)))
+    targets.append(portfolio.decide(DecisionContext(Instant(10**14, (), ()), account)))
     assert len(targets) == len(bars) + 1
-    assert {tuple(sorted(t.as_dict())) for t in targets} == {("ETH", "USDT")}
-    assert all(
-        t.as_dict()["ETH"] in (0.0, 1.0) and sum(t.as_dict().values()) == 1.0 for t in targets
-    )
+    assert {tuple(sorted(t)) for t in targets} == {("ETH", "USDT")}
+    assert all(t["ETH"] in (0.0, 1.0) and sum(t.values()) == 1.0 for t in targets)

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from bot.bus import EventBus
 from bot.events import Bar, Metric, ModuleDecision
 from bot.timeframes import DAY_MS, HOUR_MS
 from strategies.agents.observation import build_observations, signal_windows
@@ -79,19 +78,18 @@ def batch_decisions(model, history) -> np.ndarray:
 
 
 def test_handler_decides_as_the_training_env_would(folder, market, bars_6h, history):
-    bus = EventBus()
     decisions: list[ModuleDecision] = []
-    bus.subscribe(ModuleDecision, decisions.append)
     module = CryptoModule.load(folder, "ETH/USDT")
-    module.emit = bus.emit
-    bus.subscribe(Bar, module.on_bar)
-    bus.subscribe(Metric, module.on_metric)
     signals, ready = [], []
     for event in replay_events(market, bars_6h):
-        bus.publish_sync(event)
-        if isinstance(event, Bar):
-            signals.append(module.signal)
-            ready.append(module.ready)
+        if isinstance(event, Metric):
+            module.on_metric(event)
+            continue
+        decision = module.decide(event)
+        assert decision is not None
+        decisions.append(decision)
+        signals.append(module.signal)
+        ready.append(module.ready)
     assert len(decisions) == len(bars_6h)
     assert [d.ts for d in decisions] == history.close_time.tolist()
     assert all(d.module_id == folder.name and d.coin == "ETH" for d in decisions)
@@ -113,18 +111,19 @@ def test_handler_is_inference_only_and_ignores_other_symbols(folder):
     assert module.decide(other) is None
 
 
-def test_warm_up_fills_the_window_without_emitting(folder, market, bars_6h):
+def test_warm_up_fills_the_window_then_decisions_come_from_the_networks(folder, market, bars_6h):
     events = replay_events(market, bars_6h)
-    emitted = []
     module = CryptoModule.load(folder, "ETH/USDT")
-    module.emit = emitted.append
     split = next(
         i
         for i, e in enumerate(events)
         if isinstance(e, Bar) and e.ts > bars_6h["open_time"].iloc[300]
     )
     assert module.warm_up(events[:split]) > TINY.window
-    assert emitted == []
+    decisions = []
     for event in events[split:]:
-        module.on_metric(event) if isinstance(event, Metric) else module.on_bar(event)
-    assert emitted and module.ready
+        if isinstance(event, Metric):
+            module.on_metric(event)
+        else:
+            decisions.append(module.decide(event))
+    assert decisions and all(d is not None for d in decisions) and module.ready

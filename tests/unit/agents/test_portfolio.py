@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bot.bus import EventBus
-from bot.events import Bar, BarsClosed, Metric, ModuleDecision, TargetWeights
+from bot.engine import Account, DecisionContext, Instant
+from bot.events import Bar, Metric, ModuleDecision
 from strategies.portfolio import PortfolioVote, vote
 
 
@@ -20,9 +20,12 @@ class ScriptedModule:
     weights: list[float]
     metrics: list[Metric] = field(default_factory=list)
 
-    def decide(self, bar: Bar) -> ModuleDecision | None:
+    positions: list[float | None] = field(default_factory=list)
+
+    def decide(self, bar: Bar, position: float | None = None) -> ModuleDecision | None:
         if bar.symbol != f"{self.coin}/USDT":
             return None
+        self.positions.append(position)
         w = self.weights.pop(0)
         return ModuleDecision(bar.ts, self.model_id, self.coin, 1.0 - w, w)
 
@@ -30,23 +33,32 @@ class ScriptedModule:
         self.metrics.append(metric)
 
 
-def instant(bus: EventBus, ts: int, coins: list[str]) -> None:
-    """What the replay driver queues for one close: the bars, then BarsClosed, one drain."""
-    for coin in coins:
-        bus.emit(Bar(ts, "x", f"{coin}/USDT", "6h", ts - 1, 1.0, 1.0, 1.0, 1.0, 1.0))
-    bus.publish_sync(BarsClosed(ts, "6h", tuple(f"{c}/USDT" for c in coins)))
+class Wired:
+    """A vote stepped as the engine does: one context per instant; targets and notes kept."""
+
+    def __init__(self) -> None:
+        self.account = Account("USDT", 1_000.0)
+        self.portfolio = PortfolioVote("USDT")
+        self.targets: list[tuple[int, dict[str, float]]] = []
+        self.decisions: list[ModuleDecision] = []
+
+    def step(
+        self, ts: int, coins: list[str], metrics: tuple[Metric, ...] = (), decide: bool = True
+    ) -> dict[str, float] | None:
+        bars = tuple(
+            Bar(ts, "x", f"{c}/USDT", "6h", ts - 1, 1.0, 1.0, 1.0, 1.0, 1.0) for c in coins
+        )
+        context = DecisionContext(Instant(ts, metrics, bars, decide), self.account)
+        answer = self.portfolio.decide(context)
+        self.decisions += [n for n in context.notes if isinstance(n, ModuleDecision)]
+        if answer is not None:
+            self.targets.append((ts, dict(answer)))
+        return None if answer is None else dict(answer)
 
 
 @pytest.fixture
-def wired():
-    bus = EventBus()
-    targets: list[TargetWeights] = []
-    decisions: list[ModuleDecision] = []
-    bus.subscribe(TargetWeights, targets.append)
-    bus.subscribe(ModuleDecision, decisions.append)
-    portfolio = PortfolioVote("USDT")
-    portfolio.attach(bus)
-    return bus, portfolio, targets, decisions
+def wired() -> Wired:
+    return Wired()
 
 
 def test_vote_is_the_mean_of_the_weight_pairs():
@@ -55,47 +67,60 @@ def test_vote_is_the_mean_of_the_weight_pairs():
     assert vote({}, "USDT") == (("USDT", 1.0),)
 
 
-def test_target_weights_at_every_close_renormalised_on_unplug(wired):
-    bus, portfolio, targets, decisions = wired
+def test_target_weights_at_every_close_renormalised_on_unplug(wired: Wired) -> None:
+    portfolio = wired.portfolio
     portfolio.plug(ScriptedModule("BTC", "btc-1", [1, 1, 1]))
     portfolio.plug(ScriptedModule("ETH", "eth-1", [0, 1, 1]))
     with pytest.raises(ValueError, match="already plugged"):
         portfolio.plug(ScriptedModule("BTC", "btc-2", []))
-    bus.publish_sync(Metric(50, "BTC", "m", 0, 1.0))
+    assert wired.step(50, [], (Metric(50, "BTC", "m", 0, 1.0),), decide=False) is None
     assert len(portfolio.module("BTC").metrics) == len(portfolio.module("ETH").metrics) == 1
-    instant(bus, 100, ["BTC", "ETH"])
-    assert targets[-1].as_dict() == {"USDT": 0.5, "BTC": 0.5, "ETH": 0.0}
-    assert targets[-1].ts == 100 and targets[-1].source == "vote"
-    assert [(d.coin, d.coin_weight) for d in decisions] == [("BTC", 1.0), ("ETH", 0.0)]
+    assert wired.step(100, ["BTC", "ETH"]) == {"USDT": 0.5, "BTC": 0.5, "ETH": 0.0}
+    assert [(d.coin, d.coin_weight) for d in wired.decisions] == [("BTC", 1.0), ("ETH", 0.0)]
 
     removed = portfolio.unplug("ETH")
     assert removed.model_id == "eth-1" and portfolio.coins == ("BTC",)
-    instant(bus, 200, ["BTC", "ETH"])  # ETH's bar reaches no module any more
-    assert targets[-1].as_dict() == {"USDT": 0.0, "BTC": 1.0}
+    assert wired.step(200, ["BTC", "ETH"]) == {"USDT": 0.0, "BTC": 1.0}  # ETH's bar is unread
     assert removed.weights == [1, 1]
 
 
-def test_replace_swaps_the_module_of_a_coin_in_place(wired):
-    bus, portfolio, targets, _ = wired
+def test_replace_swaps_the_module_of_a_coin_in_place(wired: Wired) -> None:
+    portfolio = wired.portfolio
     portfolio.plug(ScriptedModule("BTC", "btc-1", [1, 1]))
     portfolio.plug(ScriptedModule("ETH", "eth-1", [1, 1]))
-    instant(bus, 100, ["BTC", "ETH"])
+    wired.step(100, ["BTC", "ETH"])
     old = portfolio.replace(ScriptedModule("BTC", "btc-2", [0]))
     assert old.model_id == "btc-1" and portfolio.coins == ("BTC", "ETH")
-    instant(bus, 200, ["BTC", "ETH"])
-    assert targets[-1].as_dict() == {"USDT": 0.5, "BTC": 0.0, "ETH": 0.5}
+    assert wired.step(200, ["BTC", "ETH"]) == {"USDT": 0.5, "BTC": 0.0, "ETH": 0.5}
     assert old.weights == [1]  # the old module saw no more bars
     with pytest.raises(KeyError, match="use plug"):
         portfolio.replace(ScriptedModule("SOL", "sol-1", []))
 
 
-def test_a_module_without_a_decision_votes_cash_and_a_missed_bar_keeps_the_last(wired):
-    bus, portfolio, targets, _ = wired
-    instant(bus, 50, ["BTC"])
-    assert targets[-1].as_dict() == {"USDT": 1.0}  # nothing plugged: all cash
+def test_a_module_without_a_decision_votes_cash_and_a_missed_bar_keeps_the_last(
+    wired: Wired,
+) -> None:
+    portfolio = wired.portfolio
+    assert wired.step(50, ["BTC"]) == {"USDT": 1.0}  # nothing plugged: all cash
     portfolio.plug(ScriptedModule("BTC", "b", [1, 1]))
     portfolio.plug(ScriptedModule("ETH", "e", [1]))
-    instant(bus, 100, ["BTC"])  # ETH has no bar yet: it votes cash
-    assert targets[-1].as_dict() == {"USDT": 0.5, "BTC": 0.5, "ETH": 0.0}
-    instant(bus, 200, ["ETH"])  # BTC's bar is missing (an outage): its last decision stands
-    assert targets[-1].as_dict() == {"USDT": 0.0, "BTC": 0.5, "ETH": 0.5}
+    assert wired.step(100, ["BTC"]) == {"USDT": 0.5, "BTC": 0.5, "ETH": 0.0}  # ETH: no bar yet
+    # BTC's bar is missing (an outage): its last decision stands
+    assert wired.step(200, ["ETH"]) == {"USDT": 0.0, "BTC": 0.5, "ETH": 0.5}
+
+
+def test_each_module_reads_the_position_the_account_holds_not_its_last_action(
+    wired: Wired,
+) -> None:
+    portfolio = wired.portfolio
+    portfolio.plug(ScriptedModule("BTC", "b", [1, 1, 1]))
+    portfolio.plug(ScriptedModule("ETH", "e", [1, 1, 1]))
+    account = wired.account
+    account.prices.update({"BTC": 1.0, "ETH": 1.0})
+    wired.step(100, ["BTC", "ETH"])  # nothing held yet
+    account.cash, account.holdings = 500.0, {"BTC": 500.0}  # ETH's buy was refused
+    wired.step(200, ["BTC", "ETH"])
+    account.cash, account.holdings = 760.0, {"BTC": 240.0}  # BTC only partly bought: 0.48 < 0.5
+    wired.step(300, ["BTC", "ETH"])
+    assert portfolio.module("BTC").positions == [0.0, 1.0, 0.0]
+    assert portfolio.module("ETH").positions == [0.0, 0.0, 0.0]

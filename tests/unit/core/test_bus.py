@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.bus import EventBus
-from bot.events import Bar, Event, Heartbeat, Metric
+from bot.events import Bar, Event, Metric, PauseTrading
 
 
 def make_bar(ts: int, symbol: str = "BTC/USDT") -> Bar:
@@ -29,7 +29,7 @@ async def test_base_class_subscription_sees_every_event() -> None:
     seen: list[Event] = []
     bus.subscribe(Event, seen.append)
     await bus.publish(make_bar(1))
-    await bus.publish(Heartbeat(2))
+    await bus.publish(PauseTrading(2, "test"))
     assert [e.ts for e in seen] == [1, 2]
 
 
@@ -40,14 +40,14 @@ async def test_events_emitted_by_handlers_queue_behind_the_current_event() -> No
     def first(bar: Bar) -> None:
         log.append(f"first:{bar.ts}")
         if bar.ts == 1:
-            bus.emit(Heartbeat(99))
+            bus.emit(PauseTrading(99, "test"))
 
     def second(bar: Bar) -> None:
         log.append(f"second:{bar.ts}")
 
     bus.subscribe(Bar, first)
     bus.subscribe(Bar, second)
-    bus.subscribe(Heartbeat, lambda e: log.append(f"heartbeat:{e.ts}"))
+    bus.subscribe(PauseTrading, lambda e: log.append(f"heartbeat:{e.ts}"))
     await bus.publish(make_bar(1))
     assert log == ["first:1", "second:1", "heartbeat:99"]
 
@@ -94,15 +94,13 @@ async def test_handler_error_propagates_and_keeps_later_events_queued() -> None:
     assert seen == [2]
 
 
-def test_publish_sync_refuses_async_handlers() -> None:
+def test_listening_says_whether_anyone_subscribed() -> None:
     bus = EventBus()
-
-    async def edge(event: Bar) -> None:
-        return None
-
-    bus.subscribe(Bar, edge)
-    with pytest.raises(TypeError, match="async"):
-        bus.publish_sync(make_bar(1))
+    assert not bus.listening
+    unsubscribe = bus.subscribe(Bar, print)
+    assert bus.listening
+    unsubscribe()
+    assert not bus.listening
 
 
 def test_subscribe_rejects_non_event_types() -> None:
@@ -159,10 +157,10 @@ async def test_an_async_handler_publishing_from_inside_a_drain_only_queues() -> 
 
     async def on_bar(event: Bar) -> None:
         log.append(f"bar:{event.ts}")
-        await bus.publish(Heartbeat(event.ts + 1))
+        await bus.publish(PauseTrading(event.ts + 1, "test"))
         log.append("after-publish")
 
     bus.subscribe(Bar, on_bar)
-    bus.subscribe(Heartbeat, lambda e: log.append(f"heartbeat:{e.ts}"))
+    bus.subscribe(PauseTrading, lambda e: log.append(f"heartbeat:{e.ts}"))
     await bus.publish(make_bar(1))
     assert log == ["bar:1", "after-publish", "heartbeat:2"]

@@ -10,18 +10,14 @@ import pytest
 
 from backtest.replay import ReplayDriver
 from backtest.run import run_backtest
-from bot.bus import EventBus
-from bot.engine import TradingEngine
+from bot.engine import DecisionContext, Engine, Instant
 from bot.engine.rules import MarketRules
 from bot.events import (
     Bar,
-    BarsClosed,
     Event,
     OrderFilled,
-    PortfolioValued,
     RiskRefusal,
     SubmitOrder,
-    TargetWeights,
 )
 from bot.timeframes import DAY_MS, HOUR_MS
 from config.schema import AppConfig, BrokerConfig, MarketConfig, MarketRulesConfig, RiskConfig
@@ -30,50 +26,20 @@ DAY0 = 1_700_000_000_000 // DAY_MS * DAY_MS  # 2023-11-14 00:00 UTC
 
 
 class ScriptedPolicy:
-    """Answers each ``BarsClosed`` with ``wants`` (set by the test), or stays silent on None."""
+    """Answers each decision with ``wants`` (set by the test), or no new target on None."""
+
+    name = "script"
 
     def __init__(self) -> None:
         self.wants: dict[str, float] | None = None
 
-    def attach(self, bus: EventBus) -> None:
-        self.emit = bus.emit
-        bus.subscribe(BarsClosed, self.on_bars_closed)
-
-    def on_bars_closed(self, event: BarsClosed) -> None:
-        if self.wants is not None:
-            self.emit(TargetWeights(event.ts, tuple(sorted(self.wants.items())), "script"))
-
-
-class RecordingExecutor:
-    """Records every order and (with ``fill``) fills it at once at its reference price, no fee."""
-
-    def __init__(self, *, fill: bool = True) -> None:
-        self.fill = fill
-        self.orders: list[SubmitOrder] = []
-
-    def attach(self, bus: EventBus) -> None:
-        self.emit = bus.emit
-        bus.subscribe(SubmitOrder, self.on_submit)
-
-    def on_submit(self, order: SubmitOrder) -> None:
-        self.orders.append(order)
-        if self.fill:
-            self.emit(
-                OrderFilled(
-                    order.ts,
-                    order.client_order_id,
-                    order.symbol,
-                    order.side,
-                    order.amount,
-                    order.reference_price,
-                    0.0,
-                    "USDT",
-                )
-            )
+    def decide(self, context: DecisionContext) -> dict[str, float] | None:
+        return self.wants
 
 
 class Harness:
-    """A ``TradingEngine`` driven bar by bar; each ``step`` returns its orders and refusals."""
+    """An ``Engine`` stepped bar by bar; every order fills at once at its reference price, no
+    fee (``fill=False``: none fills). Each ``step`` returns its orders and refusals."""
 
     def __init__(
         self,
@@ -93,29 +59,39 @@ class Harness:
             risk=RiskConfig(**risk),
         )
         self.policy = ScriptedPolicy()
-        self.executor = RecordingExecutor(fill=fill)
-        self.engine = TradingEngine(cfg, self.policy, self.executor, cash=cash, holdings=holdings)
+        self.fill = fill
+        self.engine = Engine(cfg, self.policy, cash=cash, holdings=holdings)
         self.log: list[Event] = []
         self.engine.bus.subscribe(Event, self.log.append)
-
-    @property
-    def refusals(self) -> list[RiskRefusal]:
-        return [e for e in self.log if isinstance(e, RiskRefusal)]
+        self.orders: list[SubmitOrder] = []
+        self.refusals: list[RiskRefusal] = []
 
     def step(
         self, ts: int, prices: dict[str, float], wants: dict[str, float] | None = None
     ) -> tuple[list[SubmitOrder], list[RiskRefusal]]:
-        """Publish a close at ``ts``: a 1h bar per coin of ``prices``, then ``BarsClosed``."""
+        """Step a close at ``ts``: a 1h bar per coin of ``prices``; fill what it orders."""
         self.policy.wants = wants
-        orders, refusals = len(self.executor.orders), len(self.refusals)
-        bus = self.engine.bus
-        for coin, price in sorted(prices.items()):
-            symbol = f"{coin}/USDT"
-            bus.publish_sync(
-                Bar(ts, "x", symbol, "1h", ts - HOUR_MS, price, price, price, price, 1)
+        bars = tuple(
+            Bar(ts, "x", f"{coin}/USDT", "1h", ts - HOUR_MS, price, price, price, price, 1)
+            for coin, price in sorted(prices.items())
+        )
+        result = self.engine.step(Instant(ts, (), bars))
+        for order in result.orders if self.fill else ():
+            self.engine.book(
+                OrderFilled(
+                    order.ts,
+                    order.client_order_id,
+                    order.symbol,
+                    order.side,
+                    order.amount,
+                    order.reference_price,
+                    0.0,
+                    "USDT",
+                )
             )
-        bus.publish_sync(BarsClosed(ts, "1h", tuple(f"{c}/USDT" for c in sorted(prices))))
-        return self.executor.orders[orders:], self.refusals[refusals:]
+        self.orders += result.orders
+        self.refusals += result.refusals
+        return list(result.orders), list(result.refusals)
 
 
 def sides(orders: list[SubmitOrder]) -> list[tuple[str, str, float]]:
@@ -126,11 +102,17 @@ def pinned(refusal: RiskRefusal) -> tuple[str, str, float, float]:
     return (refusal.rule, refusal.asset, round(refusal.wanted, 6), round(refusal.allowed, 6))
 
 
-def test_the_valuation_reaches_the_gate_before_the_decision_of_the_same_close() -> None:
-    h = Harness(max_drawdown=0.5)
-    h.step(DAY0 + HOUR_MS, {"BTC": 100.0}, {"BTC": 0.5, "USDT": 0.5})
-    kinds = [type(e).__name__ for e in h.log if isinstance(e, PortfolioValued | TargetWeights)]
-    assert kinds == ["PortfolioValued", "TargetWeights"]
+async def test_the_close_that_trips_the_kill_switch_decides_nothing_observers_see_it_in_order() -> (
+    None
+):
+    h = Harness(max_drawdown=0.2, cash=0.0, holdings={"BTC": 10.0})
+    h.step(DAY0 + HOUR_MS, {"BTC": 100.0}, None)  # the peak: 1 000
+    orders, refusals = h.step(DAY0 + 2 * HOUR_MS, {"BTC": 79.0}, {"BTC": 0.5, "USDT": 0.5})
+    # The valuation of this close trips the switch before the policy's target is reviewed.
+    assert orders == [] and [r.rule for r in refusals] == ["max_drawdown", "halted"]
+    await h.engine.bus.drain()
+    kinds = [type(e).__name__ for e in h.log if e.ts == DAY0 + 2 * HOUR_MS]
+    assert kinds == ["PortfolioValued", "TargetWeights", "RiskRefusal", "RiskRefusal"]
 
 
 def test_max_order_notional_cuts_an_order_to_the_cap_on_the_lot() -> None:

@@ -6,7 +6,7 @@ Every error of a request is sorted at this boundary, by the exchange's code wher
 =============================== =========================================================
 what came back                  what the executor does
 =============================== =========================================================
--2015 / -2014 / -1022, or any   :class:`~bot.live.executor.LiveTradingError`: trading halts,
+-2015 / -2014 / -1022, or any   :class:`~bot.venues.base.LiveTradingError`: trading halts,
 ``AuthenticationError``         nothing is resent (the guard refuses every later signed call)
 418 / 429 (``ExchangeBanned``), not placed: resent after ``Retry-After`` if that is at most
 -1003 / -1015, -1008 busy,      ``max_wait_s`` away, else left unsent (the daemon skips its
@@ -26,31 +26,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import ccxt
 
 from bot.engine.account import coin_of
-from bot.engine.planner import CLIENT_ID_PREFIX
 from bot.engine.rules import MarketRules
 from bot.events import SubmitOrder
 from bot.feed.exchange import describe_error, exchange_code, is_temporary
 from bot.feed.guard import CREDENTIAL_CODES, CredentialsRejected
 from bot.feed.retry import backoff_delay, retry_after_from
-from bot.live.executor import (
+from bot.venues.base import (
     ABSENT,
-    SETTLED,
-    UNKNOWN,
-    LiveExecutor,
     LiveTradingError,
     NotSent,
+    OpenOrder,
     Placement,
+    Record,
     Uncertain,
+    Unreachable,
 )
-from bot.live.journal import Journal, JournalOrder
-from bot.live.orders import OrderOutcome, fees_from_trades, outcome_from_ccxt
+from bot.venues.orders import OrderOutcome, fees_from_trades, outcome_from_ccxt
 from config.schema import LiveConfig
 
 log = logging.getLogger(__name__)
@@ -60,19 +57,6 @@ REFUSED_CODES = frozenset({-1003, -1004, -1008, -1015, -1021})
 orders, stale timestamp)."""
 ARCHIVED = -2026
 """Binance: the order was canceled or expired with nothing filled and has been archived."""
-MAX_CHECK_INTERVAL_MS = 15 * 60_000
-"""Longest wait between two lookups of an order of unknown fate."""
-
-
-@dataclass(frozen=True)
-class Unreachable:
-    """The exchange could not be asked (``reason``)."""
-
-    reason: str
-
-
-Record = OrderOutcome | str | Unreachable
-"""A lookup's answer: the order's state, :data:`~bot.live.executor.ABSENT`, or unreachable."""
 
 
 def credentials_error(exc: BaseException, what: str) -> LiveTradingError:
@@ -100,26 +84,32 @@ def is_refused(exc: BaseException) -> bool:
     )
 
 
-class CcxtExecutor(LiveExecutor):
-    """Orders on the exchange through a ccxt async client (see the module docstring)."""
+class CcxtVenue:
+    """The exchange through a ccxt async client, as a venue (see the module docstring).
 
-    mode = "exchange"
+    ``horizon_ms``: a request signed at ``sent_ms`` is refused by the exchange after ``sent_ms
+    + recvWindow``; ``[live].unknown_settle_s`` more leaves room for one received in time and
+    still in the matching engine's queue. ``exchange_time`` reads the exchange's clock.
+    """
+
+    name = "exchange"
 
     def __init__(
         self,
         exchange: Any,
-        journal: Journal,
-        now_ms: Callable[[], int],
         cfg: LiveConfig,
         rules: Mapping[str, MarketRules],
         quote: str,
         *,
+        now_ms: Callable[[], int],
+        exchange_time: Callable[[], Awaitable[int]] | None = None,
         max_retries: int = 5,
         base_delay_s: float = 0.5,
         max_wait_s: float = 30.0,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
-        super().__init__(journal, now_ms)
+        self.now_ms = now_ms
+        self.exchange_time = exchange_time
         self.exchange = exchange
         self.cfg = cfg
         self.rules = rules
@@ -130,8 +120,8 @@ class CcxtExecutor(LiveExecutor):
         """Longest wait for a refused request to be sent again within a cycle."""
         self._sleep = sleep
         self._retry_after = retry_after_from(exchange)
-        self.recv_window_ms = int((exchange.options or {}).get("recvWindow", 10_000))
-        self.settle_ms = int(cfg.unknown_settle_s * 1000)
+        recv_window = int((exchange.options or {}).get("recvWindow", 10_000))
+        self.horizon_ms = recv_window + int(cfg.unknown_settle_s * 1000)
         self._prices: dict[str, tuple[int, float]] = {}
 
     # -- placing --------------------------------------------------------------------------------
@@ -143,7 +133,7 @@ class CcxtExecutor(LiveExecutor):
             return order
         return order._replace(order_type="limit", limit_price=self._limit_price(order))
 
-    async def send(self, order: SubmitOrder) -> Placement:
+    async def submit(self, order: SubmitOrder) -> Placement:
         """Place the order (resending only what the exchange refused), then follow a limit
         order to its end; fees from ``myTrades`` when the answer carried none."""
         placed = await self._place(order)
@@ -243,13 +233,15 @@ class CcxtExecutor(LiveExecutor):
             raw = await self._call(
                 self.exchange.fetch_order, cid, symbol, {"origClientOrderId": cid}
             )
-            return outcome_from_ccxt(raw, coin_of(symbol), self.quote)
+            found = outcome_from_ccxt(raw, coin_of(symbol), self.quote)
         except ccxt.OrderNotFound:
-            pass
+            found = None
         except Exception as exc:
             if exchange_code(exc) == ARCHIVED:
                 return OrderOutcome("expired", reason="archived: canceled or expired, not filled")
             return self._unreachable(exc, f"looking up {cid}")
+        if found is not None:
+            return await self._with_fees(order, found) if found.settled else found
         if since_ms is None:
             return ABSENT
         try:
@@ -258,13 +250,14 @@ class CcxtExecutor(LiveExecutor):
             return self._unreachable(exc, f"listing {symbol} orders")
         for raw in orders:
             if raw.get("clientOrderId") == cid:
-                return outcome_from_ccxt(raw, coin_of(symbol), self.quote)
+                return await self._with_fees(
+                    order, outcome_from_ccxt(raw, coin_of(symbol), self.quote)
+                )
         return ABSENT
 
     def _unreachable(self, exc: BaseException, what: str) -> Unreachable:
         if is_credentials_failure(exc):
             raise credentials_error(exc, what) from exc
-        self.needs_reconcile = True
         log.warning("cannot ask the exchange (%s): %s", what, describe_error(exc))
         return Unreachable(describe_error(exc))
 
@@ -285,67 +278,13 @@ class CcxtExecutor(LiveExecutor):
                     await self._resync_time()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def resolve(self, row: JournalOrder, now_ms: int, *, first_reason: str = "") -> str:
-        """See :meth:`LiveExecutor.resolve`. The horizon: a request signed at ``sent_ms`` is
-        refused by the exchange after ``sent_ms + recvWindow``; ``unknown_settle_s`` more
-        leaves room for one received in time and still in the matching engine's queue."""
-        order = row.submit_order()
-        sent = row.sent_ms if row.sent_ms is not None else now_ms
-        record = await self.lookup(order, since_ms=max(0, sent - 60_000))
-        if isinstance(record, OrderOutcome):
-            record = await self._with_fees(order, record)
-            await self.apply(row, record)
-            if row.status == "unknown":
-                text = (
-                    f"order {row.client_order_id} resolved from the exchange's record: "
-                    f"{record.status}, {record.filled:.8g} of {row.amount:.8g} {row.symbol}"
-                )
-                log.warning("%s", text)
-                self.on_incident(text)
-            return SETTLED
-        horizon = sent + self.recv_window_ms + self.settle_ms
-        if record == ABSENT and now_ms >= horizon and await self._exchange_time(now_ms) >= horizon:
-            log.warning(
-                "order %s: the exchange has no record of it %.0f s after it was sent: it never "
-                "arrived",
-                row.client_order_id,
-                (now_ms - sent) / 1000,
-            )
-            return ABSENT
-        checks = row.checks + 1
-        backoff = now_ms + min(MAX_CHECK_INTERVAL_MS, int(1000 * backoff_delay(checks, 1.0)))
-        if record == ABSENT:
-            reason = "no record on the exchange yet"
-            first = now_ms + int(float(getattr(self.exchange, "timeout", 10_000)))
-            next_check = horizon if row.status == "unknown" else min(first, horizon)
-            if now_ms >= horizon:  # past it, but the exchange's clock could not confirm it
-                next_check = backoff
-        else:
-            assert isinstance(record, Unreachable)
-            reason = f"the exchange cannot say: {record.reason}"
-            next_check = backoff
-        if first_reason:
-            reason = f"{first_reason}; {reason}"
-        await self.journal.mark_unknown(
-            row.client_order_id, now_ms, next_check_ms=next_check, checks=checks, reason=reason
-        )
-        if row.status != "unknown":
-            text = (
-                f"order {row.client_order_id} ({row.side} {row.amount:.8g} {row.symbol}): fate "
-                f"unknown ({reason}); not resent, {row.coin} blocked until the exchange's "
-                "record settles it"
-            )
-            log.error("%s", text)
-            self.on_incident(text)
-        return UNKNOWN
-
-    async def _exchange_time(self, estimate_ms: int) -> int:
+    async def clock_ms(self, estimate_ms: int) -> int:
         """The exchange's clock, read from it (the local estimate may run ahead); 0 when it
         cannot be read, so nothing is concluded from a guess."""
-        if self.exchange_now is None:
+        if self.exchange_time is None:
             return estimate_ms
         try:
-            return int(await self.exchange_now())
+            return int(await self.exchange_time())
         except Exception as exc:
             if is_credentials_failure(exc):
                 raise credentials_error(exc, "reading the exchange's time") from exc
@@ -417,7 +356,7 @@ class CcxtExecutor(LiveExecutor):
 
     # -- balances and open orders ---------------------------------------------------------------
 
-    async def balances(self, coins: tuple[str, ...], quote: str, initial_cash: float) -> dict:
+    async def balances(self, coins: tuple[str, ...], quote: str) -> dict[str, float]:
         """The exchange's totals (free + locked) per asset."""
         try:
             balance: dict[str, Any] = await self._call(self.exchange.fetch_balance)
@@ -446,35 +385,28 @@ class CcxtExecutor(LiveExecutor):
             return found
         return last or OrderOutcome("canceled")
 
-    async def cancel_strays(self, coins: tuple[str, ...], quote: str) -> list[str]:
-        """Cancel open ``rlpm-`` orders the journal does not know; leave anyone else's."""
-        cancelled = []
+    async def open_orders(self, coins: tuple[str, ...], quote: str) -> list[OpenOrder]:
+        """Every order resting on the exchange's book for ``coins``."""
+        found = []
         for coin in coins:
             symbol = f"{coin}/{quote}"
             try:
-                open_orders = await self._call(self.exchange.fetch_open_orders, symbol)
+                rows = await self._call(self.exchange.fetch_open_orders, symbol)
             except Exception as exc:
                 if is_credentials_failure(exc):
                     raise credentials_error(exc, f"listing open {symbol} orders") from exc
                 log.warning("cannot list open %s orders: %s", symbol, describe_error(exc))
                 continue
-            for order in open_orders:
-                cid = str(order.get("clientOrderId") or "")
-                if await self.journal.order(cid) is not None:
-                    continue
-                if not cid.startswith(CLIENT_ID_PREFIX):
-                    log.warning(
-                        "open %s order %s was not placed by this daemon; left alone",
-                        coin,
-                        cid or order.get("id"),
-                    )
-                    continue
-                try:
-                    await self.exchange.cancel_order(order.get("id"), symbol)
-                    cancelled.append(cid)
-                    log.warning("cancelled open order %s that state.db does not know", cid)
-                except Exception as exc:
-                    if is_credentials_failure(exc):
-                        raise credentials_error(exc, f"cancelling {cid}") from exc
-                    log.error("cannot cancel stray order %s: %s", cid, describe_error(exc))
-        return cancelled
+            found += [
+                OpenOrder(str(r.get("clientOrderId") or ""), symbol, r.get("id")) for r in rows
+            ]
+        return found
+
+    async def cancel_open(self, order: OpenOrder) -> None:
+        """Cancel a resting order by its exchange id."""
+        try:
+            await self.exchange.cancel_order(order.exchange_order_id, order.symbol)
+        except Exception as exc:
+            if is_credentials_failure(exc):
+                raise credentials_error(exc, f"cancelling {order.client_order_id}") from exc
+            raise

@@ -1,0 +1,150 @@
+"""What one engine step reads, what a policy sees, and what the step returns.
+
+An :class:`Instant` is a bar close on the exchange's clock: its time, the metrics that became
+known since the previous instant and the bars that closed (several per coin after an outage, in
+close order). Both drivers build instants with :func:`instants`, so a replay and the daemon feed
+the engine the same things in the same order.
+
+A policy is ``decide(context) -> weights | None`` (:class:`Policy`): it sees a
+:class:`DecisionContext` (the instant, the account as it stands, a place for notes) and never the
+bus, the exchange, the clock or the stores, so it cannot tell a backtest from live trading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+
+from bot.events import Bar, Event, Metric, RiskRefusal, SubmitOrder, TargetWeights
+
+if TYPE_CHECKING:
+    from bot.engine.account import Account
+
+
+class Instant(NamedTuple):
+    """A bar close: ``ts``, the metrics known since the last instant, the bars that closed.
+
+    ``decide`` is false for warm-up instants (before the decision window, or bars older than the
+    current close after an outage): the policy's state follows them, no decision is taken.
+    """
+
+    ts: int
+    metrics: tuple[Metric, ...]
+    bars: tuple[Bar, ...]
+    decide: bool = True
+
+
+class DecisionContext:
+    """What a policy sees at an instant: the instant itself and the account as it stands.
+
+    ``account`` is read-only for policies (cash, ``holdings``, ``prices``, ``weights()``,
+    ``equity()``): the coins actually held after fills, partial fills and refusals.
+    ``notes`` collects events the policy wants observers to see (module decisions,
+    explanations); the engine publishes them after the step.
+    """
+
+    __slots__ = ("account", "instant", "notes", "ts")
+
+    def __init__(self, instant: Instant, account: Account) -> None:
+        self.instant = instant
+        self.ts = instant.ts
+        self.account = account
+        self.notes: list[Event] = []
+
+    @property
+    def deciding(self) -> bool:
+        """Whether this instant's answer is used (False while warming up)."""
+        return self.instant.decide
+
+    def note(self, event: Event) -> None:
+        """Have ``event`` published to observers after the step."""
+        self.notes.append(event)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """Decides target weights. The paper's vote, the baselines and every later policy are one.
+
+    ``decide`` is called at every instant, warm-up included (``context.deciding`` says whether
+    the answer is used), so the policy's state follows every bar. It returns the wanted weights
+    per asset (the quote currency's included or left to be the rest), or ``None`` for "no new
+    target" (nothing is traded). ``name`` is the ``TargetWeights`` source.
+    """
+
+    name: str
+
+    def decide(self, context: DecisionContext) -> Mapping[str, float] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """What one step decided: the target (``None``: no new target), the guardrails' refusals
+    with their rules, the orders to send, and the policy's notes. ``equity`` is the account's
+    mark-to-market at the instant, before any order."""
+
+    ts: int
+    equity: float
+    target: TargetWeights | None
+    refusals: tuple[RiskRefusal, ...]
+    orders: tuple[SubmitOrder, ...]
+    notes: tuple[Event, ...] = ()
+
+
+def target_weights(ts: int, wanted: Mapping[str, float], quote: str, source: str) -> TargetWeights:
+    """``wanted`` as ``TargetWeights`` (sorted; the quote currency gets the rest when absent)."""
+    weights = dict(wanted)
+    if quote not in weights:
+        weights[quote] = max(0.0, 1.0 - sum(weights.values()))
+    return TargetWeights(ts, tuple(sorted(weights.items())), source)
+
+
+def instants(
+    bars: Iterable[Bar],
+    metrics: Sequence[Metric] = (),
+    *,
+    decide_from: int | None = None,
+    until: int | None = None,
+    close_at: int | None = None,
+) -> Iterator[Instant]:
+    """Group ``bars`` (in close order) into instants, each carrying the metrics that became
+    known by its close and not before the previous one.
+
+    ``decide_from``: instants before it are warm-up (``decide=False``). ``until``: no instant
+    at or after it (half-open windows); metrics known after the last instant are not yielded.
+    ``close_at``: the last instant is at this close even when no bar closed then (the live
+    cycle decides at its close whatever the exchange delivered; it carries the metrics left).
+    The one function both drivers build instants with (the replay has its own vectorised
+    twin, :func:`backtest.replay.ReplayDriver.instants`, checked equal by a test).
+    """
+    metric_iter = iter(sorted(metrics, key=_metric_order))
+    pending = next(metric_iter, None)
+    group: list[Bar] = []
+    current: int | None = None
+
+    def flush(ts: int) -> Instant:
+        nonlocal pending
+        known: list[Metric] = []
+        while pending is not None and pending.ts <= ts:
+            known.append(pending)
+            pending = next(metric_iter, None)
+        deciding = decide_from is None or ts >= decide_from
+        return Instant(ts, tuple(known), tuple(group), deciding)
+
+    for bar in bars:
+        if until is not None and bar.ts >= until:
+            break
+        if current is not None and bar.ts != current:
+            yield flush(current)
+            group = []
+        current = bar.ts
+        group.append(bar)
+    if current is not None and (close_at is None or current < close_at):
+        yield flush(current)
+        group = []
+    if close_at is not None:
+        yield flush(close_at)
+
+
+def _metric_order(metric: Metric) -> tuple[int, str, str, int]:
+    return (metric.ts, metric.asset, metric.name, metric.observed_at)
