@@ -40,11 +40,19 @@ def alerts_factory(cfg: AppConfig, secrets: Secrets) -> Any:
         log.warning("[telegram].chat_ids is empty: alerts have no recipient, commands are refused")
 
     async def make(controls: Any) -> list[Any]:
-        from bot.telegram import TelegramAlerts, TelegramCommands
+        from bot.telegram import TelegramAlerts, TelegramChats, TelegramCommands
+        from bot.telegram.chats import MIGRATIONS_KEY
 
+        journal = controls.journal  # migrated chat ids are kept in state.db across restarts
+
+        async def remember(migrations: dict[int, int]) -> None:
+            await journal.put(MIGRATIONS_KEY, {str(k): v for k, v in migrations.items()})
+
+        known = await journal.get(MIGRATIONS_KEY, {}) or {}
+        chats = TelegramChats(cfg.telegram.chat_ids, migrated=known, on_migrated=remember)
         token = secrets.telegram_token
-        alerts = TelegramAlerts(cfg.telegram, token, quote=cfg.market.quote)
-        return [alerts, TelegramCommands(cfg.telegram, token, controls)]
+        alerts = TelegramAlerts(cfg.telegram, token, quote=cfg.market.quote, chats=chats)
+        return [alerts, TelegramCommands(cfg.telegram, token, controls, chats=chats)]
 
     return make
 

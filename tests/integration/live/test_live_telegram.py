@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from bot.cli.live_run import alerts_factory, build_policy
 from bot.live.daemon import run_daemon, state_path
 from bot.live.journal import Journal
+from bot.telegram.chats import MIGRATIONS_KEY
 from bot.timeframes import MINUTE_MS
 from config.schema import AppConfig, Secrets, TelegramConfig
 from tests.fakes.binance import FakeBinance
@@ -165,3 +167,33 @@ async def test_a_telegram_outage_delays_no_cycle_and_the_alerts_arrive_afterward
 async def fills_of(daemon: Daemon) -> int:
     async with await Journal.open(state_path(daemon.cfg)) as journal:
         return sum(1 for o in await journal.orders() if o.filled > 0)
+
+
+async def test_a_migrated_group_is_remembered_in_state_db_and_used_after_a_restart(
+    telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    group, supergroup = -4_005_006, -1_009_005_006
+    settings = TelegramConfig(
+        enabled=True, api_url=telegram.url, chat_ids=(group,), daily_summary_hour=None
+    )
+    cfg = AppConfig(telegram=settings)
+    secrets = Secrets(telegram_token=DEFAULT_TOKEN)
+    telegram.migrate_chat(group, supergroup)
+
+    async def run_once(text: str) -> None:
+        async with await Journal.open(tmp_path / "state.db") as journal:
+            services = await alerts_factory(cfg, secrets)(SimpleNamespace(journal=journal))
+            alerts = services[0]
+            await alerts.start()
+            alerts.notify(text)
+            await alerts.close(flush_timeout_s=5.0)
+            await services[1].close()
+
+    await run_once("before the restart")
+    async with await Journal.open(tmp_path / "state.db") as journal:
+        assert await journal.get(MIGRATIONS_KEY) == {str(group): supergroup}
+    await run_once("after the restart")
+
+    assert texts(telegram, supergroup) == ["before the restart", "after the restart"]
+    sent_to_group = [c for c in telegram.calls_of("sendMessage") if c.params["chat_id"] == group]
+    assert len(sent_to_group) == 1  # only the first run had to be told
