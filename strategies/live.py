@@ -92,6 +92,39 @@ def resolve_folder(cfg: AppConfig, coin: str, model_id: str | None = None) -> Pa
     return versions.active_folder(root, coin)
 
 
+class NoModulesError(LookupError):
+    """``[live].policy = "vote"`` but the registry has no module for any configured coin."""
+
+
+def module_folders(cfg: AppConfig) -> dict[str, Path]:
+    """Each configured coin's module folder (``[live].models``, else the active version),
+    leaving out coins without one.
+
+    Raises :class:`NoModulesError` when no coin has one (a vote over nothing would keep the
+    whole portfolio in cash while looking like a trading bot), naming the registry and the two
+    policies that need no module; :class:`~bot.control.ControlError` when ``[live].models``
+    names a model the registry lacks or a coin's active version is broken.
+    """
+    folders: dict[str, Path] = {}
+    for coin in cfg.market.coins:
+        try:
+            folder = resolve_folder(cfg, coin)
+        except versions.VersionError as exc:
+            raise ControlError(str(exc)) from None
+        if folder is not None:
+            folders[coin] = folder
+    if not folders:
+        coins = cfg.market.coins
+        raise NoModulesError(
+            f'[live].policy = "vote" trades the coins\' Crypto Modules, and '
+            f"{cfg.training.models_dir} ([training].models_dir) has none for "
+            f"{', '.join(coins)}: train them first (cryptorlpm train --coin {coins[0]} -c "
+            'CONFIG), or set [live].policy = "hold" (cash only) or "equal_weight" (1/N, '
+            "rebalanced) to run without modules"
+        )
+    return folders
+
+
 def load_module(cfg: AppConfig, folder: Path, events: Iterable[Event]) -> tuple[CryptoModule, int]:
     """Load a registry folder (``<root>/<coin>/<id>``) as a handler and warm it up; returns it
     and the bars it read."""
@@ -327,11 +360,14 @@ class VoteHost:
 async def build_vote(
     cfg: AppConfig, market: MarketStore, metrics: MetricStore, now_ms: int
 ) -> tuple[PortfolioVote, VoteHost]:
-    """The vote over every configured coin's module, warmed up to ``now_ms``, and its host."""
+    """The vote over every configured coin's module, warmed up to ``now_ms``, and its host.
+
+    Raises :class:`NoModulesError` when no coin has a module (see :func:`module_folders`)."""
     vote = PortfolioVote(cfg.market.quote)
     since = now_ms - cfg.live.warmup_days * DAY_MS
+    folders = module_folders(cfg)
     for coin in cfg.market.coins:
-        folder = resolve_folder(cfg, coin)
+        folder = folders.get(coin)
         if folder is None:
             log.warning(
                 "%s: no model in %s; not plugged (it stays in cash)", coin, cfg.training.models_dir
