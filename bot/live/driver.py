@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.engine.kernel import TradingEngine
+from bot.engine.risk import is_routine
 from bot.events import Bar, BarsClosed, Metric, RiskRefusal
 from bot.feed.exchange import describe_error
 from bot.feed.live import fetch_closed_bars
@@ -173,8 +174,9 @@ class LiveDriver:
         await bus.drain()
         refusals = list(self._refusals)
         await self.executor.journal.add_refusals(refusals)
-        for refusal in refusals:
-            log.warning(
+        for refusal in refusals:  # a configured cap at work is information, not a warning
+            log.log(
+                logging.INFO if is_routine(refusal) else logging.WARNING,
                 "guardrail %s on %s: wanted %.4g, allowed %.4g (%s)",
                 refusal.rule,
                 refusal.asset,
