@@ -1,5 +1,9 @@
 """Telegram alerts: fills, rejections, guardrail refusals, errors, start/stop, a daily summary.
 
+Guardrails that work as configured (``max_weight_per_coin`` capping, ``min_cash`` keeping cash:
+:data:`bot.engine.risk.ROUTINE_RULES`) are not alerted: they act at every decision. Refusals
+that stop or cut trading (stale data, order notional, turnover, kill switch) are.
+
 Trading never waits on Telegram. Every entry point (the bus handlers, :meth:`notify`,
 :meth:`error`, ...) formats a line, appends it to a bounded :class:`~bot.telegram.outbox.Outbox`
 and returns; it never blocks and never raises into the caller. One sender task drains the queue
@@ -48,6 +52,7 @@ from telegram.error import (
 )
 
 from bot.bus import EventBus
+from bot.engine.risk import is_routine
 from bot.events import OrderFilled, OrderRejected, PortfolioValued, RiskRefusal
 from bot.telegram import format as fmt
 from bot.telegram.chart import equity_png
@@ -201,7 +206,10 @@ class TelegramAlerts:
         self._enqueue(lambda: fmt.format_rejection(event), "rejection")
 
     def on_refusal(self, event: RiskRefusal) -> None:
-        """Count the refusal for the summary; alert it when ``alert_refusals``."""
+        """Count the refusal for the summary and alert it when ``alert_refusals``; a configured
+        cap at work (``max_weight_per_coin``, ``min_cash``: every decision) is neither."""
+        if is_routine(event):
+            return
         if self._ledger is not None:
             self._ledger.count_refusal()
         if self.config.alert_refusals:

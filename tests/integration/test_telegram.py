@@ -588,3 +588,23 @@ async def test_fake_long_polls_honours_offset_and_limit(fake: FakeTelegram) -> N
         rest = await client.post(f"{base}/getUpdates", json={"offset": second + 1})
         assert [u["update_id"] for u in rest.json()["result"]] == [third]
         assert fake.pending_updates == 1
+
+
+async def test_a_guardrail_working_as_configured_is_not_alerted_but_a_real_refusal_is(
+    fake: FakeTelegram, make_alerts: MakeAlerts
+) -> None:
+    alerts = await make_alerts(daily_summary_hour=0)
+    bus = EventBus()
+    alerts.attach(bus)
+    await bus.publish(PortfolioValued(DAY0 + 1, 1_000.0, 0.0, (), ()))
+    for hour in range(3):  # three decisions, each capped and scaled as configured
+        ts = DAY0 + hour * HOUR
+        await bus.publish(RiskRefusal(ts, "max_weight_per_coin", "BTC", 0.6, 0.5, "cap 50%"))
+        await bus.publish(RiskRefusal(ts, "min_cash", "BTC", 0.5, 0.45, "keep 10% in USDT"))
+    await bus.publish(RiskRefusal(DAY0 + 3 * HOUR, "stale_data", "ETH", 3.0, 2.0, "no bar"))
+    await bus.publish(PortfolioValued(DAY0 + 25 * HOUR, 1_000.0, 0.0, (), ()))
+    await fake.wait_for(lambda: len(fake.sent) == 2)
+    refusal, summary = fake.sent
+    assert refusal.text.startswith("Risk refusal (stale_data) ETH")
+    assert "risk refusals: 1" in summary.text
+    assert not any("max_weight_per_coin" in m.text or "min_cash" in m.text for m in fake.sent)

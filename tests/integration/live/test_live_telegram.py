@@ -104,14 +104,16 @@ def texts(telegram: FakeTelegram, chat: int = OPERATOR) -> list[str]:
 async def test_alerts_and_commands_steer_the_running_daemon(
     exchange: FakeBinance, telegram: FakeTelegram, tmp_path: Path
 ) -> None:
-    # A 45% cap on each coin: 1/N = 50% is refused every decision (a guardrail alert).
-    daemon = Daemon(config(exchange, telegram, tmp_path, max_weight_per_coin=0.45), exchange)
+    # A 45% cap on each coin cuts 1/N = 50% at every decision: the guardrail working as
+    # configured, not alerted. A 4,000 USDT cap per order cuts the first buys: alerted.
+    cfg = config(exchange, telegram, tmp_path, max_weight_per_coin=0.45, max_order_notional=4_000.0)
+    daemon = Daemon(cfg, exchange)
     await daemon.ready()
     await telegram.wait_for(lambda: any("started" in t.lower() for t in texts(telegram)))
 
     await daemon.cycle()  # trades: fill alerts, refusal alerts
     await telegram.wait_for(lambda: any(t.startswith("BUY ") for t in texts(telegram)))
-    await telegram.wait_for(lambda: any("max_weight_per_coin" in t for t in texts(telegram)))
+    await telegram.wait_for(lambda: any("max_order_notional" in t for t in texts(telegram)))
 
     telegram.inject_command(STRANGER, "/pause")
     await telegram.wait_for(lambda: texts(telegram, STRANGER))
@@ -136,6 +138,10 @@ async def test_alerts_and_commands_steer_the_running_daemon(
     result = await asyncio.wait_for(daemon.task, 15)
     assert "stopped" in result.reason
 
+    assert not any("max_weight_per_coin" in t for t in texts(telegram))
+    async with await Journal.open(state_path(daemon.cfg)) as journal:
+        kept = {r["rule"] for r in await journal.refusals()}
+    assert {"max_weight_per_coin", "max_order_notional"} <= kept  # both kept in state.db
     orders = [c["orders"] for c in await daemon.cycles()]
     assert orders[0] > 0 and orders[1] == orders[2] == 0 and orders[3] > 0  # paused, resumed
     assert (await daemon.cycles())[4]["status"] == "failed"
