@@ -316,7 +316,9 @@ async def _loop(
         log.debug("next cycle at the close of %s", ms_to_iso(ts))
         if not await clock.sleep_until(ts + grace, stop):
             return "stopped by signal or operator"
-        now = clock.now_ms()
+        # Late or not is the exchange's word (the reading that just confirmed the close), not
+        # the local estimate: a process descheduled between the two must not skip a bar.
+        now = clock.reading_ms
         latest = driver.grid.floor(now - grace)
         if latest > ts:
             log.warning(
