@@ -7,8 +7,13 @@ active version), warms it up on the stored history and plugs it into a
 retrainings never touch the vote while a cycle runs. A module to swap in is loaded and warmed up
 in a worker thread; :meth:`VoteHost.between_cycles`, which the daemon calls before each cycle,
 feeds it the few bars stored since its warm-up ended and then replaces, plugs or unplugs in one
-step, so the next decision comes from the new module and no cycle waits for a warm-up.
-Unplugging renormalises the vote (``m`` shrinks) and the next rebalance sells the coin.
+step. Unplugging renormalises the vote (``m`` shrinks) and the next rebalance sells the coin.
+
+When a swap lands: at the first cycle that starts after its module is loaded and warmed up
+(:meth:`VoteHost.prepared` says when). A cycle that starts while a preparation still runs waits
+for it at most ``min(10 s, a quarter of a bar)``, then trades with the old module and the swap
+lands at the next cycle: a slow disk, a long ``warmup_days`` or a loaded machine delays the
+swap by a cycle, never the trading.
 """
 
 from __future__ import annotations
@@ -227,7 +232,7 @@ class VoteHost:
                     self._start_retrain(coin, now_ms)
                     lines.append(f"{coin}: scheduled retraining started")
         preparing = [p.task for p in self._pending.values() if p.task and not p.task.done()]
-        if preparing:  # a short, bounded wait so that a swap usually lands at the next cycle
+        if preparing:  # a short, bounded wait: the swap lands now if ready, else next cycle
             await asyncio.wait(preparing, timeout=min(10.0, _step(self.cfg) / 4000))
         for coin, pending in list(self._pending.items()):
             if pending.action == "unplug":
@@ -259,6 +264,13 @@ class VoteHost:
             self._record(coin, pending.action, old_id, module.model_id, pending.reason)
             lines.append(f"{coin}: {pending.action} {old_id or '-'} -> {module.model_id}")
         return lines
+
+    async def prepared(self) -> None:
+        """Return once every requested plug or swap has its module loaded and warmed up: from
+        then on it lands at the next cycle (an unplug needs no preparation)."""
+        tasks = [p.task for p in self._pending.values() if p.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
 
     def describe(self) -> list[dict[str, Any]]:
         """The plugged modules (and what waits to be applied)."""
