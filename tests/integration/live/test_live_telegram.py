@@ -17,15 +17,14 @@ from bot.cli.live_run import alerts_factory, build_policy
 from bot.live.daemon import run_daemon, state_path
 from bot.live.journal import Journal
 from bot.telegram.chats import MIGRATIONS_KEY
-from bot.timeframes import MINUTE_MS
 from config.schema import AppConfig, Secrets, TelegramConfig
 from tests.fakes.binance import FakeBinance
 from tests.fakes.telegram import DEFAULT_TOKEN, FakeTelegram
 from tests.integration.live.harness import (
-    GRACE_MS,
+    HANG_GUARD_S,
     T0,
-    cycles_done,
     live_config,
+    next_cycle,
     seed_market,
     wait_ready,
 )
@@ -81,16 +80,11 @@ class Daemon:
         self.k = 0
 
     async def ready(self) -> None:
-        await asyncio.wait_for(wait_ready(self.cfg.data.dir), 30)
+        await wait_ready(self.cfg.data.dir, self.task)
 
     async def cycle(self) -> None:
-        self.exchange.now_ms = T0 + self.k * MINUTE_MS + GRACE_MS + 5
+        await next_cycle(self.exchange, state_path(self.cfg), self.k, daemon=self.task)
         self.k += 1
-        async with asyncio.timeout(20):
-            while await cycles_done(state_path(self.cfg)) < self.k:
-                if self.task.done():
-                    self.task.result()  # the daemon died: show why
-                await asyncio.sleep(0.02)
 
     async def cycles(self) -> list[dict]:
         async with await Journal.open(state_path(self.cfg)) as journal:
@@ -130,12 +124,12 @@ async def test_alerts_and_commands_steer_the_running_daemon(
     exchange.inject("/api/v3/klines", 503, times=None)  # the exchange fails a whole cycle
     await daemon.cycle()
     exchange.clear_faults()
-    await telegram.wait_for(lambda: any("failed" in t for t in texts(telegram)), timeout=10)
+    await telegram.wait_for(lambda: any("failed" in t for t in texts(telegram)), HANG_GUARD_S)
 
     telegram.inject_command(OPERATOR, "/stop")
     await telegram.wait_for(lambda: any("/stop confirm" in t for t in texts(telegram)))
     telegram.inject_command(OPERATOR, "/stop confirm")
-    result = await asyncio.wait_for(daemon.task, 15)
+    result = await asyncio.wait_for(daemon.task, HANG_GUARD_S)
     assert "stopped" in result.reason
 
     assert not any("max_weight_per_coin" in t for t in texts(telegram))
@@ -163,7 +157,8 @@ async def test_a_telegram_outage_delays_no_cycle_and_the_alerts_arrive_afterward
     assert fills > 0 and not telegram.sent
     await telegram.refuse_connections(False)
     await telegram.wait_for(
-        lambda: sum(t.startswith(("BUY ", "SELL ")) for t in texts(telegram)) == fills, timeout=40
+        lambda: sum(t.startswith(("BUY ", "SELL ")) for t in texts(telegram)) == fills,
+        HANG_GUARD_S,
     )
     daemon.task.cancel()
     with pytest.raises(asyncio.CancelledError):
