@@ -61,6 +61,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow  # ~55 s loaded (4 coins x 2 seeds); the demo e2e covers the pipeline
 async def test_paper_experiment_writes_results_for_portfolios_a_b_c(
     tmp_path: Path, data_dir: Path
 ) -> None:
