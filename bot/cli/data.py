@@ -29,7 +29,7 @@ from bot.feed import dataset
 from bot.feed.dataset import DatasetConfigError
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import check_resample, ms_to_iso, to_ms
-from config import AppConfig, default_config_path
+from config import AppConfig, ConfigError, apply_overrides, default_config_path
 
 if TYPE_CHECKING:
     from bot.feed.csv_import import ImportReport
@@ -111,7 +111,10 @@ def resample(
             check_resample(cfg.market.base_timeframe, to)
         except ValueError as exc:
             fail(f"--to {to!r}: {exc} (market.base_timeframe is {cfg.market.base_timeframe!r})")
-        cfg = cfg.model_copy(update={"market": cfg.market.model_copy(update={"timeframe": to})})
+        try:  # validated like the file's market.timeframe
+            cfg = apply_overrides(cfg, {"market.timeframe": to}, {"market.timeframe": "--to"})
+        except ConfigError as exc:
+            fail(str(exc))
 
     async def main() -> None:
         async with open_stores(cfg) as (market, _):
