@@ -23,7 +23,7 @@ from config.schema import AppConfig
 from strategies.agents.train import CoinHistory, Windows, coin_history, train_cm
 from strategies.baselines import baselines
 from strategies.crypto_module import CryptoModule
-from strategies.features.inputs import fit_coin_features, read_coin_inputs
+from strategies.features.inputs import check_windows, fit_coin_features, read_coin_inputs
 from strategies.portfolio import PortfolioVote
 from strategies.registry import save_crypto_module
 
@@ -39,11 +39,17 @@ class VoteRun:
 async def read_histories(
     cfg: AppConfig, market: MarketStore, metrics: MetricStore, coins: Sequence[str]
 ) -> dict[str, CoinHistory]:
-    """Each coin's history with its DRU fitted on ``cfg.windows.train`` only."""
+    """Each coin's history with its DRU fitted on ``cfg.windows.train`` only.
+
+    Every coin is checked before any feature selection: a window (train, validation or test)
+    without bars to decide on raises :class:`~strategies.features.inputs.DataWindowError`, so a
+    run whose test window lies outside the data stops before training, not after."""
     train = cfg.windows.train
+    every = {coin: await read_coin_inputs(cfg, market, metrics, coin) for coin in coins}
+    for inputs in every.values():
+        check_windows(cfg, inputs, ("train", "validation", "test"))
     histories = {}
-    for coin in coins:
-        inputs = await read_coin_inputs(cfg, market, metrics, coin)
+    for coin, inputs in every.items():
         spec = fit_coin_features(cfg, inputs, train.start_ms, train.end_ms)
         histories[coin] = coin_history(inputs.bars, inputs.metrics, cfg.market.timeframe, spec)
     return histories

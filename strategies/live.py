@@ -7,8 +7,13 @@ active version), warms it up on the stored history and plugs it into a
 retrainings never touch the vote while a cycle runs. A module to swap in is loaded and warmed up
 in a worker thread; :meth:`VoteHost.between_cycles`, which the daemon calls before each cycle,
 feeds it the few bars stored since its warm-up ended and then replaces, plugs or unplugs in one
-step, so the next decision comes from the new module and no cycle waits for a warm-up.
-Unplugging renormalises the vote (``m`` shrinks) and the next rebalance sells the coin.
+step. Unplugging renormalises the vote (``m`` shrinks) and the next rebalance sells the coin.
+
+When a swap lands: at the first cycle that starts after its module is loaded and warmed up
+(:meth:`VoteHost.prepared` says when). A cycle that starts while a preparation still runs waits
+for it at most ``min(10 s, a quarter of a bar)``, then trades with the old module and the swap
+lands at the next cycle: a slow disk, a long ``warmup_days`` or a loaded machine delays the
+swap by a cycle, never the trading.
 """
 
 from __future__ import annotations
@@ -90,6 +95,39 @@ def resolve_folder(cfg: AppConfig, coin: str, model_id: str | None = None) -> Pa
         except ModelNotFound as exc:
             raise ControlError(str(exc)) from None
     return versions.active_folder(root, coin)
+
+
+class NoModulesError(LookupError):
+    """``[live].policy = "vote"`` but the registry has no module for any configured coin."""
+
+
+def module_folders(cfg: AppConfig) -> dict[str, Path]:
+    """Each configured coin's module folder (``[live].models``, else the active version),
+    leaving out coins without one.
+
+    Raises :class:`NoModulesError` when no coin has one (a vote over nothing would keep the
+    whole portfolio in cash while looking like a trading bot), naming the registry and the two
+    policies that need no module; :class:`~bot.control.ControlError` when ``[live].models``
+    names a model the registry lacks or a coin's active version is broken.
+    """
+    folders: dict[str, Path] = {}
+    for coin in cfg.market.coins:
+        try:
+            folder = resolve_folder(cfg, coin)
+        except versions.VersionError as exc:
+            raise ControlError(str(exc)) from None
+        if folder is not None:
+            folders[coin] = folder
+    if not folders:
+        coins = cfg.market.coins
+        raise NoModulesError(
+            f'[live].policy = "vote" trades the coins\' Crypto Modules, and '
+            f"{cfg.training.models_dir} ([training].models_dir) has none for "
+            f"{', '.join(coins)}: train them first (cryptorlpm train --coin {coins[0]} -c "
+            'CONFIG), or set [live].policy = "hold" (cash only) or "equal_weight" (1/N, '
+            "rebalanced) to run without modules"
+        )
+    return folders
 
 
 def load_module(cfg: AppConfig, folder: Path, events: Iterable[Event]) -> tuple[CryptoModule, int]:
@@ -194,7 +232,7 @@ class VoteHost:
                     self._start_retrain(coin, now_ms)
                     lines.append(f"{coin}: scheduled retraining started")
         preparing = [p.task for p in self._pending.values() if p.task and not p.task.done()]
-        if preparing:  # a short, bounded wait so that a swap usually lands at the next cycle
+        if preparing:  # a short, bounded wait: the swap lands now if ready, else next cycle
             await asyncio.wait(preparing, timeout=min(10.0, _step(self.cfg) / 4000))
         for coin, pending in list(self._pending.items()):
             if pending.action == "unplug":
@@ -226,6 +264,13 @@ class VoteHost:
             self._record(coin, pending.action, old_id, module.model_id, pending.reason)
             lines.append(f"{coin}: {pending.action} {old_id or '-'} -> {module.model_id}")
         return lines
+
+    async def prepared(self) -> None:
+        """Return once every requested plug or swap has its module loaded and warmed up: from
+        then on it lands at the next cycle (an unplug needs no preparation)."""
+        tasks = [p.task for p in self._pending.values() if p.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
 
     def describe(self) -> list[dict[str, Any]]:
         """The plugged modules (and what waits to be applied)."""
@@ -327,11 +372,14 @@ class VoteHost:
 async def build_vote(
     cfg: AppConfig, market: MarketStore, metrics: MetricStore, now_ms: int
 ) -> tuple[PortfolioVote, VoteHost]:
-    """The vote over every configured coin's module, warmed up to ``now_ms``, and its host."""
+    """The vote over every configured coin's module, warmed up to ``now_ms``, and its host.
+
+    Raises :class:`NoModulesError` when no coin has a module (see :func:`module_folders`)."""
     vote = PortfolioVote(cfg.market.quote)
     since = now_ms - cfg.live.warmup_days * DAY_MS
+    folders = module_folders(cfg)
     for coin in cfg.market.coins:
-        folder = resolve_folder(cfg, coin)
+        folder = folders.get(coin)
         if folder is None:
             log.warning(
                 "%s: no model in %s; not plugged (it stays in cash)", coin, cfg.training.models_dir

@@ -14,13 +14,22 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from bot.cli.common import ConfigOption, console, load, open_stores, progress_bar, run
+from bot.cli.common import (
+    ConfigOption,
+    console,
+    load,
+    open_stores,
+    print_table,
+    progress_bar,
+    require_stores,
+    run,
+)
 from bot.cli.common import fail as fail_markup
 from bot.feed import dataset
 from bot.feed.dataset import DatasetConfigError
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import check_resample, ms_to_iso, to_ms
-from config import AppConfig, default_config_path
+from config import AppConfig, ConfigError, apply_overrides, default_config_path
 
 if TYPE_CHECKING:
     from bot.feed.csv_import import ImportReport
@@ -52,11 +61,16 @@ def import_(
     config: ConfigOption = None,
 ) -> None:
     """Import ccxt-shaped candle CSVs and daily metric CSVs (a folder like ../shared/data)."""
+    from bot.feed.csv_import import check_data_files
     from bot.feed.validation import DataValidationError
 
     cfg = load(config)
     if not dir.is_dir():
         fail(f"--dir {dir}: not a folder")
+    try:
+        check_data_files(dir, cfg.market.quote)  # before any store is created
+    except FileNotFoundError as exc:
+        fail(f"--dir {exc}")
     try:
         dataset.check_source(cfg, "csv")
     except DatasetConfigError as exc:
@@ -97,7 +111,10 @@ def resample(
             check_resample(cfg.market.base_timeframe, to)
         except ValueError as exc:
             fail(f"--to {to!r}: {exc} (market.base_timeframe is {cfg.market.base_timeframe!r})")
-        cfg = cfg.model_copy(update={"market": cfg.market.model_copy(update={"timeframe": to})})
+        try:  # validated like the file's market.timeframe
+            cfg = apply_overrides(cfg, {"market.timeframe": to}, {"market.timeframe": "--to"})
+        except ConfigError as exc:
+            fail(str(exc))
 
     async def main() -> None:
         async with open_stores(cfg) as (market, _):
@@ -152,6 +169,7 @@ def download(
 def show(config: ConfigOption = None) -> None:
     """Coverage per stored series: first, last, rows and gaps."""
     cfg = load(config)
+    require_stores(cfg)
 
     async def main() -> None:
         async with open_stores(cfg) as (market, metrics):
@@ -204,7 +222,7 @@ def print_import_report(report: ImportReport) -> None:
     for item in report.files:
         rows = str(item.rows) if item.error is None else f"rejected: {item.error}"
         table.add_row(item.path.name, item.kind, item.series, rows)
-    console.print(table)
+    print_table(table)
     console.print(f"{report.rows} rows written", highlight=False)
     for path in report.skipped:
         console.print(f"skipped {path} (name not understood)", highlight=False)
@@ -247,7 +265,7 @@ async def print_coverage(cfg: AppConfig, market: MarketStore, metrics: MetricSto
             str(c.rows),
             str(c.gaps),
         )
-    console.print(table)
+    print_table(table)
     per_asset: dict[str, list] = {}
     for m in await metrics.coverage():
         per_asset.setdefault(m.asset, []).append(m)
@@ -262,4 +280,4 @@ async def print_coverage(cfg: AppConfig, market: MarketStore, metrics: MetricSto
             ms_to_iso(max(m.last_observed_at for m in items))[:10],
             str(sum(m.rows for m in items)),
         )
-    console.print(table)
+    print_table(table)

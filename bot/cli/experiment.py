@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import console, fail, load, run
+from bot.cli.common import console, fail, load, rule, run
 from config import bundled_config_path
 from config.schema import DateWindow, WindowsConfig
 
@@ -62,7 +62,7 @@ def paper(
     steps = iter(range(1, 7))
 
     def step(name: str) -> None:
-        console.rule(f"[bold]{next(steps)}/6 {name}")
+        rule(f"[bold]{next(steps)}/6 {name}")
 
     def trained(coin: str, seed: int, folder: Path, seconds: float) -> None:
         console.print(f"  {coin} seed {seed}: {seconds:.1f} s")
@@ -71,6 +71,7 @@ def paper(
         lambda: run_paper_experiment(cfg, data_dir, out, step=step, on_trained=trained),
         DataRangeError,
         MissingDataError,
+        FileNotFoundError,
     )
     console.print(outcome.table_md.read_text(), soft_wrap=True, highlight=False)
     console.print(f"wrote {outcome.results_json}, {outcome.table_md} and portfolio_*/ reports")

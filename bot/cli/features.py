@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli.common import ConfigOption, console, fail, load, open_stores, run
+from bot.cli.common import ConfigOption, console, fail, load, open_stores, require_stores, run
 
 app = typer.Typer(help="Per-coin metric selection and refinement (DRU).", no_args_is_help=True)
 
@@ -50,6 +50,8 @@ def select(
 
     if coin not in cfg.market.coins:
         fail(f"--coin {coin}: not one of the configured coins {list(cfg.market.coins)}")
+    if cfg.market.source != "synthetic":  # only the synthetic market is generated on demand
+        require_stores(cfg)
     paths = run(main, MissingDataError)
     for path in paths:
         console.print(f"wrote {path}")

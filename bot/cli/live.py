@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bot.cli.common import console, fail
-from config import AppConfig, ConfigError, bundled_config_path, load_config
+from bot.cli.common import console, fail, id_column, print_table
+from config import AppConfig, ConfigError, apply_overrides, bundled_config_path, load_config
 
 app = typer.Typer(
     help="The live daemon (Binance spot testnet by default, or --paper) and its controls.",
@@ -24,16 +24,22 @@ LiveConfigOption = Annotated[
 ]
 
 
+OPTIONS = {"paper": "--paper", "max_cycles": "--max-cycles"}
+"""The command-line options that set ``[live]`` keys, for error messages."""
+
+
 def load_live(config: Path | None, **live_overrides: Any) -> AppConfig:
-    """The daemon's config (default ``testnet.toml``) with ``[live]`` overrides applied."""
+    """The daemon's config (default ``testnet.toml``) with ``[live]`` overrides applied and
+    validated as the file is (``--max-cycles 0`` is refused like ``max_cycles = 0``)."""
     try:
         cfg = load_config(config or bundled_config_path("testnet.toml"))
+        overrides = {f"live.{k}": v for k, v in live_overrides.items() if v is not None}
+        if overrides:
+            origins = {f"live.{k}": OPTIONS.get(k, f"--{k}") for k in live_overrides}
+            cfg = apply_overrides(cfg, overrides, origins)
     except ConfigError as exc:
         fail(str(exc))
         raise
-    overrides = {k: v for k, v in live_overrides.items() if v is not None}
-    if overrides:
-        cfg = cfg.model_copy(update={"live": cfg.live.model_copy(update=overrides)})
     return cfg
 
 
@@ -97,8 +103,16 @@ def status(config: LiveConfigOption = None, as_json: bool = typer.Option(False, 
     balances = Table("asset", "total", title="balances (last reconciliation or fill)")
     for asset, total in state["balances"].items():
         balances.add_row(asset, f"{total:.8g}")
-    console.print(balances)
-    orders = Table("cycle", "client id", "side", "amount", "status", "filled", "price")
+    print_table(balances)
+    orders = Table(
+        "cycle",
+        id_column("client id", (o["client_order_id"] for o in state["orders"])),
+        "side",
+        "amount",
+        "status",
+        "filled",
+        "price",
+    )
     for o in state["orders"]:
         orders.add_row(
             ms_to_iso(o["cycle_ts"]),
@@ -109,7 +123,7 @@ def status(config: LiveConfigOption = None, as_json: bool = typer.Option(False, 
             f"{o['filled']:.8g}",
             f"{o['average_price']:.8g}" if o["average_price"] else "",
         )
-    console.print(orders)
+    print_table(orders)
     if state["refusals"]:
         refusals = Table("time", "rule", "asset", "wanted", "allowed", "detail", title="refusals")
         for r in state["refusals"]:
@@ -121,7 +135,7 @@ def status(config: LiveConfigOption = None, as_json: bool = typer.Option(False, 
                 f"{r['allowed']:.4g}",
                 r["detail"],
             )
-        console.print(refusals)
+        print_table(refusals)
 
 
 def _ask(config: Path | None, command: str, **args: Any) -> None:

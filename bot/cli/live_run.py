@@ -40,23 +40,41 @@ def alerts_factory(cfg: AppConfig, secrets: Secrets) -> Any:
         log.warning("[telegram].chat_ids is empty: alerts have no recipient, commands are refused")
 
     async def make(controls: Any) -> list[Any]:
-        from bot.telegram import TelegramAlerts, TelegramCommands
+        from bot.telegram import TelegramAlerts, TelegramChats, TelegramCommands
+        from bot.telegram.chats import MIGRATIONS_KEY
 
+        journal = controls.journal  # migrated chat ids are kept in state.db across restarts
+
+        async def remember(migrations: dict[int, int]) -> None:
+            await journal.put(MIGRATIONS_KEY, {str(k): v for k, v in migrations.items()})
+
+        known = await journal.get(MIGRATIONS_KEY, {}) or {}
+        chats = TelegramChats(cfg.telegram.chat_ids, migrated=known, on_migrated=remember)
         token = secrets.telegram_token
-        alerts = TelegramAlerts(cfg.telegram, token, quote=cfg.market.quote)
-        return [alerts, TelegramCommands(cfg.telegram, token, controls)]
+        alerts = TelegramAlerts(cfg.telegram, token, quote=cfg.market.quote, chats=chats)
+        return [alerts, TelegramCommands(cfg.telegram, token, controls, chats=chats)]
 
     return make
 
 
 def run_live(cfg: AppConfig, *, json_logs: bool = False, verbose: bool = False) -> None:
     """Run the daemon in the foreground; errors become one-line messages."""
+    import ccxt
+
+    from bot.control import ControlError
     from bot.feed.dataset import DatasetConfigError
-    from bot.feed.exchange import ExchangeConfigError
+    from bot.feed.exchange import ExchangeConfigError, describe_error
     from bot.live.daemon import LiveConfigError, run_daemon
     from bot.live.executor import LiveTradingError
     from bot.logs import redact_secrets, setup_logging
 
+    if cfg.live.policy == "vote":  # before connecting: refuse a vote with nothing to vote
+        from strategies.live import NoModulesError, module_folders
+
+        try:
+            module_folders(cfg)
+        except (NoModulesError, ControlError) as exc:
+            fail(str(exc))
     secrets = Secrets()
     if json_logs:
         setup_logging(verbose, json_lines=True)
@@ -76,6 +94,9 @@ def run_live(cfg: AppConfig, *, json_logs: bool = False, verbose: bool = False) 
         )
     except (LiveConfigError, LiveTradingError, ExchangeConfigError, DatasetConfigError) as exc:
         fail(str(exc))
+        return
+    except ccxt.BaseError as exc:  # an exchange error nothing above could act on
+        fail(f"{cfg.exchange.id}: {describe_error(exc)}; the daemon stopped")
         return
     log.info(
         "daemon stopped: %s after %d cycles, equity %.2f",

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bot.cli import data, experiment, features, live, models
-from bot.cli.common import ConfigOption, console, load, run, setup_logging
+from bot.cli.common import ConfigOption, console, load, rule, run, setup_logging
 
 app = typer.Typer(
     help="CryptoRLPM: reinforcement-learning Crypto Modules for crypto portfolios.",
@@ -50,7 +50,7 @@ def demo(
     steps = iter(range(1, 6))
 
     def step(name: str) -> None:
-        console.rule(f"[bold]{next(steps)}/5 {name}")
+        rule(f"[bold]{next(steps)}/5 {name}")
 
     def trained(coin: str, seed: int, folder: Path, seconds: float) -> None:
         console.print(f"  {coin} seed {seed}: trained in {seconds:.1f} s -> {folder}")

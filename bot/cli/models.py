@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.cli.common import ConfigOption, console, fail, load
+from bot.cli.common import (
+    ConfigOption,
+    console,
+    fail,
+    id_column,
+    load,
+    print_table,
+    require_stores,
+)
 
 app = typer.Typer(help="The registry of trained Crypto Modules.", no_args_is_help=True)
 
@@ -28,6 +36,7 @@ def train(
     coin = coin.upper().split("/")[0]
     if coin not in cfg.market.coins:
         fail(f"--coin {coin}: not one of the configured coins {list(cfg.market.coins)}")
+    require_stores(cfg)
     try:
         folders = train_crypto_module(cfg, coin, seed)
     except MissingDataError as exc:
@@ -55,20 +64,28 @@ def list_(config: ConfigOption = None) -> None:
             active[coin] = versions.active_model(root, coin)
         except versions.VersionError:
             active[coin] = None  # `models history COIN` says what is wrong
-    table = Table(title=f"Crypto Modules in {root} (* active)")
-    for column in ("coin", "id", "tf", "seed", "created", "val SAM", "val B&H"):
-        table.add_column(column)
-    for m in models:
+    ids = [m.id + (" *" if active[m.coin] == m.id else "") for m in models]
+    table = Table(
+        "coin",
+        id_column("id", ids),
+        "tf",
+        "seed",
+        "created",
+        "val SAM",
+        "val B&H",
+        title=f"Crypto Modules in {root} (* active)",
+    )
+    for m, shown in zip(models, ids, strict=True):
         table.add_row(
             m.coin,
-            m.id + (" *" if active[m.coin] == m.id else ""),
+            shown,
             m.timeframe,
             str(m.seed),
             m.created_at[:19],
             f"{m.validation_sam:+.4f}",
             f"{m.validation_buy_and_hold:+.4f}",
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command("show")
@@ -119,9 +136,15 @@ def history(
     if not entries:
         console.print(f"{coin}: no version history yet; the active model is the newest: {active}")
     else:
-        table = Table(title=f"{coin} versions in {root}")
-        for column in ("#", "activated at", "model id", "reason", "val score", "replaced score"):
-            table.add_column(column)
+        table = Table(
+            "#",
+            "activated at",
+            id_column("model id", (e.model_id + " (active)" for e in entries)),
+            "reason",
+            "val score",
+            "replaced score",
+            title=f"{coin} versions in {root}",
+        )
         for number, entry in enumerate(entries, 1):
             marker = " (active)" if number == len(entries) else ""
             table.add_row(
@@ -132,16 +155,19 @@ def history(
                 _score(entry.validation_score),
                 _score(entry.incumbent_score),
             )
-        console.print(table)
+        print_table(table)
         console.print(f"active: {active}")
     if attempts:
-        table = Table(title=f"{coin} retrainings (newest last)")
-        for column in ("at", "candidate", "outcome"):
-            table.add_column(column)
+        table = Table(
+            "at",
+            id_column("candidate", (str(a.outcome.get("candidate_id") or "") for a in attempts)),
+            "outcome",
+            title=f"{coin} retrainings (newest last)",
+        )
         for attempt in attempts[-10:]:
             outcome = attempt.outcome
             table.add_row(attempt.at, str(outcome.get("candidate_id") or ""), outcome["reason"])
-        console.print(table)
+        print_table(table)
 
 
 @app.command("activate")

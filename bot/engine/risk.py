@@ -25,6 +25,12 @@ halted               ``*``                    notional the decision wanted to tr
 
 The kill switch is the gate's only latched state: it trips on a valuation (``observe_equity``),
 holds through restarts (``snapshot``/``restore``) and is cleared by an operator (``resume``).
+
+Two rules shape every decision as configured: ``max_weight_per_coin`` caps a weight and
+``min_cash`` keeps the cash floor (:data:`ROUTINE_RULES`). Their refusals are information: the
+daemon logs them at INFO and Telegram does not alert them. The others stop or cut what would
+have happened (stale data, an order's notional, the day's turnover, the kill switch) and are
+warnings and alerts.
 """
 
 from __future__ import annotations
@@ -38,6 +44,15 @@ from bot.engine.rules import MarketRules
 from bot.events import Bar, RiskRefusal, SubmitOrder
 from bot.timeframes import DAY_MS, ms_to_iso, timeframe_ms
 from config.schema import RiskConfig
+
+ROUTINE_RULES = frozenset({"max_weight_per_coin", "min_cash"})
+"""Rules whose refusals are the guardrail working as configured, at every decision."""
+
+
+def is_routine(refusal: RiskRefusal) -> bool:
+    """Whether ``refusal`` is a configured cap doing its job (INFO, no alert), not a warning."""
+    return refusal.rule in ROUTINE_RULES
+
 
 ALL_ASSETS = "*"
 """The ``asset`` of a refusal that concerns the whole portfolio (kill switch, halt)."""

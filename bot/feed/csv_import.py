@@ -325,6 +325,7 @@ async def _run_plan(
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such data folder")
+    check_data_files(root, quote, coins)
     started = time.perf_counter()
     report = ImportReport(dry_run=dry_run)
     plan: list[_PlannedFile] = []
@@ -367,6 +368,36 @@ async def _run_plan(
             progress(done, len(plan))
     report.seconds = time.perf_counter() - started
     return report
+
+
+class NoDataFilesError(FileNotFoundError):
+    """A folder to import holds no file in a shape this module understands."""
+
+
+def check_data_files(
+    root: str | Path, quote: str = "USDT", coins: Sequence[str] | None = None
+) -> None:
+    """Raise :class:`NoDataFilesError` (naming the expected layout and any file whose name was
+    not understood) unless ``root`` holds a candle file (of ``coins``, when given) or a metric
+    file; reads no file."""
+    root = Path(root)
+    candles = [
+        path
+        for path in sorted((root / "ohlcv").glob("*.csv"))
+        if (match := CANDLE_FILE.match(path.stem)) is not None
+        and match["quote"] == quote
+        and (coins is None or match["base"] in coins)
+    ]
+    metrics = [p for p in (root / "onchain").glob("*.csv") if METRIC_FILE.match(p.stem)]
+    if candles or metrics:
+        return
+    others = sorted(p for p in root.rglob("*") if p.is_file())
+    seen = f"; found {len(others)} other file(s), e.g. {others[0]}" if others else " (it is empty)"
+    wanted = f" for {', '.join(coins)}" if coins else ""
+    raise NoDataFilesError(
+        f"{root}: no data files{wanted} to import; expected ohlcv/<COIN>_{quote}-<timeframe>.csv "
+        f"(e.g. ohlcv/BTC_{quote}-1h.csv) and onchain/<ASSET>_<source>.csv{seen}"
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,6 +165,10 @@ async def stream_closed_bars(
     again until ``gap_patience_s`` has passed, then skipped with a warning. Temporary errors are
     logged and retried; a permanent one (a bad symbol, say) raises. Cancel the consuming task
     or ``aclose()`` the generator to stop it; closing ``exchange_pro`` stays the caller's job.
+
+    ``sleep`` and ``monotonic`` are all the time the stream sees (its waits between polls and
+    reconnects, its backoffs, patience and resyncs); a test passes stepped ones and moves time
+    itself.
     """
     grid = CandleGrid(timeframe)
     names = list(dict.fromkeys(symbols))
@@ -306,9 +310,14 @@ async def stream_closed_bars(
 
             if watch is None:
                 watch = asyncio.ensure_future(exchange_pro.watch_ohlcv_for_symbols(pairs))
-            # Wait without cancelling: cancelling a ccxt watch future can lose its subscription.
-            done, _ = await asyncio.wait({watch}, timeout=poll_s)
-            if not done:
+            # Wait for the socket or ``poll_s`` (through ``sleep``, so a test can step time),
+            # without cancelling the watch: that can lose its subscription.
+            tick = asyncio.ensure_future(sleep(poll_s))
+            try:
+                await asyncio.wait({watch, tick}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                tick.cancel()
+            if not watch.done():
                 continue
             finished, watch = watch, None
             error = finished.exception()

@@ -8,9 +8,15 @@ previous values afterwards. Several clients (or tests with several fake servers)
 share the process, and the event loop never waits on the network.
 
 sanpy's errors are translated here, at the boundary, into the exceptions below with one-line
-messages. The API key never appears in a log line or an exception message: the server echoes it
-in its "not valid" answer, so every server text is redacted and translated errors do not chain
-sanpy's original exception.
+messages. The API key never appears in a log line or an exception message: older servers echoed
+it in their "not valid" answer, so every server text is redacted and translated errors do not
+chain sanpy's original exception.
+
+Without an API key, Santiment serves requests as its anonymous free plan (limited history, the
+newest days held back, fewer metrics); nothing is refused for the missing key itself. A metric
+the free plan lacks is reported with the hint to set the key. A key the server does not know is
+answered 400 "Apikey not valid or malformed", which sanpy does not class as an authentication
+error: it becomes :class:`SantimentAuthError` here.
 """
 
 from __future__ import annotations
@@ -67,6 +73,10 @@ _RESTRICTION_MARKERS: tuple[tuple[str, RestrictionKind], ...] = (
 _TRY_AGAIN = re.compile(r"try again in (\d+) seconds?", re.IGNORECASE)
 _LIMIT_HEADLINE = re.compile(r"^(?:HTTP \d+: )?[^.]*limit[^.]*\.(?: Try again in [^.]*\.)?", re.I)
 _APIKEY_ECHO = re.compile(r"apikey\s*'[^']*'", re.IGNORECASE)
+_BAD_KEY = re.compile(
+    r"apikey\b.*\b(?:not valid|malformed)|unsupported authorization header|^HTTP 40[13]\b",
+    re.IGNORECASE,
+)
 _PATH_SUFFIX = re.compile(r"\s*\|\s*path=\[[^\]]*\]")
 _STATUS_ERROR = re.compile(r"Status code: (\d+)\.\n (.*?)\n \{", re.DOTALL)
 _MAX_REASON = 400
@@ -215,7 +225,7 @@ class SanpyClient:
     ) -> SantimentError:
         """Our exception, with a one-line message, for a sanpy error."""
         reason = _server_reason(exc, self._api_key)
-        if isinstance(exc, SanAuthError):
+        if isinstance(exc, SanAuthError) or _BAD_KEY.search(reason):
             if self._api_key is None:
                 return SantimentAuthError(
                     f"Santiment refused the request for {what} without an API key ({reason}); "
@@ -239,6 +249,11 @@ class SanpyClient:
             return SantimentError(f"cannot reach Santiment at {self.endpoint}: {reason}")
         kind = _restriction_kind(reason)
         if kind is not None and metric is not None and slug is not None:
+            if self._api_key is None and kind in ("plan", "history"):
+                reason += (
+                    f" (no API key is set, so Santiment served this as its free plan; set "
+                    f"{API_KEY_ENV} for a paid plan's metrics and history)"
+                )
             return MetricNotAllowed(metric, slug, reason, kind)
         return SantimentError(f"Santiment query for {what} failed: {reason}")
 

@@ -55,6 +55,14 @@ class ExchangeTimeClock:
         self._at = self._monotonic()
         return server
 
+    @property
+    def reading_ms(self) -> int:
+        """The exchange's time at the last :meth:`sync`: a time its clock has certainly
+        reached, whatever the local clock did since (call :meth:`sync` first)."""
+        if self._server_ms is None:
+            raise RuntimeError("the exchange clock was never synced")
+        return self._server_ms
+
     def now_ms(self) -> int:
         """The exchange's time as estimated now (call :meth:`sync` first)."""
         if self._server_ms is None:

@@ -32,7 +32,7 @@ from bot.engine.kernel import Engine
 from bot.engine.step import Policy
 from bot.events import FlattenPositions, PauseTrading, ResumeTrading
 from bot.feed.dataset import check_stores
-from bot.feed.exchange import create_exchange
+from bot.feed.exchange import create_exchange, describe_error, is_temporary
 from bot.feed.guard import GuardClock, RequestGuard
 from bot.feed.retry import call_with_retries
 from bot.live.clock import ExchangeTimeClock
@@ -57,6 +57,10 @@ DAY_MS = 86_400_000
 
 class LiveConfigError(ValueError):
     """The daemon cannot start with this configuration (message names what to fix)."""
+
+
+class ExchangeUnreachable(LiveConfigError):
+    """The exchange did not answer the daemon's first request: it did not start."""
 
 
 PolicyFactory = Callable[
@@ -205,8 +209,16 @@ async def _run(
         stack.push_async_callback(exchange.close)
         guard: RequestGuard = exchange.guard
         retry = {"max_retries": cfg.exchange.max_retries, "base_delay_s": cfg.exchange.retry_base_s}
+        try:  # one try: an exchange unreachable at start is reported at once, in one line
+            markets = await exchange.load_markets()
+        except Exception as exc:
+            if not is_temporary(exc):
+                raise
+            raise ExchangeUnreachable(
+                f"cannot reach {cfg.exchange.id}: {describe_error(exc)}; the daemon did not "
+                "start (check the network, or [exchange].api_url)"
+            ) from None
         try:
-            markets = await call_with_retries(exchange.load_markets, **retry)
             rules = rules_from_markets(markets, cfg.market.coins, cfg.market.quote)
         except KeyError as exc:
             raise LiveConfigError(f"[market].coins: {exc.args[0]}") from None

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.engine.kernel import Engine
+from bot.engine.risk import is_routine
 from bot.engine.step import StepResult, instants
 from bot.events import Bar, Metric
 from bot.feed.exchange import describe_error
@@ -175,9 +176,11 @@ class LiveDriver:
         self.last = result
         refusals = list(result.refusals)
         await self.executor.journal.record_decision(result)
+        await self.executor.journal.add_refusals(refusals)
         await engine.bus.drain()
-        for refusal in refusals:
-            log.warning(
+        for refusal in refusals:  # a configured cap at work is information, not a warning
+            log.log(
+                logging.INFO if is_routine(refusal) else logging.WARNING,
                 "guardrail %s on %s: wanted %.4g, allowed %.4g (%s)",
                 refusal.rule,
                 refusal.asset,

@@ -118,8 +118,10 @@ class DaemonLoop:
         return STOPPED
 
     def _catch_up(self, ts: int) -> int:
+        # Late or not is the exchange's word (the reading that just confirmed the close), not
+        # the local estimate: a process descheduled between the two must not skip a bar.
         driver = self.driver
-        latest = driver.grid.floor(driver.clock.now_ms() - int(self.cfg.live.grace_s * 1000))
+        latest = driver.grid.floor(driver.clock.reading_ms - int(self.cfg.live.grace_s * 1000))
         if latest > ts:
             log.warning(
                 "woke %d bar(s) late: skipping to %s",
@@ -164,7 +166,6 @@ class DaemonLoop:
 
     async def _halt(self, reason: str) -> None:
         self.halt = reason
-        self.driver.executor.discard_pending()
         await self.journal.put("trading_halt", reason)
         log.error("%s", reason)
         self._announce("error", reason)

@@ -5,7 +5,7 @@ a start it also finishes what a crash interrupted:
 
 1. **Orders that may be on the exchange** (``sending``, ``unknown``, ``open``,
    ``partially_filled``) are settled from the exchange's record
-   (:meth:`~bot.live.executor.LiveExecutor.resolve`): one it shows is journalled and booked (an
+   (:meth:`~bot.live.executor.Executor.resolve`): one it shows is journalled and booked (an
    open order of a finished cycle is cancelled); one it provably never received goes back to
    ``planned`` when its cycle is resumed, else is abandoned; one it cannot account for stays
    ``unknown``, is never resent, and blocks its coin.

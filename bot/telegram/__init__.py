@@ -19,7 +19,15 @@ Wiring in the daemon::
 """
 
 from bot.telegram.alerts import AlertStats, TelegramAlerts
+from bot.telegram.chats import TelegramChats
 from bot.telegram.commands import TelegramCommands
 from bot.telegram.transport import BotClient, TokenRedactor
 
-__all__ = ["AlertStats", "BotClient", "TelegramAlerts", "TelegramCommands", "TokenRedactor"]
+__all__ = [
+    "AlertStats",
+    "BotClient",
+    "TelegramAlerts",
+    "TelegramChats",
+    "TelegramCommands",
+    "TokenRedactor",
+]

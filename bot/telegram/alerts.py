@@ -1,5 +1,9 @@
 """Telegram alerts: fills, rejections, guardrail refusals, errors, start/stop, a daily summary.
 
+Guardrails that work as configured (``max_weight_per_coin`` capping, ``min_cash`` keeping cash:
+:data:`bot.engine.risk.ROUTINE_RULES`) are not alerted: they act at every decision. Refusals
+that stop or cut trading (stale data, order notional, turnover, kill switch) are.
+
 Trading never waits on Telegram. Every entry point (the bus handlers, :meth:`notify`,
 :meth:`error`, ...) formats a line, appends it to a bounded :class:`~bot.telegram.outbox.Outbox`
 and returns; it never blocks and never raises into the caller. One sender task drains the queue
@@ -11,8 +15,14 @@ in order:
   front and retries with exponential backoff capped at ``backoff_max_s``, so everything queued
   during an outage arrives in order afterwards (a timed-out send may arrive twice: delivery is
   at least once);
-* a message Telegram refuses for good (400 bad request, 403 blocked, 401/404 token) is logged,
-  counted as failed and skipped.
+* a group that became a supergroup (400 with ``migrate_to_chat_id``) gets the message again at
+  its new id, and every later one (:mod:`bot.telegram.chats`);
+* a chat that takes no message at all (403 blocked or kicked, 400 "chat not found") is muted
+  until restart with one ERROR line; its queued alerts are dropped and counted as failed, so
+  nothing is retried;
+* a rejected token (401/404) stops the alerts with one ERROR line: nothing could ever arrive;
+* any other message Telegram refuses for good (another 400 or 403) is logged, counted as failed
+  and skipped.
 
 When the queue is full the oldest message is dropped and counted. Each alert is one message per
 chat in ``chat_ids``, so with two chats a ``queue_size`` of 200 holds 100 alerts.
@@ -42,9 +52,11 @@ from telegram.error import (
 )
 
 from bot.bus import EventBus
+from bot.engine.risk import is_routine
 from bot.events import OrderFilled, OrderRejected, PortfolioValued, RiskRefusal
 from bot.telegram import format as fmt
 from bot.telegram.chart import equity_png
+from bot.telegram.chats import TelegramChats, chat_refusal
 from bot.telegram.outbox import Clock, Outbox, Outgoing, RateLimiter
 from bot.telegram.summary import DailyLedger, DaySummary
 from bot.telegram.transport import BotClient, brief, retry_after_s
@@ -52,7 +64,7 @@ from config.schema import TelegramConfig
 
 log = logging.getLogger(__name__)
 
-_PERMANENT = (BadRequest, Forbidden, InvalidToken, ChatMigrated, Conflict)
+_PERMANENT = (BadRequest, Forbidden, Conflict)
 _LOUD_DROP_COUNTS = frozenset(10**k for k in range(12))  # warn at 1, 10, 100, ... drops
 
 
@@ -72,7 +84,8 @@ class TelegramAlerts:
 
     ``quote``: the quote currency, for the daily summary. ``clock``: monotonic seconds for the
     rate limiter (tests inject one). ``client``: a ready :class:`BotClient` (default: one built
-    from ``config.api_url`` and ``token``).
+    from ``config.api_url`` and ``token``). ``chats``: the chat registry shared with the
+    commands (default: one over ``config.chat_ids``).
     """
 
     def __init__(
@@ -85,9 +98,11 @@ class TelegramAlerts:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 30.0,
         client: BotClient | None = None,
+        chats: TelegramChats | None = None,
     ) -> None:
         self.config = config
         self.quote = quote
+        self.chats = chats or TelegramChats(config.chat_ids)
         self._client = client or BotClient(config.api_url, token)
         self._outbox = Outbox(config.queue_size)
         self._limiter = RateLimiter(config.per_chat_per_s, config.global_per_s, clock)
@@ -98,6 +113,7 @@ class TelegramAlerts:
         )
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._sent = self._failed = self._retries = 0
+        self._token_rejected = False
         self._inflight: Outgoing | None = None
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -190,7 +206,10 @@ class TelegramAlerts:
         self._enqueue(lambda: fmt.format_rejection(event), "rejection")
 
     def on_refusal(self, event: RiskRefusal) -> None:
-        """Count the refusal for the summary; alert it when ``alert_refusals``."""
+        """Count the refusal for the summary and alert it when ``alert_refusals``; a configured
+        cap at work (``max_weight_per_coin``, ``min_cash``: every decision) is neither."""
+        if is_routine(event):
+            return
         if self._ledger is not None:
             self._ledger.count_refusal()
         if self.config.alert_refusals:
@@ -220,7 +239,7 @@ class TelegramAlerts:
         self, render: Callable[[], str], kind: str, photo: Callable[[], bytes] | None = None
     ) -> None:
         try:
-            if not self.config.chat_ids:
+            if self._token_rejected or not self.chats.recipients:
                 return
             text = render()
             loop = self._loop
@@ -233,7 +252,7 @@ class TelegramAlerts:
             log.exception("telegram: could not queue a %s alert", kind)
 
     def _put(self, text: str, kind: str, photo: Callable[[], bytes] | None) -> None:
-        for chat_id in self.config.chat_ids:
+        for chat_id in self.chats.recipients:
             if self._outbox.put(Outgoing(chat_id, text, photo, kind)) is not None:
                 dropped = self._outbox.dropped
                 loud = dropped in _LOUD_DROP_COUNTS
@@ -274,8 +293,31 @@ class TelegramAlerts:
                 self._limiter.block(seconds)
                 log.warning("telegram: flood control, next send in %.0f s", seconds)
                 self._outbox.put_back(item)
+            except ChatMigrated as exc:  # the group is a supergroup now: same message, new id
+                new_id = int(exc.new_chat_id)
+                if new_id == item.chat_id:  # Telegram contradicting itself: do not loop
+                    self._failed += 1
+                    log.error("telegram: chat %s 'migrated' to itself; alert dropped", new_id)
+                    continue
+                await self.chats.migrate(item.chat_id, new_id)
+                self._outbox.readdress(item.chat_id, new_id)
+                item.chat_id = new_id
+                self._outbox.put_back(item)
+            except InvalidToken:  # nothing will ever be delivered: say so once, send no more
+                self._failed += 1 + len(self._outbox)
+                self._outbox.discard_all()
+                self._token_rejected = True
+                log.error(
+                    "telegram: the bot token was rejected (401/404); no alerts will be sent "
+                    "(check CRYPTORLPM_TELEGRAM_TOKEN)"
+                )
             except _PERMANENT as exc:
                 self._failed += 1
+                reason = chat_refusal(exc)
+                if reason is not None:  # the chat, not this message: stop writing to it
+                    self.chats.mute(item.chat_id, brief(exc))
+                    self._failed += self._outbox.discard(item.chat_id)
+                    continue
                 log.error(
                     "telegram: %s alert to chat %s refused (%s)",
                     item.kind,

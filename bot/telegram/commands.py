@@ -6,10 +6,18 @@ the daemon was not running are dropped rather than obeyed late (a ``/resume`` fr
 not restart trading after a kill switch tripped today). On close it confirms the last handled
 update with a short ``getUpdates``, so a restart does not see it again either.
 
-Only chats in ``chat_ids`` are obeyed; any other chat is answered "Not authorised." and logged
-at WARNING with its id. A :class:`~bot.control.ControlError` is replied as is; any other
-exception gets a short reply and a traceback in the log. ``/stop`` only arms a confirmation:
-``/stop confirm`` within ``stop_confirm_s`` (60 s) calls ``controls.stop()``.
+Only chats in ``chat_ids`` (or the supergroups they became, :mod:`bot.telegram.chats`) are
+obeyed; any other chat is answered "Not authorised." and logged at WARNING with its id.
+
+``getUpdates`` answers 409 in two cases. "terminated by other getUpdates request": another
+process polls with this token; logged as such and retried with backoff (the other one keeps
+getting the commands meanwhile). "can't use getUpdates method while webhook is active": a webhook
+was set after start (the start deletes any); it is deleted again, without dropping the pending
+commands, and polling goes on, with the backoff growing while the conflict repeats.
+
+A :class:`~bot.control.ControlError` is replied as is; any other exception gets a short reply
+and a traceback in the log. ``/stop`` only arms a confirmation: ``/stop confirm`` within
+``stop_confirm_s`` (60 s) calls ``controls.stop()``.
 """
 
 from __future__ import annotations
@@ -23,10 +31,18 @@ from typing import Any
 
 from pydantic import SecretStr
 from telegram import BotCommand, Update
-from telegram.error import Conflict, InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram.error import (
+    ChatMigrated,
+    Conflict,
+    InvalidToken,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+)
 
 from bot.control import ControlError, Controls
 from bot.telegram import format as fmt
+from bot.telegram.chats import TelegramChats, chat_refusal
 from bot.telegram.outbox import Clock
 from bot.telegram.transport import BotClient, brief, retry_after_s
 from config.schema import TelegramConfig
@@ -43,7 +59,8 @@ class TelegramCommands:
     """Polls for commands and answers them through ``controls``; see the module docstring.
 
     ``clock``: monotonic seconds (for the /stop confirmation window); ``client``: a ready
-    :class:`BotClient` (default: one built from ``config.api_url`` and ``token``).
+    :class:`BotClient` (default: one built from ``config.api_url`` and ``token``); ``chats``: the
+    chat registry shared with the alerts (default: one over ``config.chat_ids``).
     """
 
     def __init__(
@@ -58,15 +75,16 @@ class TelegramCommands:
         backoff_max_s: float = 30.0,
         drop_pending: bool = True,
         client: BotClient | None = None,
+        chats: TelegramChats | None = None,
     ) -> None:
         self.config = config
         self.controls = controls
+        self.chats = chats or TelegramChats(config.chat_ids)
         self._client = client or BotClient(config.api_url, token)
         self._clock = clock
         self._stop_confirm_s = stop_confirm_s
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._drop_pending = drop_pending
-        self._allowed = frozenset(config.chat_ids)
         self._offset: int | None = None
         self._stop_armed: dict[int, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -165,6 +183,16 @@ class TelegramCommands:
                 delay_s = min(max_s, initial_s * 2 ** (failures - 1))
                 if isinstance(exc, InvalidToken):
                     log.error("telegram: %s: the bot token was rejected", what)
+                elif isinstance(exc, Conflict) and "webhook" in str(exc).lower():
+                    log.warning(
+                        "telegram: %s: a webhook is set for this bot; deleting it to keep "
+                        "polling (does another deployment use this token with a webhook?)",
+                        what,
+                    )
+                    try:  # pending commands are kept: they were sent while we were running
+                        await self._client.bot.delete_webhook(drop_pending_updates=False)
+                    except TelegramError as again:
+                        log.warning("telegram: deleteWebhook failed: %s", brief(again))
                 elif isinstance(exc, Conflict):
                     log.error("telegram: %s: another client polls with this token", what)
                 elif failures == 1 or not isinstance(exc, NetworkError):
@@ -181,13 +209,19 @@ class TelegramCommands:
         """Answer one update (never raises)."""
         self.handled += 1
         message = update.message
-        if message is None or not message.text or not message.text.startswith("/"):
+        if message is None:
+            return
+        if message.migrate_to_chat_id and self.chats.allowed(message.chat.id):
+            # The service message a group sends when it becomes a supergroup.
+            await self.chats.migrate(message.chat.id, message.migrate_to_chat_id)
+            return
+        if not message.text or not message.text.startswith("/"):
             return
         chat_id = message.chat.id
         words = message.text.split()
         name = words[0][1:].split("@", 1)[0].lower()
         args = words[1:]
-        if chat_id not in self._allowed:
+        if not self.chats.allowed(chat_id):
             log.warning("telegram: refused /%s from unauthorised chat %s", name[:32], chat_id)
             await self._reply(chat_id, NOT_AUTHORISED)
             return
@@ -205,7 +239,10 @@ class TelegramCommands:
         await self._reply(chat_id, text)
 
     async def _reply(self, chat_id: int, text: str) -> None:
+        chat_id = self.chats.resolve(chat_id)
         for attempt in range(2):
+            if self.chats.muted(chat_id):
+                return
             try:
                 await self._client.bot.send_message(chat_id=chat_id, text=fmt.truncate(text))
                 return
@@ -215,7 +252,20 @@ class TelegramCommands:
                     log.warning("telegram: reply to chat %s dropped (flood control)", chat_id)
                     return
                 await asyncio.sleep(delay_s)
-            except Exception as exc:  # TelegramError, or a client closed under us at shutdown
+            except ChatMigrated as exc:  # answer in the supergroup the chat became
+                new_id = int(exc.new_chat_id)
+                if attempt or new_id == chat_id:
+                    log.warning("telegram: reply to chat %s dropped (migrated again)", chat_id)
+                    return
+                await self.chats.migrate(chat_id, new_id)
+                chat_id = new_id
+            except TelegramError as exc:
+                if (reason := chat_refusal(exc)) is not None:
+                    self.chats.mute(chat_id, reason)
+                else:
+                    log.warning("telegram: reply to chat %s failed (%s)", chat_id, brief(exc))
+                return
+            except Exception as exc:  # a client closed under us at shutdown
                 log.warning("telegram: reply to chat %s failed (%s)", chat_id, brief(exc))
                 return
 

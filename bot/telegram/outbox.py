@@ -87,6 +87,26 @@ class Outbox:
         self._items.appendleft(item)
         return True
 
+    def discard(self, chat_id: int) -> int:
+        """Remove every queued message for ``chat_id`` (a chat that takes no more messages);
+        returns how many. Not counted as dropped: the caller counts them as failed."""
+        kept = deque(item for item in self._items if item.chat_id != chat_id)
+        removed = len(self._items) - len(kept)
+        self._items = kept
+        return removed
+
+    def discard_all(self) -> int:
+        """Remove every queued message; returns how many (counted by the caller)."""
+        removed = len(self._items)
+        self._items.clear()
+        return removed
+
+    def readdress(self, old: int, new: int) -> None:
+        """Send the queued messages for chat ``old`` to ``new`` instead (a migrated group)."""
+        for item in self._items:
+            if item.chat_id == old:
+                item.chat_id = new
+
     def pop(self) -> Outgoing:
         """Remove and return the oldest message (``IndexError`` when empty)."""
         return self._items.popleft()

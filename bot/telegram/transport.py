@@ -49,6 +49,7 @@ _GUARDED_LOGGERS = (
     "telegram.request.HTTPXRequest",
     "bot.telegram",
     "bot.telegram.alerts",
+    "bot.telegram.chats",
     "bot.telegram.commands",
     "bot.telegram.transport",
 )

@@ -54,6 +54,7 @@ from strategies.agents.networks import EamQNetwork, SamQNetwork
 from strategies.agents.observation import FeatureSchema, build_observations, signal_windows
 from strategies.agents.params import CryptoModuleParams, DQNParams, TrainingConfig
 from strategies.features import FeatureSpec
+from strategies.features.inputs import DataWindowError
 
 # --- inputs -------------------------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ def decision_range(
     first = max(int(np.searchsorted(close_time, start, side="left")), window - 1)
     last = int(np.searchsorted(close_time, end, side="right")) - 1
     if last <= first:
-        raise ValueError(
+        raise DataWindowError(
             f"no decisions in [{pd.Timestamp(start, unit='ms')}, {pd.Timestamp(end, unit='ms')}): "
             f"the bars cover {pd.Timestamp(int(close_time[0]), unit='ms')} .. "
             f"{pd.Timestamp(int(close_time[-1]), unit='ms')}"
@@ -489,15 +490,19 @@ def coin_history(
 
 
 async def read_history(cfg: AppConfig, coin: str) -> CoinHistory:
-    """``coin``'s stored bars and metrics, with the DRU fitted on ``cfg.windows.train`` only."""
+    """``coin``'s stored bars and metrics, with the DRU fitted on ``cfg.windows.train`` only.
+
+    Raises :class:`~strategies.features.inputs.DataWindowError` when the training or the
+    validation window has no bars to decide on."""
     from bot.store import MarketStore, MetricStore
-    from strategies.features.inputs import fit_coin_features, read_coin_inputs
+    from strategies.features.inputs import check_windows, fit_coin_features, read_coin_inputs
 
     async with (
         await MarketStore.open(cfg.data.market_path) as market,
         await MetricStore.open(cfg.data.metrics_path) as metrics,
     ):
         inputs = await read_coin_inputs(cfg, market, metrics, coin)
+    check_windows(cfg, inputs, ("train", "validation"))
     train = cfg.windows.train
     spec = fit_coin_features(cfg, inputs, train.start_ms, train.end_ms)
     return coin_history(inputs.bars, inputs.metrics, cfg.market.timeframe, spec)

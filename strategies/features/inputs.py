@@ -25,6 +25,35 @@ class MissingDataError(LookupError):
     """The stores hold no bars for a coin the config asks for."""
 
 
+class DataWindowError(MissingDataError, ValueError):
+    """A window (train, validation, test) holds no bar to decide on (a ``ValueError`` too, for
+    callers that treat an empty window as "nothing to do")."""
+
+
+def check_windows(cfg: AppConfig, inputs: CoinInputs, names: Sequence[str]) -> None:
+    """Raise :class:`DataWindowError`, naming the window, its dates and the dates the bars
+    cover, unless every window of ``names`` (``"train"``, ``"validation"``, ``"test"``) has bars
+    to decide on (training windows also need ``[agents].window`` bars of history before their
+    first decision). Run before any training, so a window outside the data costs nothing."""
+    from strategies.agents.train import decision_range
+
+    step = timeframe_ms(inputs.timeframe)
+    close_time = inputs.bars["open_time"].to_numpy(dtype="int64") + step
+    for name in names:
+        window = getattr(cfg.windows, name)
+        lookback = 1 if name == "test" else cfg.agents.window
+        try:
+            decision_range(close_time, (window.start_ms, window.end_ms), lookback)
+        except DataWindowError:
+            first, last = (pd.Timestamp(int(t), unit="ms") for t in (close_time[0], close_time[-1]))
+            raise DataWindowError(
+                f"windows.{name} {window} has no {inputs.timeframe} bars of "
+                f"{cfg.market.symbol(inputs.coin)} to decide on: the stored bars close from "
+                f"{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M} UTC ({cfg.data.market_path}). "
+                "Move [windows] inside the data, or fill the data first"
+            ) from None
+
+
 @dataclass(frozen=True)
 class CoinInputs:
     """A coin's bars at the strategy timeframe and the long frame of every stored metric."""

@@ -18,7 +18,8 @@ START = to_ms("2024-01-01")
 
 
 async def cryptorlpm(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
-    """Run the CLI in a subprocess; return its exit code and combined output."""
+    """Run the CLI in a subprocess, its output piped as in a script; return its exit code and
+    combined output."""
     import os
 
     process = await asyncio.create_subprocess_exec(
@@ -28,9 +29,10 @@ async def cryptorlpm(*args: str, env: dict[str, str] | None = None) -> tuple[int
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        env={**{k: v for k, v in os.environ.items() if k != "COLUMNS"}, **(env or {})},
     )
-    out, _ = await asyncio.wait_for(process.communicate(), timeout=120)
+    # A guard against a hung command only: a loaded machine may take minutes for the demo.
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=900)
     return process.returncode or 0, out.decode()
 
 

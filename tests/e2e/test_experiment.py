@@ -61,6 +61,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.slow  # ~55 s loaded (4 coins x 2 seeds); the demo e2e covers the pipeline
 async def test_paper_experiment_writes_results_for_portfolios_a_b_c(
     tmp_path: Path, data_dir: Path
 ) -> None:
@@ -114,3 +115,29 @@ async def test_a_test_window_beyond_the_data_is_said_plainly(
     )
     assert code == 2
     assert "lies beyond the data" in text and "Traceback" not in text
+
+
+async def test_windows_without_data_stop_the_experiment_before_any_training(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    code, text = await cryptorlpm(
+        "experiment",
+        "paper",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "o"),
+        "--seeds",
+        "1",
+        "--train",
+        "2020-01-01:2020-08-31",
+        "--val",
+        "2020-09-01:2020-10-31",
+        "--test",
+        "2020-11-01:2020-12-31",
+    )
+    assert code == 2 and "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "windows.train 2020-01-01..2020-08-31 has no 6h bars" in errors[0]
+    assert "training" not in text.split("error:")[0]  # stopped before the training step
+    assert not (tmp_path / "o" / "models").exists()

@@ -17,17 +17,21 @@ Answers and errors have the real API's shapes (sanbase2), which sanpy turns into
   out;
 * resolver errors (plan restrictions, unknown metrics): HTTP 200 with ``data`` holding ``null`` at
   the failed field and ``errors: [{"message", "locations", "path"}]`` -> ``SanGraphqlQueryError``;
-* plan history (:meth:`FakeSantiment.limit_history`): a range partly outside is cut silently, a
-  range wholly outside gets "Both `from` and `to` parameters are outside the allowed interval..";
-* wrong API key: HTTP 400 ``{"errors": {"details": "Apikey '<key>' is not valid"}}`` ->
-  ``SanAuthError`` (the fake echoes the key unmasked, as older servers did, so tests can prove
-  the client never repeats it);
-* rate limit: HTTP 429 ``{"errors": {"details": "API Rate Limit Reached. Try again in N seconds
-  (..)"}}`` with ``x-ratelimit-*`` headers and no ``Retry-After`` -> ``SanRateLimitError``;
+* plans: a request carrying a key registered with :meth:`FakeSantiment.register_api_key` is
+  served on that key's plan; a request **without** the ``authorization`` header is served, as
+  the real API serves it, as the anonymous FREE plan (not refused). :meth:`FakeSantiment.restrict`
+  and :meth:`FakeSantiment.limit_history` apply to one plan (FREE by default): a range partly
+  outside the plan's history is cut silently, a range wholly outside gets "Both `from` and `to`
+  parameters are outside the allowed interval..";
+* a key the server does not know: HTTP 400 ``{"errors": {"details": "Apikey not valid or
+  malformed"}}``; the key is not echoed (a malformed header gets sanbase's "Unsupported
+  authorization header value" answer, 400);
+* rate limit (:meth:`FakeSantiment.inject` with 429): HTTP 429 ``{"errors": {"details": "API
+  Rate Limit Reached. Try again in N seconds (..)"}}`` with sanbase's headers
+  ``x-ratelimit-reset`` (the N seconds), ``x-ratelimit-remaining[-month|-hour|-minute]`` and
+  ``x-ratelimit-limit[-month|-hour|-minute]``, no ``Retry-After`` -> ``SanRateLimitError``.
+  Answers that pass carry the same quota headers (the remaining calls count down);
 * 5xx: JSON details for 500, an HTML page for 502/503/504 (as a gateway sends them).
-
-A request without the header while a key is required is answered 401 ``Unauthorized.``; the real
-API would serve it as an anonymous FREE user, the fake is stricter so that a lost key fails loudly.
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ DAY_MS = 86_400_000
 _FIELD_HEAD = re.compile(r"(?:(?P<alias>[_A-Za-z]\w*)\s*:\s*)?(?P<name>[_A-Za-z]\w*)")
 _RELATIVE = re.compile(r"^utc_now(?:-(\d+)([smhdw]))?$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+FREE = "FREE"
+PLAN_LIMITS = {  # API calls per minute, hour and month (Santiment's published SanAPI plans)
+    "FREE": {"minute": 100, "hour": 500, "month": 1_000},
+    "PRO": {"minute": 600, "hour": 30_000, "month": 600_000},
+}
+BAD_KEY = "Apikey not valid or malformed"
 
 SeriesData = pd.DataFrame | pd.Series | Mapping[Any, float]
 
@@ -74,6 +84,8 @@ class SantimentRequest:
     query: str
     authorization: str | None
     status: int = 0
+    plan: str | None = None
+    """The plan the request was served on (``None`` when refused before)."""
     timeseries: list[TimeseriesCall] = field(default_factory=list)
 
 
@@ -101,10 +113,11 @@ class FakeSantiment:
         self._now_ms = now_ms
         self._series: dict[tuple[str, str], dict[int, float]] = {}
         self._available: dict[str, list[str]] = {}
-        self._restricted: dict[str, str] = {}
+        self._restricted: dict[str, dict[str, str]] = {}  # metric -> plan -> message
         self._null: set[str] = set()
-        self._history: tuple[int | None, int | None, str] | None = None
-        self._api_key: str | None = None
+        self._history: dict[str, tuple[int | None, int | None]] = {}  # plan -> (from, to)
+        self._keys: dict[str, str] = {}  # API key -> plan
+        self._calls: dict[str, int] = {}  # calls counted per key ("" for anonymous)
         self._injected: list[list[int]] = []  # [status, remaining, retry_after_s]
         self._delay_s = 0.0
         self._runner: web.AppRunner | None = None
@@ -165,9 +178,10 @@ class FakeSantiment:
         """Answer ``projectBySlug(slug).availableMetrics`` with ``metrics``."""
         self._available[slug] = list(metrics)
 
-    def restrict(self, metric: str, message: str | None = None, *, plan: str = "FREE") -> None:
-        """Refuse ``metric`` the way the access-control middleware does (HTTP 200, ``errors``)."""
-        self._restricted[metric] = message or (
+    def restrict(self, metric: str, message: str | None = None, *, plan: str = FREE) -> None:
+        """Refuse ``metric`` to requests on ``plan`` the way the access-control middleware does
+        (HTTP 200, ``errors``)."""
+        self._restricted.setdefault(metric, {})[plan] = message or (
             f"The metric {metric} is not accessible with the currently used SANAPI {plan} "
             "subscription. Please upgrade to SANAPI PRO subscription or a Custom Plan that has "
             "access to it.\n\nIf you have a subscription for one product but attempt to fetch "
@@ -175,17 +189,20 @@ class FakeSantiment:
             "cannot be fetched with a SANAPI subscription and vice versa.\n"
         )
 
-    def limit_history(self, from_ms: int | None, to_ms: int | None, *, plan: str = "FREE") -> None:
-        """Apply a plan's history window to every metric (``None``: unrestricted side)."""
-        self._history = (from_ms, to_ms, plan)
+    def limit_history(self, from_ms: int | None, to_ms: int | None, *, plan: str = FREE) -> None:
+        """Apply ``plan``'s history window to every metric (``None``: unrestricted side)."""
+        self._history[plan] = (from_ms, to_ms)
 
     def null_result(self, metric: str) -> None:
         """Answer ``{"data": {alias: null}}`` for ``metric`` (sanpy: ``SanEmptyResultError``)."""
         self._null.add(metric)
 
-    def require_api_key(self, key: str | None) -> None:
-        """Only accept requests carrying ``authorization: Apikey <key>`` (``None``: any)."""
-        self._api_key = key
+    def register_api_key(self, key: str, plan: str = "PRO") -> None:
+        """Serve requests carrying ``authorization: Apikey <key>`` on ``plan``. Requests without
+        the header stay anonymous FREE requests; any other key is refused (400)."""
+        if plan not in PLAN_LIMITS:
+            raise ValueError(f"plan {plan!r} is not one of {sorted(PLAN_LIMITS)}")
+        self._keys[key] = plan
 
     def inject(self, status: int, times: int = 1, *, retry_after_s: int = 0) -> None:
         """Answer the next ``times`` requests with HTTP ``status`` (429 or 5xx shapes)."""
@@ -213,14 +230,47 @@ class FakeSantiment:
         if self._delay_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), timeout=self._delay_s)
-        response = self._injected_response() or self._auth_response(record.authorization)
+        refused = self._auth_response(record.authorization)
+        if refused is not None:  # authentication comes first, as in sanbase's plug order
+            record.status = refused.status
+            return refused
+        key = (record.authorization or "").removeprefix("Apikey ")
+        plan = self._keys.get(key, FREE)
+        response = self._injected_response(key, plan)
         if response is None:
+            self._calls[key] = self._calls.get(key, 0) + 1
+            record.plan = plan
             payload = self._execute(query, record)
-            response = web.json_response(payload)
+            response = web.json_response(payload, headers=self._quota_headers(key, plan))
         record.status = response.status
         return response
 
-    def _injected_response(self) -> web.Response | None:
+    def _quota_headers(
+        self, key: str, plan: str, *, blocked_s: int | None = None
+    ) -> dict[str, str]:
+        """sanbase's rate-limit headers (``RequestHaltPlug.rate_limit_headers``)."""
+        limits = PLAN_LIMITS[plan]
+        used = self._calls.get(key, 0)
+        if blocked_s is None:
+            remaining = {period: max(0, n - used) for period, n in limits.items()}
+        else:  # blocked: the minute's calls are spent (what a burst runs into)
+            remaining = {period: max(0, n - used) for period, n in limits.items()}
+            remaining["minute"] = 0
+        headers = {
+            "x-ratelimit-remaining-month": remaining["month"],
+            "x-ratelimit-remaining-hour": remaining["hour"],
+            "x-ratelimit-remaining-minute": remaining["minute"],
+            "x-ratelimit-remaining": remaining["minute"],
+            "x-ratelimit-limit-month": limits["month"],
+            "x-ratelimit-limit-hour": limits["hour"],
+            "x-ratelimit-limit-minute": limits["minute"],
+            "x-ratelimit-limit": limits["minute"],
+        }
+        if blocked_s is not None:
+            headers = {"x-ratelimit-reset": blocked_s, **headers}
+        return {name: str(value) for name, value in headers.items()}
+
+    def _injected_response(self, key: str, plan: str) -> web.Response | None:
         if not self._injected:
             return None
         entry = self._injected[0]
@@ -229,19 +279,19 @@ class FakeSantiment:
         if entry[1] <= 0:
             self._injected.pop(0)
         if status == 429:
+            who = (
+                f"The request is made by user with id 1 using plan {plan}\nYou can update your "
+                "subscription plan or you can contact Santiment Support if you\nmade a mistake "
+                "and exhausted your API calls and you want Santiment to reset your limits.\n"
+                if key
+                else "The request is made without user authentication. If this is not "
+                "expected, check the authorization logic of your code.\n"
+            )
             details = (
                 f"API Rate Limit Reached. Try again in {retry_after} seconds "
-                f"({retry_after} seconds).\nThe request is made by user with id 1 using plan "
-                "FREE\nYou can update your subscription plan or you can contact Santiment "
-                "Support.\n"
+                f"({retry_after} seconds).\n{who}"
             )
-            headers = {
-                "x-ratelimit-reset": str(retry_after),
-                "x-ratelimit-remaining": "0",
-                "x-ratelimit-remaining-minute": "0",
-                "x-ratelimit-remaining-hour": "0",
-                "x-ratelimit-remaining-month": "0",
-            }
+            headers = self._quota_headers(key, plan, blocked_s=retry_after)
             return web.json_response({"errors": {"details": details}}, status=429, headers=headers)
         if status in (502, 503, 504):
             reason = {502: "Bad Gateway", 503: "Service Temporarily Unavailable"}.get(
@@ -252,11 +302,8 @@ class FakeSantiment:
         return web.json_response({"errors": {"details": "Internal server error"}}, status=status)
 
     def _auth_response(self, header: str | None) -> web.Response | None:
-        if self._api_key is None:
-            return None
-        if not header:
-            details = "Unauthorized. Send the header 'authorization: Apikey <apikey>'."
-            return web.json_response({"errors": {"details": details}}, status=401)
+        if not header or header == "null":
+            return None  # anonymous: served on the FREE plan
         if not header.startswith("Apikey "):
             details = (
                 f"Unsupported authorization header value: {header!r}.\nThe supported formats "
@@ -264,10 +311,8 @@ class FakeSantiment:
                 '  "Basic <basic>"\n'
             )
             return web.json_response({"errors": {"details": details}}, status=400)
-        key = header.removeprefix("Apikey ")
-        if key != self._api_key:
-            details = f"Apikey '{key}' is not valid"
-            return web.json_response({"errors": {"details": details}}, status=400)
+        if header.removeprefix("Apikey ") not in self._keys:
+            return web.json_response({"errors": {"details": BAD_KEY}}, status=400)
         return None
 
     # -- GraphQL --------------------------------------------------------------------------------
@@ -350,14 +395,15 @@ class FakeSantiment:
         record.timeseries += [
             TimeseriesCall(alias, metric, slug, from_text, to_text, interval) for slug in slugs
         ]
-        if metric in self._restricted:
-            raise _Failure(self._restricted[metric])
+        plan = record.plan or FREE
+        if plan in self._restricted.get(metric, {}):
+            raise _Failure(self._restricted[metric][plan])
         if interval not in (None, "1d"):
             raise _Failure(f"The fake Santiment serves daily data only, not interval {interval!r}.")
         if from_text is None or to_text is None:
             raise _Failure("Both `from` and `to` arguments are required.")
         start, end = self._parse_time(from_text), self._parse_time(to_text)
-        start, end = self._apply_history(metric, start, end)
+        start, end = self._apply_history(metric, plan, start, end)
         include_incomplete = (_arg(sub.args, "includeIncompleteData") or "false") == "true"
         last_day = self._now() if include_incomplete else self._now() - DAY_MS
 
@@ -377,10 +423,10 @@ class FakeSantiment:
             for t in days
         ]
 
-    def _apply_history(self, metric: str, start: int, end: int) -> tuple[int, int]:
-        if self._history is None:
+    def _apply_history(self, metric: str, plan: str, start: int, end: int) -> tuple[int, int]:
+        if plan not in self._history:
             return start, end
-        allowed_from, allowed_to, plan = self._history
+        allowed_from, allowed_to = self._history[plan]
         new_start = start if allowed_from is None else max(start, allowed_from)
         new_end = end if allowed_to is None else min(end, allowed_to)
         if new_end <= new_start:

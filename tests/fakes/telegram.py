@@ -3,14 +3,29 @@
 Route: ``/bot<token>/<method>``, GET or POST; bodies form-urlencoded, JSON or multipart (files).
 Methods: ``getMe``, ``sendMessage``, ``sendPhoto``, ``getUpdates`` (``offset`` confirms earlier
 updates, ``limit``, long-poll ``timeout``; a newer poll ends a waiting one with 409 as Telegram
-does), ``deleteWebhook`` (``drop_pending_updates``), ``setMyCommands``, ``answerCallbackQuery``.
-Answers have the real shapes: ``{"ok": true, "result": ..}`` or ``{"ok": false, "error_code": N,
-"description": ..}``, 429 with ``parameters.retry_after``, 401 for an unknown token, 404 for an
-unknown method, 502 with an HTML page (as the gateway sends it) during an outage.
+does), ``setWebhook``, ``deleteWebhook`` (``drop_pending_updates``), ``getWebhookInfo``,
+``setMyCommands``, ``answerCallbackQuery``. Answers have the real shapes: ``{"ok": true, "result":
+..}`` or ``{"ok": false, "error_code": N, "description": ..}``, 429 with
+``parameters.retry_after``, 401 for an unknown token, 404 for an unknown method, 502 with an HTML
+page (as the gateway sends it) during an outage.
+
+The chat-level answers a running bot meets, with Telegram's texts:
+
+* a user who blocked the bot: 403 ``Forbidden: bot was blocked by the user``
+  (:meth:`FakeTelegram.block_chat`);
+* a chat the bot cannot see: 400 ``Bad Request: chat not found`` (:meth:`FakeTelegram.forget_chat`);
+* a group that became a supergroup: 400 ``Bad Request: group chat was upgraded to a supergroup
+  chat`` with ``parameters.migrate_to_chat_id`` for sends to the old id; the new id works, and
+  optionally the old group's service message with ``migrate_to_chat_id`` is queued as an update
+  (:meth:`FakeTelegram.migrate_chat`);
+* ``getUpdates`` while a webhook is set: 409 ``Conflict: can't use getUpdates method while webhook
+  is active; use deleteWebhook to delete the webhook first`` (also ending a poll that was waiting
+  when the webhook was set) until ``deleteWebhook`` (:meth:`FakeTelegram.set_webhook`).
 
 Test helpers: :meth:`FakeTelegram.inject_command`, :attr:`FakeTelegram.sent`,
 :meth:`FakeTelegram.outage`, :meth:`FakeTelegram.refuse_connections`,
-:meth:`FakeTelegram.rate_limit`, :meth:`FakeTelegram.fail_next`, :meth:`FakeTelegram.wait_for`.
+:meth:`FakeTelegram.rate_limit`, :meth:`FakeTelegram.fail_next`, :meth:`FakeTelegram.wait_for`
+and the chat helpers above.
 The fake never logs (access log off), so a test can prove the client never logs the token.
 """
 
@@ -42,6 +57,13 @@ _CONFLICT = (
     "Conflict: terminated by other getUpdates request; make sure that only one bot instance "
     "is running"
 )
+_WEBHOOK_CONFLICT = (
+    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete "
+    "the webhook first"
+)
+BLOCKED = "Forbidden: bot was blocked by the user"
+CHAT_NOT_FOUND = "Bad Request: chat not found"
+UPGRADED = "Bad Request: group chat was upgraded to a supergroup chat"
 T = TypeVar("T")
 
 
@@ -91,6 +113,8 @@ class FakeTelegram:
         self._down = False
         self._refusing = False
         self._injected: list[list[Any]] = []  # [status, times, description, retry_after, methods]
+        self._chat_errors: dict[int, tuple[int, str, dict[str, Any] | None]] = {}
+        self.webhook_url = ""
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._port = 0
@@ -184,6 +208,36 @@ class FakeTelegram:
         """Answer the next ``times`` calls of ``methods`` with ``status`` and ``description``."""
         self._injected.append([status, times, description, None, tuple(methods)])
 
+    def block_chat(self, chat_id: int, description: str = BLOCKED) -> None:
+        """Answer every send to ``chat_id`` 403 (a user who blocked the bot; for a group, pass
+        ``"Forbidden: bot was kicked from the group chat"``)."""
+        self._chat_errors[chat_id] = (403, description, None)
+
+    def forget_chat(self, chat_id: int) -> None:
+        """Answer every send to ``chat_id`` 400 "Bad Request: chat not found"."""
+        self._chat_errors[chat_id] = (400, CHAT_NOT_FOUND, None)
+
+    def migrate_chat(self, old: int, new: int, *, announce: bool = False) -> None:
+        """Group ``old`` became supergroup ``new``: sends to ``old`` are answered 400 with
+        ``migrate_to_chat_id``; with ``announce`` the old group's service message carrying
+        ``migrate_to_chat_id`` is queued as an update, as Telegram sends it."""
+        self._chat_errors[old] = (400, UPGRADED, {"migrate_to_chat_id": new})
+        self._chat_errors.pop(new, None)
+        if announce:
+            message = {
+                "message_id": next(self._message_ids),
+                "date": int(time.time()),
+                "chat": {"id": old, "type": "group", "title": "operators"},
+                "from": {"id": 1, "is_bot": False, "first_name": "operator"},
+                "migrate_to_chat_id": new,
+            }
+            self._updates.append({"update_id": next(self._update_ids), "message": message})
+
+    def set_webhook(self, url: str) -> None:
+        """Set a webhook (as another deployment would): ``getUpdates`` answers 409 until
+        ``deleteWebhook``, and a poll waiting now ends with that 409."""
+        self.webhook_url = url
+
     def calls_of(self, method: str) -> list[ApiCall]:
         """Every call of ``method`` so far."""
         return [call for call in self.calls if call.method == method]
@@ -193,8 +247,9 @@ class FakeTelegram:
         """Updates not confirmed yet by an ``offset``."""
         return len(self._updates)
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float = 5.0) -> T:
-        """Wait until ``predicate()`` is truthy and return it (``TimeoutError`` otherwise)."""
+    async def wait_for(self, predicate: Callable[[], T], timeout: float = 120.0) -> T:
+        """Wait until ``predicate()`` is truthy and return it. ``timeout`` only guards against a
+        hung test (``TimeoutError``); a loaded machine is slow, not wrong."""
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
@@ -238,6 +293,8 @@ class FakeTelegram:
             "sendPhoto": self._send_photo,
             "getUpdates": self._get_updates,
             "deleteWebhook": self._delete_webhook,
+            "setWebhook": self._set_webhook,
+            "getWebhookInfo": self._get_webhook_info,
             "setMyCommands": self._set_my_commands,
             "answerCallbackQuery": self._answer_callback_query,
         }.get(method)
@@ -269,10 +326,19 @@ class FakeTelegram:
             **extra,
         }
 
+    def _chat_error(self, chat_id: Any) -> web.Response | None:
+        try:
+            refusal = self._chat_errors.get(int(chat_id))
+        except (TypeError, ValueError):
+            return _error(400, CHAT_NOT_FOUND)
+        return None if refusal is None else _error(*refusal)
+
     async def _send_message(self, params: dict[str, Any], files: dict[str, bytes]) -> web.Response:
         chat_id, text = params.get("chat_id"), params.get("text")
         if chat_id is None:
             return _error(400, "Bad Request: chat_id is empty")
+        if (refused := self._chat_error(chat_id)) is not None:
+            return refused
         if not text:
             return _error(400, "Bad Request: message text is empty")
         if len(str(text)) > 4096:
@@ -287,6 +353,8 @@ class FakeTelegram:
         chat_id = params.get("chat_id")
         if chat_id is None:
             return _error(400, "Bad Request: chat_id is empty")
+        if (refused := self._chat_error(chat_id)) is not None:
+            return refused
         photo = files.get("photo")
         if photo is None:
             return _error(400, "Bad Request: there is no photo in the request")
@@ -299,6 +367,8 @@ class FakeTelegram:
         return _ok(self._message(chat_id, photo=[size], caption=caption))
 
     async def _get_updates(self, params: dict[str, Any], files: dict[str, bytes]) -> web.Response:
+        if self.webhook_url:
+            return _error(409, _WEBHOOK_CONFLICT)
         offset = params.get("offset")
         limit = max(1, min(100, int(params.get("limit") or 100)))
         timeout = float(params.get("timeout") or 0)
@@ -316,6 +386,8 @@ class FakeTelegram:
                 return _ok([])
             if generation != self._poll_generation:
                 return _error(409, _CONFLICT)
+            if self.webhook_url:
+                return _error(409, _WEBHOOK_CONFLICT)
             if self._down:
                 return web.Response(status=502, text=_BAD_GATEWAY_HTML, content_type="text/html")
         return _ok(self._updates[:limit])
@@ -325,7 +397,28 @@ class FakeTelegram:
     ) -> web.Response:
         if _truthy(params.get("drop_pending_updates")):
             self._updates.clear()
+        self.webhook_url = ""
         return _ok(True)
+
+    async def _set_webhook(self, params: dict[str, Any], files: dict[str, bytes]) -> web.Response:
+        url = str(params.get("url") or "")
+        if url and not url.startswith("https://"):
+            return _error(
+                400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook"
+            )
+        self.webhook_url = url
+        return _ok(True)
+
+    async def _get_webhook_info(
+        self, params: dict[str, Any], files: dict[str, bytes]
+    ) -> web.Response:
+        return _ok(
+            {
+                "url": self.webhook_url,
+                "has_custom_certificate": False,
+                "pending_update_count": len(self._updates),
+            }
+        )
 
     async def _set_my_commands(
         self, params: dict[str, Any], files: dict[str, bytes]

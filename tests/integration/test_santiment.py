@@ -221,7 +221,7 @@ async def test_wrong_api_key_raises_auth_error_that_never_shows_the_key(
     fake: FakeSantiment, metric_store: MetricStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     secret = "wrongtoken_s3cr3tvalue"
-    fake.require_api_key("goodtoken_other")
+    fake.register_api_key("goodtoken_other")
     fake.add_series(SLUG, DAA, daily(1, 2))
     santiment = source(fake, api_key=secret)
     key_before = san.ApiConfig.api_key
@@ -234,8 +234,10 @@ async def test_wrong_api_key_raises_auth_error_that_never_shows_the_key(
         )
 
     assert fake.requests[0].authorization == f"Apikey {secret}"
+    assert [r.status for r in fake.requests] == [400, 400]
     message = str(fetch_error.value)
     assert API_KEY_ENV in message and "\n" not in message
+    assert "rejected the API key" in message and "not valid or malformed" in message
     printed = "".join(traceback.format_exception(fetch_error.value))
     for text in (message, repr(fetch_error.value), printed, caplog.text, repr(santiment)):
         assert secret not in text
@@ -243,21 +245,43 @@ async def test_wrong_api_key_raises_auth_error_that_never_shows_the_key(
     assert await metric_store.names(ASSET) == []
 
 
-async def test_missing_api_key_names_the_environment_variable(fake: FakeSantiment) -> None:
-    fake.require_api_key("goodtoken_other")
+async def test_without_a_key_requests_are_served_as_the_free_plan_and_its_limits_are_named(
+    fake: FakeSantiment, metric_store: MetricStore
+) -> None:
+    fake.register_api_key("goodtoken_other")  # a paid plan exists; this client has no key
+    fake.add_series(SLUG, DAA, daily(1, 10))
+    fake.add_series(SLUG, "mvrv_usd", daily(1, 10))
+    fake.restrict("mvrv_usd")  # not on the free plan
+    fake.limit_history(day(5), None)  # the free plan's history starts later
 
-    with pytest.raises(SantimentAuthError, match=API_KEY_ENV):
-        await source(fake).list_metrics(SLUG)
+    report = await source(fake).download(
+        ASSET, SLUG, [DAA, "mvrv_usd"], day(1), day(11), metric_store, publication_lag_ms=0
+    )
+
+    assert [r.authorization for r in fake.requests] == [None, None]
+    assert [(r.status, r.plan) for r in fake.requests] == [(200, "FREE"), (200, "FREE")]
+    assert report.written == {DAA: 6}  # days 5..10: what the free plan serves
+    (skipped,) = report.skipped
+    assert skipped.metric == "mvrv_usd" and skipped.kind == "plan"
+    assert "free plan" in skipped.reason and API_KEY_ENV in skipped.reason
 
 
-async def test_right_api_key_is_sent_in_the_authorization_header(fake: FakeSantiment) -> None:
-    fake.require_api_key("goodtoken_value")
-    fake.add_series(SLUG, DAA, daily(1, 2))
+async def test_a_key_is_served_on_its_plan_in_the_authorization_header(
+    fake: FakeSantiment,
+) -> None:
+    fake.register_api_key("goodtoken_value", plan="PRO")
+    fake.add_series(SLUG, DAA, daily(1, 10))
+    fake.restrict("mvrv_usd")
+    fake.add_series(SLUG, "mvrv_usd", daily(1, 2))
+    fake.limit_history(day(5), None)
+    santiment = source(fake, api_key="goodtoken_value")
 
-    frame = await source(fake, api_key="goodtoken_value").fetch_daily(DAA, SLUG, day(1), day(3))
+    frame = await santiment.fetch_daily(DAA, SLUG, day(1), day(11))
+    paid = await santiment.fetch_daily("mvrv_usd", SLUG, day(1), day(3))
 
-    assert len(frame) == 2
+    assert len(frame) == 10 and len(paid) == 2  # the FREE plan's limits do not apply to PRO
     assert fake.requests[-1].authorization == "Apikey goodtoken_value"
+    assert fake.requests[-1].plan == "PRO"
 
 
 async def test_rate_limit_is_waited_out_and_retried_when_retries_allow(
@@ -270,6 +294,44 @@ async def test_rate_limit_is_waited_out_and_retried_when_retries_allow(
 
     assert len(frame) == 2
     assert [r.status for r in fake.requests] == [429, 200]
+
+
+async def test_a_rate_limit_answer_carries_sanbases_headers_and_the_wait_is_honoured(
+    fake: FakeSantiment,
+) -> None:
+    import requests
+
+    fake.register_api_key("goodtoken_value", plan="PRO")
+    fake.inject(429, times=1, retry_after_s=37)
+    answer = await asyncio.to_thread(
+        requests.post,
+        fake.url,
+        json={"query": "{ getAvailableMetrics }"},
+        headers={"authorization": "Apikey goodtoken_value"},
+        timeout=10,
+    )
+    assert answer.status_code == 429 and "Retry-After" not in answer.headers
+    assert answer.headers["x-ratelimit-reset"] == "37"
+    assert answer.headers["x-ratelimit-remaining-minute"] == "0"
+    assert answer.headers["x-ratelimit-remaining"] == "0"
+    for period, limit in (("minute", 600), ("hour", 30_000), ("month", 600_000)):
+        assert answer.headers[f"x-ratelimit-limit-{period}"] == str(limit)
+    assert int(answer.headers["x-ratelimit-remaining-month"]) > 0
+    assert answer.json()["errors"]["details"].startswith("API Rate Limit Reached. Try again in 37")
+    assert "goodtoken_value" not in answer.text
+
+    served = await asyncio.to_thread(
+        requests.post, fake.url, json={"query": "{ getAvailableMetrics }"}, timeout=10
+    )
+    assert served.status_code == 200  # anonymous: the FREE plan's quota
+    assert served.headers["x-ratelimit-limit-month"] == "1000"
+    assert served.headers["x-ratelimit-remaining-month"] == "999"
+
+    fake.inject(429, times=1, retry_after_s=37)
+    with pytest.raises(SantimentRateLimited) as limited:
+        await source(fake, retries=0).list_metrics(SLUG)
+    assert limited.value.retry_after_s == 37.0
+    assert "without user authentication" not in str(limited.value)  # the headline only
 
 
 @pytest.mark.parametrize(("retries", "max_wait_s"), [(0, 60.0), (3, 5.0)])

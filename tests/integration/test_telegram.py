@@ -15,7 +15,7 @@ import pytest
 
 from bot.bus import EventBus
 from bot.events import OrderFilled, PortfolioValued, RiskRefusal
-from bot.telegram import TelegramAlerts, TelegramCommands
+from bot.telegram import TelegramAlerts, TelegramChats, TelegramCommands
 from bot.telegram.chart import PNG_SIGNATURE
 from bot.telegram.commands import NOT_AUTHORISED
 from config.schema import TelegramConfig
@@ -25,6 +25,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecatio
 
 OPERATOR = 42
 STRANGER = 666
+GROUP = -4_001_234
+SUPERGROUP = -1_002_004_001_234
 DAY0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 HOUR = 3_600_000
 
@@ -150,16 +152,17 @@ async def test_outage_keeps_messages_and_delivers_them_in_order(
         start = time.perf_counter()
         alerts.notify(f"m{i}")
         durations.append(time.perf_counter() - start)
-    await asyncio.sleep(0.2)  # a few retries happen meanwhile
+    await fake.wait_for(lambda: alerts.stats.retries >= 2)  # the sender keeps retrying
     assert fake.sent == []
-    assert alerts.stats.queued == 200 and alerts.stats.retries >= 2
+    assert alerts.stats.queued == 200
     fake.outage(False)
     await fake.wait_for(lambda: alerts.stats.sent == 200)  # the answers reached the client
     assert texts(fake) == [f"m{i}" for i in range(200)]
     assert alerts.stats.dropped == 0 and alerts.stats.queued == 0
+    # Queueing is a synchronous append: even on a loaded machine the median call is far
+    # below a millisecond.
     durations.sort()
-    assert durations[len(durations) // 2] < 100e-6, durations[len(durations) // 2]
-    assert durations[int(len(durations) * 0.99)] < 1e-3, durations[-1]
+    assert durations[len(durations) // 2] < 1e-3, durations[len(durations) // 2]
 
 
 async def test_refused_connections_are_an_outage_too(
@@ -207,11 +210,11 @@ async def test_retry_after_of_a_429_is_honoured(
     assert alerts.stats.retries == 1
 
 
-async def test_a_permanently_refused_message_is_skipped(
+async def test_a_message_telegram_refuses_is_skipped_and_the_next_one_sent(
     fake: FakeTelegram, make_alerts: MakeAlerts, caplog: pytest.LogCaptureFixture
 ) -> None:
     alerts = await make_alerts()
-    fake.fail_next(400, "Bad Request: chat not found")
+    fake.fail_next(400, "Bad Request: can't parse entities: unsupported start tag at offset 3")
     with caplog.at_level(logging.ERROR, logger="bot.telegram.alerts"):
         alerts.notify("lost")
         alerts.notify("kept")
@@ -219,7 +222,122 @@ async def test_a_permanently_refused_message_is_skipped(
     assert texts(fake) == ["kept"]
     assert len(fake.calls_of("sendMessage")) == 2  # no retry of the refused one
     assert alerts.stats.failed == 1
-    assert any("chat not found" in record.getMessage().lower() for record in caplog.records)
+    assert any("parse entities" in record.getMessage() for record in caplog.records)
+
+
+def sends_to(fake: FakeTelegram, chat_id: int) -> int:
+    return sum(
+        1
+        for call in fake.calls
+        if call.method in ("sendMessage", "sendPhoto") and call.params.get("chat_id") == chat_id
+    )
+
+
+@pytest.mark.parametrize(
+    ("refuse", "said"),
+    [
+        (FakeTelegram.block_chat, "bot was blocked by the user"),
+        (FakeTelegram.forget_chat, "chat not found"),
+    ],
+    ids=["blocked-by-the-user", "chat-not-found"],
+)
+async def test_a_chat_that_refuses_messages_is_muted_with_one_line_and_no_retries(
+    fake: FakeTelegram,
+    make_alerts: MakeAlerts,
+    caplog: pytest.LogCaptureFixture,
+    refuse: Callable[[FakeTelegram, int], None],
+    said: str,
+) -> None:
+    alerts = await make_alerts(chat_ids=(OPERATOR, GROUP))
+    refuse(fake, OPERATOR)
+    with caplog.at_level(logging.INFO, logger="bot.telegram"):
+        for i in range(5):
+            alerts.notify(f"m{i}")
+        await fake.wait_for(lambda: alerts.stats.queued == 0)
+        alerts.notify("later")
+        await fake.wait_for(lambda: alerts.stats.sent == 6)  # counted once answered
+
+    assert texts(fake, GROUP) == [*(f"m{i}" for i in range(5)), "later"]  # the other chat
+    assert sends_to(fake, OPERATOR) == 1  # one refused request, then nothing more to that chat
+    assert alerts.chats.muted(OPERATOR) and alerts.chats.recipients == (GROUP,)
+    assert alerts.stats.failed == 5 and alerts.stats.sent == 6
+    lines = [r for r in caplog.records if str(OPERATOR) in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.ERROR
+    assert said in lines[0].getMessage().lower()
+
+
+async def test_a_group_that_became_a_supergroup_gets_the_alert_at_its_new_id_from_then_on(
+    fake: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    remembered: list[dict[int, int]] = []
+
+    async def remember(migrations: dict[int, int]) -> None:
+        remembered.append(migrations)
+
+    config = settings(fake, chat_ids=(GROUP,))
+    chats = TelegramChats(config.chat_ids, on_migrated=remember)
+    alerts = TelegramAlerts(config, fake.token, chats=chats)
+    commands = TelegramCommands(config, fake.token, RecordingControls(), chats=chats)
+    fake.migrate_chat(GROUP, SUPERGROUP)
+    await alerts.start()
+    await commands.start()
+    try:
+        await asyncio.wait_for(commands.ready.wait(), timeout=5)
+        with caplog.at_level(logging.WARNING, logger="bot.telegram"):
+            for text in ("first", "second", "third"):
+                alerts.notify(text)
+            await fake.wait_for(lambda: len(texts(fake, SUPERGROUP)) == 3)
+        fake.inject_command(SUPERGROUP, "/pause")  # the operators now write from the new id
+        await fake.wait_for(lambda: len(texts(fake, SUPERGROUP)) == 4)
+    finally:
+        await commands.close(timeout_s=1.0)
+        await alerts.close(flush_timeout_s=0.2)
+
+    assert texts(fake, SUPERGROUP) == ["first", "second", "third", "Paused: no new orders."]
+    assert sends_to(fake, GROUP) == 1  # the one answered "upgraded", resent to the new id
+    assert remembered == [{GROUP: SUPERGROUP}]
+    assert alerts.stats.sent == 3 and alerts.stats.failed == 0
+    moved = [r.getMessage() for r in caplog.records if "supergroup" in r.getMessage()]
+    assert len(moved) == 1 and str(GROUP) in moved[0] and str(SUPERGROUP) in moved[0]
+
+
+async def test_the_migration_service_message_moves_alerts_before_any_send_fails(
+    fake: FakeTelegram,
+) -> None:
+    config = settings(fake, chat_ids=(GROUP,))
+    chats = TelegramChats(config.chat_ids)  # shared, as the daemon wires them
+    alerts = TelegramAlerts(config, fake.token, chats=chats)
+    commands = TelegramCommands(config, fake.token, RecordingControls(), chats=chats)
+    await alerts.start()
+    await commands.start()
+    try:
+        await asyncio.wait_for(commands.ready.wait(), timeout=5)
+        fake.migrate_chat(GROUP, SUPERGROUP, announce=True)
+        await fake.wait_for(lambda: chats.resolve(GROUP) == SUPERGROUP)
+        alerts.notify("after the upgrade")
+        await fake.wait_for(lambda: texts(fake, SUPERGROUP))
+    finally:
+        await commands.close(timeout_s=1.0)
+        await alerts.close(flush_timeout_s=0.2)
+    assert texts(fake, SUPERGROUP) == ["after the upgrade"]
+    assert sends_to(fake, GROUP) == 0
+
+
+async def test_a_rejected_token_stops_the_alerts_with_one_line(
+    fake: FakeTelegram, make_alerts: MakeAlerts, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="bot.telegram"):
+        alerts = await make_alerts(token="111111111:AAWrongTokenThatTelegramRefuses_xyz")
+        for i in range(3):
+            alerts.notify(f"m{i}")
+        await fake.wait_for(lambda: alerts.stats.queued == 0)
+        alerts.notify("later")
+    assert len(fake.calls_of("sendMessage")) == 1 and fake.sent == []
+    assert alerts.stats.failed == 3 and alerts.stats.queued == 0
+    assert [r.getMessage() for r in caplog.records if "token" in r.getMessage()] == [
+        "telegram: the bot token was rejected (401/404); no alerts will be sent "
+        "(check CRYPTORLPM_TELEGRAM_TOKEN)"
+    ]
 
 
 async def test_sends_to_one_chat_are_spaced_by_the_rate(
@@ -329,6 +447,34 @@ async def test_commands_work_again_after_an_outage(
     assert texts(fake)[0].startswith("Status: running")
 
 
+async def test_a_webhook_left_set_is_deleted_at_start_and_commands_work(
+    fake: FakeTelegram, make_commands: MakeCommands
+) -> None:
+    fake.set_webhook("https://old-deployment.example.org/hook")
+    controls = RecordingControls()
+    await make_commands(controls)
+    fake.inject_command(OPERATOR, "/status")
+    await fake.wait_for(lambda: texts(fake))
+    assert controls.names() == ["status"] and fake.webhook_url == ""
+    assert not any(call.status == 409 for call in fake.calls_of("getUpdates"))
+
+
+async def test_a_webhook_set_while_polling_is_deleted_and_the_pending_command_is_kept(
+    fake: FakeTelegram, make_commands: MakeCommands, caplog: pytest.LogCaptureFixture
+) -> None:
+    controls = RecordingControls()
+    await make_commands(controls)
+    with caplog.at_level(logging.WARNING, logger="bot.telegram.commands"):
+        fake.set_webhook("https://other-deployment.example.org/hook")
+        fake.inject_command(OPERATOR, "/pause")  # sent while the webhook is set
+        await fake.wait_for(lambda: texts(fake))
+    assert controls.names() == ["pause"]
+    assert any(call.status == 409 for call in fake.calls_of("getUpdates"))
+    deletes = fake.calls_of("deleteWebhook")
+    assert len(deletes) == 2 and str(deletes[1].params["drop_pending_updates"]).lower() == "false"
+    assert any("webhook is set" in r.getMessage() for r in caplog.records)
+
+
 async def test_close_lets_a_running_command_finish_its_reply(fake: FakeTelegram) -> None:
     class SlowControls(RecordingControls):
         async def pause(self) -> str:
@@ -371,7 +517,7 @@ async def test_the_token_never_appears_in_any_log_record(
     fake.inject_command(STRANGER, "/pause")
     await fake.wait_for(lambda: len(fake.sent) == 5)
     fake.rate_limit(retry_after=1)
-    fake.fail_next(400, "Bad Request: chat not found")
+    fake.fail_next(400, "Bad Request: message is too long")
     alerts.notify("flood")
     alerts.notify("refused")
     fake.outage(True)
@@ -425,12 +571,12 @@ async def test_fake_accepts_json_form_and_query_bodies_with_telegrams_errors(
 
 async def test_fake_long_polls_honours_offset_and_limit(fake: FakeTelegram) -> None:
     base = f"{fake.url}/bot{fake.token}"
-    async with httpx.AsyncClient(timeout=10) as client:
-        poll = asyncio.create_task(client.post(f"{base}/getUpdates", json={"timeout": 5}))
-        await asyncio.sleep(0.1)
+    async with httpx.AsyncClient(timeout=90) as client:
+        poll = asyncio.create_task(client.post(f"{base}/getUpdates", json={"timeout": 60}))
+        await fake.wait_for(lambda: fake.calls_of("getUpdates"))  # the poll is waiting
         assert not poll.done()
         first = fake.inject_command(OPERATOR, "/status")
-        answer = (await asyncio.wait_for(poll, 2)).json()["result"]
+        answer = (await asyncio.wait_for(poll, 60)).json()["result"]
         assert [u["update_id"] for u in answer] == [first]
         entity = answer[0]["message"]["entities"][0]
         assert entity == {"type": "bot_command", "offset": 0, "length": len("/status")}
@@ -443,3 +589,23 @@ async def test_fake_long_polls_honours_offset_and_limit(fake: FakeTelegram) -> N
         rest = await client.post(f"{base}/getUpdates", json={"offset": second + 1})
         assert [u["update_id"] for u in rest.json()["result"]] == [third]
         assert fake.pending_updates == 1
+
+
+async def test_a_guardrail_working_as_configured_is_not_alerted_but_a_real_refusal_is(
+    fake: FakeTelegram, make_alerts: MakeAlerts
+) -> None:
+    alerts = await make_alerts(daily_summary_hour=0)
+    bus = EventBus()
+    alerts.attach(bus)
+    await bus.publish(PortfolioValued(DAY0 + 1, 1_000.0, 0.0, (), ()))
+    for hour in range(3):  # three decisions, each capped and scaled as configured
+        ts = DAY0 + hour * HOUR
+        await bus.publish(RiskRefusal(ts, "max_weight_per_coin", "BTC", 0.6, 0.5, "cap 50%"))
+        await bus.publish(RiskRefusal(ts, "min_cash", "BTC", 0.5, 0.45, "keep 10% in USDT"))
+    await bus.publish(RiskRefusal(DAY0 + 3 * HOUR, "stale_data", "ETH", 3.0, 2.0, "no bar"))
+    await bus.publish(PortfolioValued(DAY0 + 25 * HOUR, 1_000.0, 0.0, (), ()))
+    await fake.wait_for(lambda: len(fake.sent) == 2)
+    refusal, summary = fake.sent
+    assert refusal.text.startswith("Risk refusal (stale_data) ETH")
+    assert "risk refusals: 1" in summary.text
+    assert not any("max_weight_per_coin" in m.text or "min_cash" in m.text for m in fake.sent)

@@ -82,6 +82,7 @@ def random_policy_score(log_returns: np.ndarray, fee: float, draws: int = 50) ->
     )
 
 
+@pytest.mark.slow  # ~100 s loaded: a learning-quality check, not a behaviour of the code paths
 def test_sam_beats_buy_and_hold_and_random_on_the_held_out_segment(planted_market_history):
     market, history, windows = planted_market_history
     selected = {m.split(":")[1] for m in history.feature_spec.metric_ids}

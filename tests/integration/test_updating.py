@@ -358,7 +358,9 @@ async def test_retraining_runs_in_another_process_while_the_loop_keeps_ticking(
         assert updater.due(now) == ["ETH"]
         ticker = asyncio.create_task(tick())
         task = asyncio.create_task(updater.retrain("ETH", now))
-        await asyncio.sleep(0.1)
+        async with asyncio.timeout(600):  # a hang guard: the wait is for the state below
+            while not updater.running and not task.done():
+                await asyncio.sleep(0.01)
         assert updater.running == {"ETH"} and updater.due(now) == []  # no double start
         started = time.monotonic()
         outcome = await task
@@ -367,7 +369,9 @@ async def test_retraining_runs_in_another_process_while_the_loop_keeps_ticking(
         await ticker
     print(f"\nretraining took {seconds:.2f} s; {len(gaps)} ticks, longest gap {max(gaps):.3f} s")
     assert outcome.pid is not None and outcome.pid != os.getpid()
-    assert max(gaps) < 0.5 and len(gaps) >= seconds / 0.5
+    # A loop blocked by the retraining would show one gap as long as the retraining; a loaded
+    # machine only stretches the 50 ms ticks a little.
+    assert len(gaps) >= 4 and max(gaps) < max(0.5, seconds / 2)
     assert outcome.accepted and outcome.incumbent_id is None and outcome.swap
     card = read_card(outcome.active_folder)
     # The gate's score is the very measure training reports as the validation score.

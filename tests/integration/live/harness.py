@@ -3,6 +3,10 @@
 The exchange's clock is frozen and moved one bar at a time by :func:`step_cycles` once the daemon
 has finished the previous cycle (read from ``state.db``), so every run sees the same prices at
 the same decisions and runs are comparable to the order.
+
+Every wait here is on an explicit condition: the control socket answering (start-up is over), a
+cycle's row in ``state.db``. None depends on how fast the machine is; :data:`HANG_GUARD_S` only
+ends a test that would otherwise hang, and a daemon task that died is reported at once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from tests.fakes.binance import FakeBinance, synthetic_candles
 T0 = to_ms("2024-03-01T00:00:00")
 """The first close the daemon trades at."""
 GRACE_MS = 1_000
+HANG_GUARD_S = 600.0
+"""Longest any wait may take before the test is declared hung (not a synchronisation)."""
 API_KEY = "test-api-key-0123456789abcdef"
 API_SECRET = "test-api-secret-fedcba9876543210"
 
@@ -125,21 +131,58 @@ async def advance_to_unknown_checks(fake: FakeBinance, state_db: Path, limit_ms:
         fake.now_ms = due
 
 
-async def wait_ready(data_dir: Path) -> None:
-    """Return once a daemon answers on its control socket (start-up is over)."""
+def _check_alive(daemon: asyncio.Task[Any] | None) -> None:
+    """Raise what ended ``daemon`` (a daemon that stopped cannot reach the awaited state)."""
+    if daemon is not None and daemon.done():
+        daemon.result()  # its exception, if it failed
+        raise AssertionError(f"the daemon stopped early: {daemon.result()!r}")
+
+
+async def wait_ready(data_dir: Path, daemon: asyncio.Task[Any] | None = None) -> None:
+    """Return once a daemon answers on its control socket (start-up is over); with ``daemon``,
+    raise at once if that task ended instead."""
     socket = data_dir / "control.sock"
-    while True:
-        try:
-            _, writer = await asyncio.open_unix_connection(str(socket))
-        except (FileNotFoundError, ConnectionRefusedError):
+    async with asyncio.timeout(HANG_GUARD_S):
+        while True:
+            _check_alive(daemon)
+            try:
+                _, writer = await asyncio.open_unix_connection(str(socket))
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(0.02)
+                continue
+            writer.close()
+            return
+
+
+async def next_cycle(
+    fake: FakeBinance,
+    state_db: Path,
+    k: int,
+    *,
+    first_close: int = T0,
+    daemon: asyncio.Task[Any] | None = None,
+) -> None:
+    """Move the exchange's clock to close ``k`` (+ grace) and return once cycle ``k`` is in
+    ``state.db`` (``k + 1`` cycles finished)."""
+    close = first_close + k * MINUTE_MS
+    fake.now_ms = close + GRACE_MS + 5
+    async with asyncio.timeout(HANG_GUARD_S):
+        while await cycles_done(state_db) < k + 1:
+            await advance_to_unknown_checks(fake, state_db, close + MINUTE_MS - 1)
+            if daemon is not None and daemon.done():  # it may have ended right after cycle k
+                if await cycles_done(state_db) >= k + 1:
+                    return
+                _check_alive(daemon)
             await asyncio.sleep(0.02)
-            continue
-        writer.close()
-        return
 
 
 async def step_cycles(
-    fake: FakeBinance, state_db: Path, cycles: int, *, first_close: int = T0, timeout: float = 20.0
+    fake: FakeBinance,
+    state_db: Path,
+    cycles: int,
+    *,
+    first_close: int = T0,
+    daemon: asyncio.Task[Any] | None = None,
 ) -> None:
     """Move the exchange's clock to each close (+ grace) once the previous cycle is done.
 
@@ -147,14 +190,9 @@ async def step_cycles(
     reconciliation) is over and the daemon waits for its first close. While a cycle settles an
     order of unknown fate, the clock moves (within the bar) to the daemon's next check of it.
     """
-    async with asyncio.timeout(timeout):
-        await wait_ready(state_db.parent)
-        for k in range(cycles):
-            close = first_close + k * MINUTE_MS
-            fake.now_ms = close + GRACE_MS + 5
-            while await cycles_done(state_db) < k + 1:
-                await advance_to_unknown_checks(fake, state_db, close + MINUTE_MS - 1)
-                await asyncio.sleep(0.02)
+    await wait_ready(state_db.parent, daemon)
+    for k in range(cycles):
+        await next_cycle(fake, state_db, k, first_close=first_close, daemon=daemon)
 
 
 # ------------------------------------------------------------------ the daemon as a process

@@ -23,10 +23,10 @@ from strategies.agents.train import CoinHistory, Windows, train_cm
 from strategies.registry import save_crypto_module
 from tests.fakes.binance import FakeBinance
 from tests.integration.live.harness import (
-    GRACE_MS,
+    HANG_GUARD_S,
     T0,
-    cycles_done,
     live_config,
+    next_cycle,
     seed_market,
     wait_ready,
 )
@@ -70,6 +70,9 @@ async def fake() -> AsyncIterator[FakeBinance]:
 async def test_hot_swap_takes_effect_at_the_next_cycle_and_rollback_restores_the_old_module(
     fake: FakeBinance, tmp_path: Path
 ) -> None:
+    """What the daemon promises: a swap whose module is loaded and warmed up lands at the next
+    cycle. The test waits for that explicit state (``VoteHost.prepared``), never for time, so a
+    loaded machine changes how long it runs, not what it sees."""
     root = tmp_path / "models"
     cash_btc = constant_module(fake, root, "BTC", 0, 1)
     coin_eth = constant_module(fake, root, "ETH", 1, 2)
@@ -90,14 +93,11 @@ async def test_hot_swap_takes_effect_at_the_next_cycle_and_rollback_restores_the
         run_daemon(cfg, Secrets(), build_policy, install_signals=False, alerts_factory=grab)
     )
     db = state_path(cfg)
-    await asyncio.wait_for(wait_ready(cfg.data.dir), 30)
+    await wait_ready(cfg.data.dir, daemon)
     controls = got["controls"]
 
     async def cycle(k: int) -> None:
-        fake.now_ms = T0 + k * MINUTE_MS + GRACE_MS + 5
-        async with asyncio.timeout(20):
-            while await cycles_done(db) < k + 1:
-                await asyncio.sleep(0.02)
+        await next_cycle(fake, db, k, daemon=daemon)
 
     def btc_module_at(k: int) -> str:
         return next(
@@ -107,12 +107,14 @@ async def test_hot_swap_takes_effect_at_the_next_cycle_and_rollback_restores_the
     await cycle(0)
     await cycle(1)
     assert "will be swapped in" in await controls.plug("BTC", coin_btc)
+    await controls.host.prepared()  # loaded and warmed up, off the cycle
     await cycle(2)
     await cycle(3)
     assert "rolled back" in await controls.rollback("BTC")
+    await controls.host.prepared()
     await cycle(4)
     await cycle(5)
-    await asyncio.wait_for(daemon, 10)
+    await asyncio.wait_for(daemon, HANG_GUARD_S)
 
     assert [btc_module_at(k) for k in range(6)] == [cash_btc] * 2 + [coin_btc] * 2 + [cash_btc] * 2
     async with await Journal.open(db) as journal:

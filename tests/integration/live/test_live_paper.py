@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 
@@ -92,3 +93,21 @@ async def test_cli_pauses_the_running_daemon_and_reads_its_status(
         assert [c["orders"] for c in await journal.cycles()] == [0, 0]  # paused: no order
     status = await run_cli("status", "--config", str(path))
     assert "cycles: 2" in status and "paused: True" in status
+
+
+async def test_a_guardrail_working_as_configured_is_logged_as_information_not_a_warning(
+    fake: FakeBinance, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # min_cash 20% scales 1/N down at every decision: the configured cash floor at work.
+    cfg = live_config(fake, tmp_path, COINS, risk={"min_cash": 0.2}, max_cycles=2)
+    caplog.set_level(logging.INFO, logger="bot.live.driver")
+    daemon = asyncio.create_task(run_daemon(cfg, Secrets(), build_policy, install_signals=False))
+    await step_cycles(fake, state_path(cfg), 2)
+    await asyncio.wait_for(daemon, 10)
+
+    guardrails = [r for r in caplog.records if r.getMessage().startswith("guardrail ")]
+    assert len(guardrails) == 2 * len(COINS)  # each coin, each cycle
+    assert all("min_cash" in r.getMessage() for r in guardrails)
+    assert {r.levelno for r in guardrails} == {logging.INFO}
+    async with await Journal.open(state_path(cfg)) as journal:
+        assert {r["rule"] for r in await journal.refusals()} == {"min_cash"}  # still journalled

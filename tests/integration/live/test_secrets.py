@@ -36,7 +36,7 @@ async def test_api_key_and_secret_appear_in_no_log_line_and_no_state_file(tmp_pa
         )
         await daemon.start()
         async with asyncio.timeout(60):
-            await step_cycles(fake, state_path(cfg), 2, timeout=60)
+            await step_cycles(fake, state_path(cfg), 2)
             daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
             assert await daemon.wait() == 0
         assert fake.orders(API_KEY), "the run placed no order: nothing was signed"

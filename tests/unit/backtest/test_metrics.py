@@ -10,6 +10,7 @@ import math
 import statistics
 from datetime import UTC, datetime, timedelta
 
+import empyrical as ep
 import numpy as np
 import pandas as pd
 import pytest
@@ -238,7 +239,6 @@ def test_daily_returns_match_a_datetime_reference(reference_run):
 
 
 def test_every_ratio_matches_empyrical(reference_run):
-    ep = pytest.importorskip("empyrical")
     metrics = compute_metrics(reference_run)
     daily = reference_daily_returns(reference_run)
     bars = bar_returns(reference_run)
@@ -256,7 +256,6 @@ def test_every_ratio_matches_empyrical(reference_run):
 
 
 def test_calmar_matches_empyrical_when_closes_are_daily():
-    ep = pytest.importorskip("empyrical")
     run = random_walk(5, 300, DAY0, DAY_MS, drift=0.001)
     daily = daily_returns(run)
     assert compute_metrics(run)["calmar"] == pytest.approx(

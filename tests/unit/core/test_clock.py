@@ -7,6 +7,7 @@ import time
 import pytest
 
 from bot.clock import AcceleratedClock, Clock, SimClock, WallClock
+from bot.live.clock import ExchangeTimeClock
 from bot.timeframes import HOUR_MS, floor_ms, ms_to_iso, timeframe_ms, to_ms
 
 
@@ -44,3 +45,17 @@ def test_timeframe_helpers() -> None:
     assert floor_ms(1_646_089_200_000 + 5, HOUR_MS) == 1_646_089_200_000
     with pytest.raises(ValueError, match="timeframe '0h'"):
         timeframe_ms("0h")
+
+
+async def test_the_exchange_reading_stays_put_while_the_local_estimate_runs_on() -> None:
+    local = [100.0]
+    server = [1_000_000]
+
+    async def fetch_time() -> int:
+        return server[0]
+
+    clock = ExchangeTimeClock(fetch_time, speed=600.0, monotonic=lambda: local[0])
+    assert await clock.sleep_until(1_000_000) is True
+    local[0] += 0.2  # descheduled for 0.2 s at 600x: the estimate is two minutes on
+    assert clock.now_ms() == 1_000_000 + 120_000
+    assert clock.reading_ms == 1_000_000  # what decides "late": the exchange's own word

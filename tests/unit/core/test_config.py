@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from config import AppConfig, ConfigError, Secrets, default_config_path, load_config
+from config import (
+    AppConfig,
+    ConfigError,
+    Secrets,
+    apply_overrides,
+    default_config_path,
+    load_config,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 
@@ -107,3 +114,37 @@ def test_a_secret_set_through_the_override_syntax_is_not_echoed() -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env={"CRYPTORLPM__EXCHANGE__API_KEY": "sk-live-SECRET123"})
     assert "SECRET123" not in str(info.value)
+
+
+def test_a_folder_or_a_non_utf8_file_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder; expected a TOML file"):
+        load_config(tmp_path, env={})
+    path = tmp_path / "latin1.toml"
+    path.write_bytes("# café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 5\)"):
+        load_config(path, env={})
+
+
+def test_an_environment_error_names_the_variable_and_one_problem_is_one_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text('[market]\ntimeframe = "6h"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={"CRYPTORLPM__LIVE__MAX_CYCLES": "none"})
+    message = str(info.value)
+    assert "\n" not in message and str(path) not in message
+    assert message.startswith(
+        "invalid setting: environment CRYPTORLPM__LIVE__MAX_CYCLES (live.max_cycles) = 'none'"
+    )
+
+
+def test_command_line_overrides_are_validated_like_the_file() -> None:
+    cfg = load_config(env={})
+    assert apply_overrides(cfg, {"live.max_cycles": 3}, {}).live.max_cycles == 3
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(cfg, {"live.max_cycles": 0}, {"live.max_cycles": "--max-cycles"})
+    assert str(info.value) == (
+        "invalid setting: --max-cycles (live.max_cycles) = 0: Input should be greater than or "
+        "equal to 1"
+    )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from bot.feed import synthetic
 from bot.timeframes import HOUR_MS, to_ms
 from config.schema import FeatureConfig
 from strategies.features.pipeline import compute_features, fit_feature_spec
 from strategies.features.pool import available_metrics, candidate_pool, split_id
 from strategies.features.selection import daily_closes
-
-synthetic = pytest.importorskip("bot.feed.synthetic")
 
 COINS = ("BTC", "ETH", "SOL", "LINK", "STORJ")
 TRAIN_START, TRAIN_END = to_ms("2020-01-01"), to_ms("2022-01-01")

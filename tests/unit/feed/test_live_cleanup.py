@@ -27,6 +27,10 @@ class SlowToCancelExchange:
         self.last_response_headers: dict[str, str] = {}
         self.candles = [[T0 + k * MINUTE_MS, 10.0, 11.0, 9.0, 10.5, 1.0] for k in range(10)]
         self.watches: list[asyncio.Task[Any]] = []
+        self.winding_down = asyncio.Event()
+        """Set when a cancelled watch starts winding down."""
+        self.wound_down = asyncio.Event()
+        """Set by the test to let it finish winding down."""
 
     async def fetch_time(self) -> int:
         return self.now_ms
@@ -44,7 +48,8 @@ class SlowToCancelExchange:
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
-            await asyncio.sleep(0.3)
+            self.winding_down.set()
+            await self.wound_down.wait()
             raise
 
 
@@ -68,12 +73,13 @@ async def test_cancelling_the_close_of_the_stream_is_not_swallowed() -> None:
         assert len(exchange.watches) == 1 and not exchange.watches[0].done()
 
         closing = asyncio.create_task(stream.aclose())
-        await asyncio.sleep(0.05)  # the stream is now waiting for the watch to wind down
+        await exchange.winding_down.wait()  # the stream now waits for the watch to wind down
         closing.cancel()
 
         with pytest.raises(asyncio.CancelledError):
             await closing
     finally:
+        exchange.wound_down.set()
         for watch in exchange.watches:
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
@@ -96,6 +102,10 @@ async def test_closing_the_stream_waits_for_the_watch_to_finish() -> None:
     exchange.now_ms = T0 + 3 * MINUTE_MS + 1
     await anext(stream)
 
-    await stream.aclose()
+    closing = asyncio.create_task(stream.aclose())
+    await exchange.winding_down.wait()
+    assert not closing.done()  # closing waits for the watch
+    exchange.wound_down.set()
+    await closing
 
     assert exchange.watches[0].cancelled()
