@@ -1,0 +1,191 @@
+"""The policies an experiment can run, by name: a small registry of policy builders.
+
+A :class:`PolicyBuilder` says whether its policy needs Crypto Modules trained at every refit
+(``trains``) and builds the engine policy of one seed from a :class:`PolicyContext` (the coins,
+the config, the walk-forward folds and, when it trains, each fold's registry folders per coin).
+``cryptorlpm`` (the paper's CM vote, modules swapped at each refit as the Agent Updating Unit
+does live) trains; the baselines do not. New policies (e.g. risk-profiled ensembles) register a
+builder with :func:`register_policy` and become available to ``experiment walkforward --policy``.
+
+Baseline names: ``bh_<COIN>`` (buy & hold of one coin), ``equal_weight`` (1/N rebalanced),
+``equal_weight_bh`` (1/N bought and held) and ``trend_filter``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backtest.baselines import (
+    TREND_FILTER,
+    BuyAndHold,
+    EqualWeightBuyAndHold,
+    EqualWeightRebalanced,
+    TrendFilter,
+)
+from bot.bus import EventBus
+from bot.engine import Policy
+from bot.events import Bar, BarsClosed, Event, Metric, TargetWeights
+from config.schema import AppConfig
+from strategies.crypto_module import CryptoModule
+from strategies.portfolio import VOTE_SOURCE, PortfolioVote
+
+
+@dataclass(frozen=True)
+class FoldSpan:
+    """Where one fold trades: decisions closing in ``[start_ms, end_ms)``."""
+
+    index: int
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a builder gets: the config, the portfolio's coins, the seed (None for a policy that
+    does not train), the folds, and per fold the trained modules' folders (coin -> folder)."""
+
+    cfg: AppConfig
+    coins: tuple[str, ...]
+    seed: int | None = None
+    folds: tuple[FoldSpan, ...] = ()
+    models: Mapping[int, Mapping[str, Path]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyBuilder:
+    """A named policy: ``build(context)`` returns a fresh engine policy for one run."""
+
+    name: str
+    trains: bool
+    build: Callable[[PolicyContext], Policy]
+    description: str = ""
+
+
+_REGISTRY: dict[str, PolicyBuilder] = {}
+
+
+def register_policy(builder: PolicyBuilder) -> None:
+    """Make ``builder`` available by its name (a name can be registered once)."""
+    if builder.name in _REGISTRY:
+        raise ValueError(f"policy {builder.name!r} is already registered")
+    _REGISTRY[builder.name] = builder
+
+
+def policy_names() -> list[str]:
+    """Registered names (``bh_<COIN>`` is resolved for any coin)."""
+    return sorted(_REGISTRY)
+
+
+def policy_builder(name: str) -> PolicyBuilder:
+    """The builder of ``name``; ``ValueError`` naming the known ones when there is none."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith("bh_") and len(name) > 3:
+        coin = name[3:]
+        return PolicyBuilder(
+            name, False, lambda ctx: BuyAndHold(coin, ctx.cfg.market.quote), f"buy & hold {coin}"
+        )
+    raise ValueError(f"unknown policy {name!r}; expected one of {[*policy_names(), 'bh_<COIN>']}")
+
+
+def baseline_names(coins: Sequence[str]) -> list[str]:
+    """Every baseline of a portfolio, in table order."""
+    return [*(f"bh_{c}" for c in coins), "equal_weight", "equal_weight_bh", TREND_FILTER]
+
+
+# --- the paper's vote, walked forward -----------------------------------------------------------
+
+
+class FoldSwitchingVote:
+    """The CM vote whose modules are replaced at every refit, as the Agent Updating Unit does.
+
+    Holds one :class:`PortfolioVote` per fold. Every fold's modules read the bars and metrics
+    from the start of the replay until their fold ends (so a fold's modules are warm when it
+    starts, like a module warmed up before a hot swap); at a decision, the vote of the fold that
+    contains it decides, and only that fold's module decisions are published.
+    """
+
+    def __init__(self, quote: str, folds: Sequence[tuple[FoldSpan, PortfolioVote]]) -> None:
+        self.quote = quote
+        self.folds = sorted(folds, key=lambda item: item[0].start_ms)
+        self._emit: Callable[[Event], None] = lambda event: None
+
+    def attach(self, bus: EventBus) -> None:
+        """Read bars and metrics, vote at every ``BarsClosed``."""
+        self._emit = bus.emit
+        bus.subscribe(Metric, self.on_metric)
+        bus.subscribe(Bar, self.on_bar)
+        bus.subscribe(BarsClosed, self.on_bars_closed)
+
+    def _active(self, ts: int) -> PortfolioVote | None:
+        for span, vote in self.folds:
+            if span.start_ms <= ts < span.end_ms:
+                return vote
+        return None
+
+    def on_metric(self, metric: Metric) -> None:
+        """Hand a metric to every fold's modules that still have a fold to trade."""
+        for span, vote in self.folds:
+            if metric.ts < span.end_ms:
+                vote.on_metric(metric)
+
+    def on_bar(self, bar: Bar) -> None:
+        """Hand a bar to every fold's modules that still have a fold to trade; publish the
+        decision of the active fold's module."""
+        active = self._active(bar.ts)
+        for span, vote in self.folds:
+            if bar.ts < span.end_ms:
+                vote.on_bar(bar)
+        if active is not None:
+            coin = bar.symbol.split("/")[0]
+            decision = active.latest(coin) if coin in active.coins else None
+            if decision is not None and decision.ts == bar.ts:
+                self._emit(decision)
+
+    def on_bars_closed(self, event: BarsClosed) -> None:
+        """Emit the active fold's vote (all cash outside every fold)."""
+        vote = self._active(event.ts)
+        weights = vote.weights() if vote is not None else ((self.quote, 1.0),)
+        self._emit(TargetWeights(event.ts, weights, VOTE_SOURCE))
+
+
+def build_cryptorlpm(ctx: PolicyContext) -> FoldSwitchingVote:
+    """The paper's vote over each fold's modules (one per coin, this context's seed)."""
+    quote = ctx.cfg.market.quote
+    folds = []
+    for span in ctx.folds:
+        folders = ctx.models[span.index]
+        modules = [CryptoModule.load(folders[c], ctx.cfg.market.symbol(c)) for c in ctx.coins]
+        folds.append((span, PortfolioVote(quote, modules)))
+    return FoldSwitchingVote(quote, folds)
+
+
+def _trend(ctx: PolicyContext) -> TrendFilter:
+    cfg = ctx.cfg
+    return TrendFilter(ctx.coins, cfg.market.quote, cfg.market.timeframe, cfg.baselines.trend_days)
+
+
+register_policy(
+    PolicyBuilder("cryptorlpm", True, build_cryptorlpm, "the paper's Crypto Module vote")
+)
+register_policy(
+    PolicyBuilder(
+        "equal_weight",
+        False,
+        lambda ctx: EqualWeightRebalanced(ctx.coins, ctx.cfg.market.quote),
+        "1/N rebalanced at every decision",
+    )
+)
+register_policy(
+    PolicyBuilder(
+        "equal_weight_bh",
+        False,
+        lambda ctx: EqualWeightBuyAndHold(ctx.coins, ctx.cfg.market.quote),
+        "1/N bought at the first decision and held",
+    )
+)
+register_policy(
+    PolicyBuilder(TREND_FILTER, False, _trend, "each coin while above its N-day mean, else cash")
+)
