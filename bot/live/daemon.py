@@ -316,6 +316,8 @@ async def _loop(
         if host is not None:
             for line in await host.between_cycles(now):
                 log.info("%s", line)
+                if ": retraining " in line and "started" not in line:
+                    _announce(services, "notify", line)  # the gate's verdict and its reason
         report = await driver.run_cycle(ts)
         if report.error:
             _announce(services, "error", f"cycle {ms_to_iso(ts)} failed: {report.error}")
