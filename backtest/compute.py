@@ -122,9 +122,7 @@ def _ray(function, jobs, compute: ComputeConfig, on_result) -> list:
             where = compute.address or "a local instance"
             raise ComputeError(f"[compute] could not start Ray on {where}: {exc}") from exc
     try:
-        task = ray.remote(num_cpus=1, max_retries=0)(_with_one_thread).options(
-            runtime_env={"env_vars": ONE_THREAD}
-        )
+        task = ray.remote(num_cpus=1, max_retries=0)(_with_one_thread)
         pending = {task.remote(function, job): index for index, job in enumerate(jobs)}
         results: list[Any] = [None] * len(jobs)
         while pending:
@@ -141,7 +139,8 @@ def _ray(function, jobs, compute: ComputeConfig, on_result) -> list:
 
 
 def _with_one_thread(function: Callable[[Any], Any], job: Any) -> Any:
-    """Run ``function(job)`` in a Ray worker with one thread (the env is also set by the
-    runtime environment, before the worker imported anything)."""
+    """Run ``function(job)`` in a Ray worker with one thread (a local instance started here sets
+    the variables for every worker before it imports anything; on a cluster started elsewhere
+    torch's own thread count, set by the seeding, is what counts)."""
     os.environ.update(ONE_THREAD)
     return function(job)

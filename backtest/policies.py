@@ -27,6 +27,7 @@ from backtest.baselines import (
 from bot.bus import EventBus
 from bot.engine import Policy
 from bot.events import Bar, BarsClosed, Event, Metric, TargetWeights
+from bot.timeframes import DAY_MS
 from config.schema import AppConfig
 from strategies.crypto_module import CryptoModule
 from strategies.portfolio import VOTE_SOURCE, PortfolioVote
@@ -101,16 +102,29 @@ def baseline_names(coins: Sequence[str]) -> list[str]:
 class FoldSwitchingVote:
     """The CM vote whose modules are replaced at every refit, as the Agent Updating Unit does.
 
-    Holds one :class:`PortfolioVote` per fold. Every fold's modules read the bars and metrics
-    from the start of the replay until their fold ends (so a fold's modules are warm when it
-    starts, like a module warmed up before a hot swap); at a decision, the vote of the fold that
-    contains it decides, and only that fold's module decisions are published.
+    Holds one :class:`PortfolioVote` per fold. Each fold's modules read the bars and metrics of
+    the ``warmup_ms`` before their fold and of the fold itself (so they are warm when it starts,
+    like a module warmed up on ``[live].warmup_days`` of history before a hot swap); at a
+    decision, the vote of the fold that contains it decides, and only that fold's module
+    decisions are published.
     """
 
-    def __init__(self, quote: str, folds: Sequence[tuple[FoldSpan, PortfolioVote]]) -> None:
+    def __init__(
+        self,
+        quote: str,
+        folds: Sequence[tuple[FoldSpan, PortfolioVote]],
+        warmup_ms: int | None = None,
+    ) -> None:
         self.quote = quote
         self.folds = sorted(folds, key=lambda item: item[0].start_ms)
+        self.warmup_ms = warmup_ms
         self._emit: Callable[[Event], None] = lambda event: None
+
+    def _reads(self, span: FoldSpan, ts: int) -> bool:
+        """Whether the fold's modules read an event stamped ``ts``."""
+        if ts >= span.end_ms:
+            return False
+        return self.warmup_ms is None or ts > span.start_ms - self.warmup_ms
 
     def attach(self, bus: EventBus) -> None:
         """Read bars and metrics, vote at every ``BarsClosed``."""
@@ -128,7 +142,7 @@ class FoldSwitchingVote:
     def on_metric(self, metric: Metric) -> None:
         """Hand a metric to every fold's modules that still have a fold to trade."""
         for span, vote in self.folds:
-            if metric.ts < span.end_ms:
+            if self._reads(span, metric.ts):
                 vote.on_metric(metric)
 
     def on_bar(self, bar: Bar) -> None:
@@ -136,7 +150,7 @@ class FoldSwitchingVote:
         decision of the active fold's module."""
         active = self._active(bar.ts)
         for span, vote in self.folds:
-            if bar.ts < span.end_ms:
+            if self._reads(span, bar.ts):
                 vote.on_bar(bar)
         if active is not None:
             coin = bar.symbol.split("/")[0]
@@ -159,7 +173,7 @@ def build_cryptorlpm(ctx: PolicyContext) -> FoldSwitchingVote:
         folders = ctx.models[span.index]
         modules = [CryptoModule.load(folders[c], ctx.cfg.market.symbol(c)) for c in ctx.coins]
         folds.append((span, PortfolioVote(quote, modules)))
-    return FoldSwitchingVote(quote, folds)
+    return FoldSwitchingVote(quote, folds, ctx.cfg.live.warmup_days * DAY_MS)
 
 
 def _trend(ctx: PolicyContext) -> TrendFilter:

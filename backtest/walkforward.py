@@ -9,10 +9,12 @@ They then trade until the next refit. The trainings of every fold, coin and seed
 on ``[compute]`` (process pool, or Ray).
 
 Each seed's policy trades the whole span in one engine run, its modules swapped at each refit
-(:class:`backtest.policies.FoldSwitchingVote`), so the out-of-sample equity is one stitched
-curve with no forced sale at refits; every baseline trades the same span through the same
-engine. Per-fold metrics are the same curves cut at the refits. :mod:`backtest.wf_report` turns
-the runs into statistics (bootstrap intervals, DSR, PBO), diagnostics, tables and plots.
+(:class:`backtest.policies.FoldSwitchingVote`, each fold's modules warmed up on the
+``[live].warmup_days`` before it, as the daemon warms a module before a hot swap), so the
+out-of-sample equity is one stitched curve with no forced sale at refits; every baseline trades
+the same span through the same engine. These engine runs fan out on ``[compute]`` too. Per-fold
+metrics are the same curves cut at the refits. :mod:`backtest.wf_report` turns the runs into
+statistics (bootstrap intervals, DSR, PBO), diagnostics, tables and plots.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class WalkForwardRuns:
     notes: list[str]
     trainings: int
     training_seconds: float
+    backtest_seconds: float = 0.0
 
 
 def plan_folds(
@@ -167,7 +170,9 @@ async def run_walkforward(
     on_trained: Callable[[Fold, str, int, float], None] | None = None,
 ) -> WalkForwardRuns:
     """Import ``data_dir`` (when given) into ``cfg``'s stores, train every fold, run every
-    portfolio with the policy (each seed) and the baselines."""
+    portfolio with the policy (each seed) and the baselines; trainings and backtests fan out on
+    ``[compute]``."""
+    import asyncio
     import time
 
     builder = policy_builder(spec.policy)
@@ -192,45 +197,109 @@ async def run_walkforward(
             step(f"feature selection and training: {len(folds)} folds x {len(coins)} coins")
             models = _train_folds(cfg, inputs, folds, spec.seeds, on_trained)
         seconds = time.perf_counter() - started
-        start, end = folds[0].start_ms, folds[-1].end_ms
-        results = []
-        for name in spec.portfolios:
-            members = PORTFOLIOS[name]
-            step(f"portfolio {name} ({', '.join(members)}): {spec.policy} and baselines")
-            driver = await replay_driver(cfg, market, metrics, members, start, end)
-            runs = PortfolioRuns(name, members, {}, {}, [])
-            for seed in spec.seeds if builder.trains else (None,):
-                fold_models = {
-                    f.index: {c: models[f.index, c, seed] for c in members}
-                    for f in folds
+    step(
+        f"backtests: {spec.policy} x {len(spec.seeds) if builder.trains else 1} and every "
+        f"baseline, portfolios {', '.join(spec.portfolios)}"
+    )
+    jobs = _backtest_jobs(cfg, spec, folds, models, builder.trains)
+    started = time.perf_counter()
+    # In a thread: a job runs its own event loop when the backend runs it in this process.
+    done = await asyncio.to_thread(fan_out, run_backtest_job, jobs, cfg.compute)
+    backtest_seconds = time.perf_counter() - started
+    results = []
+    for name in spec.portfolios:
+        members = PORTFOLIOS[name]
+        runs = PortfolioRuns(name, members, {}, {}, [])
+        for job, (result, decisions) in zip(jobs, done, strict=True):
+            if job.portfolio != name:
+                continue
+            if job.policy == spec.policy:
+                key = job.seed if job.seed is not None else 0
+                runs.policy[key], runs.decisions[key] = result, decisions
+                runs.untrained[key] = (
+                    {c: any(_untrained(m[c]) for m in job.models.values()) for c in members}
                     if builder.trains
-                }
-                context = PolicyContext(
-                    cfg, members, seed, tuple(f.span for f in folds), fold_models
+                    else {}
                 )
-                recording = RecordingPolicy(builder.build(context))
-                key = seed if seed is not None else 0
-                runs.policy[key] = await run_backtest(cfg, recording, driver, name=spec.policy)
-                runs.decisions[key] = recording.decisions
-                runs.untrained[key] = {
-                    c: any(_untrained(models[f.index, c, seed]) for f in folds)
-                    for c in members
-                    if builder.trains
-                }
-            for baseline in baseline_names(members):
-                if baseline == spec.policy:
-                    continue
-                policy = policy_builder(baseline).build(PolicyContext(cfg, members))
-                runs.baselines.append(await run_backtest(cfg, policy, driver, name=baseline))
-            results.append(runs)
+            else:
+                runs.baselines.append(result)
+        results.append(runs)
     trainings = len(models)
-    return WalkForwardRuns(spec, folds, results, notes, trainings, seconds)
+    return WalkForwardRuns(spec, folds, results, notes, trainings, seconds, backtest_seconds)
 
 
 def _untrained(folder: Path) -> bool:
     from backtest.diagnostics import untrained_checkpoint
 
     return untrained_checkpoint(folder)
+
+
+@dataclass(frozen=True)
+class BacktestJob:
+    """One engine run of the walk-forward (picklable: it runs in a worker or a Ray task)."""
+
+    cfg_json: dict
+    portfolio: str
+    policy: str
+    coins: tuple[str, ...]
+    seed: int | None
+    folds: tuple[FoldSpan, ...]
+    models: dict[int, dict[str, Path]]
+    start_ms: int
+    end_ms: int
+
+
+def run_backtest_job(job: BacktestJob) -> tuple[RunResult, list[ModuleDecision]]:
+    """Replay the stores through the engine with the job's policy; the run and its module
+    decisions. Top-level, for :func:`backtest.compute.fan_out` (call it where no event loop runs;
+    the stores must be reachable where it runs, as they are for a pool or a local Ray)."""
+    import asyncio
+
+    async def go() -> tuple[RunResult, list[ModuleDecision]]:
+        cfg = AppConfig.model_validate(job.cfg_json)
+        async with (
+            await MarketStore.open(cfg.data.market_path) as market,
+            await MetricStore.open(cfg.data.metrics_path) as metrics,
+        ):
+            driver = await replay_driver(cfg, market, metrics, job.coins, job.start_ms, job.end_ms)
+        context = PolicyContext(cfg, job.coins, job.seed, job.folds, job.models)
+        recording = RecordingPolicy(policy_builder(job.policy).build(context))
+        result = await run_backtest(cfg, recording, driver, name=job.policy)
+        return result, recording.decisions
+
+    return asyncio.run(go())
+
+
+def _backtest_jobs(
+    cfg: AppConfig,
+    spec: WalkForwardSpec,
+    folds: Sequence[Fold],
+    models: Mapping[tuple[int, str, int], Path],
+    trains: bool,
+) -> list[BacktestJob]:
+    cfg_json = cfg.model_dump(mode="json")
+    spans = tuple(f.span for f in folds)
+    start, end = folds[0].start_ms, folds[-1].end_ms
+    jobs = []
+    for name in spec.portfolios:
+        members = PORTFOLIOS[name]
+        for seed in spec.seeds if trains else (None,):
+            fold_models = (
+                {f.index: {c: models[f.index, c, seed] for c in members} for f in folds}
+                if trains
+                else {}
+            )
+            jobs.append(
+                BacktestJob(
+                    cfg_json, name, spec.policy, members, seed, spans, fold_models, start, end
+                )
+            )
+        for baseline in baseline_names(members):
+            if baseline != spec.policy:
+                jobs.append(
+                    BacktestJob(cfg_json, name, baseline, members, None, (), {}, start, end)
+                )
+    return jobs
 
 
 def _folds(spec: WalkForwardSpec, inputs: Mapping[str, CoinInputs]) -> tuple[list[Fold], list[str]]:

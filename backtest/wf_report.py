@@ -241,6 +241,7 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
         "trials": trial_count(runs),
         "trainings": runs.trainings,
         "training_seconds": runs.training_seconds,
+        "backtest_seconds": runs.backtest_seconds,
         "wall_seconds": wall_s,
         "bootstrap": {"block_days": BLOCK_DAYS, "resamples": RESAMPLES, "level": 0.95},
         "notes": runs.notes,
