@@ -27,7 +27,7 @@ def jobs() -> list[TrainJob]:
         "ETH", bars, market.metrics, "6h", FeatureConfig(), windows.train,
         market_wide_assets=["MARKET"],
     )  # fmt: skip
-    return [TrainJob(history, windows, TINY, seed) for seed in (1, 2, 3)]
+    return [TrainJob(history, windows, TINY, seed) for seed in (1, 2)]
 
 
 def _weights(results) -> list[dict[str, torch.Tensor]]:
@@ -57,8 +57,8 @@ def test_a_process_pool_trains_the_same_networks_as_a_sequential_run(jobs, seque
         ComputeConfig(backend="process", workers=2),
         on_result=lambda i, r: arrived.append(i),
     )
-    assert sorted(arrived) == [0, 1, 2]
-    assert [r.seed for r in pooled] == [1, 2, 3]  # job order, whatever the completion order
+    assert sorted(arrived) == [0, 1]
+    assert [r.seed for r in pooled] == [1, 2]  # job order, whatever the completion order
     _assert_identical(sequential, pooled)
     assert not all(  # seeds do differ: the test would catch a mix-up
         torch.equal(sequential[0].sam.state_dict[k], sequential[1].sam.state_dict[k])
