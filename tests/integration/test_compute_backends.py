@@ -68,6 +68,7 @@ def test_a_process_pool_trains_the_same_networks_as_a_sequential_run(jobs, seque
 
 def test_ray_tasks_train_the_same_networks_as_a_sequential_run(jobs, sequential) -> None:
     import ray  # a dev dependency (pyproject [dev])
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = fan_out(run_train_job, jobs, ComputeConfig(backend="ray"))
