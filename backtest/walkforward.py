@@ -168,11 +168,13 @@ async def run_walkforward(
     *,
     step: Callable[[str], None] = lambda name: None,
     on_trained: Callable[[Fold, str, int, float], None] | None = None,
+    on_backtest: Callable[[str, str, int | None], None] | None = None,
 ) -> WalkForwardRuns:
     """Import ``data_dir`` (when given) into ``cfg``'s stores, train every fold, run every
     portfolio with the policy (each seed) and the baselines; trainings and backtests fan out on
     ``[compute]``."""
     import asyncio
+    import functools
     import time
 
     builder = policy_builder(spec.policy)
@@ -203,8 +205,15 @@ async def run_walkforward(
     )
     jobs = _backtest_jobs(cfg, spec, folds, models, builder.trains)
     started = time.perf_counter()
+
     # In a thread: a job runs its own event loop when the backend runs it in this process.
-    done = await asyncio.to_thread(fan_out, run_backtest_job, jobs, cfg.compute)
+    def finished(index: int, result: object) -> None:
+        if on_backtest is not None:
+            on_backtest(jobs[index].portfolio, jobs[index].policy, jobs[index].seed)
+
+    done = await asyncio.to_thread(
+        functools.partial(fan_out, on_result=finished), run_backtest_job, jobs, cfg.compute
+    )
     backtest_seconds = time.perf_counter() - started
     results = []
     for name in spec.portfolios:

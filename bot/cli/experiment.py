@@ -164,9 +164,14 @@ def walkforward(
     def trained(fold, coin: str, seed: int, seconds: float) -> None:
         console.print(f"  fold {fold.index} ({fold.label}) {coin} seed {seed}: {seconds:.1f} s")
 
+    def backtested(portfolio: str, name: str, seed: int | None) -> None:
+        console.print(f"  portfolio {portfolio}: {name}" + (f" seed {seed}" if seed else ""))
+
     started = time.perf_counter()
     runs = run(
-        lambda: run_walkforward(cfg, data_dir, spec, step=step, on_trained=trained),
+        lambda: run_walkforward(
+            cfg, data_dir, spec, step=step, on_trained=trained, on_backtest=backtested
+        ),
         DataRangeError,
         MissingDataError,
         ComputeError,
