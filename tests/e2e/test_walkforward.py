@@ -30,15 +30,15 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     out = tmp_path / "wf"
     code, text = await cryptorlpm(
         "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(out),
-        "--policy", "cryptorlpm", "--retrain-every", "60", "--train-days", "90",
-        "--val-days", "30", "--seeds", "2", "--portfolio", "a", "--start", "2021-06-01",
-        "--config", str(tiny_config),
+        "--policy", "cryptorlpm", "--retrain-every", "90", "--train-days", "90",
+        "--val-days", "30", "--seeds", "2", "--portfolio", "a", "--start", "2021-07-02",
+        "--end", "2021-12-29", "--config", str(tiny_config),
     )  # fmt: skip
     assert code == 0, text
     results = json.loads((out / "results.json").read_text())
-    assert [f["span"] for f in results["folds"]][:2] == [
-        "2021-06-01..2021-07-31",
-        "2021-07-31..2021-09-29",
+    assert [f["span"] for f in results["folds"]] == [
+        "2021-07-02..2021-09-30",
+        "2021-09-30..2021-12-29",
     ]
     assert results["trainings"] == len(results["folds"]) * 2 * 2  # folds x coins x seeds
     assert results["trials"]["total"] == 2
