@@ -11,9 +11,13 @@ Run: ``.venv/bin/python tests/benchmarks/bench_compute_backends.py [--jobs N] [-
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from backtest.compute import fan_out
 from backtest.pipeline import TrainJob, run_train_job
