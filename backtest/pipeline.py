@@ -2,25 +2,34 @@
 
 1. :func:`read_histories` - each coin's bars and DRU features, the DRU fitted on the training
    window only (once per coin: seeds change the agents, not the feature selection);
-2. :func:`train_modules` - one Crypto Module per coin and seed, saved to the registry;
+2. :func:`train_modules` - one Crypto Module per coin and seed, fanned out over ``[compute]``
+   (a process pool by default, or Ray) and saved to the registry;
 3. :func:`backtest_vote` - a portfolio of those modules voting through the engine, replayed over
    the test window; :func:`backtest_baselines` - the baselines through the same engine and data.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from backtest.compute import fan_out
 from backtest.replay import Progress, ReplayDriver
 from backtest.result import RunResult
 from backtest.run import run_backtest
 from bot.engine.step import DecisionContext, Policy
 from bot.events import ModuleDecision
 from bot.store import MarketStore, MetricStore
-from config.schema import AppConfig
-from strategies.agents.train import CoinHistory, Windows, coin_history, train_cm
+from config.schema import AppConfig, CryptoModuleParams
+from strategies.agents.train import (
+    CoinHistory,
+    TrainedCryptoModule,
+    Windows,
+    coin_history,
+    train_cm,
+)
 from strategies.baselines import baselines
 from strategies.crypto_module import CryptoModule
 from strategies.features.inputs import check_windows, fit_coin_features, read_coin_inputs
@@ -55,6 +64,42 @@ async def read_histories(
     return histories
 
 
+@dataclass(frozen=True)
+class TrainJob:
+    """One Crypto Module to train: what :func:`run_train_job` needs, picklable (it travels to
+    a worker process or a Ray task)."""
+
+    history: CoinHistory
+    windows: Windows
+    params: CryptoModuleParams
+    seed: int
+
+
+def run_train_job(job: TrainJob) -> TrainedCryptoModule:
+    """Train one module (top-level, for :func:`backtest.compute.fan_out`); its evaluation log
+    comes back in ``extra["log"]`` instead of being written where the job runs."""
+    return train_cm(job.history, job.windows, job.params, job.seed)
+
+
+def save_trained(
+    cfg: AppConfig, trained: TrainedCryptoModule, root: Path, *, log_name: str | None = None
+) -> Path:
+    """Save a trained module (and its evaluation log) into the registry at ``root``."""
+    coin = trained.coin
+    log_path = root / coin / (log_name or f".training-s{trained.seed}.jsonl")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text("".join(json.dumps(row) + "\n" for row in trained.extra.get("log", [])))
+    return save_crypto_module(
+        root,
+        trained,
+        config=cfg,
+        training=cfg.training,
+        exchange=cfg.market.exchange,
+        symbol=cfg.market.symbol(coin),
+        log_file=log_path,
+    )
+
+
 def train_modules(
     cfg: AppConfig,
     histories: Mapping[str, CoinHistory],
@@ -63,31 +108,24 @@ def train_modules(
     *,
     on_trained: Callable[[str, int, Path, float], None] | None = None,
 ) -> dict[tuple[str, int], Path]:
-    """Train every (coin, seed) module on ``cfg.windows``; returns their registry folders.
+    """Train every (coin, seed) module on ``cfg.windows``, fanned out on ``[compute]``
+    (:func:`backtest.compute.fan_out`); returns their registry folders.
 
     ``on_trained(coin, seed, folder, seconds)`` is called after each one (progress, logs).
     """
     windows = Windows.from_config(cfg.windows)
-    folders = {}
-    for seed in seeds:
-        for coin, history in histories.items():
-            log_path = root / coin / f".training-s{seed}.jsonl"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            log_path.unlink(missing_ok=True)
-            trained = train_cm(history, windows, cfg.agents, seed, log_path=log_path)
-            folder = save_crypto_module(
-                root,
-                trained,
-                config=cfg,
-                training=cfg.training,
-                exchange=cfg.market.exchange,
-                symbol=cfg.market.symbol(coin),
-                log_file=log_path,
-            )
-            folders[coin, seed] = folder
-            if on_trained is not None:
-                on_trained(coin, seed, folder, trained.seconds)
-    return folders
+    keys = [(coin, seed) for seed in seeds for coin in histories]
+    jobs = [TrainJob(histories[coin], windows, cfg.agents, seed) for coin, seed in keys]
+    folders: dict[tuple[str, int], Path] = {}
+
+    def saved(index: int, trained: TrainedCryptoModule) -> None:
+        coin, seed = keys[index]
+        folders[coin, seed] = save_trained(cfg, trained, root)
+        if on_trained is not None:
+            on_trained(coin, seed, folders[coin, seed], trained.seconds)
+
+    fan_out(run_train_job, jobs, cfg.compute, on_result=saved)
+    return {key: folders[key] for key in keys}
 
 
 async def replay_driver(
@@ -168,10 +206,10 @@ async def backtest_seeds(
 async def backtest_baselines(
     cfg: AppConfig, coins: Sequence[str], driver: ReplayDriver
 ) -> list[RunResult]:
-    """Buy & hold of each coin and both equal-weight portfolios, through the same engine."""
-    return [
-        await run_backtest(cfg, policy, driver, name=policy.name) for policy in baselines(coins)
-    ]
+    """Buy & hold of each coin, both equal-weight portfolios and the trend filter (its window
+    from ``[baselines].trend_days``), through the same engine."""
+    policies = baselines(coins, cfg.market.timeframe, cfg.baselines.trend_days)
+    return [await run_backtest(cfg, policy, driver, name=policy.name) for policy in policies]
 
 
 @dataclass(frozen=True)

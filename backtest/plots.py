@@ -144,3 +144,28 @@ def _save(figure: Figure, path: Path) -> Path:
 def _times(index: pd.Index) -> np.ndarray:
     """Close times (int epoch ms) as naive UTC ``datetime64`` for the x axis."""
     return np.asarray(index, dtype="int64").astype("datetime64[ms]")
+
+
+def plot_fold_bars(
+    folds: Sequence[str], values: dict[str, Sequence[float]], path: Path, *, title: str = ""
+) -> Path:
+    """Grouped bars: one group per fold (``folds``: labels), one bar per run (``values``: run
+    name -> one value per fold, e.g. each fold's ARR); the first run is drawn in the strategy's
+    colour."""
+    figure = Figure(figsize=(11.0, 5.2))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    palette = colormaps["tab20" if len(values) > 10 else "tab10"].colors
+    width = 0.8 / max(len(values), 1)
+    x = np.arange(len(folds))
+    for i, (name, series) in enumerate(values.items()):
+        colour = STRATEGY_COLOUR if i == 0 else palette[(i - 1) % len(palette)]
+        axes.bar(x + (i - (len(values) - 1) / 2) * width, series, width, label=name, color=colour)
+    axes.axhline(0.0, color="0.4", lw=0.8)
+    axes.set_xticks(x, list(folds), fontsize=8)
+    axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.set_ylabel("return over the fold")
+    axes.set_title(title)
+    axes.grid(True, axis="y", color="0.9", lw=0.6)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _save(figure, path)

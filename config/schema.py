@@ -476,6 +476,48 @@ class UpdatingConfig(Section):
     active module's score on the same window minus this (net log return)."""
     seed: int = 1
     """Seed of the retraining runs."""
+    gate_days: int = Field(14, ge=1)
+    """The gate compares the candidate with the active module on these last days before the
+    retraining time, a window the candidate was neither trained nor selected on: its checkpoint
+    is chosen on the ``validation_days`` before them (so train, selection and gate windows are
+    consecutive and disjoint)."""
+    stress_scenarios: tuple[Literal["covid_crash", "luna_collapse", "flash_crash"], ...] = (
+        "covid_crash",
+        "luna_collapse",
+        "flash_crash",
+    )
+    """Stress scenarios the candidate is replayed through, grafted onto the recent bars (a
+    market-wide crash, a single-coin collapse, a flash crash); empty: no stress gate."""
+    stress_days: int = Field(60, ge=7)
+    """Days of recent bars each scenario is grafted onto (the scenario starts a fifth in)."""
+    stress_max_drawdown: float = Field(0.35, gt=0, le=1)
+    """A candidate whose drawdown in any scenario exceeds this is refused."""
+    stress_max_loss: float = Field(0.25, gt=0, le=1)
+    """A candidate that loses more than this share of its equity over any scenario's replay is
+    refused."""
+
+
+class ComputeConfig(Section):
+    """Where trainings run: fanned out over a local process pool (default), run one after the
+    other in this process, or sent as tasks to a Ray cluster. Results are identical on every
+    backend (each training is seeded and uses one torch thread)."""
+
+    backend: Literal["sequential", "process", "ray"] = "process"
+    workers: int | None = Field(None, ge=1)
+    """Parallel trainings (process pool size, or Ray CPUs of a local instance); None: every
+    CPU of this machine."""
+    address: str | None = None
+    """Ray cluster address (e.g. ``ray://head:10001`` or ``auto``); None starts a local
+    instance for the run."""
+
+
+class BaselinesConfig(Section):
+    """Parameters of the simple baselines every experiment compares with (never tuned on a
+    test window)."""
+
+    trend_days: int = Field(20, ge=1)
+    """The trend filter holds a coin while its close is above its mean of the last this many
+    days, else cash (equal weight over the coins)."""
 
 
 class AppConfig(Section):
@@ -496,6 +538,8 @@ class AppConfig(Section):
     live: LiveConfig = LiveConfig()
     telegram: TelegramConfig = TelegramConfig()
     updating: UpdatingConfig = UpdatingConfig()
+    compute: ComputeConfig = ComputeConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
 
 
 class Secrets(BaseSettings):

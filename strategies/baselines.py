@@ -3,7 +3,10 @@
 * :class:`BuyAndHold` - all equity into one coin at the first decision, never traded again;
 * :class:`EqualWeightRebalanced` - 1/N in every coin, rebalanced at every decision (CRP);
 * :class:`EqualWeightBuyAndHold` - 1/N in every coin at the first decision, then left to drift;
-* :class:`CashOnly` - everything in the quote currency (the daemon's ``hold`` policy).
+* :class:`CashOnly` - everything in the quote currency (the daemon's ``hold`` policy);
+* :class:`TrendFilter` - each coin held (1/N of equity) while its close is above its mean over
+  the last ``days`` days, else that share in cash; what many users would run instead of a
+  learned policy.
 
 Each is a plain :class:`~bot.engine.step.Policy` (``decide(context)``); the risk gate, the
 planner, the venue's fees, slippage and filters apply to them exactly as to the Crypto Modules.
@@ -11,9 +14,13 @@ planner, the venue's fees, slippage and filters apply to them exactly as to the 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 from bot.engine.step import DecisionContext
+from bot.timeframes import DAY_MS, timeframe_ms
+
+TREND_FILTER = "trend_filter"
 
 
 class FixedWeights:
@@ -66,10 +73,50 @@ class CashOnly(FixedWeights):
         super().__init__("cash", {}, every_decision=True)
 
 
-def baselines(coins: Sequence[str]) -> list[FixedWeights]:
-    """Every baseline of a portfolio: buy & hold of each coin, and both equal-weight ones."""
+class TrendFilter:
+    """Each coin held with 1/N of equity while its last close is above the mean of its closes
+    over the last ``days`` days (``days`` x bars per day closes, the last one included), else
+    that share in cash; decided at every decision, so a coin held stays at 1/N.
+
+    A coin without ``days`` of closes yet (warm-up instants count) is not held. Reads the bars
+    of ``timeframe`` only.
+    """
+
+    def __init__(self, coins: Sequence[str], timeframe: str, days: int = 20) -> None:
+        if days < 1:
+            raise ValueError(f"trend filter days must be >= 1, got {days}")
+        self.name = TREND_FILTER
+        self.coins, self.timeframe = tuple(coins), timeframe
+        self.length = max(1, round(days * DAY_MS / timeframe_ms(timeframe)))
+        self._closes: dict[str, deque[float]] = {c: deque(maxlen=self.length) for c in coins}
+
+    def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
+        """Remember the instant's closes; the weights when deciding."""
+        for bar in context.instant.bars:
+            closes = self._closes.get(bar.symbol.split("/")[0])
+            if closes is not None and bar.timeframe == self.timeframe:
+                closes.append(float(bar.close))
+        return self.weights() if context.deciding else None
+
+    def holds(self, coin: str) -> bool:
+        """Whether ``coin``'s last close is above its mean over the window (a full window)."""
+        closes = self._closes[coin]
+        return len(closes) == self.length and closes[-1] > sum(closes) / self.length
+
+    def weights(self) -> dict[str, float]:
+        """The target weights now: 1/N per coin in an up-trend (the rest is cash)."""
+        share = 1.0 / len(self.coins) if self.coins else 0.0
+        return {c: share for c in self.coins if self.holds(c)}
+
+
+def baselines(
+    coins: Sequence[str], timeframe: str | None = None, trend_days: int = 20
+) -> list[FixedWeights | TrendFilter]:
+    """Every baseline of a portfolio: buy & hold of each coin, both equal-weight ones, and the
+    trend filter (when ``timeframe`` is given)."""
     return [
         *(BuyAndHold(c) for c in coins),
         EqualWeightRebalanced(coins),
         EqualWeightBuyAndHold(coins),
+        *([TrendFilter(coins, timeframe, trend_days)] if timeframe else []),
     ]

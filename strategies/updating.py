@@ -7,14 +7,21 @@ The daemon owns one :class:`ModuleUpdater` and, at each cycle, on its own clock:
 2. ``outcome = await updater.retrain(coin, now_ms)`` runs in a background task. The work
    (:func:`retrain_job`) runs in a separate *process*, so the event loop never blocks: it reads
    the stores up to ``now_ms`` only, fits the DRU on the new training window
-   (:func:`retrain_windows`), trains a candidate with :func:`~strategies.agents.train.train_cm`,
-   saves it to the registry and scores the candidate *and* the active model on the same new
-   validation window (the SAM's net log return with fees, as training reports it; the active
-   model rebuilt with its own frozen DRU spec);
-3. :class:`ValidationGate` accepts the candidate iff its score is at least the active model's
-   minus ``[updating].tolerance``; an accepted candidate is activated in the coin's version
-   history (:mod:`strategies.versions`), a rejected one stays in the registry, inactive. Either
-   way the attempt and its time are recorded, so a restarted daemon does not retrain again;
+   (:func:`retrain_windows`), trains a candidate with :func:`~strategies.agents.train.train_cm`
+   (its checkpoint chosen on the validation window), saves it to the registry and scores the
+   candidate *and* the active model on the **gate window**: the last ``gate_days`` before now,
+   after the validation window, which the candidate was neither trained nor selected on (the
+   SAM's net log return with fees; the active model rebuilt with its own frozen DRU spec).
+   Comparing on the selection window would hand every candidate an edge: its checkpoint is the
+   best of many on exactly those bars. The job also replays the candidate through the stress
+   scenarios grafted onto the recent bars (:mod:`strategies.stress`);
+3. :class:`ValidationGate` accepts the candidate iff its gate score is at least the active
+   model's minus ``[updating].tolerance``, and :class:`~strategies.stress.StressGate` refuses it
+   when its drawdown or loss in any scenario exceeds ``stress_max_drawdown`` /
+   ``stress_max_loss``; an accepted candidate is activated in the coin's version history
+   (:mod:`strategies.versions`), a rejected one stays in the registry, inactive. Either way the
+   attempt, its time and the reason are recorded (and the daemon alerts it), so a restarted
+   daemon does not retrain again;
 4. when ``outcome.swap`` is true, the daemon loads ``outcome.active_folder`` with
    ``CryptoModule.load``, warms it up and swaps it in with ``PortfolioVote.replace`` between two
    cycles.
@@ -64,6 +71,7 @@ from strategies.registry import (
     read_card,
     save_crypto_module,
 )
+from strategies.stress import StressGate, stress_replay
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +87,19 @@ function, since it travels to the worker process."""
 def retrain_windows(now_ms: int, updating: UpdatingConfig, timeframe: str) -> Windows:
     """The rolling windows of a retraining at ``now_ms``, as bar close-time ranges.
 
-    Validation: the ``validation_days`` that end at the last whole UTC day boundary at or before
-    ``now_ms`` (also a bar close of ``timeframe``); train: the ``train_days`` before that. The
-    last bar any window uses closes at or before ``now_ms``: nothing after now is read.
+    Gate (``Windows.test``): the ``gate_days`` that end at the last whole UTC day boundary at or
+    before ``now_ms`` (also a bar close of ``timeframe``); validation (checkpoint selection): the
+    ``validation_days`` before that; train: the ``train_days`` before that. The three are
+    consecutive and disjoint; the last bar any window uses closes at or before ``now_ms``:
+    nothing after now is read.
     """
     end = CandleGrid(timeframe).floor(floor_ms(int(now_ms), DAY_MS))
-    validation_start = end - updating.validation_days * DAY_MS
+    gate_start = end - updating.gate_days * DAY_MS
+    validation_start = gate_start - updating.validation_days * DAY_MS
     train_start = validation_start - updating.train_days * DAY_MS
-    return Windows((train_start, validation_start), (validation_start, end))
+    return Windows(
+        (train_start, validation_start), (validation_start, gate_start), (gate_start, end)
+    )
 
 
 def causal_inputs(inputs: CoinInputs, end_ms: int) -> CoinInputs:
@@ -180,7 +193,9 @@ def retrain_job(
     cfg = AppConfig.model_validate(cfg_json)
     root = Path(cfg.training.models_dir)
     windows = retrain_windows(now_ms, cfg.updating, cfg.market.timeframe)
-    inputs = causal_inputs(asyncio.run(_read_inputs(cfg, coin)), windows.validation[1])
+    assert windows.test is not None
+    end = windows.test[1]
+    inputs = causal_inputs(asyncio.run(_read_inputs(cfg, coin)), end)
     spec = fit_coin_features(cfg, inputs, *windows.train)
     history = coin_history(inputs.bars, inputs.metrics, inputs.timeframe, spec)
 
@@ -202,31 +217,50 @@ def retrain_job(
         created_at=ms_to_datetime(now_ms),
     )
 
-    # Both on the same validation bars, with the same fee and the same score function.
+    # Both on the same gate bars (not the ones the checkpoint was selected on), with the same
+    # fee and the same score function.
     fee = cfg.agents.fee
     candidate = load_crypto_module(folder)
-    candidate_score = validation_score(candidate, history, windows.validation, fee)
+    candidate_score = validation_score(candidate, history, windows.test, fee)
     incumbent_score = None
     if incumbent_id is not None:
         incumbent = load_crypto_module(root / coin / incumbent_id)
         incumbent_score = validation_score(
-            incumbent, model_history(incumbent, inputs), windows.validation, fee
+            incumbent, model_history(incumbent, inputs), windows.test, fee
         )
+    stress = [
+        stress_replay(
+            candidate,
+            inputs.bars,
+            inputs.metrics,
+            scenario,
+            end_ms=end,
+            days=cfg.updating.stress_days,
+            fee=fee,
+            seed=cfg.updating.seed,
+        ).to_dict()
+        for scenario in cfg.updating.stress_scenarios
+    ]
     tensors = CoinTensors.from_arrays(
         np.zeros((len(history.close_time), 0, 2, 1), np.float32),
         history.ohlcv[:, 3],
         history.close_time,
     )
-    validation = decision_range(history.close_time, windows.validation, cfg.agents.window)
+    gate = decision_range(history.close_time, windows.test, cfg.agents.window)
     return {
         "coin": coin,
         "now_ms": int(now_ms),
-        "windows": {"train": list(windows.train), "validation": list(windows.validation)},
+        "windows": {
+            "train": list(windows.train),
+            "validation": list(windows.validation),
+            "gate": list(windows.test),
+        },
         "candidate_id": candidate.id,
         "candidate_folder": str(folder),
         "candidate_score": candidate_score,
         "candidate_training_score": float(trained.scores["validation"].get("sam", math.nan)),
-        "buy_and_hold_score": buy_and_hold_score(tensors, validation, fee),
+        "buy_and_hold_score": buy_and_hold_score(tensors, gate, fee),
+        "stress": stress,
         "incumbent_id": incumbent_id,
         "incumbent_score": incumbent_score,
         "selected_metrics": list(spec.metric_ids),
@@ -248,7 +282,8 @@ class GateDecision:
 
 class ValidationGate:
     """Accepts a candidate iff ``candidate >= incumbent - tolerance`` (both scored on the same
-    validation window); a coin without an active model accepts any finite score."""
+    gate window, which the candidate was not selected on); a coin without an active model
+    accepts any finite score."""
 
     def __init__(self, tolerance: float) -> None:
         if not tolerance >= 0:
@@ -362,8 +397,11 @@ class RetrainOutcome:
     incumbent_id: str | None = None
     incumbent_score: float | None = None
     buy_and_hold_score: float | None = None
-    """Buying at the first validation decision and holding, on the same bars (for reports)."""
+    """Buying at the first gate decision and holding, on the same bars (for reports)."""
     windows: Windows | None = None
+    """Train, validation (checkpoint selection) and gate (``test``) windows."""
+    stress: tuple[dict[str, Any], ...] = ()
+    """The candidate in each stress scenario (:meth:`StressResult.to_dict`)."""
     pid: int | None = None
     """The id of the process that trained the candidate."""
     seconds: float = 0.0
@@ -386,8 +424,13 @@ class RetrainOutcome:
         data["windows"] = (
             None
             if self.windows is None
-            else {"train": list(self.windows.train), "validation": list(self.windows.validation)}
+            else {
+                "train": list(self.windows.train),
+                "validation": list(self.windows.validation),
+                "gate": None if self.windows.test is None else list(self.windows.test),
+            }
         )
+        data["stress"] = [dict(r) for r in self.stress]
         data["swap"] = self.swap
         return data
 
@@ -411,6 +454,9 @@ class ModuleUpdater:
         self.root = Path(cfg.training.models_dir)
         self.schedule = RetrainSchedule(self.root, cfg.market.coins, cfg.updating.every_days)
         self.gate = ValidationGate(cfg.updating.tolerance)
+        self.stress_gate = StressGate(
+            cfg.updating.stress_max_drawdown, cfg.updating.stress_max_loss
+        )
         self.trainer = trainer
         self._cfg_json = cfg.model_dump(mode="json")
         self._executor = executor
@@ -464,6 +510,14 @@ class ModuleUpdater:
     ) -> RetrainOutcome:
         incumbent_id, incumbent_score = result["incumbent_id"], result["incumbent_score"]
         decision = self.gate.decide(result["candidate_score"], incumbent_score)
+        stress = result.get("stress") or []
+        if stress:
+            verdict = self.stress_gate.decide(stress)
+            reasons = (decision.reason, verdict.reason)
+            decision = GateDecision(
+                decision.accepted and verdict.passed,
+                "; ".join(reasons if verdict.passed else reasons[::-1]),
+            )
         if decision.accepted:
             versions.activate(
                 self.root,
@@ -490,7 +544,10 @@ class ModuleUpdater:
             incumbent_id=incumbent_id,
             incumbent_score=incumbent_score,
             buy_and_hold_score=result["buy_and_hold_score"],
-            windows=Windows(tuple(windows["train"]), tuple(windows["validation"])),
+            windows=Windows(
+                tuple(windows["train"]), tuple(windows["validation"]), tuple(windows["gate"])
+            ),
+            stress=tuple(stress),
             pid=result["pid"],
             seconds=time.perf_counter() - started,
         )

@@ -75,3 +75,113 @@ def paper(
     )
     console.print(outcome.table_md.read_text(), soft_wrap=True, highlight=False)
     console.print(f"wrote {outcome.results_json}, {outcome.table_md} and portfolio_*/ reports")
+
+
+@app.command("walkforward")
+def walkforward(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="folder with ohlcv/ and onchain/")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    policy: Annotated[
+        str, typer.Option(help="policy name: cryptorlpm, equal_weight, trend_filter, ...")
+    ] = "cryptorlpm",
+    retrain_every: Annotated[int, typer.Option(help="days between refits", min=1)] = 90,
+    train_days: Annotated[int, typer.Option(help="training days before validation", min=7)] = 120,
+    val_days: Annotated[int, typer.Option(help="validation days before each refit", min=1)] = 30,
+    seeds: Annotated[int, typer.Option(help="number of seeds (1..K)", min=1)] = 5,
+    portfolio: Annotated[
+        list[str] | None, typer.Option(help="a, b or c (repeatable); default all three")
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option(help="first refit YYYY-MM-DD (default: earliest that fits)")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="end of the span YYYY-MM-DD")] = None,
+    prior_trials: Annotated[
+        int, typer.Option(help="trials run before this one, counted in the DSR", min=0)
+    ] = 0,
+    backend: Annotated[
+        str | None, typer.Option(help="override [compute].backend: sequential, process, ray")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="default: the bundled walkforward.toml")
+    ] = None,
+) -> None:
+    """Walk-forward with retraining: folds refit like the Agent Updating Unit, statistics."""
+    import time
+
+    from backtest.compute import ComputeError
+    from backtest.experiment import PORTFOLIOS, DataRangeError
+    from backtest.policies import policy_builder
+    from backtest.walkforward import WalkForwardSpec, run_walkforward, walkforward_config
+    from backtest.wf_report import write_walkforward
+    from bot.timeframes import to_ms
+    from strategies.features.inputs import MissingDataError
+
+    base = load(config or bundled_config_path("walkforward.toml"))
+    if not data_dir.is_dir():
+        fail(f"--data-dir {data_dir}: not a folder")
+    names = tuple(dict.fromkeys(portfolio or ("a", "b", "c")))
+    unknown = [p for p in names if p not in PORTFOLIOS]
+    if unknown:
+        fail(f"--portfolio {unknown[0]!r}: expected one of {list(PORTFOLIOS)}")
+    try:
+        policy_builder(policy)
+    except ValueError as exc:
+        fail(f"--policy: {exc}")
+    if backend is not None and backend not in ("sequential", "process", "ray"):
+        fail(f"--backend {backend!r}: expected sequential, process or ray")
+    bounds = {}
+    for option, text in (("--start", start), ("--end", end)):
+        try:
+            bounds[option] = None if text is None else to_ms(date.fromisoformat(text).isoformat())
+        except ValueError as exc:
+            fail(f"{option} {text!r}: expected YYYY-MM-DD ({exc})")
+    spec = WalkForwardSpec(
+        policy=policy,
+        retrain_every_days=retrain_every,
+        train_days=train_days,
+        val_days=val_days,
+        seeds=tuple(range(1, seeds + 1)),
+        portfolios=names,
+        start_ms=bounds["--start"],
+        end_ms=bounds["--end"],
+        prior_trials=prior_trials,
+    )
+    cfg = walkforward_config(base, out, spec)
+    if backend is not None:
+        cfg = cfg.model_copy(
+            update={"compute": cfg.compute.model_copy(update={"backend": backend})}
+        )
+    console.print(
+        f"compute: {cfg.compute.backend}"
+        + (f" ({cfg.compute.workers} workers)" if cfg.compute.workers else "")
+        + f"; SAM {cfg.agents.sam.total_env_steps} / EAM {cfg.agents.eam.total_env_steps} env "
+        "steps per module"
+    )
+    steps = iter(range(1, 100))
+
+    def step(name: str) -> None:
+        console.rule(f"[bold]{next(steps)} {name}")
+
+    def trained(fold, coin: str, seed: int, seconds: float) -> None:
+        console.print(f"  fold {fold.index} ({fold.label}) {coin} seed {seed}: {seconds:.1f} s")
+
+    def backtested(portfolio: str, name: str, seed: int | None) -> None:
+        console.print(f"  portfolio {portfolio}: {name}" + (f" seed {seed}" if seed else ""))
+
+    started = time.perf_counter()
+    runs = run(
+        lambda: run_walkforward(
+            cfg, data_dir, spec, step=step, on_trained=trained, on_backtest=backtested
+        ),
+        DataRangeError,
+        MissingDataError,
+        ComputeError,
+    )
+    wall = time.perf_counter() - started
+    step("statistics and reports")
+    write_walkforward(runs, out, wall_s=wall)
+    console.print((out / "table.md").read_text(), soft_wrap=True, highlight=False)
+    console.print(
+        f"{runs.trainings} trainings in {runs.training_seconds:.0f} s, {wall:.0f} s in all; "
+        f"wrote {out / 'results.json'}, {out / 'table.md'} and portfolio_*/ reports"
+    )

@@ -79,6 +79,14 @@ class PlacedScenario:
     coins: tuple[str, ...]
 
 
+def scenario_hours(name: str) -> int:
+    """Length of a scenario's window in hours."""
+    spec = _SPECS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown scenario {name!r}; expected one of {SCENARIOS}")
+    return spec.hours
+
+
 def affected_coins(name: str, coins: Sequence[str]) -> tuple[str, ...]:
     """Coins a scenario hits: all for ``covid_crash``, the last for ``luna_collapse``, the first
     for ``flash_crash``."""

@@ -98,6 +98,8 @@ class DaemonLoop:
             if self.host is not None:
                 for line in await self.host.between_cycles(driver.clock.now_ms()):
                     log.info("%s", line)
+                    if ": retraining " in line and "started" not in line:
+                        self._announce("notify", line)  # the gate's verdict and its reason
             try:
                 report = await driver.run_cycle(ts)
             except LiveTradingError as exc:

@@ -66,7 +66,7 @@ async def main() -> None:
         driver = await replay_driver(cfg, store, metrics, COINS, test.start_ms, test.end_ms)
     closes = driver.decision_count
     started = time.perf_counter()
-    await run_backtest(cfg, EqualWeightRebalanced(COINS, "USDT"), driver, name="ew")
+    await run_backtest(cfg, EqualWeightRebalanced(COINS), driver, name="ew")
     engine_only = time.perf_counter() - started
     started = time.perf_counter()
     run = await backtest_vote(cfg, {c: folders[c, 1] for c in COINS}, driver)

@@ -47,7 +47,13 @@ from strategies.updating import (
 from tests.unit.agents.conftest import TINY
 
 UPDATING = UpdatingConfig(
-    enabled=True, every_days=7, train_days=180, validation_days=30, tolerance=0.02
+    enabled=True,
+    every_days=7,
+    train_days=180,
+    validation_days=30,
+    gate_days=30,
+    tolerance=0.02,
+    stress_scenarios=(),  # the stress gate has its own tests (test_stress_gate.py)
 )
 
 
@@ -126,12 +132,12 @@ def test_retrain_windows_roll_with_now_and_end_at_the_last_day_boundary() -> Non
     now = to_ms("2021-09-10") + 13 * HOUR_MS + 17  # mid-day, not on a bar close
     windows = retrain_windows(now, UPDATING, "6h")
     end = to_ms("2021-09-10")
-    assert windows.validation == (end - 30 * DAY_MS, end)
-    assert windows.train == (end - 210 * DAY_MS, end - 30 * DAY_MS)
-    assert windows.test is None
-    assert windows.validation[1] <= now
+    assert windows.test == (end - 30 * DAY_MS, end)  # the gate window
+    assert windows.validation == (end - 60 * DAY_MS, end - 30 * DAY_MS)  # checkpoint selection
+    assert windows.train == (end - 240 * DAY_MS, end - 60 * DAY_MS)
+    assert windows.test[1] <= now
     assert retrain_windows(end, UPDATING, "6h") == windows  # at the boundary itself
-    assert retrain_windows(now + DAY_MS, UPDATING, "6h").validation[1] == end + DAY_MS
+    assert retrain_windows(now + DAY_MS, UPDATING, "6h").test[1] == end + DAY_MS
 
 
 def test_causal_inputs_drop_bars_closing_and_metrics_known_after_the_end() -> None:
@@ -374,8 +380,10 @@ async def test_retraining_runs_in_another_process_while_the_loop_keeps_ticking(
     assert len(gaps) >= 4 and max(gaps) < max(0.5, seconds / 2)
     assert outcome.accepted and outcome.incumbent_id is None and outcome.swap
     card = read_card(outcome.active_folder)
-    # The gate's score is the very measure training reports as the validation score.
-    assert outcome.candidate_score == pytest.approx(card["scores"]["validation"]["sam"], abs=1e-9)
+    # The gate's score is the measure training reports, on the gate window (training's "test"),
+    # not on the validation window the checkpoint was selected on.
+    assert outcome.candidate_score == pytest.approx(card["scores"]["test"]["sam"], abs=1e-9)
+    assert card["data_ranges"]["validation"]["ms"][1] <= outcome.windows.test[0]
     assert card["created_at"].startswith("2021-")  # stamped with the daemon clock, not the wall
     assert card["data_ranges"]["validation"]["ms"][1] <= now
     assert Windows(*[tuple(w) for w in outcome.to_dict()["windows"].values()]) == outcome.windows

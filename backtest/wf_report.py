@@ -1,0 +1,349 @@
+"""The walk-forward's results: statistics, diagnostics, ``results.json``, ``table.md`` and plots.
+
+Per portfolio and run (the policy: its median seed by overall ARR, as in the paper experiment;
+every baseline): ARR, Sortino and Sharpe with circular block-bootstrap 95% intervals over days
+(:mod:`backtest.stats`), MDD, turnover and the PSR against 0. For the policy, also:
+
+* the deflated Sharpe ratio of its best seed (the one a researcher would pick), after
+  ``trials`` = policies x configurations x seeds of this run + the trials declared before it,
+  with ``SR0`` from the variance of the seeds' Sharpe ratios;
+* PBO by CSCV over its seeds (and, separately, over its seeds and every baseline as competing
+  configurations);
+* its edge over 1/N rebalanced and over the trend filter: the difference in ARR and Sharpe of
+  the median seed with a paired block-bootstrap interval, and how many seeds beat each;
+* per-fold metrics and per-module diagnostics (:mod:`backtest.diagnostics`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from backtest import stats
+from backtest.diagnostics import average_diagnostics, flagged, module_diagnostics
+from backtest.experiment import _finite
+from backtest.metrics import compute_metrics, daily_returns
+from backtest.plots import plot_fold_bars
+from backtest.report import write_report
+from backtest.result import RunResult
+from backtest.walkforward import PortfolioRuns, WalkForwardRuns, seed_matrix, slice_run
+
+EDGE_AGAINST = ("equal_weight", "trend_filter")
+BLOCK_DAYS = 10
+RESAMPLES = 2000
+PBO_BLOCKS = 16
+
+
+def trial_count(runs: WalkForwardRuns, configs: int = 1) -> dict[str, int]:
+    """Policies x configurations x seeds of this run, plus the trials declared before it."""
+    seeds = len(runs.spec.seeds)
+    here = 1 * configs * seeds
+    return {
+        "policies": 1,
+        "configs": configs,
+        "seeds": seeds,
+        "this_run": here,
+        "prior": runs.spec.prior_trials,
+        "total": here + runs.spec.prior_trials,
+    }
+
+
+def run_stats(run: RunResult, seed: int = 0) -> dict[str, Any]:
+    """Metrics of one run with bootstrap intervals and PSR."""
+    metrics = compute_metrics(run)
+    returns = daily_returns(run).to_numpy()
+    row: dict[str, Any] = {k: metrics[k] for k in ("arr", "sortino", "sharpe", "mdd", "turnover")}
+    row["fees_share"] = metrics["fees"] / run.initial_cash if run.initial_cash else math.nan
+    row["days"] = metrics["days"]
+    row["ci"] = {
+        name: stats.block_bootstrap_ci(
+            returns, fn, block_days=BLOCK_DAYS, resamples=RESAMPLES, seed=seed
+        ).to_dict()
+        for name, fn in stats.STATISTICS.items()
+    }
+    moments = stats.sharpe_moments(returns)
+    row["psr"] = stats.probabilistic_sharpe_ratio(
+        moments.sharpe, 0.0, moments.n, moments.skew, moments.kurtosis
+    )
+    return row
+
+
+def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[str, Any]:
+    """Everything ``results.json`` holds for one portfolio."""
+    policy = portfolio.policy
+    metrics = {s: compute_metrics(r) for s, r in policy.items()}
+    by_arr = sorted(metrics, key=lambda s: (metrics[s]["arr"], s))
+    median_seed = by_arr[(len(by_arr) - 1) // 2]
+    rows: dict[str, Any] = {runs.spec.policy: run_stats(policy[median_seed])}
+    entry = rows[runs.spec.policy]
+    entry["median_seed"] = median_seed
+    entry["seeds"] = [
+        {"seed": s, **{k: metrics[s][k] for k in ("arr", "sortino", "sharpe", "mdd", "turnover")}}
+        for s in policy
+    ]
+    for baseline in portfolio.baselines:
+        rows[baseline.name] = run_stats(baseline)
+
+    matrix = seed_matrix(policy)
+    trial_sharpes = [stats.sharpe_moments(matrix[:, j]).sharpe for j in range(matrix.shape[1])]
+    best = int(max(range(len(trial_sharpes)), key=lambda j: _finite_or(trial_sharpes[j])))
+    trials = trial_count(runs)
+    dsr = stats.deflated_sharpe_ratio(matrix[:, best], trials["total"], trial_sharpes)
+    dsr["selected_seed"] = list(policy)[best]
+    entry["dsr"] = dsr
+    entry["pbo"] = _pbo(matrix)
+    with_baselines = seed_matrix(
+        {**policy, **{-i - 1: b for i, b in enumerate(portfolio.baselines)}}
+    )
+    entry["pbo_with_baselines"] = _pbo(with_baselines)
+    entry["edge"] = _edges(policy, median_seed, portfolio.baselines)
+    entry["diagnostics"] = _diagnostics(runs, portfolio)
+    return {
+        "coins": list(portfolio.coins),
+        "runs": rows,
+        "folds": _folds(runs, portfolio, median_seed),
+    }
+
+
+def _finite_or(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
+
+
+def _pbo(matrix) -> dict[str, Any]:
+    try:
+        return stats.probability_of_backtest_overfitting(matrix, PBO_BLOCKS).to_dict()
+    except ValueError as exc:
+        return {"pbo": None, "error": str(exc)}
+
+
+def _edges(
+    policy: dict[int, RunResult], median_seed: int, baselines: Sequence[RunResult]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    named = {b.name: b for b in baselines}
+    for name in EDGE_AGAINST:
+        if name not in named:
+            continue
+        other = daily_returns(named[name])
+        mine = daily_returns(policy[median_seed])
+        days = mine.index.intersection(other.index)
+        a, b = mine.loc[days].to_numpy(), other.loc[days].to_numpy()
+        base = compute_metrics(named[name])
+        out[name] = {
+            diff: stats.paired_bootstrap_ci(
+                a, b, stats.STATISTICS[diff], block_days=BLOCK_DAYS, resamples=RESAMPLES
+            ).to_dict()
+            for diff in ("arr", "sharpe")
+        }
+        out[name]["seeds_beating_arr"] = sum(
+            compute_metrics(r)["arr"] > base["arr"] for r in policy.values()
+        )
+        out[name]["seeds_beating_sharpe"] = sum(
+            _finite_or(compute_metrics(r)["sharpe"]) > _finite_or(base["sharpe"])
+            for r in policy.values()
+        )
+        out[name]["seeds"] = len(policy)
+    return out
+
+
+def _diagnostics(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[str, Any]:
+    start, end = runs.folds[0].start_ms, runs.folds[-1].end_ms
+    per_seed = [
+        module_diagnostics(
+            portfolio.decisions[s],
+            portfolio.policy[s],
+            start_ms=start,
+            end_ms=end,
+            untrained=portfolio.untrained.get(s),
+        )
+        for s in portfolio.policy
+    ]
+    return {
+        "per_seed": {str(s): d for s, d in zip(portfolio.policy, per_seed, strict=True)},
+        "mean": average_diagnostics(per_seed),
+        "flagged": {str(s): flagged(d) for s, d in zip(portfolio.policy, per_seed, strict=True)},
+    }
+
+
+def _folds(runs: WalkForwardRuns, portfolio: PortfolioRuns, median_seed: int) -> list[dict]:
+    out = []
+    for fold in runs.folds:
+        cut = {
+            s: compute_metrics(slice_run(r, fold.start_ms, fold.end_ms))
+            for s, r in portfolio.policy.items()
+        }
+        row: dict[str, Any] = {
+            "index": fold.index,
+            "span": fold.label,
+            "train": [fold.train[0], fold.train[1]],
+            "validation": [fold.validation[0], fold.validation[1]],
+            runs.spec.policy: {
+                k: statistics.median(float(m[k]) for m in cut.values())
+                for k in ("arr", "sharpe", "mdd")
+            },
+            f"{runs.spec.policy}_seeds": {str(s): m["arr"] for s, m in cut.items()},
+        }
+        for baseline in portfolio.baselines:
+            m = compute_metrics(slice_run(baseline, fold.start_ms, fold.end_ms))
+            row[baseline.name] = {k: m[k] for k in ("arr", "sharpe", "mdd")}
+        out.append(row)
+    return out
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) -> dict[str, Any]:
+    """Write ``results.json``, ``table.md`` and one report folder per portfolio (plots, per-fold
+    bars); return the results document."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = runs.spec
+    portfolios = {}
+    for portfolio in runs.portfolios:
+        result = portfolio_results(runs, portfolio)
+        portfolios[portfolio.name] = result
+        folder = out_dir / f"portfolio_{portfolio.name}"
+        median_seed = result["runs"][spec.policy]["median_seed"]
+        write_report(
+            folder,
+            portfolio.policy[median_seed],
+            portfolio.baselines,
+            title=f"Walk-forward, portfolio {portfolio.name}: {', '.join(portfolio.coins)}",
+            notes=[
+                f"{spec.policy}: seed {median_seed} of {list(spec.seeds)} (median ARR).",
+                *runs.notes,
+            ],
+        )
+        names = [spec.policy, *(b.name for b in portfolio.baselines)]
+        plot_fold_bars(
+            [f["span"] for f in result["folds"]],
+            {n: [f[n]["arr"] for f in result["folds"]] for n in names},
+            folder / "folds.png",
+            title=f"Portfolio {portfolio.name}: return per fold ({spec.policy}: median of seeds)",
+        )
+    document = {
+        "policy": spec.policy,
+        "spec": {
+            "retrain_every_days": spec.retrain_every_days,
+            "train_days": spec.train_days,
+            "val_days": spec.val_days,
+            "seeds": list(spec.seeds),
+            "portfolios": list(spec.portfolios),
+        },
+        "folds": [
+            {"index": f.index, "span": f.label, "start_ms": f.start_ms, "end_ms": f.end_ms}
+            for f in runs.folds
+        ],
+        "trials": trial_count(runs),
+        "trainings": runs.trainings,
+        "training_seconds": runs.training_seconds,
+        "backtest_seconds": runs.backtest_seconds,
+        "wall_seconds": wall_s,
+        "bootstrap": {"block_days": BLOCK_DAYS, "resamples": RESAMPLES, "level": 0.95},
+        "notes": runs.notes,
+        "portfolios": portfolios,
+    }
+    (out_dir / "results.json").write_text(
+        json.dumps(_finite(document), indent=1, allow_nan=False) + "\n"
+    )
+    (out_dir / "table.md").write_text(walkforward_markdown(document))
+    return document
+
+
+def _ci(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = row.get(key)
+    ci = row["ci"][key]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    low, high = ci["low"], ci["high"]
+    bounds = "" if low is None or math.isnan(low) else f" [{fmt.format(low)}, {fmt.format(high)}]"
+    return fmt.format(value) + bounds
+
+
+def _num(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return fmt.format(value)
+
+
+def walkforward_markdown(document: dict[str, Any]) -> str:
+    """The walk-forward table, one block per portfolio, plus the edge and diagnostics lines."""
+    policy, trials, spec = document["policy"], document["trials"], document["spec"]
+    lines = [
+        f"# Walk-forward: {policy}",
+        "",
+        f"Refit every {spec['retrain_every_days']} days on the {spec['train_days']} training "
+        f"days before the last {spec['val_days']} validation days; folds: "
+        + ", ".join(f["span"] for f in document["folds"])
+        + f". Seeds {spec['seeds']}; {policy} row = the median seed by ARR. 95% circular "
+        f"block-bootstrap intervals ({document['bootstrap']['block_days']}-day blocks). "
+        f"Trials counted for the DSR: {trials['total']} ({trials['policies']} policy x "
+        f"{trials['configs']} config x {trials['seeds']} seeds + {trials['prior']} before).",
+        "",
+        *(f"> {n}" for n in document["notes"]),
+    ]
+    for name, result in document["portfolios"].items():
+        lines += ["", f"## Portfolio {name}: {', '.join(result['coins'])}", ""]
+        lines.append(
+            "| run | ARR [95% CI] | Sortino [95% CI] | Sharpe [95% CI] | MDD | Turnover "
+            "| PSR | DSR | PBO |"
+        )
+        lines.append("| :-- | --: | --: | --: | --: | --: | --: | --: | --: |")
+        for run, row in result["runs"].items():
+            dsr = _num(row["dsr"]["dsr"], "{:.2f}") if "dsr" in row else ""
+            pbo = _num(row["pbo"].get("pbo"), "{:.2f}") if "pbo" in row else ""
+            lines.append(
+                f"| {run} | {_ci(row, 'arr', '{:+.1%}')} | {_ci(row, 'sortino', '{:.2f}')} | "
+                f"{_ci(row, 'sharpe', '{:.2f}')} | {_num(row['mdd'], '{:.1%}')} | "
+                f"{_num(row['turnover'], '{:.1f}')} | {_num(row['psr'], '{:.2f}')} | {dsr} | "
+                f"{pbo} |"
+            )
+        entry = result["runs"][policy]
+        lines.append("")
+        for other, edge in entry.get("edge", {}).items():
+            lines.append(
+                f"- {policy} minus {other}: ARR {_num(edge['arr']['estimate'], '{:+.1%}')} "
+                f"[{_num(edge['arr']['low'], '{:+.1%}')}, {_num(edge['arr']['high'], '{:+.1%}')}]"
+                f", Sharpe {_num(edge['sharpe']['estimate'], '{:+.2f}')} "
+                f"[{_num(edge['sharpe']['low'], '{:+.2f}')}, "
+                f"{_num(edge['sharpe']['high'], '{:+.2f}')}]; seeds beating it: ARR "
+                f"{edge['seeds_beating_arr']}/{edge['seeds']}, Sharpe "
+                f"{edge['seeds_beating_sharpe']}/{edge['seeds']}"
+            )
+        dsr = entry["dsr"]
+        lines.append(
+            f"- DSR of the best seed ({dsr['selected_seed']}): {_num(dsr['dsr'], '{:.3f}')} "
+            f"(SR0 {_num(dsr['sr0'], '{:.4f}')}/day, its SR {_num(dsr['sharpe'], '{:.4f}')}/day, "
+            f"skew {_num(dsr['skew'], '{:.2f}')}, raw kurtosis {_num(dsr['kurtosis'], '{:.2f}')}); "
+            f"PBO over seeds {_num(entry['pbo'].get('pbo'), '{:.2f}')}, over seeds and baselines "
+            f"{_num(entry['pbo_with_baselines'].get('pbo'), '{:.2f}')}"
+        )
+        diag = entry["diagnostics"]["mean"]
+        lines.append(
+            "- modules (mean over seeds): "
+            + "; ".join(
+                f"{coin} in coin {d['coin_share']:.0%}, {d['flips_per_month']:.1f} flips/month, "
+                f"turnover {d['turnover']:.1f}x, fees {d['fees_share']:.1%} of capital"
+                + (
+                    f", flagged in {d['degenerate_seeds']} seed(s): {', '.join(d['reasons'])}"
+                    if d["degenerate_seeds"]
+                    else ""
+                )
+                for coin, d in diag.items()
+            )
+        )
+        lines += ["", "Per fold (ARR; " + policy + " = median of seeds):", ""]
+        names = list(result["runs"])
+        lines.append("| fold | " + " | ".join(names) + " |")
+        lines.append("| :-- | " + " | ".join("--:" for _ in names) + " |")
+        for fold in result["folds"]:
+            lines.append(
+                f"| {fold['span']} | "
+                + " | ".join(_num(fold[n]["arr"], "{:+.1%}") for n in names)
+                + " |"
+            )
+    return "\n".join(lines) + "\n"

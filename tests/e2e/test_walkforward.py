@@ -1,0 +1,89 @@
+"""``cryptorlpm experiment walkforward`` end to end on a small generated ohlcv/ + onchain/ folder:
+folds refit on data known then, every baseline, statistics and reports written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import cryptorlpm
+from tests.e2e.test_experiment import TINY_AGENTS, data_dir  # noqa: F401 (fixture)
+
+SEQUENTIAL = '\n[compute]\nbackend = "sequential"\n'
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("wf_cfg") / "tiny.toml"
+    paper = Path("config/paper.toml").read_text().split("[training]")[0]
+    path.write_text(paper + TINY_AGENTS + SEQUENTIAL)
+    return path
+
+
+async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
+    tmp_path: Path,
+    data_dir: Path,  # noqa: F811
+    tiny_config: Path,
+) -> None:
+    out = tmp_path / "wf"
+    code, text = await cryptorlpm(
+        "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(out),
+        "--policy", "cryptorlpm", "--retrain-every", "90", "--train-days", "90",
+        "--val-days", "30", "--seeds", "2", "--portfolio", "a", "--start", "2021-07-02",
+        "--end", "2021-12-29", "--config", str(tiny_config),
+    )  # fmt: skip
+    assert code == 0, text
+    results = json.loads((out / "results.json").read_text())
+    assert [f["span"] for f in results["folds"]] == [
+        "2021-07-02..2021-09-30",
+        "2021-09-30..2021-12-29",
+    ]
+    assert results["trainings"] == len(results["folds"]) * 2 * 2  # folds x coins x seeds
+    assert results["trials"]["total"] == 2
+    runs = results["portfolios"]["a"]["runs"]
+    assert list(runs) == [
+        "cryptorlpm", "bh_BTC", "bh_STORJ", "equal_weight", "equal_weight_bh", "trend_filter",
+    ]  # fmt: skip
+    vote = runs["cryptorlpm"]
+    for key in ("arr", "sortino", "sharpe"):
+        ci = runs["equal_weight"]["ci"][key]
+        assert ci["low"] <= ci["estimate"] <= ci["high"]
+    assert 0.0 <= vote["dsr"]["dsr"] <= 1.0 and vote["dsr"]["trials"] == 2
+    assert 0.0 <= vote["pbo"]["pbo"] <= 1.0
+    assert set(vote["edge"]) == {"equal_weight", "trend_filter"}
+    assert set(vote["diagnostics"]["mean"]) == {"BTC", "STORJ"}
+    folds = results["portfolios"]["a"]["folds"]
+    assert len(folds) == len(results["folds"]) and "trend_filter" in folds[0]
+    for name in ("folds.png", "cumulative_returns.png", "summary.html"):
+        assert (out / "portfolio_a" / name).stat().st_size > 0
+    table = (out / "table.md").read_text()
+    assert "| cryptorlpm |" in table and "DSR" in table and "PBO" in table
+    # every fold's modules were trained on data that ended at its refit
+    cards = sorted((out / "models").glob("fold_*/*/*/cm.json"))
+    assert len(cards) == results["trainings"]
+    for card_path in cards:
+        card = json.loads(card_path.read_text())
+        fold = int(card_path.parts[-4].split("_")[1])
+        assert card["data_ranges"]["bars"]["ms"][1] <= results["folds"][fold]["start_ms"]
+
+
+async def test_an_unknown_policy_is_a_one_line_error(tmp_path: Path, data_dir: Path) -> None:  # noqa: F811
+    code, text = await cryptorlpm(
+        "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(tmp_path),
+        "--policy", "magic",
+    )  # fmt: skip
+    assert code == 2 and "unknown policy 'magic'" in text and "Traceback" not in text
+
+
+async def test_a_first_fold_without_enough_training_data_is_said_plainly(
+    tmp_path: Path,
+    data_dir: Path,  # noqa: F811
+    tiny_config: Path,
+) -> None:
+    code, text = await cryptorlpm(
+        "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(tmp_path),
+        "--start", "2021-02-15", "--portfolio", "a", "--config", str(tiny_config),
+    )  # fmt: skip
+    assert code == 2 and "fewer than 30" in text and "Traceback" not in text

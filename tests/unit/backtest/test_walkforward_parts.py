@@ -1,0 +1,149 @@
+"""The walk-forward's parts: the trend filter baseline, the policy registry, fold planning, run
+slicing and the per-module diagnostics."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from backtest.diagnostics import degenerate_reason, module_diagnostics
+from backtest.policies import (
+    PolicyBuilder,
+    PolicyContext,
+    baseline_names,
+    policy_builder,
+    policy_names,
+    register_policy,
+)
+from backtest.replay import ReplayDriver
+from backtest.result import RunResult
+from backtest.run import run_backtest
+from backtest.walkforward import plan_folds, slice_run
+from bot.engine import Account, DecisionContext, Instant
+from bot.events import Bar, ModuleDecision
+from bot.timeframes import DAY_MS, HOUR_MS, to_ms
+from config.schema import AppConfig, BrokerConfig, MarketConfig, MarketRulesConfig
+from strategies.baselines import TrendFilter, baselines
+
+T0 = to_ms("2021-01-01")
+
+
+def bar(ts_index: int, close: float, symbol: str = "BTC/USDT") -> Bar:
+    open_time = T0 + ts_index * DAY_MS
+    return Bar(open_time + DAY_MS, "x", symbol, "1d", open_time, close, close, close, close, 1.0)
+
+
+def test_trend_filter_holds_a_coin_only_above_its_mean_of_the_last_n_days() -> None:
+    """BTC closes 1, 2, 3 (above its 3-day mean 2), then 1 (below its mean 2); ETH is flat."""
+    trend = TrendFilter(["BTC", "ETH"], "1d", days=3)
+    account = Account("USDT", 1.0)
+    weights = []
+    for i, close in enumerate([1.0, 2.0, 3.0, 1.0]):
+        instant = Instant(T0 + (i + 1) * DAY_MS, (), (bar(i, close), bar(i, 5.0, "ETH/USDT")))
+        weights.append(trend.decide(DecisionContext(instant, account)))
+    assert weights[0] == {}  # one close: no full window yet (all cash)
+    assert weights[1] == {}
+    assert weights[2] == {"BTC": 0.5}  # 3 > mean(1, 2, 3); flat ETH is not above
+    assert weights[3] == {}  # 1 < mean(2, 3, 1)
+    assert trend.name == "trend_filter"
+
+
+async def test_trend_filter_runs_through_the_engine_and_joins_the_baselines() -> None:
+    closes = [100.0] * 30 + [100.0 + i for i in range(1, 31)] + [130.0 - 2 * i for i in range(30)]
+    frame = pd.DataFrame(
+        {
+            "open_time": [T0 + i * 6 * HOUR_MS for i in range(len(closes))],
+            "open": closes,
+            "high": closes,
+            "low": closes,
+            "close": closes,
+            "volume": 1.0,
+        }
+    )
+    cfg = AppConfig(
+        market=MarketConfig(coins=("BTC",), timeframe="6h"),
+        broker=BrokerConfig(
+            initial_cash=1000.0,
+            default_rules=MarketRulesConfig(step_size=0.0001, tick_size=0.01, min_notional=1.0),
+        ),
+    )
+    driver = ReplayDriver({"BTC/USDT": frame}, exchange="x", timeframe="6h")
+    result = await run_backtest(cfg, TrendFilter(["BTC"], "6h", 2), driver, name="t")
+    held = result.weights["BTC"].to_numpy()
+    assert held[:30].max() == 0.0  # flat: never strictly above its mean
+    assert held[40:60].min() > 0.9  # the rise is held
+    assert held[-10:].max() == 0.0  # the fall is sold
+    names = [p.name for p in baselines(["BTC", "ETH"], "6h", 20)]
+    assert names == ["bh_BTC", "bh_ETH", "equal_weight", "equal_weight_bh", "trend_filter"]
+    assert baseline_names(["BTC", "ETH"]) == names
+
+
+def test_policies_are_names_in_a_registry_of_builders() -> None:
+    assert {"cryptorlpm", "equal_weight", "equal_weight_bh", "trend_filter"} <= set(policy_names())
+    assert policy_builder("cryptorlpm").trains and not policy_builder("trend_filter").trains
+    cfg = AppConfig(market=MarketConfig(coins=("BTC",)))
+    assert policy_builder("bh_BTC").build(PolicyContext(cfg, ("BTC",))).name == "bh_BTC"
+    with pytest.raises(ValueError, match="unknown policy 'mars'"):
+        policy_builder("mars")
+    register_policy(PolicyBuilder("test_only_cash", False, lambda ctx: None, "for this test"))
+    assert policy_builder("test_only_cash").description == "for this test"
+    with pytest.raises(ValueError, match="already registered"):
+        register_policy(PolicyBuilder("test_only_cash", False, lambda ctx: None))
+
+
+def test_folds_roll_every_n_days_with_train_and_validation_before_each_refit() -> None:
+    folds = plan_folds(to_ms("2021-01-01"), to_ms("2021-07-15"), 90, 120, 30)
+    assert [f.label for f in folds] == [
+        "2021-01-01..2021-04-01",
+        "2021-04-01..2021-06-30",
+        "2021-06-30..2021-07-15",
+    ]
+    first = folds[0]
+    assert first.validation == (to_ms("2020-12-02"), to_ms("2021-01-01"))
+    assert first.train == (to_ms("2020-08-04"), to_ms("2020-12-02"))
+    assert all(f.validation[1] == f.start_ms for f in folds)  # nothing after the refit
+
+
+def _run(equity: list[float], trades: list[dict]) -> RunResult:
+    index = pd.Index([T0 + i * DAY_MS for i in range(len(equity))])
+    frame = pd.DataFrame(
+        trades,
+        columns=[
+            "ts", "client_order_id", "symbol", "side", "amount", "price", "fee", "fee_asset",
+            "notional",
+        ],
+    )  # fmt: skip
+    return RunResult(
+        "p", "1d", "USDT", equity[0], pd.Series(equity, index=index, dtype=float),
+        pd.DataFrame(index=index), frame, pd.DataFrame(), pd.DataFrame(), 0.0,
+    )  # fmt: skip
+
+
+def test_a_fold_slice_starts_from_the_equity_at_the_refit() -> None:
+    run = _run([100, 110, 121, 100, 90], [])
+    cut = slice_run(run, T0 + 2 * DAY_MS, T0 + 4 * DAY_MS)
+    assert cut.equity.tolist() == [121, 100, 90] and cut.initial_cash == 121
+
+
+def test_module_diagnostics_count_time_in_coin_flips_turnover_and_flag_degenerates() -> None:
+    held = [0, 1, 1, 0, 1, 1, 1, 0]
+    decisions = [
+        ModuleDecision(T0 + i * DAY_MS, "m", "BTC", 1.0 - h, float(h)) for i, h in enumerate(held)
+    ]
+    decisions += [ModuleDecision(T0 + i * DAY_MS, "n", "ETH", 1.0, 0.0) for i in range(8)]
+    trades = [
+        {"ts": T0, "client_order_id": "a", "symbol": "BTC/USDT", "side": "buy", "amount": 1.0,
+         "price": 50.0, "fee": 0.05, "fee_asset": "USDT", "notional": 50.0},
+        {"ts": T0, "client_order_id": "b", "symbol": "BTC/USDT", "side": "sell", "amount": 1.0,
+         "price": 50.0, "fee": 0.001, "fee_asset": "BTC", "notional": 50.0},
+    ]  # fmt: skip
+    run = _run([100.0] * 8, trades)
+    out = module_diagnostics(decisions, run, untrained={"BTC": True})
+    btc, eth = out["BTC"], out["ETH"]
+    assert btc["coin_share"] == 5 / 8 and btc["flips"] == 4
+    assert btc["flips_per_month"] == pytest.approx(4 * 30 / 7)
+    assert btc["turnover"] == pytest.approx(1.0)  # 100 traded over a mean equity of 100
+    assert btc["fees_share"] == pytest.approx((0.05 + 0.001 * 50) / 100)
+    assert btc["degenerate"] == "untrained checkpoint"
+    assert eth["degenerate"] == "never trades" and eth["turnover"] == 0.0
+    assert degenerate_reason(1.0, False) == "always in" and degenerate_reason(0.5, False) is None
