@@ -104,6 +104,22 @@ def create_exchange(
     return exchange
 
 
+def spot_stream_url(cfg: ExchangeConfig) -> str | None:
+    """The spot market-data websocket URL ccxt.pro lists for ``cfg`` (testnet in sandbox mode,
+    moved to ``api_url`` like every other URL), or ``None`` when the exchange has none."""
+    exchange_class = getattr(ccxt_pro, cfg.id, None)
+    if exchange_class is None:
+        return None
+    exchange = exchange_class({"options": _single_request_market_options(cfg.id)})
+    if cfg.sandbox:
+        exchange.set_sandbox_mode(True)
+    ws = exchange.urls.get("api", {}).get("ws")
+    url = ws.get("spot") if isinstance(ws, dict) else ws
+    if not isinstance(url, str):
+        return None
+    return rewrite_api_urls(url, cfg.api_url) if cfg.api_url else url
+
+
 def _single_request_market_options(exchange_id: str) -> dict[str, Any]:
     """Options that keep ``load_markets`` to one request on Binance-family exchanges."""
     if not exchange_id.startswith("binance"):

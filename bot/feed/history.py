@@ -34,7 +34,7 @@ from bot.feed.retry import (
     call_with_retries,
     retry_after_from,
 )
-from bot.feed.validation import validate_candles
+from bot.feed.validation import Candle, validate_candle_rows
 from bot.store.market import MarketStore, candle_frame
 from bot.timeframes import CandleGrid, ms_to_iso
 
@@ -218,9 +218,42 @@ async def closed_candle_pages(
     base_delay_s: float = 1.0,
     max_wait_s: float = DEFAULT_MAX_WAIT_S,
 ) -> AsyncIterator[pd.DataFrame]:
+    """:func:`closed_candle_rows` as frames of ``CANDLE_COLUMNS`` (``open_time`` int64), for
+    stores that write whole pages."""
+    async for rows in closed_candle_rows(
+        exchange,
+        symbol=symbol,
+        timeframe=timeframe,
+        start_ms=start_ms,
+        last_open_ms=last_open_ms,
+        source=source,
+        exchange_time=exchange_time,
+        limit=limit,
+        max_retries=max_retries,
+        base_delay_s=base_delay_s,
+        max_wait_s=max_wait_s,
+    ):
+        yield candle_frame(rows)
+
+
+async def closed_candle_rows(
+    exchange: Any,
+    *,
+    symbol: str,
+    timeframe: str,
+    start_ms: int,
+    last_open_ms: int,
+    source: str,
+    exchange_time: ExchangeTime,
+    limit: int = 1000,
+    max_retries: int = 5,
+    base_delay_s: float = 1.0,
+    max_wait_s: float = DEFAULT_MAX_WAIT_S,
+) -> AsyncIterator[list[Candle]]:
     """Validated pages of the closed candles with ``start_ms <= open_time <= last_open_ms``.
 
-    Each page is a frame of ``CANDLE_COLUMNS`` (``open_time`` int64). Each request asks for the
+    Each page is a list of :data:`~bot.feed.validation.Candle` tuples in open-time order (no
+    frame is built: a live cycle fetches one or two candles per coin). Each request asks for the
     candles up to one past ``last_open_ms``, so that the answer can prove the newest wanted one
     closed; a candle without a later one in its answer is kept only when ``await
     exchange_time()`` (asked only then) has reached its close, and the walk ends there otherwise.
@@ -244,14 +277,14 @@ async def closed_candle_pages(
             max_wait_s=max_wait_s,
             retry_after=retry_after_from(exchange),
         )
-        times = [int(row[0]) for row in page if row and row[0] is not None]
-        rows = [row for row in page if row and row[0] is not None]
-        rows = [row for row in rows if cursor <= row[0] <= last_open_ms]
+        present = [row for row in page if row and row[0] is not None]
+        latest = max((int(row[0]) for row in present), default=None)
+        rows = [row for row in present if cursor <= row[0] <= last_open_ms]
         unproven = False
         if rows:
             newest = max(int(row[0]) for row in rows)
             close = newest + grid.step
-            if not any(t > newest for t in times):
+            if latest is not None and latest <= newest:
                 if known_time is None or known_time < close:
                     known_time = int(await exchange_time())
                 if known_time < close:
@@ -266,15 +299,11 @@ async def closed_candle_pages(
                 len(page),
             )
             return
-        frame = candle_frame(rows)
-        validate_candles(
-            frame,
-            f"{source} page from {ms_to_iso(cursor)}",
-            first_line=None,
-            timeframe=timeframe,
+        candles = validate_candle_rows(
+            rows, f"{source} page from {ms_to_iso(cursor)}", timeframe=timeframe
         )
-        cursor = int(frame["open_time"].iloc[-1]) + grid.step
-        yield frame
+        cursor = candles[-1][0] + grid.step
+        yield candles
         if unproven:
             return
 

@@ -12,6 +12,7 @@ and name the row's open time instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -294,3 +295,102 @@ def _day_text(ms: float) -> str:
 
 def _row_text(row: int, first_line: int | None) -> str:
     return f"row {row}" if first_line is None else f"line {first_line + row}"
+
+
+Candle = tuple[int, float, float, float, float, float]
+"""A candle as a plain tuple ``(open_time, open, high, low, close, volume)``."""
+
+
+def candle_problem(row: Sequence[object], grid: CandleGrid | None = None) -> tuple[str, str] | None:
+    """``(field, reason)`` for the first thing wrong with one candle row, or ``None``.
+
+    The same rules as :func:`validate_candles` (every field a finite number, prices > 0, volume
+    >= 0, high and low around open and close, a whole open time on ``grid``), in plain Python:
+    the few candles a live cycle receives are checked without building a frame.
+    """
+    if len(row) < 6:
+        return "open_time", f"expected 6 fields (open_time, o, h, l, c, v), got {len(row)}"
+    values = []
+    for name, raw in zip(CANDLE_COLUMNS, row, strict=False):
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return name, f"{name} is missing"
+        if isinstance(raw, bool):
+            return name, f"{name} {raw!r} is not a number"
+        try:
+            value = float(raw)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return name, f"{name} {raw!r} is not a number"
+        if math.isnan(value):
+            return name, f"{name} is missing"
+        if math.isinf(value):
+            return name, f"{name} {_num(value)} is not finite"
+        values.append(value)
+    open_time, open_, high, low, close, volume = values
+    for name, value in zip(PRICE_FIELDS, (open_, high, low, close), strict=True):
+        if value <= 0:
+            return name, f"{name} {_num(value)} <= 0"
+    if volume < 0:
+        return "volume", f"volume {_num(volume)} < 0"
+    if high < low:
+        return "high", f"high {_num(high)} < low {_num(low)}"
+    if high < max(open_, close):
+        return "high", f"high {_num(high)} < max(open, close) {_num(max(open_, close))}"
+    if low > min(open_, close):
+        return "low", f"low {_num(low)} > min(open, close) {_num(min(open_, close))}"
+    if open_time != math.floor(open_time):
+        return "open_time", f"open_time {_num(open_time)} is not a whole number of milliseconds"
+    if grid is not None and not grid.is_aligned(int(open_time)):
+        return "open_time", (
+            f"open_time {_ms_text(open_time)} is not aligned to the {grid.describe()}"
+        )
+    return None
+
+
+def validate_candle_rows(
+    rows: Sequence[Sequence[object]], source: str, timeframe: str | None = None
+) -> list[Candle]:
+    """``rows`` as checked :data:`Candle` tuples, in plain Python (no frame is built).
+
+    Raises :class:`DataValidationError` for the first bad row with the same field and reason
+    :func:`validate_candles` gives a feed (``first_line=None``): a bad field, or an open time
+    that repeats or goes back.
+    """
+    grid = CandleGrid(timeframe) if timeframe is not None else None
+    candles: list[Candle] = []
+    seen: dict[int, int] = {}
+    for i, row in enumerate(rows):
+        problem = candle_problem(row, grid)
+        if problem is None:
+            t = int(float(row[0]))  # type: ignore[arg-type]
+            if t in seen:
+                problem = (
+                    "open_time",
+                    (f"duplicate open_time {_ms_text(t)} (first at row {seen[t]})"),
+                )
+            elif candles and t < candles[-1][0]:
+                problem = (
+                    "open_time",
+                    (
+                        f"out of order open_time {_ms_text(t)} after "
+                        f"{_ms_text(candles[-1][0])} (row {i - 1})"
+                    ),
+                )
+        if problem is not None:
+            field, reason = problem
+            reason = f"row {i}: {reason}"
+            opened = _as_float(row[0]) if len(row) else math.nan
+            if math.isfinite(opened):
+                reason += f" (open_time {_ms_text(opened)})"
+            raise DataValidationError(source, None, field, reason)
+        seen[t] = i
+        candles.append(
+            (t, float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5]))  # type: ignore[arg-type]
+        )
+    return candles
+
+
+def _as_float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan

@@ -16,10 +16,16 @@ plain HTTP on ``fake.url`` (ccxt then maps some codes differently). It answers:
   (Binance semantics: ``startTime``/``endTime`` bound the open time, ``limit`` defaults to 500,
   at most 1000; 12-field rows with prices as strings; nothing that opens after ``now_ms``, but
   the candle still open at ``now_ms`` is returned, as Binance does);
-- the kline websocket on any path (ccxt.pro opens ``<ws url>/0``, here ``/stream/ws/0``):
-  ``SUBSCRIBE``/``UNSUBSCRIBE``/``LIST_SUBSCRIPTIONS`` are answered ``{"result": .., "id": ..}``;
-  :meth:`FakeBinance.push_kline` sends kline events, :meth:`FakeBinance.drop_websockets` closes
-  every socket.
+- the kline websocket on any path: Binance's combined stream (``/stream?streams=a/b``,
+  payloads wrapped in ``{"stream": .., "data": ..}``), the raw ``/ws/<stream>`` endpoint, and
+  ``SUBSCRIBE``/``UNSUBSCRIBE``/``LIST_SUBSCRIPTIONS`` answered ``{"result": .., "id": ..}``
+  (what ccxt.pro sends). :meth:`FakeBinance.push_kline` sends kline events (closed or not, any
+  event time, duplicates); :meth:`FakeBinance.stream_klines` pushes every close as the clock
+  passes it; :meth:`FakeBinance.drop_websockets` closes every socket,
+  :meth:`FakeBinance.expire_websockets` the ones older than 24 h (Binance's limit),
+  :meth:`FakeBinance.stall_websockets` silences the open ones, and
+  :meth:`FakeBinance.ping_websockets` pings them (Binance pings every 20 s; :attr:`pongs`
+  counts the answers).
 
 Everything the exchange knows lives in one :class:`ExchangeState` (clock, markets, candles,
 faults, request log). Endpoints are entries of a routes table keyed by ``(method, path)``, so
@@ -107,6 +113,8 @@ WEIGHTS = {
     ("GET", "/api/v3/ticker/price"): 2,
 }
 WEIGHT_WINDOW_MS = 60_000
+WS_MAX_AGE_MS = 24 * 3_600_000
+"""Binance closes every websocket connection after 24 hours."""
 HOST = "testnet.binance.vision"
 """The host name the TLS fake answers as (what ccxt's sandbox mode uses for spot)."""
 
@@ -161,6 +169,17 @@ class Fault:
     delay_s: float = 0.0
     processed: bool = False
     """The request is handled (an order is placed) and only its answer is replaced."""
+
+
+@dataclass
+class _Socket:
+    """One websocket connection: its streams, whether it is a combined stream (payloads
+    wrapped in ``{"stream", "data"}``), when it opened (exchange ms), whether it stalled."""
+
+    streams: set[str]
+    combined: bool
+    opened_ms: int
+    stalled: bool = False
 
 
 @dataclass(frozen=True)
@@ -296,8 +315,18 @@ class FakeBinance(TradingMixin):
         }
         self.routes.update(self._init_trading())
         self.weight_limit: int | None = None
-        self._sockets: dict[web.WebSocketResponse, set[str]] = {}
+        self._sockets: dict[web.WebSocketResponse, _Socket] = {}
+        self._socket_changed = asyncio.Event()
         self.ws_paths: list[str] = []
+        """Path and query of every websocket connection, in order."""
+        self.pongs = 0
+        """Pong frames received (answers to :meth:`ping_websockets`)."""
+        self.kline_messages = 0
+        """Kline messages sent (one per socket)."""
+        self._auto_interval: str | None = None
+        self._auto_task: asyncio.Future[None] | None = None
+        self._published: dict[str, int] = {}
+        self._publish_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self.url = ""
@@ -337,6 +366,11 @@ class FakeBinance(TradingMixin):
         tb: TracebackType | None,
     ) -> None:
         self._closing.set()  # ends injected delays still in progress
+        if self._auto_task is not None:
+            self._auto_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._auto_task
+            self._auto_task = None
         await self.drop_websockets()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -502,6 +536,8 @@ class FakeBinance(TradingMixin):
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
+        if self._auto_interval is not None:  # the exchange pushes a close before it tells it
+            await self.publish_klines()
         body = await request.text()
         self.state.requests.append(
             RecordedRequest(
@@ -705,19 +741,33 @@ class FakeBinance(TradingMixin):
     # ---- websocket
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        # Pongs are counted, so pings are answered here rather than by aiohttp.
+        ws = web.WebSocketResponse(autoping=False)
         await ws.prepare(request)
-        self.ws_paths.append(request.path)
-        # /ws/<stream> subscribes in the URL, as Binance's raw stream endpoint does.
+        self.ws_paths.append(request.path_qs)
+        # /stream?streams=a/b is Binance's combined stream (payloads wrapped in {"stream",
+        # "data"}); /ws/<stream> subscribes in the URL, as the raw stream endpoint does.
+        combined = request.query.get("streams")
         tail = request.path.rstrip("/").rsplit("/", 1)[-1]
-        self._sockets[ws] = {tail} if "@" in tail else set()
+        if combined is not None:
+            streams = {name for name in combined.split("/") if name}
+        else:
+            streams = {tail} if "@" in tail else set()
+        socket = _Socket(streams, combined is not None, self.now_ms)
+        self._sockets[ws] = socket
+        self._socket_changed.set()
         try:
             async for message in ws:
-                if message.type != WSMsgType.TEXT:
-                    continue
-                await self._ws_command(ws, message.data)
+                if message.type == WSMsgType.PING:
+                    await ws.pong(message.data)
+                elif message.type == WSMsgType.PONG:
+                    self.pongs += 1
+                    self._socket_changed.set()
+                elif message.type == WSMsgType.TEXT:
+                    await self._ws_command(ws, message.data)
         finally:
             self._sockets.pop(ws, None)
+            self._socket_changed.set()
         return ws
 
     async def _ws_command(self, ws: web.WebSocketResponse, text: str) -> None:
@@ -727,10 +777,14 @@ class FakeBinance(TradingMixin):
         except (ValueError, AttributeError):
             await ws.send_json({"error": {"code": 3, "msg": "Invalid JSON"}})
             return
-        streams = self._sockets.setdefault(ws, set())
+        socket = self._sockets.get(ws)
+        if socket is None:
+            return
+        streams = socket.streams
         params = [str(p) for p in command.get("params") or []]
         if method == "SUBSCRIBE":
             streams.update(params)
+            self._socket_changed.set()
             await ws.send_json({"result": None, "id": ident})
         elif method == "UNSUBSCRIBE":
             streams.difference_update(params)
@@ -744,27 +798,47 @@ class FakeBinance(TradingMixin):
 
     def subscribers(self, stream: str) -> int:
         """Open sockets subscribed to ``stream`` (e.g. ``btcusdt@kline_1m``)."""
-        return sum(
-            1 for ws, streams in self._sockets.items() if stream in streams and not ws.closed
-        )
+        return sum(1 for ws, s in self._sockets.items() if stream in s.streams and not ws.closed)
+
+    @property
+    def connections(self) -> int:
+        """Websocket connections accepted so far."""
+        return len(self.ws_paths)
 
     async def wait_subscribed(self, stream: str, count: int = 1, timeout: float = 5.0) -> None:
         """Return once ``count`` open sockets subscribe to ``stream`` (``TimeoutError`` if not)."""
+        await self.wait_sockets(lambda: self.subscribers(stream) >= count, timeout)
+
+    async def wait_sockets(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Return once ``condition()`` holds; it is checked whenever a socket opens, closes,
+        subscribes or answers a ping (``TimeoutError`` after ``timeout``: a hang guard)."""
         async with asyncio.timeout(timeout):
-            while self.subscribers(stream) < count:
-                await asyncio.sleep(0.005)
+            while not condition():
+                self._socket_changed.clear()
+                await self._socket_changed.wait()
 
     async def push_kline(
-        self, symbol: str, interval: str, candle: Sequence[float], closed: bool = False
+        self,
+        symbol: str,
+        interval: str,
+        candle: Sequence[float],
+        closed: bool = False,
+        *,
+        event_ms: int | None = None,
+        store: bool = True,
     ) -> int:
-        """Store ``candle`` (open_time, o, h, l, c, v) and send it as a kline event to every
-        socket subscribed to ``<symbol>@kline_<interval>``; ``closed`` sets Binance's ``x``.
-        Returns the number of sockets it was sent to."""
-        self.upsert_candle(symbol, interval, candle)
+        """Send ``candle`` (open_time, o, h, l, c, v) as a kline event to every socket subscribed
+        to ``<symbol>@kline_<interval>``; ``closed`` sets Binance's ``x``, ``event_ms`` its event
+        time ``E`` (default: the exchange's clock). ``store`` also keeps the candle for REST
+        (``False`` replays an old message, a duplicate, without touching what REST answers).
+        Stalled sockets get nothing. Returns the number of sockets it was sent to."""
+        if store:
+            self.upsert_candle(symbol, interval, candle)
         t, o, h, low, c, v = (float(x) for x in candle)
+        stream = f"{symbol.lower()}@kline_{interval}"
         event = {
             "e": "kline",
-            "E": self.now_ms,
+            "E": self.now_ms if event_ms is None else int(event_ms),
             "s": symbol,
             "k": {
                 "t": int(t),
@@ -786,21 +860,114 @@ class FakeBinance(TradingMixin):
                 "B": "0",
             },
         }
-        stream = f"{symbol.lower()}@kline_{interval}"
-        targets = [
-            ws for ws, streams in self._sockets.items() if stream in streams and not ws.closed
-        ]
-        for ws in targets:
-            await ws.send_json(event)
-        return len(targets)
+        sent = 0
+        for ws, socket in list(self._sockets.items()):
+            if stream not in socket.streams or ws.closed or socket.stalled:
+                continue
+            payload = {"stream": stream, "data": event} if socket.combined else event
+            try:
+                await ws.send_str(json.dumps(payload))
+            except ConnectionError:  # closing under our feet: the client reconnects
+                continue
+            sent += 1
+        self.kline_messages += sent
+        return sent
 
     async def drop_websockets(self, code: int = 1001) -> None:
         """Close every websocket (clients see the connection drop and must reconnect)."""
         sockets = list(self._sockets)
         self._sockets.clear()
+        self._socket_changed.set()
         for ws in sockets:
             if not ws.closed:
                 await ws.close(code=code, message=b"fake Binance dropped the connection")
+
+    async def expire_websockets(self, max_age_ms: int = WS_MAX_AGE_MS) -> int:
+        """Close the sockets open for ``max_age_ms`` or more of the exchange's clock, as Binance
+        closes every connection after 24 hours; returns how many."""
+        old = [
+            ws
+            for ws, socket in self._sockets.items()
+            if self.now_ms - socket.opened_ms >= max_age_ms and not ws.closed
+        ]
+        for ws in old:
+            self._sockets.pop(ws, None)
+            await ws.close(code=1001, message=b"24 hour connection limit")
+        self._socket_changed.set()
+        return len(old)
+
+    def stall_websockets(self) -> int:
+        """The open sockets stay open but receive nothing more (a stalled stream: a client
+        must notice the silence itself); new connections are served. Returns how many."""
+        for socket in self._sockets.values():
+            socket.stalled = True
+        return len(self._sockets)
+
+    async def ping_websockets(self) -> int:
+        """Send a ping frame to every open socket, as Binance does every 20 s (it closes a
+        connection that sends no pong within a minute); :attr:`pongs` counts the answers.
+        Returns the number of pings sent."""
+        sent = 0
+        for ws, socket in list(self._sockets.items()):
+            if not ws.closed and not socket.stalled:
+                await ws.ping(b"fake-binance")
+                sent += 1
+        return sent
+
+    # ---- klines pushed as the clock moves
+
+    def stream_klines(self, interval: str, *, tick_s: float = 0.002) -> None:
+        """Push every subscribed candle of ``interval`` when the exchange's clock passes its
+        close (``x`` true, ``E`` the clock), as Binance does, plus one update when a candle
+        opens. Pushes go out before any REST request is answered and every ``tick_s`` (for an
+        accelerated clock), so a client that learns a close from REST has had its push.
+        A stream's pushes start at the candle forming when it is first seen subscribed."""
+        self._auto_interval = interval
+        if self._auto_task is None:
+            self._auto_task = asyncio.ensure_future(self._auto_loop(tick_s))
+
+    async def _auto_loop(self, tick_s: float) -> None:
+        while not self._closing.is_set():
+            await self.publish_klines()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), tick_s)
+
+    async def publish_klines(self) -> int:
+        """Push what :meth:`stream_klines` owes the subscribers now; returns the messages."""
+        interval = self._auto_interval
+        if interval is None:
+            return 0
+        async with self._publish_lock:
+            step = timeframe_ms(interval)
+            now = self.now_ms
+            forming = now - now % step
+            pushed = 0
+            wanted = {stream for s in self._sockets.values() for stream in s.streams}
+            for symbol in list(self.state.markets):
+                stream = f"{symbol.lower()}@kline_{interval}"
+                if stream not in wanted:
+                    continue
+                rows = self.state.candles.get((symbol, interval))
+                if rows is None or not len(rows):
+                    continue
+                start = self._published.setdefault(stream, forming)
+                if start > forming:
+                    continue
+                times = rows[:, 0]
+                lo = int(np.searchsorted(times, start, side="left"))
+                hi = int(np.searchsorted(times, forming, side="right"))
+                for row in rows[lo:hi]:
+                    t = int(row[0])
+                    closed = t + step <= now
+                    if closed or t >= self._published.get(stream + "#open", -1):
+                        pushed += await self.push_kline(
+                            symbol, interval, row.tolist(), closed, store=False
+                        )
+                    if closed:
+                        self._published[stream] = t + step
+                    else:
+                        self._published[stream + "#open"] = t + 1
+            return pushed
 
 
 def _kline_row(row: np.ndarray, step: int) -> list[Any]:

@@ -8,7 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bot.feed.validation import DataValidationError, validate_candles, validate_metrics
+from bot.feed.validation import (
+    DataValidationError,
+    validate_candle_rows,
+    validate_candles,
+    validate_metrics,
+)
 
 HOUR = 3_600_000
 SOURCE = "data/BTC_USDT-1h.csv"
@@ -207,3 +212,46 @@ def test_weekly_candles_must_open_on_mondays() -> None:
     error = error_of(weeks, timeframe="1w")
     assert (error.line, error.field) == (2, "open_time")
     assert "not aligned to the 1w grid (Mondays 00:00 UTC)" in error.reason
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "value"),
+    [
+        (2, "high", 8.0),
+        (1, "close", np.nan),
+        (4, "open", -1.0),
+        (0, "low", 0.0),
+        (3, "volume", -0.5),
+        (2, "volume", np.inf),
+        (1, "low", 10.5),
+        (3, "open_time", 3 * HOUR + 0.5),
+        (3, "open_time", 2 * HOUR),  # a duplicate
+        (2, "open_time", 0.5 * HOUR),  # out of order, and off the grid
+        (1, "open_time", HOUR + 60_000),  # off the grid
+    ],
+)
+def test_plain_row_validation_reports_what_the_frame_validation_reports(
+    row: int, column: str, value: float
+) -> None:
+    frame = candles()
+    frame[column] = frame[column].astype("float64")
+    frame.loc[row, column] = value
+    expected = error_of(frame, first_line=None, timeframe="1h")
+    rows = frame.to_numpy().tolist()
+    with pytest.raises(DataValidationError) as caught:
+        validate_candle_rows(rows, SOURCE, timeframe="1h")
+    got = caught.value
+    assert (got.source, got.line, got.field, got.reason) == (
+        expected.source,
+        expected.line,
+        expected.field,
+        expected.reason,
+    )
+
+
+def test_plain_row_validation_returns_typed_tuples() -> None:
+    rows = [[0, "10", "12", "9", "11", "5"], [HOUR, 10, 12, 9, 11, 0]]
+    assert validate_candle_rows(rows, SOURCE, timeframe="1h") == [
+        (0, 10.0, 12.0, 9.0, 11.0, 5.0),
+        (HOUR, 10.0, 12.0, 9.0, 11.0, 0.0),
+    ]
