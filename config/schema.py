@@ -434,6 +434,22 @@ class LiveConfig(Section):
     clock that drifts or a suspended host is noticed within this)."""
     max_cycles: int | None = Field(None, ge=1)
     """Stop after this many cycles (tests, benchmarks); None runs until stopped."""
+    bar_source: Literal["websocket", "rest"] = "websocket"
+    """Where closed bars come from: the exchange's kline websocket (Binance's combined stream;
+    REST fills gaps, backfills after a reconnect and stands in for a late bar), or REST alone."""
+    stream_stall_s: float = Field(30.0, gt=0)
+    """A kline websocket with no message for this long is taken as dropped and replaced."""
+    stream_reconnect_s: float = Field(1.0, gt=0)
+    """First wait before reconnecting a dropped kline websocket (doubled up to 60 s)."""
+    metrics_refresh_minutes: float | None = Field(60.0, gt=0)
+    """How often the modules' on-chain metrics are fetched from Santiment into metrics.db
+    (after a cycle); None fetches them only at start."""
+    metric_max_age_days: float = Field(2.0, gt=0)
+    """A module whose selected metric's newest value describes a day that ended longer ago
+    than this is not ready (its inputs are stale)."""
+    not_ready: Literal["cash", "hold"] = "cash"
+    """What the vote does with a module that is not ready: count it as all cash, or hold the
+    weight it voted while its inputs were fresh. Either way it is reported, never silent."""
     control_socket: str = "control.sock"
     """Unix socket (under ``[data].dir``) where ``cryptorlpm live pause|resume|...`` reach the
     running daemon."""

@@ -14,26 +14,37 @@ When a swap lands: at the first cycle that starts after its module is loaded and
 for it at most ``min(10 s, a quarter of a bar)``, then trades with the old module and the swap
 lands at the next cycle: a slow disk, a long ``warmup_days`` or a loaded machine delays the
 swap by a cycle, never the trading.
+
+A module is *not ready* when one of its selected metrics has no value whose day ended within
+``[live].metric_max_age_days`` (Santiment late, its free plan's cut-off, a series nobody
+refreshes): :class:`ReadyVote` then counts its vote as cash or holds the weight it voted while
+its inputs were fresh (``[live].not_ready``), and says so (a warning, the daemon's status and
+Telegram). Staleness is judged from the metric events the policy itself sees (no clock, no
+store), so a replay through it applies the same rule to the same data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bot.control import ControlError
+from bot.engine.step import DecisionContext
 from bot.events import Event, Metric
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import timeframe_ms
+from bot.timeframes import ms_to_iso, timeframe_ms
 from config.schema import AppConfig
 from strategies import versions
 from strategies.crypto_module import CryptoModule
-from strategies.portfolio import PortfolioVote
-from strategies.registry import ModelNotFound, model_folder
+from strategies.features.pipeline import FeatureSpec
+from strategies.features.pool import split_id
+from strategies.portfolio import VOTE_SOURCE, Module, PortfolioVote
+from strategies.portfolio import vote as vote_weights
+from strategies.registry import ModelNotFound, model_folder, read_card
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,7 @@ class _Pending:
     action: str  # plug | replace | unplug
     reason: str
     model_id: str | None = None
+    folder: Path | None = None
     task: asyncio.Task[tuple[CryptoModule, int]] | None = None
     warmed_until: int = 0
     """The last stored close the module was warmed up to (set by the preparing task)."""
@@ -130,6 +142,137 @@ def module_folders(cfg: AppConfig) -> dict[str, Path]:
     return folders
 
 
+Series = tuple[str, str]
+"""A metric series, ``(asset, name)``."""
+
+
+def spec_inputs(spec: FeatureSpec | None) -> tuple[Series, ...]:
+    """The metric series a feature spec reads, in rank order."""
+    return () if spec is None else tuple(split_id(i) for i in spec.metric_ids)
+
+
+def module_inputs(module: Module) -> tuple[Series, ...]:
+    """The metric series a plugged module reads (none for a module without metrics)."""
+    model = getattr(module, "model", None)
+    return spec_inputs(getattr(model, "feature_spec", None))
+
+
+def folder_inputs(cfg: AppConfig) -> dict[str, tuple[Series, ...]]:
+    """Coin -> the metric series its configured module reads, from the model cards alone (no
+    weights loaded): what the daemon refreshes before the modules warm up."""
+    found: dict[str, tuple[Series, ...]] = {}
+    for coin, folder in module_folders(cfg).items():
+        spec = read_card(folder).get("feature_spec")
+        found[coin] = spec_inputs(None if spec is None else FeatureSpec.from_dict(spec))
+    return found
+
+
+class ReadyVote:
+    """The vote with the not-ready rule: an engine policy wrapping :class:`PortfolioVote`.
+
+    It hands each instant to the vote, tracks the newest day of every metric series it sees
+    (seeded from the store at start, :meth:`seed`), and at each decision judges every plugged
+    module's inputs: a series whose newest day ended more than ``max_age_ms`` before the
+    instant makes the module not ready. A not-ready module's vote is cash (``rule="cash"``) or
+    the pair it voted at its last ready decision (``rule="hold"``; cash if it never was).
+    """
+
+    name = VOTE_SOURCE
+
+    def __init__(self, vote: PortfolioVote, *, max_age_ms: int, rule: str = "cash") -> None:
+        if rule not in ("cash", "hold"):
+            raise ValueError(f"not_ready rule must be 'cash' or 'hold', got {rule!r}")
+        self.vote = vote
+        self.max_age_ms = int(max_age_ms)
+        self.rule = rule
+        self._latest: dict[Series, int] = {}
+        self._held: dict[str, tuple[float, float]] = {}
+        self._not_ready: dict[str, str] = {}
+
+    def seed(self, latest: Mapping[Series, int]) -> None:
+        """The newest day (``observed_at``) of each series known before the first instant."""
+        for series, observed in latest.items():
+            if observed > self._latest.get(series, -1):
+                self._latest[series] = int(observed)
+
+    def inputs(self) -> dict[str, tuple[Series, ...]]:
+        """Coin -> the metric series its plugged module reads."""
+        return {coin: module_inputs(self.vote.module(coin)) for coin in self.vote.coins}
+
+    def not_ready(self) -> dict[str, str]:
+        """Coins whose module was not ready at the last decision -> why."""
+        return dict(self._not_ready)
+
+    def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
+        """The vote's answer, with not-ready modules counted by the rule."""
+        for metric in context.instant.metrics:
+            key = (metric.asset, metric.name)
+            if metric.observed_at > self._latest.get(key, -1):
+                self._latest[key] = int(metric.observed_at)
+        answer = self.vote.decide(context)
+        if not context.deciding:
+            return None
+        self._judge(context.ts)
+        pairs: dict[str, tuple[float, float]] = {}
+        for coin in self.vote.coins:
+            if coin in self._not_ready:
+                pairs[coin] = (
+                    self._held.get(coin, (1.0, 0.0)) if self.rule == "hold" else (1.0, 0.0)
+                )
+                continue
+            decision = self.vote.latest(coin)
+            pairs[coin] = (1.0, 0.0) if decision is None else (decision.cash, decision.coin_weight)
+            self._held[coin] = pairs[coin]
+        if not self._not_ready:
+            return answer
+        return dict(vote_weights(pairs, self.vote.quote))
+
+    def _judge(self, ts: int) -> None:
+        judged: dict[str, str] = {}
+        for coin, series in self.inputs().items():
+            reason = self._stale(coin, series, ts)
+            if reason is not None:
+                judged[coin] = reason
+        for coin, reason in judged.items():
+            if coin not in self._not_ready:
+                log.warning(
+                    "%s not ready at %s: %s; its vote %s",
+                    coin,
+                    ms_to_iso(ts),
+                    reason,
+                    "counts as cash" if self.rule == "cash" else "holds its last weight",
+                )
+        for coin in self._not_ready:
+            if coin not in judged and coin in self.vote.coins:
+                log.warning("%s ready again at %s: its inputs are recent", coin, ms_to_iso(ts))
+        self._not_ready = judged
+
+    def _stale(self, coin: str, series: tuple[Series, ...], ts: int) -> str | None:
+        for asset, name in series:
+            label = name if asset == coin else f"{asset}:{name}"
+            last = self._latest.get((asset, name))
+            if last is None:
+                return f"metric {label} has no value"
+            if ts - (last + DAY_MS) > self.max_age_ms:
+                return f"metric {label} has no value since {ms_to_iso(last)[:10]}"
+        return None
+
+
+async def ready_vote(
+    cfg: AppConfig, vote: PortfolioVote, metrics: MetricStore, now_ms: int
+) -> ReadyVote:
+    """``vote`` under the not-ready rule of ``[live]``, seeded with the newest day of every
+    series the store knows by ``now_ms``."""
+    policy = ReadyVote(
+        vote,
+        max_age_ms=int(cfg.live.metric_max_age_days * DAY_MS),
+        rule=cfg.live.not_ready,
+    )
+    latest = await metrics.latest_known(now_ms + 1)
+    policy.seed({series: found[0] for series, found in latest.items()})
+    return policy
+
+
 def load_module(cfg: AppConfig, folder: Path, events: Iterable[Event]) -> tuple[CryptoModule, int]:
     """Load a registry folder (``<root>/<coin>/<id>``) as a handler and warm it up; returns it
     and the bars it read."""
@@ -159,8 +302,25 @@ class VoteHost:
         self.market = market
         self.metrics = metrics
         self.updater = updater
+        self.rule: ReadyVote | None = None
+        """The not-ready rule over the vote, when the daemon runs one (for reporting)."""
         self._pending: dict[str, _Pending] = {}
         self._retraining: dict[str, asyncio.Task[Any]] = {}
+
+    def inputs(self) -> dict[str, tuple[Series, ...]]:
+        """Coin -> the metric series its plugged module reads, and those of modules being
+        prepared (their values must be in the store when they land)."""
+        found = {coin: module_inputs(self.vote.module(coin)) for coin in self.vote.coins}
+        for coin, pending in self._pending.items():
+            if pending.folder is not None and pending.action != "unplug":
+                spec = read_card(pending.folder).get("feature_spec")
+                spec_obj = None if spec is None else FeatureSpec.from_dict(spec)
+                found[coin] = tuple(dict.fromkeys(found.get(coin, ()) + spec_inputs(spec_obj)))
+        return found
+
+    def not_ready(self) -> dict[str, str]:
+        """Coins whose module was not ready at the last decision -> why."""
+        return {} if self.rule is None else self.rule.not_ready()
 
     # -- requests (from the control service) ---------------------------------------------------
 
@@ -275,6 +435,7 @@ class VoteHost:
     def describe(self) -> list[dict[str, Any]]:
         """The plugged modules (and what waits to be applied)."""
         rows = []
+        not_ready = self.not_ready()
         for coin in self.vote.coins:
             module = self.vote.module(coin)
             latest = self.vote.latest(coin)
@@ -283,7 +444,8 @@ class VoteHost:
                 {
                     "coin": coin,
                     "model_id": module.model_id,
-                    "ready": bool(getattr(module, "ready", False)),
+                    "ready": bool(getattr(module, "ready", False)) and coin not in not_ready,
+                    "not_ready": not_ready.get(coin),
                     "last_decision": None if latest is None else latest.coin_weight,
                     "pending": None if pending is None else f"{pending.action} ({pending.reason})",
                     "retraining": coin in self._retraining,
@@ -296,6 +458,7 @@ class VoteHost:
                         "coin": coin,
                         "model_id": pending.model_id,
                         "ready": False,
+                        "not_ready": None,
                         "last_decision": None,
                         "pending": f"{pending.action} ({pending.reason})",
                         "retraining": coin in self._retraining,
@@ -317,7 +480,7 @@ class VoteHost:
 
     def _prepare(self, coin: str, action: str, folder: Path, *, reason: str) -> None:
         self._cancel(coin)
-        pending = _Pending(coin, action, reason, folder.name)
+        pending = _Pending(coin, action, reason, folder.name, folder)
 
         async def prepare() -> tuple[CryptoModule, int]:
             until = await self._last_close(coin)

@@ -23,9 +23,22 @@ async def build_policy(cfg: AppConfig, market: Any, metrics: Any, now_ms: int) -
         from strategies.baselines import CashOnly
 
         return CashOnly(), None
-    from strategies.live import build_vote
+    from strategies.live import build_vote, ready_vote
 
-    return await build_vote(cfg, market, metrics, now_ms)
+    vote, host = await build_vote(cfg, market, metrics, now_ms)
+    policy = await ready_vote(cfg, vote, metrics, now_ms)
+    host.rule = policy
+    return policy, host
+
+
+def policy_inputs(cfg: AppConfig) -> dict[str, tuple[tuple[str, str], ...]]:
+    """Coin -> the metric series its module reads (none for a fixed-weight policy), read from
+    the model cards before any module is loaded."""
+    if cfg.live.policy != "vote":
+        return {}
+    from strategies.live import folder_inputs
+
+    return folder_inputs(cfg)
 
 
 def alerts_factory(cfg: AppConfig, secrets: Secrets) -> Any:
@@ -90,7 +103,13 @@ def run_live(cfg: AppConfig, *, json_logs: bool = False, verbose: bool = False) 
     )
     try:
         result = asyncio.run(
-            run_daemon(cfg, secrets, build_policy, alerts_factory=alerts_factory(cfg, secrets))
+            run_daemon(
+                cfg,
+                secrets,
+                build_policy,
+                alerts_factory=alerts_factory(cfg, secrets),
+                inputs=policy_inputs,
+            )
         )
     except (LiveConfigError, LiveTradingError, ExchangeConfigError, DatasetConfigError) as exc:
         fail(str(exc))

@@ -28,7 +28,7 @@ from bot.events import (
     TargetWeights,
 )
 from bot.live.journal import Journal
-from bot.live.status import trading_lines
+from bot.live.status import input_lines, trading_lines
 from bot.timeframes import ms_to_iso
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,12 @@ class DaemonControls(Controls):
         now_ms: Callable[[], int],
         stop: asyncio.Event,
         modules: ModuleHost | None = None,
+        inputs: Any = None,
     ) -> None:
         self.engine = engine
         self.journal = journal
+        self.inputs = inputs
+        """The inputs' freshness (:class:`bot.live.inputs.InputsReport`), when the daemon has it."""
         self.mode = mode
         self.now_ms = now_ms
         self._stop = stop
@@ -100,7 +103,8 @@ class DaemonControls(Controls):
         self.last_target = target
 
     async def status(self) -> dict[str, Any]:
-        """Mode, pause/halt state, cycles, last cycle and error, equity."""
+        """Mode, pause/halt state, cycles, last cycle and error, equity, what keeps it from
+        trading (not-ready modules included) and every coin's inputs."""
         last = await self.journal.last_cycle()
         cycles = await self.journal.cycles()
         errors = [c for c in cycles if c.get("error") and c["status"] == "failed"]
@@ -115,7 +119,12 @@ class DaemonControls(Controls):
             "equity": round(self.engine.account.equity(), 2),
             "quote": self.engine.account.quote,
             "trading": await trading_lines(self.journal),
+            "inputs": await input_lines(self.journal),
         }
+
+    def freshness_lines(self) -> list[str]:
+        """Every coin's inputs as lines (the daily summary), from the latest report."""
+        return [] if self.inputs is None else self.inputs.lines()
 
     async def balance(self) -> dict[str, Any]:
         """Equity, cash and every position with its price, value and weight."""

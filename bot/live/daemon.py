@@ -23,7 +23,7 @@ import fcntl
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from bot.live.clock import ExchangeTimeClock
 from bot.live.control import ControlSocket, DaemonControls, ModuleHost
 from bot.live.driver import LiveDriver
 from bot.live.executor import Executor, paper_balances
+from bot.live.inputs import InputsReport, metric_refresher
 from bot.live.journal import Journal
 from bot.live.loop import DaemonLoop
 from bot.live.reconcile import Reconciliation, reconcile
@@ -71,6 +72,10 @@ PolicyFactory = Callable[
 
 AlertsFactory = Callable[[DaemonControls], Awaitable[list[Any]]]
 """Builds the alert/command services once the controls exist; each has ``start``/``close``."""
+
+InputsOf = Callable[[AppConfig], Mapping[str, Sequence[tuple[str, str]]]]
+"""``cfg -> {coin: the (asset, name) metric series its module reads}``, known before the
+modules are loaded: the daemon refreshes them from Santiment before the warm-up."""
 
 
 @dataclass
@@ -147,11 +152,13 @@ async def run_daemon(
     install_signals: bool = True,
     alerts_factory: AlertsFactory | None = None,
     guard_clock: GuardClock | None = None,
+    inputs: InputsOf | None = None,
 ) -> DaemonResult:
     """Run the live daemon until stopped (see the module docstring).
 
     ``guard_clock``: the clock bans and request weight are measured on (default: the
-    exchange's clock as the daemon estimates it); tests drive one.
+    exchange's clock as the daemon estimates it); tests drive one. ``inputs``: the metric
+    series the policy's modules read (fetched into ``metrics.db`` at start and on schedule).
     """
     check_credentials(cfg, secrets)
     stop = stop or asyncio.Event()
@@ -162,7 +169,9 @@ async def run_daemon(
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, _on_signal, stop, sig)
         try:
-            return await _run(cfg, secrets, policy_factory, stop, path, alerts_factory, guard_clock)
+            return await _run(
+                cfg, secrets, policy_factory, stop, path, alerts_factory, guard_clock, inputs
+            )
         finally:
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
@@ -182,6 +191,7 @@ async def _run(
     path: Path,
     alerts_factory: AlertsFactory | None,
     guard_clock: GuardClock | None,
+    inputs_of: InputsOf | None = None,
 ) -> DaemonResult:
     live = cfg.live
     paper = live.paper
@@ -272,11 +282,31 @@ async def _run(
         executor.wait_until = lambda ts: clock.sleep_until(ts, stop)
         # The bars of the warm-up window go to the store first; the policy is built from it.
         driver = LiveDriver(cfg, executor, exchange, clock, market, metrics)
+        stack.push_async_callback(driver.close)
+        # The modules' metrics are refreshed before the warm-up reads them from the store.
+        wanted = dict(inputs_of(cfg)) if inputs_of is not None else {}
+        refresher = metric_refresher(cfg, secrets, metrics, driver, wanted)
+        if refresher is not None:
+            stack.push_async_callback(refresher.close)
+            await refresher.refresh(initial=True)
         written = await driver.catch_up(now - live.warmup_days * DAY_MS)
         log.info("stored %d new closed bars (warm-up window %d days)", written, live.warmup_days)
+        driver.start_stream(markets)  # bars closing during the warm-up wait in its inbox
         policy, host = await policy_factory(cfg, market, metrics, clock.now_ms())
         if host is not None:
             stack.push_async_callback(host.close)
+        inputs = InputsReport(
+            cfg,
+            driver,
+            journal,
+            refresher,
+            inputs=getattr(host, "inputs", None) or (lambda: wanted),
+            not_ready=getattr(policy, "not_ready", None) or dict,
+        )
+        driver.after_cycle = inputs.after_cycle
+        if refresher is not None:
+            refresher.inputs = inputs.inputs
+            refresher.on_refreshed = inputs.record
         engine = Engine(cfg, policy, cash=0.0, rules=rules)
         for command in (PauseTrading, ResumeTrading, FlattenPositions):
             engine.bus.subscribe(command, journal.record_command)
@@ -306,6 +336,7 @@ async def _run(
             now_ms=clock.now_ms,
             stop=stop,
             modules=host,
+            inputs=inputs,
         )
         # The first close to trade is fixed before anyone can talk to the daemon.
         first = report.redo[-1] if report.redo else await _first_close(driver, journal)
@@ -322,6 +353,8 @@ async def _run(
         for text in incidents:
             _announce(services, "error", text)
         executor.on_incident = lambda text: _announce(services, "error", text)
+        inputs.announce = lambda text: _announce(services, "notify", text)
+        await inputs.record()
 
         reason = "stopped"
         loop = DaemonLoop(cfg, driver, engine, journal, host, services, stop, guard, reconcile_now)

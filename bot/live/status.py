@@ -7,6 +7,9 @@ from typing import Any
 
 from bot.live.journal import Journal
 
+INPUTS_KEY = "inputs"
+"""Where the daemon keeps its inputs' freshness in ``state.db`` (see :mod:`bot.live.inputs`)."""
+
 
 async def read_status(path: Path, *, orders: int = 10, refusals: int = 10) -> dict[str, Any]:
     """Balances, last cycle, last error, pause/kill-switch state, latest orders and refusals.
@@ -36,14 +39,25 @@ async def read_status(path: Path, *, orders: int = 10, refusals: int = 10) -> di
             "trading_halt": await journal.get("trading_halt"),
             "unknown_orders": [o.__dict__ for o in await journal.unknown_orders()],
             "trading": await trading_lines(journal),
+            "inputs": await journal.get(INPUTS_KEY),
+            "input_lines": await input_lines(journal),
         }
     finally:
         await journal.close()
 
 
+async def input_lines(journal: Journal) -> list[str]:
+    """Every coin's inputs (last bar and its source, each metric's last day and source), the
+    kline websocket's and Santiment's state, as the daemon last recorded them."""
+    from bot.live.inputs import freshness_lines
+
+    return freshness_lines(await journal.get(INPUTS_KEY))
+
+
 async def trading_lines(journal: Journal) -> list[str]:
-    """What keeps the daemon from trading, one line each: a ban, refused credentials, orders
-    of unknown fate (empty when nothing does)."""
+    """What keeps the daemon from trading normally, one line each: a ban, refused credentials,
+    orders of unknown fate, modules that are not ready (empty when nothing does)."""
+    from bot.live.inputs import not_ready_lines
     from bot.timeframes import ms_to_iso
 
     lines = []
@@ -62,6 +76,7 @@ async def trading_lines(journal: Journal) -> list[str]:
             f"{order.symbol} ({order.reason}); {order.coin} is blocked, next check "
             f"{ms_to_iso(order.next_check_ms) if order.next_check_ms else 'at the next cycle'}"
         )
+    lines += not_ready_lines(await journal.get(INPUTS_KEY))
     return lines
 
 

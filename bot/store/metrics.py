@@ -225,6 +225,29 @@ class MetricStore:
                 for asset, name, observed_at, known_at, value in rows:
                     yield Metric(known_at, asset, name, observed_at, value)
 
+    async def latest_known(
+        self,
+        known_before: int,
+        series: Sequence[tuple[str, str]] | None = None,
+    ) -> dict[tuple[str, str], tuple[int, int, float, str]]:
+        """The newest value of each series known before ``known_before``: ``(asset, name) ->
+        (observed_at, known_at, value, source)``; only ``series`` when given (a series with no
+        such value is absent)."""
+        sql = (
+            "SELECT m.asset, m.name, m.observed_at, m.known_at, m.value, m.source FROM metric m "
+            "JOIN (SELECT asset, name, MAX(observed_at) AS last FROM metric WHERE known_at < ? "
+            "GROUP BY asset, name) n ON m.asset = n.asset AND m.name = n.name "
+            "AND m.observed_at = n.last"
+        )
+        async with self._db.execute(sql, (int(known_before),)) as cursor:
+            rows = await cursor.fetchall()
+        wanted = None if series is None else set(series)
+        return {
+            (asset, name): (int(observed), int(known), float(value), str(source))
+            for asset, name, observed, known, value, source in rows
+            if wanted is None or (asset, name) in wanted
+        }
+
     async def coverage(self) -> list[MetricCoverage]:
         """First and last day and row count of every stored metric."""
         async with self._db.execute(
