@@ -1,8 +1,8 @@
 """Records what an engine did during a replay, and turns it into a :class:`RunResult`.
 
-A replay can be millions of steps: the recorder keeps one float per decision for equity and cash
-(typed arrays), the holdings only when a fill changes them, and builds the weights at the end
-from the replay's close prices, vectorised.
+A replay can be millions of steps: the recorder keeps each decision's time and equity (typed
+arrays), the cash and holdings only when a fill changes them (with the decision they apply
+from), and builds the weights at the end from the replay's close prices, vectorised.
 """
 
 from __future__ import annotations
@@ -27,28 +27,32 @@ class Recorder:
 
     def __init__(self, account: Account) -> None:
         self.account = account
-        self._ts = array("q")
-        self._equity = array("d")
-        self._cash = array("d")
-        self._snapshot = array("l")
-        self._holdings: list[dict[str, float]] = [dict(account.holdings)]
+        self.times = array("q")
+        """Each decision's close time (appended by the replay loop, or :meth:`on_step`)."""
+        self.equities = array("d")
+        """Each decision's equity, before its orders."""
+        self._changes = array("q", [0])
+        """Index of the first decision each holdings snapshot applies to."""
+        self._holdings: list[tuple[float, dict[str, float]]] = [
+            (account.cash, dict(account.holdings))
+        ]
         self.fills: list[OrderFilled] = []
         self.rejections: list[OrderRejected] = []
         self.refusals: list[RiskRefusal] = []
 
     def on_step(self, result: StepResult) -> None:
         """A decision's valuation (taken before its orders) and its refusals."""
-        self._ts.append(result.ts)
-        self._equity.append(result.equity)
-        self._cash.append(self.account.cash)
-        self._snapshot.append(len(self._holdings) - 1)
-        if result.refusals:
-            self.refusals.extend(result.refusals)
+        self.times.append(result[0])
+        self.equities.append(result[1])
+        if result[3]:
+            self.refusals.extend(result[3])
 
     def on_fill(self, fill: OrderFilled) -> None:
-        """A fill, and the holdings it leaves."""
+        """A fill, and the cash and holdings it leaves (from the next decision on)."""
         self.fills.append(fill)
-        self._holdings.append(dict(self.account.holdings))
+        account = self.account
+        self._holdings.append((account.cash, dict(account.holdings)))
+        self._changes.append(len(self.times))
 
     def on_rejection(self, rejection: OrderRejected) -> None:
         """An order the venue refused."""
@@ -65,9 +69,9 @@ class Recorder:
         closes_at: CloseLookup,
     ) -> RunResult:
         """Everything recorded, as frames."""
-        ts = np.frombuffer(self._ts, dtype=np.int64) if len(self._ts) else np.empty(0, np.int64)
+        ts = np.frombuffer(self.times, dtype=np.int64) if len(self.times) else np.empty(0, np.int64)
         index = pd.Index(ts, dtype="int64", name="ts")
-        equity_values = np.frombuffer(self._equity, dtype=np.float64).copy()
+        equity_values = np.frombuffer(self.equities, dtype=np.float64)  # no copy: recording is over
         equity = pd.Series(equity_values, index=index, name="equity")
         return RunResult(
             name=name,
@@ -111,16 +115,20 @@ class Recorder:
         self, index: pd.Index, equity: np.ndarray, quote: str, closes_at: CloseLookup
     ) -> pd.DataFrame:
         """Share of equity per asset at each decision: cash, and every coin ever held."""
+        n = len(index)
+        # The snapshot in force at each decision: the last change at or before it.
+        changes = np.frombuffer(self._changes, dtype=np.int64)
+        snapshot = np.searchsorted(changes, np.arange(n), side="right") - 1
+        cash = np.array([c for c, _ in self._holdings])[snapshot] if n else np.empty(0)
         with np.errstate(divide="ignore", invalid="ignore"):
             safe = np.where(equity > 0, equity, np.nan)
-            columns = {quote: np.frombuffer(self._cash, dtype=np.float64) / safe}
-            coins = sorted({c for h in self._holdings for c in h})
-            if coins:
-                snapshot = np.frombuffer(self._snapshot, dtype=np.int64)
+            columns = {quote: cash / safe}
+            coins = sorted({c for _, h in self._holdings for c in h})
+            if coins and n:
                 prices = {coin_of(s): p for s, p in closes_at(index.to_numpy()).items()}
                 for coin in coins:
-                    amounts = np.array([h.get(coin, 0.0) for h in self._holdings])[snapshot]
-                    price = prices.get(coin, np.zeros(len(index)))
+                    amounts = np.array([h.get(coin, 0.0) for _, h in self._holdings])[snapshot]
+                    price = prices.get(coin, np.zeros(n))
                     columns[coin] = np.nan_to_num(amounts * price, nan=0.0) / safe
         frame = pd.DataFrame(columns, index=index, dtype="float64")
         return frame.fillna(0.0)

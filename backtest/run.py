@@ -9,6 +9,8 @@ outputs for the window in a few batched passes) and then decide exactly as bar b
 
 from __future__ import annotations
 
+import gc
+
 from backtest.recorder import Recorder
 from backtest.replay import Progress, ReplayDriver
 from backtest.result import RunResult
@@ -35,22 +37,35 @@ async def run_backtest(
     prepare = getattr(policy, "prepare", None)
     if prepare is not None:
         prepare(driver)
-    step, book, reject, bus = engine.step, engine.book, engine.reject, engine.bus
-    record, record_fill = recorder.on_step, recorder.on_fill
-    for instant in driver.instants(progress):
-        result = step(instant)
-        if instant.decide:
-            record(result)
-        for order in result.orders:
-            outcome = venue.execute(order)
-            if type(outcome) is OrderFilled:
-                book(outcome)
-                record_fill(outcome)
-            else:
-                reject(outcome)  # type: ignore[arg-type]
-                recorder.on_rejection(outcome)  # type: ignore[arg-type]
-        if bus.pending:
-            await bus.drain()
+    # A replay allocates millions of short-lived tuples (bars, instants, step results) and
+    # keeps none of them in cycles: young-generation collections would only cost time.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], 100_000), *thresholds[1:])
+    try:
+        step, book, reject, bus = engine.step, engine.book, engine.reject, engine.bus
+        record_fill, execute = recorder.on_fill, venue.execute
+        record_ts, record_equity = recorder.times.append, recorder.equities.append
+        observed = bus.listening  # nobody subscribes during a replay but before it
+        for instant in driver.instants(progress):
+            result = step(instant)
+            if instant[3]:  # a decision (not warm-up): its valuation and refusals are recorded
+                record_ts(result[0])
+                record_equity(result[1])
+                if result[3]:
+                    recorder.refusals.extend(result[3])
+            if result[4]:
+                for order in result[4]:
+                    outcome = execute(order)
+                    if type(outcome) is OrderFilled:
+                        book(outcome)
+                        record_fill(outcome)
+                    else:
+                        reject(outcome)  # type: ignore[arg-type]
+                        recorder.on_rejection(outcome)  # type: ignore[arg-type]
+            if observed and bus.pending:
+                await bus.drain()
+    finally:
+        gc.set_threshold(*thresholds)
     return recorder.result(
         name,
         timeframe=driver.timeframe,

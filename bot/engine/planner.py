@@ -33,7 +33,7 @@ from collections.abc import Mapping
 
 from bot.engine.account import Account
 from bot.engine.risk import RiskGate
-from bot.engine.rules import MarketRules
+from bot.engine.rules import DEFAULT_RULES, MarketRules
 from bot.events import RiskRefusal, SubmitOrder
 
 CLIENT_ID_PREFIX = "rlpm-"
@@ -163,7 +163,7 @@ class OrderPlanner:
             price = account.prices.get(coin)
             if not price:
                 continue
-            rules = self.rules.get(coin, MarketRules())
+            rules = self.rules.get(coin, DEFAULT_RULES)
             held = account.holdings.get(coin, 0.0)
             delta = weights.get(coin, 0.0) * equity / price - held
             if abs(delta) * price < min_move:
@@ -183,7 +183,7 @@ class OrderPlanner:
         scale = min(1.0, cash / wanted) if wanted > 0 else 0.0
         planned: list[SubmitOrder] = []
         for coin, amount, price in buys:
-            rules = self.rules.get(coin, MarketRules())
+            rules = self.rules.get(coin, DEFAULT_RULES)
             amount = rules.round_amount(amount * scale)
             if rules.tradable(amount, price):
                 planned.append(self._order(ts, coin, "buy", amount, price))

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from bot.engine.account import coin_of
-from bot.engine.rules import MarketRules
+from bot.engine.rules import DEFAULT_RULES, MarketRules
 from bot.events import OrderFilled, OrderRejected, SubmitOrder
 from bot.venues.base import ABSENT, OpenOrder, Record
 from bot.venues.orders import OrderOutcome
@@ -72,7 +72,7 @@ class SimVenue:
         """Fill ``order`` at ``open_price`` (the next bar's open) against the balances, which it
         updates; the fill is stamped ``open_time``."""
         coin = coin_of(order.symbol)
-        rules = self.rules.get(coin, MarketRules())
+        rules = self.rules.get(coin, DEFAULT_RULES)
         buy = order.side == "buy"
         price = open_price * (1 + self.slippage if buy else 1 - self.slippage)
         if order.order_type == "limit" and order.limit_price is not None:
