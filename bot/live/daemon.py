@@ -42,6 +42,7 @@ from bot.live.executor import Executor, paper_balances
 from bot.live.journal import Journal
 from bot.live.loop import DaemonLoop
 from bot.live.reconcile import Reconciliation, reconcile
+from bot.live.warmup import warm_up_policy
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import ms_to_iso
 from bot.venues.base import Venue
@@ -277,6 +278,11 @@ async def _run(
         policy, host = await policy_factory(cfg, market, metrics, clock.now_ms())
         if host is not None:
             stack.push_async_callback(host.close)
+        else:  # the vote warms its modules itself; any other policy is warmed up here
+            count = await warm_up_policy(
+                policy, cfg, market, metrics, now - live.warmup_days * DAY_MS, driver.known_until
+            )
+            log.info("policy %s warmed up on %d stored closes", policy.name, count)
         engine = Engine(cfg, policy, cash=0.0, rules=rules)
         for command in (PauseTrading, ResumeTrading, FlattenPositions):
             engine.bus.subscribe(command, journal.record_command)

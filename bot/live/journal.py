@@ -122,6 +122,9 @@ _MIGRATIONS = (
         by TEXT NOT NULL
     );
     """,
+    """
+    ALTER TABLE decisions ADD COLUMN inputs TEXT;  -- JSON: what the decision read (live diff)
+    """,
 )
 
 
@@ -382,14 +385,18 @@ class Journal:
 
     # -- decisions ------------------------------------------------------------------------------
 
-    async def record_decision(self, result: StepResult) -> None:
-        """Keep what the engine's step decided at a close (replayed by ``live diff``)."""
+    async def record_decision(
+        self, result: StepResult, inputs: dict[str, Any] | None = None
+    ) -> None:
+        """Keep what the engine's step decided at a close, and what it read (``inputs``: the
+        latest bar of each coin, the metrics received, the modules that decided), for
+        ``cryptorlpm live diff``."""
         target = result.target
         await self._db.execute(
-            "INSERT INTO decisions (ts, source, target, equity, orders, refusals)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ts) DO UPDATE SET source = excluded.source,"
-            " target = excluded.target, equity = excluded.equity, orders = excluded.orders,"
-            " refusals = excluded.refusals",
+            "INSERT INTO decisions (ts, source, target, equity, orders, refusals, inputs)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ts) DO UPDATE SET"
+            " source = excluded.source, target = excluded.target, equity = excluded.equity,"
+            " orders = excluded.orders, refusals = excluded.refusals, inputs = excluded.inputs",
             (
                 result.ts,
                 None if target is None else target.source,
@@ -397,6 +404,7 @@ class Journal:
                 float(result.equity),
                 json.dumps([o.client_order_id for o in result.orders]),
                 json.dumps([[r.rule, r.asset, r.wanted, r.allowed] for r in result.refusals]),
+                None if inputs is None else json.dumps(inputs, sort_keys=True),
             ),
         )
         await self._db.commit()
@@ -405,7 +413,7 @@ class Journal:
         """Every journalled decision, oldest first (JSON fields decoded)."""
         rows = await self._select_dicts("SELECT * FROM decisions ORDER BY ts")
         for row in rows:
-            for key in ("target", "orders", "refusals"):
+            for key in ("target", "orders", "refusals", "inputs"):
                 row[key] = None if row[key] is None else json.loads(row[key])
         return rows
 
