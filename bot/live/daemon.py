@@ -39,12 +39,12 @@ from bot.live.clock import ExchangeTimeClock
 from bot.live.control import ControlSocket, DaemonControls, ModuleHost
 from bot.live.driver import LiveDriver
 from bot.live.executor import Executor, paper_balances
-from bot.live.journal import Journal
 from bot.live.loop import DaemonLoop
 from bot.live.reconcile import Reconciliation, reconcile
 from bot.live.warmup import warm_up_policy
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import ms_to_iso
+from bot.store.journal import Journal
+from bot.timeframes import DAY_MS, ms_to_iso
 from bot.venues.base import Venue
 from bot.venues.ccxt import CcxtVenue
 from bot.venues.orders import rules_from_markets
@@ -52,8 +52,6 @@ from bot.venues.sim import SimVenue, forming_candle_open
 from config.schema import AppConfig, Secrets
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 
 
 class LiveConfigError(ValueError):

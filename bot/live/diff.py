@@ -23,9 +23,9 @@ from typing import Any
 from bot.engine.account import Account
 from bot.engine.step import DecisionContext, Policy, instants, target_weights
 from bot.events import ModuleDecision
-from bot.live.journal import Journal
 from bot.live.warmup import history_instants_inputs, warm_up_policy
 from bot.store import MarketStore, MetricStore
+from bot.store.journal import Journal
 from bot.timeframes import DAY_MS, ms_to_iso, timeframe_ms
 from config.schema import AppConfig
 

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from bot.engine.planner import CLIENT_ID_PREFIX
 from bot.events import OrderFilled, OrderRejected, SubmitOrder
 from bot.feed.retry import backoff_delay
-from bot.live.journal import Journal, JournalOrder
+from bot.store.journal import Journal, JournalOrder
 from bot.venues.base import ABSENT, LiveTradingError, NotSent, Uncertain, Unreachable, Venue
 from bot.venues.orders import OrderOutcome
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from bot.live.daemon import state_path
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 from bot.timeframes import MINUTE_MS
 from tests.fakes.binance import FakeBinance
 from tests.integration.live.harness import (

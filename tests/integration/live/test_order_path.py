@@ -17,8 +17,8 @@ import pytest
 from bot.cli.live_run import build_policy
 from bot.feed.guard import GuardClock
 from bot.live.daemon import DaemonResult, run_daemon, state_path
-from bot.live.journal import Journal, JournalOrder
 from bot.live.status import read_status
+from bot.store.journal import Journal, JournalOrder
 from bot.timeframes import MINUTE_MS
 from config.schema import AppConfig
 from tests.fakes.binance import FakeBinance

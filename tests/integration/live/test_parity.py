@@ -24,8 +24,8 @@ from bot.engine.kernel import market_rules
 from bot.events import OrderFilled
 from bot.live.daemon import run_daemon, state_path
 from bot.live.diff import diff_decisions
-from bot.live.journal import Journal
 from bot.store import MarketStore, MetricStore
+from bot.store.journal import Journal
 from bot.timeframes import MINUTE_MS
 from bot.venues.sim import SimVenue
 from config.schema import AppConfig

@@ -26,10 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from bot.engine.step import StepResult
 from bot.events import (
@@ -39,7 +36,7 @@ from bot.events import (
     RiskRefusal,
     SubmitOrder,
 )
-from bot.store.sqlite import open_database
+from bot.store.sqlite import SqliteStore
 
 OPEN_STATES = ("planned", "sending", "unknown", "open", "partially_filled")
 """Orders whose fate is not settled yet."""
@@ -177,28 +174,12 @@ class JournalOrder:
 _ORDER_COLUMNS = ", ".join(JournalOrder.__dataclass_fields__)
 
 
-class Journal:
-    """The ``state.db`` of one daemon. Open with ``await Journal.open(path)``."""
+class Journal(SqliteStore):
+    """The ``state.db`` of one daemon. Open with ``await Journal.open(path)``; its commits run
+    with ``synchronous=FULL``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
-        self.path = path
-
-    @classmethod
-    async def open(cls, path: str | Path) -> Journal:
-        """Open (creating) ``path`` with full durability."""
-        path = Path(path)
-        return cls(await open_database(path, _MIGRATIONS, synchronous="FULL"), path)
-
-    async def close(self) -> None:
-        """Close the database (every write is already committed)."""
-        await self._db.close()
-
-    async def __aenter__(self) -> Journal:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    MIGRATIONS = _MIGRATIONS
+    SYNCHRONOUS = "FULL"
 
     # -- cycles ---------------------------------------------------------------------------------
 
