@@ -13,7 +13,14 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from backtest.result import REFUSAL_COLUMNS, REJECTION_COLUMNS, TRADE_COLUMNS, RunResult
+from backtest.result import (
+    AUDIT_COLUMNS,
+    REFUSAL_COLUMNS,
+    REJECTION_COLUMNS,
+    TRADE_COLUMNS,
+    TRIM_COLUMNS,
+    RunResult,
+)
 from bot.engine.account import Account, coin_of
 from bot.engine.step import StepResult
 from bot.events import OrderFilled, OrderRejected, RiskRefusal
@@ -39,13 +46,38 @@ class Recorder:
         self.fills: list[OrderFilled] = []
         self.rejections: list[OrderRejected] = []
         self.refusals: list[RiskRefusal] = []
+        self.audit: list[tuple[int, str, float, float, str]] = []
+        self.trims: list[tuple[int, str, str, float, float, str]] = []
 
     def on_step(self, result: StepResult) -> None:
-        """A decision's valuation (taken before its orders) and its refusals."""
+        """A decision's valuation (taken before its orders), refusals and audit."""
         self.times.append(result[0])
         self.equities.append(result[1])
         if result[3]:
             self.refusals.extend(result[3])
+        if result.allowed is not None or result.refusals:
+            self.on_review(result)
+
+    def on_review(self, result: StepResult) -> None:
+        """A reviewed decision's audit: assets whose allowed weight differs from the wanted
+        one (with the rules of this close that name them), and the trimmed orders."""
+        target = result.target
+        if target is not None and result.allowed is not None:
+            wanted, allowed = dict(target.weights), dict(result.allowed)
+            rules: dict[str, list[str]] = {}
+            for refusal in result.refusals:
+                rules.setdefault(refusal.asset, []).append(refusal.rule)
+            for asset in sorted(set(wanted) | set(allowed)):
+                w, a = wanted.get(asset, 0.0), allowed.get(asset, 0.0)
+                if abs(w - a) > 1e-9:
+                    why = ", ".join(dict.fromkeys(rules.get(asset, []) + rules.get("*", [])))
+                    self.audit.append((result.ts, asset, w, a, why or "rest of the weights"))
+        elif target is not None and result.refusals:  # the kill switch held: nothing allowed
+            for asset, w in target.weights:
+                rules_ = ", ".join(dict.fromkeys(r.rule for r in result.refusals))
+                self.audit.append((result.ts, asset, w, float("nan"), rules_))
+        for t in result.trims:
+            self.trims.append((result.ts, t.coin, t.side, t.wanted, t.planned, t.reason))
 
     def on_fill(self, fill: OrderFilled) -> None:
         """A fill, and the cash and holdings it leaves (from the next decision on)."""
@@ -109,6 +141,8 @@ class Recorder:
                 columns=REFUSAL_COLUMNS,
             ),
             fees_paid=fees_paid,
+            audit=pd.DataFrame(self.audit, columns=AUDIT_COLUMNS),
+            trims=pd.DataFrame(self.trims, columns=TRIM_COLUMNS),
         )
 
     def _weights(

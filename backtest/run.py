@@ -51,8 +51,9 @@ async def run_backtest(
             if instant[3]:  # a decision (not warm-up): its valuation and refusals are recorded
                 record_ts(result[0])
                 record_equity(result[1])
-                if result[3]:
+                if result[6] is not None or result[3]:  # reviewed: refusals and the audit
                     recorder.refusals.extend(result[3])
+                    recorder.on_review(result)
             if result[4]:
                 for order in result[4]:
                     outcome = execute(order)

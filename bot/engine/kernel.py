@@ -109,20 +109,23 @@ class Engine:
         if context.notes:
             context.notes = []
         wanted = self.policy.decide(context)  # 3. decision
-        target = None
+        target = allowed = None
         orders: tuple[SubmitOrder, ...] = ()
+        trims: tuple = ()
         if deciding and (wanted is not None or self.gate.flatten_due):
             if wanted is not None:
                 target = target_weights(ts, wanted, self.quote, self.policy.name)
             # 4. risk review and 5. order plan (a tripped kill switch acts without a target)
-            planned, reviewed = self.planner.review(
-                ts, None if target is None else dict(target.weights)
-            )
-            orders = tuple(planned)
-            refusals += tuple(reviewed)
+            review = self.planner.review(ts, None if target is None else dict(target.weights))
+            orders = tuple(review.orders)
+            refusals += tuple(review.refusals)
+            if review.allowed is not None:
+                allowed = tuple(sorted(review.allowed.items()))
+            trims = tuple(review.trims)
         notes = context.notes
         result = _new(
-            StepResult, (ts, equity, target, refusals, orders, tuple(notes) if notes else ())
+            StepResult,
+            (ts, equity, target, refusals, orders, tuple(notes) if notes else (), allowed, trims),
         )
         if self.bus.listening:
             self._publish(result)

@@ -13,7 +13,7 @@ bus, the exchange, the clock or the stores, so it cannot tell a backtest from li
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from bot.events import Bar, Event, Metric, RiskRefusal, SubmitOrder, TargetWeights
 
@@ -96,6 +96,10 @@ class StepResult(NamedTuple):
     refusals: tuple[RiskRefusal, ...]
     orders: tuple[SubmitOrder, ...]
     notes: tuple[Event, ...] = ()
+    allowed: tuple[tuple[str, float], ...] | None = None
+    """The weights the guardrails allowed (``None``: nothing reviewed)."""
+    trims: tuple[Any, ...] = ()
+    """Orders the market's filters or the cash changed (:class:`bot.engine.planner.Trim`)."""
 
 
 def target_weights(ts: int, wanted: Mapping[str, float], quote: str, source: str) -> TargetWeights:

@@ -122,6 +122,10 @@ _MIGRATIONS = (
     """
     ALTER TABLE decisions ADD COLUMN inputs TEXT;  -- JSON: what the decision read (live diff)
     """,
+    """
+    ALTER TABLE decisions ADD COLUMN allowed TEXT;  -- JSON [[asset, weight], ...] after the gate
+    ALTER TABLE decisions ADD COLUMN trims TEXT;    -- JSON [[coin, side, wanted, planned, why]]
+    """,
 )
 
 
@@ -369,15 +373,18 @@ class Journal(SqliteStore):
     async def record_decision(
         self, result: StepResult, inputs: dict[str, Any] | None = None
     ) -> None:
-        """Keep what the engine's step decided at a close, and what it read (``inputs``: the
-        latest bar of each coin, the metrics received, the modules that decided), for
-        ``cryptorlpm live diff``."""
+        """Keep what the engine's step decided at a close: the target, the weights the
+        guardrails allowed and the rules that changed them, the orders and what the filters
+        trimmed (the audit trail), and what it read (``inputs``: the latest bar of each coin,
+        the metrics received, the modules that decided), for ``cryptorlpm live diff``."""
         target = result.target
         await self._db.execute(
-            "INSERT INTO decisions (ts, source, target, equity, orders, refusals, inputs)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ts) DO UPDATE SET"
+            "INSERT INTO decisions"
+            " (ts, source, target, equity, orders, refusals, inputs, allowed, trims)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ts) DO UPDATE SET"
             " source = excluded.source, target = excluded.target, equity = excluded.equity,"
-            " orders = excluded.orders, refusals = excluded.refusals, inputs = excluded.inputs",
+            " orders = excluded.orders, refusals = excluded.refusals, inputs = excluded.inputs,"
+            " allowed = excluded.allowed, trims = excluded.trims",
             (
                 result.ts,
                 None if target is None else target.source,
@@ -386,6 +393,8 @@ class Journal(SqliteStore):
                 json.dumps([o.client_order_id for o in result.orders]),
                 json.dumps([[r.rule, r.asset, r.wanted, r.allowed] for r in result.refusals]),
                 None if inputs is None else json.dumps(inputs, sort_keys=True),
+                None if result.allowed is None else json.dumps([list(w) for w in result.allowed]),
+                json.dumps([list(t) for t in result.trims]),
             ),
         )
         await self._db.commit()
@@ -394,7 +403,7 @@ class Journal(SqliteStore):
         """Every journalled decision, oldest first (JSON fields decoded)."""
         rows = await self._select_dicts("SELECT * FROM decisions ORDER BY ts")
         for row in rows:
-            for key in ("target", "orders", "refusals", "inputs"):
+            for key in ("target", "orders", "refusals", "inputs", "allowed", "trims"):
                 row[key] = None if row[key] is None else json.loads(row[key])
         return rows
 

@@ -121,6 +121,7 @@ async def replay(cfg: AppConfig) -> dict[int, tuple[Any, list, list]]:
                 None if result.target is None else dict(result.target.weights),
                 [[r.rule, r.asset, r.wanted, r.allowed] for r in result.refusals],
                 [o.client_order_id for o in result.orders],
+                None if result.allowed is None else dict(result.allowed),
             )
     return decided
 
@@ -149,8 +150,9 @@ async def test_the_daemon_decides_at_every_close_what_a_replay_of_the_same_data_
     replayed = await replay(cfg)
     assert sorted(live) == sorted(replayed) == [T0 + k * MINUTE_MS for k in range(CYCLES)]
     trades = refused = 0
-    for ts, (target, refusals, orders) in replayed.items():
+    for ts, (target, refusals, orders, allowed) in replayed.items():
         mine = live[ts]
+        assert dict(mine["allowed"]) == pytest.approx(allowed), ts  # the audit trail too
         assert mine["target"] is not None and dict(mine["target"]) == pytest.approx(target), ts
         assert [r[:2] for r in mine["refusals"]] == [r[:2] for r in refusals], ts
         for got, want in zip(mine["refusals"], refusals, strict=True):
@@ -162,7 +164,7 @@ async def test_the_daemon_decides_at_every_close_what_a_replay_of_the_same_data_
     assert trades >= 4 and refused >= 2
     assert len({tuple(sorted(dict(d["target"]))) for d in live.values()}) >= 3
     assert {o["clientOrderId"] for o in fake.orders(API_KEY)} == {
-        o for _, _, orders in replayed.values() for o in orders
+        o for _, _, orders, _ in replayed.values() for o in orders
     }
 
     # `live diff` on the daemon's state dir agrees with it...
