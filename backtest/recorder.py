@@ -99,6 +99,8 @@ class Recorder:
         initial_cash: float,
         fees_paid: float,
         closes_at: CloseLookup,
+        impact_paid: float = 0.0,
+        slippage_paid: float = 0.0,
     ) -> RunResult:
         """Everything recorded, as frames."""
         ts = np.frombuffer(self.times, dtype=np.int64) if len(self.times) else np.empty(0, np.int64)
@@ -143,6 +145,8 @@ class Recorder:
             fees_paid=fees_paid,
             audit=pd.DataFrame(self.audit, columns=AUDIT_COLUMNS),
             trims=pd.DataFrame(self.trims, columns=TRIM_COLUMNS),
+            impact_paid=impact_paid,
+            slippage_paid=slippage_paid,
         )
 
     def _weights(

@@ -49,6 +49,7 @@ class ReplayDriver:
         self.symbols = tuple(sorted(bars))
         self._opens: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._closes: dict[str, np.ndarray] = {}
+        self._rows: dict[str, np.ndarray] = {}
         times, indexes, rows = [], [], []
         for index, symbol in enumerate(self.symbols):
             frame = bars[symbol]
@@ -58,6 +59,7 @@ class ReplayDriver:
                 order = np.argsort(open_time, kind="stable")
                 open_time, ohlcv = open_time[order], ohlcv[order]
             self._opens[symbol] = (open_time, ohlcv[:, 0])  # views, not copies
+            self._rows[symbol] = ohlcv
             self._closes[symbol] = ohlcv[:, 3]
             times.append(open_time)
             indexes.append(np.full(len(frame), index, dtype=np.int64))
@@ -118,6 +120,16 @@ class ReplayDriver:
         if i == len(open_time):
             return None
         return int(open_time[i]), float(opens[i])
+
+    def next_bar(self, symbol: str, ts: int) -> tuple[int, float, float, float] | None:
+        """(open time, open, close, volume) of the first ``symbol`` bar opening at or after
+        ``ts``: the bar an order decided at ``ts`` executes in."""
+        open_time, _ = self._opens[symbol]
+        i = int(open_time.searchsorted(ts))
+        if i == len(open_time):
+            return None
+        row = self._rows[symbol][i]
+        return int(open_time[i]), float(row[0]), float(row[3]), float(row[4])
 
     def closes_at(self, ts: np.ndarray) -> dict[str, np.ndarray]:
         """Each symbol's latest close at or before each time of ``ts`` (NaN before its first)."""

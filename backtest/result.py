@@ -50,6 +50,15 @@ class RunResult:
     policy's, with the rules that changed it (:data:`AUDIT_COLUMNS`)."""
     trims: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRIM_COLUMNS))
     """Orders the market's filters or the cash changed (:data:`TRIM_COLUMNS`)."""
+    impact_paid: float = 0.0
+    """Quote currency lost to the simulated market impact (``[execution]``)."""
+    slippage_paid: float = 0.0
+    """Quote currency lost to ``[broker].slippage_bps``."""
+
+    @property
+    def trading_cost(self) -> float:
+        """Fees, slippage and market impact, in the quote currency."""
+        return self.fees_paid + self.impact_paid + self.slippage_paid
 
     @property
     def final_equity(self) -> float:

@@ -14,6 +14,7 @@ import gc
 from backtest.recorder import Recorder
 from backtest.replay import Progress, ReplayDriver
 from backtest.result import RunResult
+from bot.engine.execution import Slicer
 from bot.engine.kernel import Engine, market_rules
 from bot.engine.step import Policy
 from bot.events import OrderFilled
@@ -31,8 +32,18 @@ async def run_backtest(
 ) -> RunResult:
     """Replay ``driver`` through a fresh engine deciding with ``policy``; return the record."""
     rules = market_rules(cfg)
-    venue = SimVenue(cfg.broker, cfg.market.quote, rules, driver.next_open)
+    venue = SimVenue(
+        cfg.broker,
+        cfg.market.quote,
+        rules,
+        driver.next_open,
+        execution=cfg.execution,
+        next_bar=driver.next_bar,
+        step_ms=driver.step_ms,
+    )
     engine = Engine(cfg, policy, rules=rules)
+    slicer = Slicer(cfg.execution, driver.step_ms, rules)
+    slicing = slicer.active
     recorder = Recorder(engine.account)
     prepare = getattr(policy, "prepare", None)
     if prepare is not None:
@@ -54,15 +65,19 @@ async def run_backtest(
                 if result[6] is not None or result[3]:  # reviewed: refusals and the audit
                     recorder.refusals.extend(result[3])
                     recorder.on_review(result)
+            if slicing:
+                slicer.observe(instant, result[2])
             if result[4]:
                 for order in result[4]:
-                    outcome = execute(order)
-                    if type(outcome) is OrderFilled:
-                        book(outcome)
-                        record_fill(outcome)
-                    else:
-                        reject(outcome)  # type: ignore[arg-type]
-                        recorder.on_rejection(outcome)  # type: ignore[arg-type]
+                    parts = slicer.slices(order) if slicing else ((order, 0),)
+                    for part, offset in parts:
+                        outcome = venue.execute_slice(part, offset) if offset else execute(part)
+                        if type(outcome) is OrderFilled:
+                            book(outcome)
+                            record_fill(outcome)
+                        else:
+                            reject(outcome)  # type: ignore[arg-type]
+                            recorder.on_rejection(outcome)  # type: ignore[arg-type]
             if observed and bus.pending:
                 await bus.drain()
     finally:
@@ -74,4 +89,6 @@ async def run_backtest(
         initial_cash=cfg.broker.initial_cash,
         fees_paid=engine.account.fees_paid,
         closes_at=driver.closes_at,
+        impact_paid=venue.impact_paid,
+        slippage_paid=venue.slippage_paid,
     )

@@ -232,8 +232,7 @@ def rollback(coin: CoinArg, config: LiveConfigOption = None) -> None:
 
 @app.command()
 def diff(config: LiveConfigOption = None) -> None:
-    """Replay what the daemon saw through the same policy; list every close decided otherwise,
-    with why. Exits 1 when a decision differs."""
+    """Replay what the daemon saw; list closes decided otherwise, with why (exit 1 if any)."""
     from bot.cli.live_run import build_policy
     from bot.live.daemon import state_path
     from bot.live.diff import diff_decisions

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.engine.execution import Slicer
 from bot.engine.kernel import Engine
 from bot.engine.step import Policy
 from bot.events import FlattenPositions, PauseTrading, ResumeTrading
@@ -44,7 +45,7 @@ from bot.live.reconcile import Reconciliation, reconcile
 from bot.live.warmup import warm_up_policy
 from bot.store import MarketStore, MetricStore
 from bot.store.journal import Journal
-from bot.timeframes import DAY_MS, ms_to_iso
+from bot.timeframes import DAY_MS, ms_to_iso, timeframe_ms
 from bot.venues.base import Venue
 from bot.venues.ccxt import CcxtVenue
 from bot.venues.orders import rules_from_markets
@@ -266,6 +267,8 @@ async def _run(
                 base_delay_s=cfg.exchange.retry_base_s,
             )
         executor = Executor(venue, journal, clock.now_ms)
+        slicer = Slicer(cfg.execution, timeframe_ms(cfg.market.timeframe), rules)
+        executor.slicer = slicer if slicer.active else None
         incidents: list[str] = []  # told to the alert services once they run
         executor.on_incident = incidents.append
         executor.wait_until = lambda ts: clock.sleep_until(ts, stop)

@@ -180,8 +180,11 @@ class LiveDriver:
         metrics = await self._new_metrics(ts)
         ordered = sorted(bars, key=lambda b: (b.ts, b.symbol))
         modules: dict[str, str] = {}
+        slicer = self.executor.slicer
         for instant in instants(ordered, metrics, decide_from=ts, close_at=ts):
             result = engine.step(instant)
+            if slicer is not None:
+                slicer.observe(instant, result.target)
             modules.update(
                 (n.coin, n.module_id) for n in result.notes if isinstance(n, ModuleDecision)
             )

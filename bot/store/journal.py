@@ -126,6 +126,9 @@ _MIGRATIONS = (
     ALTER TABLE decisions ADD COLUMN allowed TEXT;  -- JSON [[asset, weight], ...] after the gate
     ALTER TABLE decisions ADD COLUMN trims TEXT;    -- JSON [[coin, side, wanted, planned, why]]
     """,
+    """
+    ALTER TABLE orders ADD COLUMN send_at_ms INTEGER;  -- a slice: not to be sent before
+    """,
 )
 
 
@@ -155,6 +158,7 @@ class JournalOrder:
     checks: int = 0
     fee_quote: float | None = None
     fees: str | None = None
+    send_at_ms: int | None = None
 
     @property
     def coin(self) -> str:
@@ -196,12 +200,20 @@ class Journal(SqliteStore):
         )
         await self._db.commit()
 
-    async def plan_cycle(self, ts: int, orders: Sequence[SubmitOrder], now_ms: int) -> None:
+    async def plan_cycle(
+        self,
+        ts: int,
+        orders: Sequence[SubmitOrder],
+        now_ms: int,
+        send_at: dict[str, int] | None = None,
+    ) -> None:
         """Journal the cycle's whole plan in one transaction, before anything is sent.
 
-        Orders already journalled under the same client id (a resumed cycle) are kept as they
-        are: the plan of a cycle is written once.
+        ``send_at``: client id -> exchange time a slice is not to be sent before. Orders
+        already journalled under the same client id (a resumed cycle) are kept as they are: the
+        plan of a cycle is written once.
         """
+        send_at = send_at or {}
         rows = [
             (
                 o.client_order_id,
@@ -215,13 +227,14 @@ class Journal(SqliteStore):
                 float(o.reference_price),
                 now_ms,
                 now_ms,
+                send_at.get(o.client_order_id),
             )
             for seq, o in enumerate(orders)
         ]
         await self._db.executemany(
             "INSERT OR IGNORE INTO orders (client_order_id, cycle_ts, seq, symbol, side, amount,"
-            " order_type, limit_price, reference_price, status, created_ms, updated_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)",
+            " order_type, limit_price, reference_price, status, created_ms, updated_ms,"
+            " send_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)",
             rows,
         )
         await self._db.execute(
