@@ -18,6 +18,11 @@ last action, so a refused or partial order is seen as what it is. Modules can be
 unplugged and replaced at run time (between two steps, from the daemon's control service);
 ``m`` is the number plugged when the vote is taken, so it renormalises by itself. A module that
 is warming up, or has not decided yet, votes all cash.
+
+Before a replay, :meth:`PortfolioVote.prepare` hands each module the bars and metrics it will
+read (a backtest's whole replay, or a fold's share of it), so that a Crypto Module computes its
+decisions in a few batched forward passes; ``decide`` is unchanged and each module still reads
+the position the account holds, bar by bar, so the decisions are the bar-by-bar path's.
 """
 
 from __future__ import annotations
@@ -25,8 +30,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+import numpy as np
+import pandas as pd
+
 from bot.engine.step import DecisionContext
 from bot.events import Bar, Metric, ModuleDecision
+from bot.timeframes import timeframe_ms
 
 VOTE_SOURCE = "vote"
 
@@ -43,6 +52,17 @@ class Module(Protocol):
     def decide(self, bar: Bar, position: float | None = None) -> ModuleDecision | None: ...
 
     def on_metric(self, metric: Metric) -> None: ...
+
+
+class ReplayHistory(Protocol):
+    """What :meth:`PortfolioVote.prepare` reads of a replay
+    (:class:`backtest.replay.ReplayDriver`)."""
+
+    timeframe: str
+
+    def replayed_bars(self, symbol: str) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def replayed_metrics(self) -> pd.DataFrame: ...
 
 
 def vote(pairs: dict[str, tuple[float, float]], quote: str) -> tuple[tuple[str, float], ...]:
@@ -78,6 +98,28 @@ class PortfolioVote:
                 for decision in self.on_bar(bar, positions):
                     context.note(decision)
         return dict(self.weights()) if context.deciding else None
+
+    def prepare(
+        self, replay: ReplayHistory, *, after: int | None = None, before: int | None = None
+    ) -> int:
+        """Before a replay: each plugged module that can (a Crypto Module that has read
+        nothing) computes its decisions at all the bars it will read, in a few batched passes;
+        returns how many did. ``after``/``before``: only events stamped in ``(after, before)``
+        are read (a fold's modules read no others). Modules plugged later decide bar by bar."""
+        metrics = replay.replayed_metrics()
+        known = metrics["known_at"].to_numpy()
+        metrics = metrics[_inside(known, after, before)]
+        prepared = 0
+        for module in tuple(self._modules.values()):
+            prepare = getattr(module, "prepare", None)
+            symbol = getattr(module, "symbol", None)
+            if prepare is None or symbol is None:
+                continue
+            open_time, ohlcv = replay.replayed_bars(symbol)
+            close = open_time + timeframe_ms(replay.timeframe)
+            mine = _inside(close, after, before)
+            prepared += bool(prepare(replay.timeframe, open_time[mine], ohlcv[mine], metrics))
+        return prepared
 
     def positions(self, weights: Mapping[str, float]) -> dict[str, float]:
         """Each module's position as the account holds it: 1 when at least half of its sleeve
@@ -146,3 +188,13 @@ class PortfolioVote:
             for coin in self._modules
         }
         return vote(pairs, self.quote)
+
+
+def _inside(ts: np.ndarray, after: int | None, before: int | None) -> np.ndarray:
+    """Where ``after < ts < before`` (an open bound when None)."""
+    mask = np.ones(len(ts), dtype=bool)
+    if after is not None:
+        mask &= ts > after
+    if before is not None:
+        mask &= ts < before
+    return mask

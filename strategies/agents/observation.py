@@ -19,7 +19,8 @@ sell, 0 hold, +1 buy) when an EAM is used, and last the weights held ``[1 - p, p
 position channel.
 
 One code path (DESIGN property 4): :func:`build_observations` (every bar of a history at once, for
-training) and :class:`ObservationWindow` (bar by bar, for the handler) both call
+training; :func:`observations_between` for a chunk of it) and :class:`ObservationWindow` (bar by
+bar, for the handler) both call
 :func:`bar_rows` per bar and :func:`window_observations` per window, which use only ``+ - * /``
 after a scalar ``math.log1p`` per bar, so their outputs are bit-identical.
 """
@@ -141,10 +142,24 @@ def build_observations(
     total, k = len(rows), metrics.shape[1]
     out = np.zeros((total, len(PRICE_FEATURES) + k, 2, window), dtype=np.float32)
     if total >= window:
-        out[window - 1 :] = window_observations(
-            sliding_window_view(rows, window, axis=0), sliding_window_view(metrics, window, axis=0)
-        )
+        out[window - 1 :] = observations_between(rows, metrics, window, window - 1, total)
     return out
+
+
+def observations_between(
+    rows: np.ndarray, metrics: np.ndarray, window: int, start: int, stop: int
+) -> np.ndarray:
+    """The states ``(stop - start, F, 2, window)`` of bars ``start .. stop - 1`` (``start >=
+    window - 1``) of a history's :func:`bar_rows` and :func:`metric_rows`: a slice of
+    :func:`build_observations` with the same bits, for building a long history's states a
+    chunk at a time."""
+    if start < window - 1 or stop > len(rows) or stop < start:
+        raise ValueError(f"bars {start}..{stop} have no full window of {window} in {len(rows)}")
+    lo = start - window + 1
+    return window_observations(
+        sliding_window_view(rows[lo:stop], window, axis=0),
+        sliding_window_view(metrics[lo:stop], window, axis=0),
+    )
 
 
 def signal_windows(signals: np.ndarray, window: int) -> np.ndarray:
@@ -194,3 +209,13 @@ class ObservationWindow:
         rows = np.stack(self._rows, axis=1)
         metrics = np.stack(self._metrics, axis=1).reshape(self.width, self.window)
         return window_observations(rows, metrics)
+
+    def extend(self, ohlcv: np.ndarray, features: np.ndarray, ready: np.ndarray) -> None:
+        """Add many closed bars at once (``(T, 5)``, ``(T, k)``, ``(T,)``), leaving the window
+        exactly as pushing them one by one would (only the last ``window`` bars are kept)."""
+        tail = slice(max(0, len(ohlcv) - self.window), len(ohlcv))
+        rows = bar_rows(np.asarray(ohlcv, dtype=np.float64)[tail])
+        feats = np.asarray(features, dtype=np.float64).reshape(len(ohlcv), self.width)[tail]
+        metrics = metric_rows(feats, np.asarray(ready, dtype=bool)[tail])
+        self._rows.extend(rows)
+        self._metrics.extend(metrics)

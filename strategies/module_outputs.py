@@ -1,0 +1,158 @@
+"""A Crypto Module's network outputs at every bar of a known history, in a few forward passes.
+
+Bar by bar, a module runs its EAM and its SAM once per bar, a batch of one: about half a
+millisecond per network on a CPU, most of it call overhead. When the bars are known in advance
+(a backtest's replay, a warm-up on stored history) :func:`network_outputs` builds the states of
+every bar with the same arithmetic (:func:`~strategies.agents.observation.observations_between`,
+bit-identical to the bar-by-bar window), runs the EAM over them a chunk at a time, stacks its
+signals as the SAM's signal channel, runs the SAM's position-free body once per bar and scores
+its head for both positions the module can hold (0 cash, 1 coin). What the SAM does at a bar
+then depends only on the position held there: looked up bar by bar (the position the account
+holds, in a replay) or scanned (the module's own last action, in a warm-up).
+
+Exactness. A batched pass sums in another order than a batch of one (about 1e-7 relative
+apart on this CPU), which could flip an argmax whose two best Q-values are that close. Every
+bar whose margin is under :data:`NEAR_TIE` (relative) is settled by the bar-by-bar call itself
+(:func:`eam_signal`, :func:`sam_action`, the very functions the bar-by-bar path calls), so every
+signal and action is the bar-by-bar path's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from strategies.agents.observation import (
+    COIN_ROW,
+    bar_rows,
+    metric_rows,
+    observations_between,
+    with_position,
+)
+from strategies.registry import LoadedCryptoModule
+
+NEAR_TIE = 1e-4
+"""Margins between the two best Q-values under this share of ``1 + max |Q|`` are recomputed
+one bar at a time (batched and single passes differ by ~1e-7 relative)."""
+
+CHUNK = 2048
+"""Bars per forward pass (bounds the memory of a long history's states)."""
+
+
+def infer_on_one_thread() -> None:
+    """Have torch run this thread's inference on one thread.
+
+    The networks are small: on one thread they run fastest (a bar-by-bar backtest on the
+    default thread pool crawled) and give the same bits every time. Torch keeps the setting
+    per thread, so every thread that infers calls this (module loading, warm-up, decisions).
+    """
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
+@torch.no_grad()
+def eam_signal(model: LoadedCryptoModule, state: np.ndarray) -> int:
+    """The EAM's signal (-1 sell, 0 hold, +1 buy) at one state ``(F, 2, n)``: the bar-by-bar
+    call."""
+    assert model.eam is not None
+    return int(model.eam(torch.from_numpy(state)[None]).argmax(dim=1)) - 1
+
+
+@torch.no_grad()
+def sam_action(model: LoadedCryptoModule, sam_state: np.ndarray, position: float) -> int:
+    """The SAM's action (0 all cash, 1 all coin) at one state ``(C, 2, n)`` holding
+    ``position``: the bar-by-bar call."""
+    obs = torch.from_numpy(with_position(sam_state, position))[None]
+    return int(model.sam(obs).argmax(dim=1))
+
+
+@dataclass(frozen=True)
+class NetworkOutputs:
+    """What the networks answer at every bar of a history.
+
+    ``signals``: ``(T,)`` float32, the EAM's signal (0 before a full window, and without an
+    EAM). ``actions``: ``(T, 2)`` int8, the SAM's action at bar ``t`` holding position 0 and
+    position 1 (0 where the window is not full or the DRU not ready: no decision is taken
+    there). ``settled``: near ties recomputed one bar at a time.
+    """
+
+    signals: np.ndarray
+    actions: np.ndarray
+    settled: int = 0
+
+
+def _near_ties(q: torch.Tensor) -> np.ndarray:
+    """Rows whose two best Q-values are within :data:`NEAR_TIE` (or not finite)."""
+    top = torch.topk(q, 2, dim=1).values
+    margin = (top[:, 0] - top[:, 1]).numpy()
+    scale = 1.0 + q.abs().amax(dim=1).numpy()
+    return ~(margin > NEAR_TIE * scale)
+
+
+@torch.no_grad()
+def network_outputs(
+    model: LoadedCryptoModule,
+    ohlcv: np.ndarray,
+    features: np.ndarray,
+    ready: np.ndarray,
+    chunk: int = CHUNK,
+) -> NetworkOutputs:
+    """The EAM's signals and the SAM's actions (for both positions) at every bar of a history
+    read from its first bar (``ohlcv (T, 5)``, the DRU's ``features (T, k)`` and ``ready
+    (T,)``), equal to what the bar-by-bar path computes (module docstring)."""
+    infer_on_one_thread()
+    window = model.schema.window
+    total = len(ohlcv)
+    ready = np.asarray(ready, dtype=bool)
+    signals = np.zeros(total, dtype=np.float32)
+    actions = np.zeros((total, 2), dtype=np.int8)
+    settled = 0
+    if total < window:
+        return NetworkOutputs(signals, actions)
+    rows, metrics = bar_rows(ohlcv), metric_rows(features, ready)
+    for start in range(window - 1, total, chunk):
+        stop = min(total, start + chunk)
+        states = observations_between(rows, metrics, window, start, stop)
+        sam_states = states
+        if model.eam is not None:
+            q = model.eam(torch.from_numpy(states))
+            signal = (q.argmax(dim=1) - 1).numpy().astype(np.float32)
+            for j in np.flatnonzero(_near_ties(q)):
+                signal[j] = eam_signal(model, states[j])
+                settled += 1
+            signals[start:stop] = signal
+            channel = np.zeros((stop - start, 1, 2, window), dtype=np.float32)
+            lo = start - window + 1
+            channel[:, 0, COIN_ROW] = np.lib.stride_tricks.sliding_window_view(
+                signals[lo:stop], window
+            )
+            sam_states = np.concatenate((states, channel), axis=1)
+        deciding = np.flatnonzero(ready[start:stop])
+        if len(deciding) == 0:
+            continue
+        data = torch.from_numpy(sam_states[deciding])
+        body = model.sam.features(data)
+        for p in (0, 1):
+            q = model.sam.q_values(body, torch.full((len(deciding),), float(p)))
+            action = q.argmax(dim=1).numpy().astype(np.int8)
+            for j in np.flatnonzero(_near_ties(q)):
+                action[j] = sam_action(model, sam_states[deciding[j]], float(p))
+                settled += 1
+            actions[start + deciding, p] = action
+    return NetworkOutputs(signals, actions, settled)
+
+
+def own_positions(outputs: NetworkOutputs, ready: np.ndarray, window: int) -> np.ndarray:
+    """The positions ``(T,)`` the module takes when it reads its own last action as the
+    position held (training's assumption, and the warm-up's), starting in cash: cash where
+    the window is not full or the DRU not ready."""
+    actions = outputs.actions.tolist()
+    usable = np.asarray(ready, dtype=bool).tolist()
+    positions = np.zeros(len(actions), dtype=np.int8)
+    p = 0
+    for t in range(window - 1, len(actions)):
+        p = actions[t][p] if usable[t] else 0
+        positions[t] = p
+    return positions
