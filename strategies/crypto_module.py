@@ -56,17 +56,28 @@ METRIC_COLUMNS = ["known_at", "asset", "name", "observed_at", "value"]
 
 @dataclass
 class _Plan:
-    """Decisions computed ahead for the bars a module will be given (see ``prepare``)."""
+    """Decisions computed ahead for the bars a module will be given (see ``prepare``).
 
-    bars: list[tuple[int, int, float, float, float, float, float]]
-    """(close, open time, open, high, low, close, volume) of each bar, in order."""
+    Flat lists of numbers (few objects for the garbage collector to walk during a replay)."""
+
+    model_id: str
+    coin: str
+    closes: list[int]
+    """Close time of each bar, in order ..."""
+    bars: list[tuple[int, float, float, float, float, float]]
+    """... and its (open time, open, high, low, close, volume)."""
     ready: list[bool]
     signals: list[int]
-    actions: list[list[int]]
+    actions: list[int]
+    """The SAM's action at bar ``i`` holding position ``p`` is ``actions[2 * i + p]``."""
+    settled: int = 0
+    """Near ties the single-bar calls settled while planning."""
     cursor: int = 0
     """Bars decided so far."""
-    received: list[tuple[int, Metric]] = field(default_factory=list)
-    """The spec's metrics given meanwhile, each with the bars decided before it."""
+    received: list[Metric] = field(default_factory=list)
+    """The spec's metrics given meanwhile, in order ..."""
+    received_at: list[int] = field(default_factory=list)
+    """... and how many bars had been decided before each."""
 
 
 class CryptoModule:
@@ -96,7 +107,10 @@ class CryptoModule:
         """The state of a module that has read nothing."""
         spec = self.model.feature_spec
         self._features = None if spec is None else FeatureState(spec, self._step)
-        self._columns = set() if spec is None else {split_id(i) for i in spec.metric_ids}
+        self.metric_keys: frozenset[tuple[str, str]] = frozenset(
+            () if spec is None else (split_id(i) for i in spec.metric_ids)
+        )
+        """The (asset, name) of the metrics its features read (``on_metric`` ignores others)."""
         self._states = ObservationWindow(self.window, len(self.model.schema.metric_features))
         self._signals: deque[float] = deque([0.0] * self.window, maxlen=self.window)
         self._bars = 0
@@ -130,8 +144,9 @@ class CryptoModule:
         """Take a metric event (the feature state keeps those it uses until they are known)."""
         plan = self._plan
         if plan is not None:
-            if (metric.asset, metric.name) in self._columns:
-                plan.received.append((plan.cursor, metric))
+            if (metric.asset, metric.name) in self.metric_keys:
+                plan.received.append(metric)
+                plan.received_at.append(plan.cursor)
         elif self._features is not None:
             self._features.on_metric(metric)
 
@@ -212,41 +227,36 @@ class CryptoModule:
             features, ready = frame.features, frame.ready
         outputs = network_outputs(self.model, ohlcv, features, ready)
         self._plan = _Plan(
-            bars=list(zip(close.tolist(), open_time.tolist(), *ohlcv.T.tolist(), strict=True)),
+            model_id=self.model_id,
+            coin=self.coin,
+            closes=close.tolist(),
+            bars=list(zip(open_time.tolist(), *ohlcv.T.tolist(), strict=True)),
             ready=ready.tolist(),
             signals=outputs.signals.astype(np.int64).tolist(),
-            actions=outputs.actions.tolist(),
+            actions=outputs.actions.ravel().tolist(),
+            settled=outputs.settled,
         )
         return True
 
     def _planned(self, plan: _Plan, bar: Bar, position: float | None) -> ModuleDecision | None:
         """The planned decision at ``bar``, or None when the plan does not cover it."""
         i = plan.cursor
-        if i >= len(plan.bars) or plan.bars[i] != (
-            bar.ts,
-            bar.open_time,
-            bar.open,
-            bar.high,
-            bar.low,
-            bar.close,
-            bar.volume,
-        ):
+        # (open time, open, high, low, close, volume) and the close time: the bar foreseen?
+        if i >= len(plan.bars) or bar[4:] != plan.bars[i] or bar[0] != plan.closes[i]:
             return None
         if position is not None:
             if position != 0.0 and position != 1.0:
                 return None  # the plan scored positions 0 and 1 only
             self.position = float(position)
         plan.cursor = i + 1
-        self.signal, self.ready = 0, False
         if i < self.window - 1 or not plan.ready[i]:
-            if i >= self.window - 1:
-                self.signal = plan.signals[i]
-            self.position = 0.0
-            return ModuleDecision(bar.ts, self.model_id, self.coin, 1.0, 0.0)
+            self.signal = plan.signals[i]  # 0 before a full window
+            self.position, self.ready = 0.0, False
+            return ModuleDecision(bar[0], plan.model_id, plan.coin, 1.0, 0.0)
         self.signal = plan.signals[i]
-        self.position = float(plan.actions[i][int(self.position)])
+        self.position = position = float(plan.actions[2 * i + int(self.position)])
         self.ready = True
-        return ModuleDecision(bar.ts, self.model_id, self.coin, 1.0 - self.position, self.position)
+        return ModuleDecision(bar[0], plan.model_id, plan.coin, 1.0 - position, position)
 
     def _catch_up(self, exchange: str) -> None:
         """Leave the plan: rebuild the state as reading its bars and metrics one event at a
@@ -254,13 +264,14 @@ class CryptoModule:
         plan = self._plan
         assert plan is not None
         position, signal, ready = self.position, self.signal, self.ready
-        received = iter(plan.received)
+        received = iter(zip(plan.received_at, plan.received, strict=True))
         pending = next(received, None)
         events: list[Event] = []
-        for i, (close, open_time, o, h, lo, c, v) in enumerate(plan.bars[: plan.cursor]):
+        for i, (open_time, o, h, lo, c, v) in enumerate(plan.bars[: plan.cursor]):
             while pending is not None and pending[0] <= i:
                 events.append(pending[1])
                 pending = next(received, None)
+            close = plan.closes[i]
             events.append(
                 Bar(close, exchange, self.symbol, self.timeframe, open_time, o, h, lo, c, v)
             )

@@ -84,14 +84,25 @@ class PortfolioVote:
         self.quote = quote
         self._modules: dict[str, Module] = {}
         self._latest: dict[str, ModuleDecision] = {}
+        # Which modules read a bar of a symbol, or a metric (asset, name), in plug order: a
+        # module with a ``symbol`` reads only its bars, one with ``metric_keys`` only those
+        # metrics (the others would be ignored); rebuilt whenever the modules change.
+        self._bar_readers: dict[str, tuple[tuple[str, Module], ...]] = {}
+        self._metric_readers: dict[tuple[str, str], tuple[Module, ...]] = {}
         for module in modules:
             self.plug(module)
 
     def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
         """Feed the instant to the modules, note their decisions, answer the vote."""
         instant = context.instant
-        for metric in instant.metrics:
-            self.on_metric(metric)
+        if instant.metrics:
+            routes = self._metric_readers
+            for metric in instant.metrics:
+                readers = routes.get((metric.asset, metric.name))
+                if readers is None:
+                    readers = self._readers_of((metric.asset, metric.name))
+                for module in readers:
+                    module.on_metric(metric)
         if instant.bars:
             positions = self.positions(context.account.weights())
             for bar in instant.bars:
@@ -107,8 +118,9 @@ class PortfolioVote:
         returns how many did. ``after``/``before``: only events stamped in ``(after, before)``
         are read (a fold's modules read no others). Modules plugged later decide bar by bar."""
         metrics = replay.replayed_metrics()
-        known = metrics["known_at"].to_numpy()
-        metrics = metrics[_inside(known, after, before)]
+        inside = _inside(metrics["known_at"].to_numpy(), after, before)
+        if not inside.all():
+            metrics = metrics[inside]
         prepared = 0
         for module in tuple(self._modules.values()):
             prepare = getattr(module, "prepare", None)
@@ -141,13 +153,16 @@ class PortfolioVote:
         if module.coin in self._modules:
             raise ValueError(f"a Crypto Module for {module.coin} is already plugged; use replace")
         self._modules[module.coin] = module
+        self._changed()
 
     def unplug(self, coin: str) -> Module:
         """Remove the module of ``coin`` and return it; the next votes are over the others."""
         if coin not in self._modules:
             raise KeyError(f"no Crypto Module plugged for {coin}; plugged: {list(self._modules)}")
         self._latest.pop(coin, None)
-        return self._modules.pop(coin)
+        removed = self._modules.pop(coin)
+        self._changed()
+        return removed
 
     def replace(self, module: Module) -> Module:
         """Swap in ``module`` for its coin, keeping the coin's place; returns the old module."""
@@ -156,16 +171,32 @@ class PortfolioVote:
         old = self._modules[module.coin]
         self._modules[module.coin] = module
         self._latest.pop(module.coin, None)
+        self._changed()
         return old
+
+    def _changed(self) -> None:
+        self._bar_readers.clear()
+        self._metric_readers.clear()
 
     def latest(self, coin: str) -> ModuleDecision | None:
         """The last decision of ``coin``'s module (None before its first, or once unplugged)."""
         return self._latest.get(coin)
 
     def on_metric(self, metric: Metric) -> None:
-        """Hand a metric to every plugged module."""
-        for module in tuple(self._modules.values()):
+        """Hand a metric to every plugged module that reads it (all but those whose
+        ``metric_keys`` leave it out)."""
+        key = (metric.asset, metric.name)
+        readers = self._metric_readers.get(key)
+        for module in self._readers_of(key) if readers is None else readers:
             module.on_metric(metric)
+
+    def _readers_of(self, key: tuple[str, str]) -> tuple[Module, ...]:
+        readers = self._metric_readers[key] = tuple(
+            module
+            for module in self._modules.values()
+            if key in getattr(module, "metric_keys", (key,))
+        )
+        return readers
 
     def on_bar(
         self, bar: Bar, positions: Mapping[str, float] | None = None
@@ -173,7 +204,14 @@ class PortfolioVote:
         """Hand a bar to every plugged module (with the position the account holds in its
         coin, when known); remember and return their decisions."""
         decisions = []
-        for coin, module in tuple(self._modules.items()):
+        readers = self._bar_readers.get(bar.symbol)
+        if readers is None:
+            readers = self._bar_readers[bar.symbol] = tuple(
+                (coin, module)
+                for coin, module in self._modules.items()
+                if getattr(module, "symbol", bar.symbol) == bar.symbol
+            )
+        for coin, module in readers:
             position = None if positions is None else positions.get(coin, 0.0)
             decision = module.decide(bar, position)
             if decision is not None:

@@ -121,11 +121,16 @@ def window_observations(rows: np.ndarray, metrics: np.ndarray) -> np.ndarray:
     n = rows.shape[-1]
     k = metrics.shape[-2]
     out = np.zeros((*lead, len(PRICE_FEATURES) + k, 2, n), dtype=np.float32)
-    last_close = rows[..., 3, -1][..., None, None]
-    out[..., :4, COIN_ROW, :] = (rows[..., :4, :] / last_close - 1.0) * PRICE_SCALE
-    out[..., 4, COIN_ROW, :] = rows[..., 4, :] - rows[..., 4, -1:]
-    out[..., 5:, COIN_ROW, :] = metrics
+    _write_coin_rows(rows, metrics, out[..., COIN_ROW, :])
     return out
+
+
+def _write_coin_rows(rows: np.ndarray, metrics: np.ndarray, coin: np.ndarray) -> None:
+    """The coin row ``(..., F, n)`` of the states of windows ``rows``, ``metrics``."""
+    last_close = rows[..., 3, -1][..., None, None]
+    coin[..., :4, :] = (rows[..., :4, :] / last_close - 1.0) * PRICE_SCALE
+    coin[..., 4, :] = rows[..., 4, :] - rows[..., 4, -1:]
+    coin[..., 5:, :] = metrics
 
 
 def build_observations(
@@ -160,6 +165,23 @@ def observations_between(
         sliding_window_view(rows[lo:stop], window, axis=0),
         sliding_window_view(metrics[lo:stop], window, axis=0),
     )
+
+
+def coin_rows_between(
+    rows: np.ndarray, metrics: np.ndarray, window: int, start: int, stop: int
+) -> np.ndarray:
+    """The coin rows ``(stop - start, F, window)`` of :func:`observations_between`'s states
+    (the cash row of every state is zeros): what batched inference reads."""
+    if start < window - 1 or stop > len(rows) or stop < start:
+        raise ValueError(f"bars {start}..{stop} have no full window of {window} in {len(rows)}")
+    lo = start - window + 1
+    out = np.empty((stop - start, len(PRICE_FEATURES) + metrics.shape[1], window), np.float32)
+    _write_coin_rows(
+        sliding_window_view(rows[lo:stop], window, axis=0),
+        sliding_window_view(metrics[lo:stop], window, axis=0),
+        out,
+    )
+    return out
 
 
 def signal_windows(signals: np.ndarray, window: int) -> np.ndarray:

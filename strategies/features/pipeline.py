@@ -225,16 +225,11 @@ def _refine_at_bars(
 ) -> FeatureFrame:
     """Step ``refiner`` at every bar where a latest value changed; features at every bar."""
     steps = np.flatnonzero(changed)
-    k = spec.width
+    stepped = refiner.steps(close_ts[steps], values[steps])
     # Output row 0 is the state before any step; row s + 1 the state after step s.
-    step_features = np.zeros((len(steps) + 1, k), dtype="float64")
-    step_ready = np.zeros(len(steps) + 1, dtype=bool)
-    step_variance = np.full(len(steps) + 1, math.nan)
-    for s, i in enumerate(steps):
-        refiner.step(int(close_ts[i]), values[i])
-        step_features[s + 1] = refiner.features
-        step_ready[s + 1] = refiner.ready
-        step_variance[s + 1] = refiner.explained_variance
+    step_features = np.concatenate((np.zeros((1, spec.width)), stepped.features))
+    step_ready = np.r_[False, stepped.ready]
+    step_variance = np.r_[math.nan, stepped.explained_variance]
     state = np.cumsum(changed)
     return FeatureFrame(
         close_ts,

@@ -86,3 +86,32 @@ def jolted(module: CryptoModule, seed: int, scale: float = 2.0) -> CryptoModule:
             noise = torch.randn(weights.shape, generator=generator)
             weights.copy_(noise * scale / fan_in**0.5 if weights.dim() > 1 else noise * 0.0)
     return module
+
+
+def module_state(module: CryptoModule) -> tuple:
+    """Everything a module carries to its next event, comparable with ``==``."""
+    features = module._features
+    assert features is not None
+    refiner = features._refiner
+    windows = [
+        (w._buffer.tobytes(), w._slot, w._day, w.rows, w.days_seen)
+        for w in (refiner._values, refiner._scores)
+    ]
+    return (
+        features._latest.tobytes(),
+        list(features._latest_observed),
+        sorted(features._pending),
+        features._sequence,
+        features._last_close,
+        windows,
+        refiner.features.tobytes(),
+        refiner.z.tobytes(),
+        refiner.ready,
+        [r.tobytes() for r in module._states._rows],
+        [m.tobytes() for m in module._states._metrics],
+        list(module._signals),
+        module._bars,
+        module.position,
+        module.signal,
+        module.ready,
+    )

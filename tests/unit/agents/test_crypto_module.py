@@ -12,7 +12,7 @@ from strategies.agents.observation import build_observations, signal_windows
 from strategies.agents.train import eam_signals, train_cm
 from strategies.crypto_module import CryptoModule
 from strategies.registry import save_crypto_module
-from tests.unit.agents.conftest import TINY, jolted
+from tests.unit.agents.conftest import TINY, jolted, module_state
 
 
 @pytest.fixture(scope="module")
@@ -127,35 +127,6 @@ def test_warm_up_fills_the_window_then_decisions_come_from_the_networks(folder, 
         else:
             decisions.append(module.decide(event))
     assert decisions and all(d is not None for d in decisions) and module.ready
-
-
-def module_state(module: CryptoModule) -> tuple:
-    """Everything a module carries to its next event, comparable with ``==``."""
-    features = module._features
-    assert features is not None
-    refiner = features._refiner
-    windows = [
-        (w._buffer.tobytes(), w._slot, w._day, w.rows, w.days_seen)
-        for w in (refiner._values, refiner._scores)
-    ]
-    return (
-        features._latest.tobytes(),
-        list(features._latest_observed),
-        sorted(features._pending),
-        features._sequence,
-        features._last_close,
-        windows,
-        refiner.features.tobytes(),
-        refiner.z.tobytes(),
-        refiner.ready,
-        [r.tobytes() for r in module._states._rows],
-        [m.tobytes() for m in module._states._metrics],
-        list(module._signals),
-        module._bars,
-        module.position,
-        module.signal,
-        module.ready,
-    )
 
 
 def fresh(folder, seed: int = 2) -> CryptoModule:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from strategies import module_outputs
-from strategies.agents.observation import COIN_ROW, build_observations
+from strategies.agents.observation import CASH_ROW, COIN_ROW, build_observations
 from strategies.agents.train import train_cm
 from strategies.crypto_module import CryptoModule
 from strategies.module_outputs import (
@@ -93,3 +93,18 @@ def test_inference_runs_on_one_thread() -> None:
     torch.set_num_threads(2)
     infer_on_one_thread()
     assert torch.get_num_threads() == 1
+
+
+def test_the_coin_row_passes_match_the_networks_up_to_rounding(model, history) -> None:
+    window = model.schema.window
+    states = build_observations(history.ohlcv, history.features, history.ready, window)
+    states = states[window - 1 :]
+    assert not states[:, :, CASH_ROW].any()  # what reading the coin rows only relies on
+    coin = np.ascontiguousarray(states[:, :, COIN_ROW])
+    with torch.no_grad():
+        whole = model.eam(torch.from_numpy(states))
+        assert torch.allclose(module_outputs._eam_q_values(model, coin), whole, atol=1e-5)
+        data = np.concatenate((states, np.zeros_like(states[:, :1])), axis=1)
+        body = model.sam.features(torch.from_numpy(data))
+        shortcut = module_outputs._sam_body(model, np.ascontiguousarray(data[:, :, COIN_ROW]))
+        assert torch.allclose(shortcut, body, atol=1e-5)

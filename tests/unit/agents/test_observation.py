@@ -13,6 +13,7 @@ from strategies.agents.observation import (
     ObservationWindow,
     bar_rows,
     build_observations,
+    coin_rows_between,
     metric_rows,
     observations_between,
     signal_windows,
@@ -67,6 +68,10 @@ def test_states_built_a_chunk_at_a_time_are_the_whole_history_s():
     ohlcv, features, ready = _random_history(np.random.default_rng(2), 120, 3)
     whole = build_observations(ohlcv, features, ready, window=16)
     rows, metrics = bar_rows(ohlcv), metric_rows(features, ready)
+    coin = np.concatenate(
+        [coin_rows_between(rows, metrics, 16, a, min(a + 37, 120)) for a in range(15, 120, 37)]
+    )
+    assert np.array_equal(coin, whole[15:, :, COIN_ROW])
     chunks = [
         observations_between(rows, metrics, 16, a, min(a + 37, 120)) for a in range(15, 120, 37)
     ]
