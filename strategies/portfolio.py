@@ -105,9 +105,16 @@ class PortfolioVote:
                     module.on_metric(metric)
         if instant.bars:
             positions = self.positions(context.account.weights())
+            latest, note = self._latest, context.note
             for bar in instant.bars:
-                for decision in self.on_bar(bar, positions):
-                    context.note(decision)
+                readers = self._bar_readers.get(bar.symbol)
+                for coin, module in (
+                    self._bar_readers_of(bar.symbol) if readers is None else readers
+                ):
+                    decision = module.decide(bar, positions.get(coin, 0.0))
+                    if decision is not None:
+                        latest[coin] = decision
+                        note(decision)
         return dict(self.weights()) if context.deciding else None
 
     def prepare(
@@ -121,6 +128,12 @@ class PortfolioVote:
         inside = _inside(metrics["known_at"].to_numpy(), after, before)
         if not inside.all():
             metrics = metrics[inside]
+        # Each module gets the rows of the metrics it reads (one factorisation for all).
+        assets, asset_names = pd.factorize(metrics["asset"])
+        names, metric_names = pd.factorize(metrics["name"])
+        pairs = assets.astype(np.int64) * max(1, len(metric_names)) + names
+        asset_code = {str(a): i for i, a in enumerate(asset_names)}
+        name_code = {str(n): i for i, n in enumerate(metric_names)}
         prepared = 0
         for module in tuple(self._modules.values()):
             prepare = getattr(module, "prepare", None)
@@ -130,7 +143,16 @@ class PortfolioVote:
             open_time, ohlcv = replay.replayed_bars(symbol)
             close = open_time + timeframe_ms(replay.timeframe)
             mine = _inside(close, after, before)
-            prepared += bool(prepare(replay.timeframe, open_time[mine], ohlcv[mine], metrics))
+            keys = getattr(module, "metric_keys", None)
+            read = metrics
+            if keys is not None:
+                wanted = [
+                    asset_code[a] * max(1, len(metric_names)) + name_code[n]
+                    for a, n in keys
+                    if a in asset_code and n in name_code
+                ]
+                read = metrics.iloc[np.flatnonzero(np.isin(pairs, wanted))]
+            prepared += bool(prepare(replay.timeframe, open_time[mine], ohlcv[mine], read))
         return prepared
 
     def positions(self, weights: Mapping[str, float]) -> dict[str, float]:
@@ -190,6 +212,14 @@ class PortfolioVote:
         for module in self._readers_of(key) if readers is None else readers:
             module.on_metric(metric)
 
+    def _bar_readers_of(self, symbol: str) -> tuple[tuple[str, Module], ...]:
+        readers = self._bar_readers[symbol] = tuple(
+            (coin, module)
+            for coin, module in self._modules.items()
+            if getattr(module, "symbol", symbol) == symbol
+        )
+        return readers
+
     def _readers_of(self, key: tuple[str, str]) -> tuple[Module, ...]:
         readers = self._metric_readers[key] = tuple(
             module
@@ -205,13 +235,7 @@ class PortfolioVote:
         coin, when known); remember and return their decisions."""
         decisions = []
         readers = self._bar_readers.get(bar.symbol)
-        if readers is None:
-            readers = self._bar_readers[bar.symbol] = tuple(
-                (coin, module)
-                for coin, module in self._modules.items()
-                if getattr(module, "symbol", bar.symbol) == bar.symbol
-            )
-        for coin, module in readers:
+        for coin, module in self._bar_readers_of(bar.symbol) if readers is None else readers:
             position = None if positions is None else positions.get(coin, 0.0)
             decision = module.decide(bar, position)
             if decision is not None:

@@ -27,11 +27,11 @@ at every step, never kept as running totals, so no rounding drift builds up.
 
 Same bits in a batch of one or of thousands: the steps of a batch are stacked, each with its own
 windows (rows gathered from the ring buffers and the batch's earlier steps, missing rows padded
-in front), and every sum adds the window's rows one after the other (:func:`_row_sum`), so each
-step's sums add the same numbers in the same order whatever the batch;
-everything else is element-wise, or a maximum, and the covariances (``numpy.matmul``) and their
-eigenvectors (``numpy.linalg.eigh``) are computed one stacked matrix at a time by BLAS and
-LAPACK, the same call for a batch of one.
+in front). Every sum over a window is a matrix product, computed one stacked step at a time by
+BLAS (:func:`_window_sum`, the covariances), and the eigenvectors one stacked matrix at a time
+by LAPACK (``numpy.linalg.eigh``): the same call, with the same shapes, for a batch of one.
+Short sums over the metrics add them one after the other (:func:`_row_sum`); everything else
+is element-wise, or a maximum.
 
 Width stability: ``k`` is fixed at fit time, as the number of components explaining at least
 ``pca_variance`` of the variance of the z-vectors on the training window, so the network input
@@ -292,6 +292,13 @@ def _row_sum(stacked: np.ndarray) -> np.ndarray:
     return total
 
 
+def _window_sum(stacked: np.ndarray) -> np.ndarray:
+    """Sums over the window axis of ``stacked (S, n, m)``: one BLAS product with a row of ones
+    per step (the same call, and bits, for a batch of one)."""
+    ones = np.ones((1, stacked.shape[1]), dtype=stacked.dtype)
+    return np.matmul(ones, np.ascontiguousarray(stacked))[:, 0]
+
+
 def zscores(windows: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``(x - mean) / std`` per column of stacked windows ``(S, n, m)`` (rows = days, NaN =
     unknown) and values ``(S, m)``: 0 where ``x`` is unknown, a column has fewer than 2 known
@@ -302,11 +309,11 @@ def zscores(windows: np.ndarray, x: np.ndarray) -> np.ndarray:
     divisor = np.maximum(count, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         filled = windows if everything else np.where(known, windows, 0.0)
-        mean = _row_sum(filled) / divisor
+        mean = _window_sum(filled) / divisor
         deviation = windows - mean[:, None]
         if not everything:
             deviation = np.where(known, deviation, 0.0)
-        std = np.sqrt(_row_sum(deviation * deviation) / divisor)
+        std = np.sqrt(_window_sum(deviation * deviation) / divisor)
         if everything:
             spread = windows.max(axis=1) > windows.min(axis=1)
         else:
@@ -332,7 +339,7 @@ def projections(
     sign-aligned with ``reference (k, m)``, and the share of variance they explain (NaN, and
     zero features, for a window without variance)."""
     count = rows.sum(axis=1)[:, None]
-    mean = _row_sum(scores) / count  # missing rows hold zeros
+    mean = _window_sum(scores) / count  # missing rows hold zeros
     centred = scores - mean[:, None]
     centred[~rows] = 0.0
     # One matrix product per step (BLAS ``gemm`` on each stacked pair, as for a batch of one).
