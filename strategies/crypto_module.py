@@ -307,10 +307,14 @@ class CryptoModule:
         closes: list[int] = []
         metrics: list[tuple[int, str, str, int, float]] = []
         before: list[int] = []
+        keys = self.metric_keys
         for event in events:
             if isinstance(event, Metric):
-                metrics.append((event.ts, event.asset, event.name, event.observed_at, event.value))
-                before.append(len(bars))
+                if (event.asset, event.name) in keys:  # the feature state ignores the others
+                    metrics.append(
+                        (event.ts, event.asset, event.name, event.observed_at, event.value)
+                    )
+                    before.append(len(bars))
             elif (
                 isinstance(event, Bar)
                 and event.symbol == self.symbol
