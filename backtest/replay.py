@@ -16,6 +16,7 @@ live driver's): a test checks they build the same instants from the same history
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import chain, islice, repeat
 
@@ -147,6 +148,31 @@ class ReplayDriver:
         """The close time of every instant the replay yields, in order (warm-up included)."""
         closes = self._instant_close
         return closes[: int(np.searchsorted(closes, self.end_ms, side="left"))]
+
+    def replayed_bars(self, symbol: str) -> tuple[np.ndarray, np.ndarray]:
+        """Open times ``(T,)`` and OHLCV rows ``(T, 5)`` of the ``symbol`` bars that
+        :meth:`instants` yields, in the order it yields them (for a policy's ``prepare``)."""
+        if symbol not in self.symbols:
+            return np.empty(0, np.int64), np.empty((0, 5))
+        closes = self._open_time + self.step_ms
+        mine = (self._symbol_index == self.symbols.index(symbol)) & (closes < self.end_ms)
+        return self._open_time[mine], self._ohlcv[mine]
+
+    def replayed_metrics(self) -> pd.DataFrame:
+        """The metrics :meth:`instants` yields, in the order it yields them: ``known_at`` (the
+        ``Metric``'s ``ts``), ``asset``, ``name``, ``observed_at``, ``value``."""
+        known, asset, name, observed, value = self._metrics
+        closes = self._instant_close[self._instant_close < self.end_ms]
+        count = bisect.bisect_right(known, int(closes[-1])) if len(closes) else 0
+        return pd.DataFrame(
+            {
+                "known_at": np.array(known[:count], dtype=np.int64),
+                "asset": asset[:count],
+                "name": name[:count],
+                "observed_at": np.array(observed[:count], dtype=np.int64),
+                "value": np.array(value[:count], dtype=np.float64),
+            }
+        )
 
     @property
     def decision_count(self) -> int:
