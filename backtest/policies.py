@@ -28,7 +28,7 @@ from strategies.baselines import (
     TrendFilter,
 )
 from strategies.crypto_module import CryptoModule
-from strategies.portfolio import VOTE_SOURCE, PortfolioVote
+from strategies.portfolio import VOTE_SOURCE, PortfolioVote, ReplayHistory
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,7 @@ def policy_builder(name: str) -> PolicyBuilder:
         return _REGISTRY[name]
     if name.startswith("bh_") and len(name) > 3:
         coin = name[3:]
-        return PolicyBuilder(
-            name, False, lambda ctx: BuyAndHold(coin), f"buy & hold {coin}"
-        )
+        return PolicyBuilder(name, False, lambda ctx: BuyAndHold(coin), f"buy & hold {coin}")
     raise ValueError(f"unknown policy {name!r}; expected one of {[*policy_names(), 'bh_<COIN>']}")
 
 
@@ -118,6 +116,16 @@ class FoldSwitchingVote:
         self.quote = quote
         self.folds = sorted(folds, key=lambda item: item[0].start_ms)
         self.warmup_ms = warmup_ms
+
+    def prepare(self, replay: ReplayHistory) -> int:
+        """Before a replay: each fold's modules compute their decisions at the bars they will
+        read (those of the ``warmup_ms`` before their fold and of the fold) in a few batched
+        passes (:meth:`PortfolioVote.prepare`); returns how many modules did."""
+        prepared = 0
+        for span, vote in self.folds:
+            after = None if self.warmup_ms is None else span.start_ms - self.warmup_ms
+            prepared += vote.prepare(replay, after=after, before=span.end_ms)
+        return prepared
 
     def _reads(self, span: FoldSpan, ts: int) -> bool:
         """Whether the fold's modules read an event stamped ``ts``."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,11 @@ def spec_inputs(spec: FeatureSpec | None) -> tuple[Series, ...]:
 
 
 def module_inputs(module: Module) -> tuple[Series, ...]:
-    """The metric series a plugged module reads (none for a module without metrics)."""
+    """The metric series a plugged module reads (none for a module without metrics): its
+    ``metric_keys`` (sorted) when it has them, else its model's feature spec."""
+    keys = getattr(module, "metric_keys", None)
+    if keys is not None:
+        return tuple(sorted(keys))
     model = getattr(module, "model", None)
     return spec_inputs(getattr(model, "feature_spec", None))
 
@@ -275,7 +280,9 @@ async def ready_vote(
 
 def load_module(cfg: AppConfig, folder: Path, events: Iterable[Event]) -> tuple[CryptoModule, int]:
     """Load a registry folder (``<root>/<coin>/<id>``) as a handler and warm it up; returns it
-    and the bars it read."""
+    and the bars it read. A fresh module reads the whole history at once (features, states and
+    network passes batched; :meth:`CryptoModule.warm_up`), ending in the state reading it bar
+    by bar leaves, with torch on one thread in the loading thread."""
     module = CryptoModule.load(folder, cfg.market.symbol(folder.parent.name))
     if module.timeframe != cfg.market.timeframe:
         raise ControlError(
@@ -548,10 +555,17 @@ async def build_vote(
                 "%s: no model in %s; not plugged (it stays in cash)", coin, cfg.training.models_dir
             )
             continue
+        started = time.perf_counter()
         events = await history_events(cfg, market, metrics, coin, since, now_ms)
         module, bars = await asyncio.to_thread(load_module, cfg, folder, events)
         vote.plug(module)
-        log.info("%s: plugged %s, warmed up on %d bars", coin, module.model_id, bars)
+        log.info(
+            "%s: plugged %s, warmed up on %d bars in %.1f s",
+            coin,
+            module.model_id,
+            bars,
+            time.perf_counter() - started,
+        )
     updater = None
     if cfg.updating.enabled:
         from strategies.updating import ModuleUpdater

@@ -18,9 +18,9 @@ from typing import Any
 from bot.feed.santiment import SantimentSource
 from bot.feed.santiment_live import MetricRefresher
 from bot.live.driver import LiveDriver
-from bot.live.journal import Journal
 from bot.live.status import INPUTS_KEY
 from bot.store import MetricStore
+from bot.store.journal import Journal
 from bot.timeframes import ms_to_iso
 from config.schema import AppConfig, Secrets
 

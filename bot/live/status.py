@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 
 INPUTS_KEY = "inputs"
 """Where the daemon keeps its inputs' freshness in ``state.db`` (see :mod:`bot.live.inputs`)."""

@@ -19,7 +19,7 @@ import pytest
 
 from bot.engine.step import DecisionContext
 from bot.live.daemon import run_daemon, state_path
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 from bot.timeframes import MINUTE_MS
 from config.schema import Secrets
 from strategies.baselines import EqualWeightRebalanced
