@@ -64,7 +64,13 @@ def alerts_factory(cfg: AppConfig, secrets: Secrets) -> Any:
         known = await journal.get(MIGRATIONS_KEY, {}) or {}
         chats = TelegramChats(cfg.telegram.chat_ids, migrated=known, on_migrated=remember)
         token = secrets.telegram_token
-        alerts = TelegramAlerts(cfg.telegram, token, quote=cfg.market.quote, chats=chats)
+        alerts = TelegramAlerts(
+            cfg.telegram,
+            token,
+            quote=cfg.market.quote,
+            chats=chats,
+            inputs=getattr(controls, "freshness_lines", None),
+        )
         return [alerts, TelegramCommands(cfg.telegram, token, controls, chats=chats)]
 
     return make

@@ -36,7 +36,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import SecretStr
@@ -99,8 +99,11 @@ class TelegramAlerts:
         backoff_max_s: float = 30.0,
         client: BotClient | None = None,
         chats: TelegramChats | None = None,
+        inputs: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self.config = config
+        self.inputs = inputs
+        """Every coin's inputs as lines, appended to the daily summary (the daemon's)."""
         self.quote = quote
         self.chats = chats or TelegramChats(config.chat_ids)
         self._client = client or BotClient(config.api_url, token)
@@ -225,9 +228,21 @@ class TelegramAlerts:
             log.exception("telegram: daily summary bookkeeping failed")
             return
         if summary is not None:
+            inputs = self._input_lines()
             self._enqueue(
-                lambda: fmt.format_summary(summary, self.quote), "summary", self._chart(summary)
+                lambda: fmt.format_summary(summary, self.quote, inputs),
+                "summary",
+                self._chart(summary),
             )
+
+    def _input_lines(self) -> list[str]:
+        if self.inputs is None:
+            return []
+        try:
+            return list(self.inputs())
+        except Exception:
+            log.exception("telegram: the inputs' freshness could not be read")
+            return []
 
     # -- queueing -------------------------------------------------------------------------------
 

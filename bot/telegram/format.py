@@ -146,8 +146,9 @@ def format_stopped(summary: str) -> str:
     return truncate(f"cryptorlpm stopped\n{summary}".rstrip())
 
 
-def format_summary(summary: DaySummary, quote: str) -> str:
-    """Daily summary: equity, change over the period, fills and refusals counts."""
+def format_summary(summary: DaySummary, quote: str, inputs: Sequence[str] = ()) -> str:
+    """Daily summary: equity, change over the period, fills and refusals counts, then every
+    coin's inputs (``inputs``: last bar, last value of every metric, their sources)."""
     pct = summary.change_pct
     change = f"{'+' if summary.change >= 0 else ''}{fmt_money(summary.change)} {quote}"
     if pct is not None:
@@ -156,7 +157,8 @@ def format_summary(summary: DaySummary, quote: str) -> str:
         f"Daily summary {fmt_ts(summary.end_ts)}\n"
         f"Equity {fmt_money(summary.equity)} {quote} ({change})\n"
         f"since {fmt_ts(summary.start_ts)}\n"
-        f"Fills: {summary.fills}, risk refusals: {summary.refusals}",
+        f"Fills: {summary.fills}, risk refusals: {summary.refusals}"
+        + "".join(f"\n{line}" for line in inputs),
         MAX_CAPTION,
     )
 
@@ -183,6 +185,7 @@ def format_status(status: Mapping[str, Any]) -> str:
         f"Cycles: {status.get('cycles', 'n/a')} (last {status.get('last_cycle') or 'never'})",
         f"Last error: {status.get('last_error') or 'none'}",
         *(status.get("trading") or ()),
+        *(status.get("inputs") or ()),
     ]
     known = (
         "mode",
@@ -194,6 +197,7 @@ def format_status(status: Mapping[str, Any]) -> str:
         "equity",
         "quote",
         "trading",
+        "inputs",
         "last_cycle_status",
     )
     return truncate("\n".join(lines + _extras(status, known)))
@@ -246,13 +250,15 @@ def format_modules(modules: Sequence[Mapping[str, Any]]) -> str:
     for module in modules:
         parts = [
             f"{module.get('coin', '?')}: {module.get('model_id', '?')}",
-            "ready" if module.get("ready") else "not ready",
+            "ready"
+            if module.get("ready")
+            else "not ready" + (f" ({module['not_ready']})" if module.get("not_ready") else ""),
         ]
         last = module.get("last_decision")
         parts.append(f"last weight {fmt_pct(last)}" if last is not None else "no decision yet")
         if module.get("pending"):
             parts.append(f"pending: {module['pending']}")
-        known = ("coin", "model_id", "ready", "last_decision", "pending")
+        known = ("coin", "model_id", "ready", "not_ready", "last_decision", "pending")
         parts.extend(_extras(module, known))
         lines.append(", ".join(parts))
     return truncate("\n".join(lines))

@@ -157,6 +157,15 @@ class FakeSantiment:
     ) -> None:
         await self.close()
 
+    @property
+    def now_ms(self) -> int:
+        """The fake's clock (the wall clock unless set)."""
+        return self._now()
+
+    @now_ms.setter
+    def now_ms(self, value: int | None) -> None:
+        self._now_ms = value
+
     # -- state ----------------------------------------------------------------------------------
 
     def add_series(self, slug: str, metric: str, data: SeriesData) -> None:

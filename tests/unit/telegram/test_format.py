@@ -81,6 +81,18 @@ def test_status_reply() -> None:
         "Last error: none",
         "uptime: 3h",
     ]
+    inputs = fmt.format_status(
+        {
+            "trading": [
+                "BTC not ready: metric mvrv has no value since 2024-02-27; its vote counts as cash"
+            ],
+            "inputs": ["BTC: bar 2024-03-01 00:05 (websocket); BTC:mvrv 2024-02-27 (santiment)"],
+        }
+    )
+    assert inputs.splitlines()[-2:] == [
+        "BTC not ready: metric mvrv has no value since 2024-02-27; its vote counts as cash",
+        "BTC: bar 2024-03-01 00:05 (websocket); BTC:mvrv 2024-02-27 (santiment)",
+    ]
     halted = fmt.format_status({"halted": "drawdown 25% > 20%", "paused": True})
     assert halted.startswith("Status: HALTED: drawdown 25% > 20%")
 
@@ -164,6 +176,8 @@ def test_daily_summary_text() -> None:
         "since 2024-01-01 10:30 UTC",
         "Fills: 3, risk refusals: 1",
     ]
+    with_inputs = fmt.format_summary(summary, "USDT", ["BTC: bar 2024-01-02 10:30 (REST)"])
+    assert with_inputs.splitlines()[-1] == "BTC: bar 2024-01-02 10:30 (REST)"
     loss = fmt.format_summary(DaySummary(TS - day, TS, 100.0, 90.0, 0, 0, ()), "USDT")
     assert "(-10.00%, -10.00 USDT)" in loss
 
