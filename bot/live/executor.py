@@ -19,6 +19,7 @@ cycle is current; otherwise it is abandoned and the next decision starts from th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -107,34 +108,79 @@ class Executor:
         return len(plan)
 
     async def send_planned(self, rows: list[JournalOrder]) -> None:
-        """Send every ``planned`` order of ``rows`` (in order) and book what happens.
+        """Send every ``planned`` order of ``rows`` and book what happens.
 
-        An order whose coin has an order of unknown fate from another cycle is not sent.
+        Independent coins' orders go concurrently: each coin's orders are one chain, sent in
+        plan order, one after another; the chains run side by side once the first order has
+        been answered (that one request learns whether the exchange takes orders at all: a
+        ban, refused credentials, a clock it rejects; a ban that starts later can still meet
+        the requests already in flight, at most one per coin, and nothing leaves after its
+        answer, :mod:`bot.feed.guard`). Every order is still marked
+        ``sending`` (committed) before its own request leaves, an order of unknown fate is
+        resolved in its own chain and never resent, and an order whose coin has an order of
+        unknown fate from another cycle is not sent. When a chain fails (refused credentials,
+        a broken journal), the others finish the request they have in flight and send nothing
+        more; the first failure is raised.
         """
         blocked = await self.blocked_coins()
+        chains: dict[str, list[JournalOrder]] = {}
         for row in rows:
-            if row.status != "planned":
-                continue
-            if row.coin in blocked:
-                await self.journal.record(
-                    row.client_order_id, self.now_ms(), status="planned", reason=blocked[row.coin]
-                )
-                log.warning("order %s not sent: %s", row.client_order_id, blocked[row.coin])
-                continue
-            now = self.now_ms()
-            await self.journal.mark_sending(row.client_order_id, now)
-            row = await self._row(row.client_order_id)
-            placed = await self.venue.submit(row.submit_order())
-            if isinstance(placed, NotSent):
-                await self.journal.record(
-                    row.client_order_id, self.now_ms(), status="planned", reason=placed.reason
-                )
-                log.warning("order %s not placed: %s", row.client_order_id, placed.reason)
-            elif isinstance(placed, Uncertain):
-                self.needs_reconcile = True
-                await self.resolve(row, self.now_ms(), first_reason=placed.reason)
-            else:
-                await self.apply(row, placed)
+            if row.status == "planned":
+                chains.setdefault(row.coin, []).append(row)
+        if len(chains) <= 1:
+            for chain in chains.values():
+                await self._send_chain(chain, blocked, None)
+            return
+        first = next((coin for coin in chains if coin not in blocked), None)
+        if first is not None:  # alone: see above
+            await self._send_one(chains[first].pop(0), blocked)
+        failed: list[BaseException] = []
+        results = await asyncio.gather(
+            *(self._send_chain(chain, blocked, failed) for chain in chains.values()),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def _send_chain(
+        self,
+        rows: list[JournalOrder],
+        blocked: dict[str, str],
+        failed: list[BaseException] | None,
+    ) -> None:
+        """One coin's orders, in order (see :meth:`send_planned`)."""
+        for row in rows:
+            if failed:  # another coin's chain failed: nothing more leaves
+                return
+            try:
+                await self._send_one(row, blocked)
+            except BaseException as exc:
+                if failed is not None:
+                    failed.append(exc)
+                raise
+
+    async def _send_one(self, row: JournalOrder, blocked: dict[str, str]) -> None:
+        if row.coin in blocked:
+            await self.journal.record(
+                row.client_order_id, self.now_ms(), status="planned", reason=blocked[row.coin]
+            )
+            log.warning("order %s not sent: %s", row.client_order_id, blocked[row.coin])
+            return
+        now = self.now_ms()
+        await self.journal.mark_sending(row.client_order_id, now)
+        row = await self._row(row.client_order_id)
+        placed = await self.venue.submit(row.submit_order())
+        if isinstance(placed, NotSent):
+            await self.journal.record(
+                row.client_order_id, self.now_ms(), status="planned", reason=placed.reason
+            )
+            log.warning("order %s not placed: %s", row.client_order_id, placed.reason)
+        elif isinstance(placed, Uncertain):
+            self.needs_reconcile = True
+            await self.resolve(row, self.now_ms(), first_reason=placed.reason)
+        else:
+            await self.apply(row, placed)
 
     async def settle(self, ts: int, deadline_ms: int) -> None:
         """Look the cycle's ``unknown`` orders up when due, until none is left or the next
