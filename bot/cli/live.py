@@ -96,6 +96,10 @@ def status(config: LiveConfigOption = None, as_json: bool = typer.Option(False, 
     console.print(f"paused: {state['paused']}, kill switch: {state['halted'] or 'not tripped'}")
     for line in state["trading"]:
         console.print(line)
+    if state["input_lines"]:
+        console.print("inputs:")
+        for line in state["input_lines"]:
+            console.print(f"  {line}")
     error = state["last_error"]
     console.print(
         f"last error: {ms_to_iso(error['ts']) + ' ' + error['error'] if error else 'none'}"

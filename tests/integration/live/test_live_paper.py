@@ -93,6 +93,10 @@ async def test_cli_pauses_the_running_daemon_and_reads_its_status(
         assert [c["orders"] for c in await journal.cycles()] == [0, 0]  # paused: no order
     status = await run_cli("status", "--config", str(path))
     assert "cycles: 2" in status and "paused: True" in status
+    # every coin's inputs: its last bar (the close of cycle 2) and where it came from
+    assert "inputs:" in status
+    for coin in COINS:
+        assert f"{coin}: bar 2024-03-01 00:01 (" in status, status
 
 
 async def test_a_guardrail_working_as_configured_is_logged_as_information_not_a_warning(
