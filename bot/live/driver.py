@@ -112,6 +112,8 @@ class LiveDriver:
         self.last_bars: dict[str, tuple[int, str]] = {}
         """Symbol -> (close of its newest bar, where it came from: websocket or REST)."""
         self._stored: list[tuple[str, list[Bar]]] = []
+        self.streamed_bars = 0
+        """Bars the kline websocket delivered to cycles so far (the rest came over REST)."""
         self.after_cycle: Callable[[int], Awaitable[None]] | None = None
         """Awaited after every cycle with its close (freshness report, metric refresh)."""
 
@@ -314,7 +316,9 @@ class LiveDriver:
         # their weight until the exchange's record settles them.
         self.engine.planner.blocked = await self.executor.check_unknown(self.clock.now_ms())
         engine = self.engine
+        streamed = self.streamed_bars
         bars = await self._new_bars(ts)
+        streamed = self.streamed_bars - streamed
         metrics = await self._new_metrics(ts)
         ordered = sorted(bars, key=lambda b: (b.ts, b.symbol))
         modules: dict[str, str] = {}
@@ -362,9 +366,11 @@ class LiveDriver:
             ts, "done", self.clock.now_ms(), equity=equity, latency_ms=latency
         )
         log.info(
-            "cycle %s: %d bars, %d metrics, %d orders, %d refusals, equity %.2f, %.0f ms",
+            "cycle %s: %d bars (%d from the websocket), %d metrics, %d orders, %d refusals, "
+            "equity %.2f, %.0f ms",
             ms_to_iso(ts),
             len(bars),
+            streamed,
             len(metrics),
             orders,
             len(refusals),
@@ -384,6 +390,7 @@ class LiveDriver:
             while True:
                 for symbol in list(waiting):
                     streamed = self._take_streamed(symbol, ts)
+                    self.streamed_bars += len(streamed)
                     if streamed:
                         self._stored.append((symbol, streamed))
                         self.last_bars[symbol] = (streamed[-1].ts, "websocket")

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bot.store.journal import Journal
 from bot.timeframes import MINUTE_MS
-from tests.fakes.binance import FakeBinance
+from tests.fakes.binance import FakeBinance, synthetic_candles
 from tests.integration.live.harness import (
     API_KEY,
     API_SECRET,
@@ -51,7 +51,6 @@ from tests.integration.live.harness import (
     DaemonProcess,
     cycles_done,
     live_config,
-    seed_market,
     wait_ready,
     write_config,
 )
@@ -71,6 +70,20 @@ def rss_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             fields[key] = int(value.split()[0])
     return fields
+
+
+def seed(fake: FakeBinance, cycles: int) -> None:
+    """1m candles for every coin from 30 hours before T0 to past the last close."""
+    start = T0 - 30 * 60 * MINUTE_MS
+    for i, coin in enumerate(COINS):
+        candles = synthetic_candles(
+            30 * 60 + cycles + 120,
+            start_ms=start,
+            timeframe="1m",
+            start_price=100.0 * (i + 1),
+            seed=i,
+        )
+        fake.set_candles(f"{coin}USDT", "1m", candles)
 
 
 INJECTIONS = ("drop", "expire", "stall", "duplicate")
@@ -126,7 +139,7 @@ async def run(cycles: int, source: str, inject_every: int | None) -> dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         async with FakeBinance(symbols=(), now_ms=T0 - 20_000) as fake:
-            seed_market(fake, COINS, hours=30 + cycles // 60)
+            seed(fake, cycles)
             fake.add_account(API_KEY, API_SECRET, {"USDT": 100_000.0})
             if source == "websocket":
                 fake.stream_klines("1m")
@@ -188,6 +201,7 @@ async def run(cycles: int, source: str, inject_every: int | None) -> dict[str, A
             log_text = daemon.log_text()
             missed, duplicated = await check_closes(cfg, cycles, log_text)
     stream = (inputs or {}).get("stream") or {}
+    streamed = sum(int(n) for n in re.findall(r"bars \((\d+) from the websocket\)", log_text))
     return {
         "source": source,
         "cycles": cycles,
@@ -201,6 +215,7 @@ async def run(cycles: int, source: str, inject_every: int | None) -> dict[str, A
         "injected": injected,
         "stream": stream,
         "tracebacks": log_text.count("Traceback"),
+        "streamed": streamed,
     }
 
 
@@ -216,7 +231,9 @@ def report(r: dict[str, Any]) -> None:
             f"[{r['source']}] injected: "
             + ", ".join(f"{n} {what}" for what, n in r["injected"].items())
             + f"; the daemon saw {r['stream'].get('drops')} drop(s), "
-            f"{r['stream'].get('stalls')} stall(s), {r['stream'].get('connections')} connection(s)"
+            f"{r['stream'].get('stalls')} stall(s), "
+            f"{r['stream'].get('connections')} connection(s); "
+            f"{r['streamed']} of {r['cycles'] * len(COINS)} bars came from the websocket"
         )
     print(
         f"[{r['source']}] closes missed: {r['missed']}, duplicated: {r['duplicated']}, "
