@@ -228,15 +228,19 @@ async def test_a_418_ban_sends_nothing_until_its_retry_after_has_passed(
             status = await read_status(db)
             assert any(line.startswith("EXCHANGE BAN: HTTP 418") for line in status["trading"])
             sent_before = len(posts(fake))
-            # The ban's two hours (and the minute the 418'd request added) pass on the ban
-            # clock...
-            now[0] += 7260 * 1000
+            # The ban's two hours (and the minute each 418'd request added: Binance extends a
+            # ban for every request that meets it) pass on the ban clock, up to the end the
+            # daemon read from the last 418...
+            async with await Journal.open(db) as journal:
+                guard = await journal.get("exchange_guard")
+            assert guard["banned"]["until_ms"] <= T0 + (7200 + 60 * len(during)) * 1000
+            now[0] = max(now[0] + 7260 * 1000, int(guard["banned"]["until_ms"]))
             fake.state.banned_until_ms = None  # ...and on the exchange's
             while await done_after(db, await last_skipped(db)) < 1:
                 await asyncio.sleep(0.02)
     stop.set()
     await asyncio.wait_for(daemon, 10)
-    after = fake.requests()[banned_at[0] + 1 :]
+    after = fake.requests()[banned_at[0] + len(during) :]  # once the ban has passed
     first_order = next(i for i, r in enumerate(after) if r.path == ORDER and r.method == "POST")
     assert any(r.path == "/api/v3/account" for r in after[:first_order]), "no reconcile first"
     assert len(posts(fake)) > sent_before
