@@ -52,7 +52,11 @@ def alerts_factory(cfg: AppConfig, secrets: Secrets) -> Any:
         chats = TelegramChats(cfg.telegram.chat_ids, migrated=known, on_migrated=remember)
         token = secrets.telegram_token
         alerts = TelegramAlerts(cfg.telegram, token, quote=cfg.market.quote, chats=chats)
-        return [alerts, TelegramCommands(cfg.telegram, token, controls, chats=chats)]
+        # The /plug, /unplug and /stop confirmation windows run on the daemon's (exchange) clock.
+        commands = TelegramCommands(
+            cfg.telegram, token, controls, chats=chats, clock=lambda: controls.now_ms() / 1000
+        )
+        return [alerts, commands]
 
     return make
 

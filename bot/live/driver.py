@@ -180,24 +180,28 @@ class LiveDriver:
         metrics = await self._new_metrics(ts)
         ordered = sorted(bars, key=lambda b: (b.ts, b.symbol))
         modules: dict[str, str] = {}
+        positions: dict[str, float] = {}
         slicer = self.executor.slicer
         for instant in instants(ordered, metrics, decide_from=ts, close_at=ts):
             result = engine.step(instant)
             if slicer is not None:
                 slicer.observe(instant, result.target)
-            modules.update(
-                (n.coin, n.module_id) for n in result.notes if isinstance(n, ModuleDecision)
-            )
+            for note in result.notes:
+                if isinstance(note, ModuleDecision):
+                    modules[note.coin] = note.module_id
+                    positions[note.coin] = note.coin_weight
         self.last = result
         refusals = list(result.refusals)
         # What the policy read, for `live diff`: the account as it decided (marked at this
-        # close, before the orders), the latest bars, the metrics received, its modules.
+        # close, before the orders), the latest bars, the metrics received, its modules and
+        # their positions (the diagnostics of /modules).
         held = {a: w for a, w in engine.account.weights().items() if w}
         inputs = {
             "weights": held,
             "bars": {c: [b.ts, b.close] for c, b in sorted(engine.account.last_bars.items())},
             "metrics": len(metrics),
             "modules": modules,
+            "positions": positions,
         }
         await self.executor.journal.record_decision(result, inputs)
         await self.executor.journal.add_refusals(refusals)

@@ -412,9 +412,16 @@ class Journal(SqliteStore):
         )
         await self._db.commit()
 
-    async def decisions(self) -> list[dict[str, Any]]:
-        """Every journalled decision, oldest first (JSON fields decoded)."""
-        rows = await self._select_dicts("SELECT * FROM decisions ORDER BY ts")
+    async def decisions(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every journalled decision (the latest ``limit`` when given), oldest first (JSON
+        fields decoded)."""
+        if limit is None:
+            rows = await self._select_dicts("SELECT * FROM decisions ORDER BY ts")
+        else:
+            rows = await self._select_dicts(
+                f"SELECT * FROM decisions ORDER BY ts DESC LIMIT {max(0, int(limit))}"
+            )
+            rows.reverse()
         for row in rows:
             for key in ("target", "orders", "refusals", "inputs", "allowed", "trims"):
                 row[key] = None if row[key] is None else json.loads(row[key])
