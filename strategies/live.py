@@ -263,7 +263,10 @@ class VoteHost:
         if coin in self._retraining:
             raise ControlError(f"{coin} is already retraining")
         self._start_retrain(coin, now_ms)
-        return f"{coin}: retraining started (the validation gate decides the swap)"
+        return (
+            f"{coin}: retraining started in a worker process; the validation gate decides the "
+            "swap and its verdict is announced when it lands (/modules shows it meanwhile)"
+        )
 
     # -- between cycles ---------------------------------------------------------------------------
 
@@ -314,6 +317,13 @@ class VoteHost:
         """Return once every requested plug or swap has its module loaded and warmed up: from
         then on it lands at the next cycle (an unplug needs no preparation)."""
         tasks = [p.task for p in self._pending.values() if p.task is not None]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def retrained(self) -> None:
+        """Return once every running retraining has ended (its verdict is collected, swapped
+        in and announced at the next :meth:`between_cycles`)."""
+        tasks = list(self._retraining.values())
         if tasks:
             await asyncio.wait(tasks)
 

@@ -65,8 +65,7 @@ async def test_audit_shows_wanted_and_allowed_weights_rules_and_trims(
     text = await ask(commands, "/audit 3")
     assert controls.calls == [("audit", (3,))]
     assert text.splitlines() == [
-        "Guardrail audit: 1 close(s) changed, in the last 12 decisions since "
-        "2024-01-02T07:45:00Z",
+        "Guardrail audit: 1 close(s) changed, in the last 12 decisions since 2024-01-02T07:45:00Z",
         "2024-01-02T10:30:00Z (vote), 2 order(s)",
         "  BTC: wanted 50.0% -> allowed 45.0% (max_weight_per_coin)",
         "  trimmed BUY ETH: 2 -> 1.5 (cash)",
