@@ -280,7 +280,7 @@ class DaemonControls(Controls):
         share = (
             f"the vote splits over {len(left)} module(s) ({', '.join(left)})"
             if left
-            else ("no module is left: the whole portfolio goes to cash")
+            else "no module is left: the whole portfolio goes to cash"
         )
         return (
             f"Unplug {coin} ({plan['model_id']}) at the next cycle: the rebalance sells "
