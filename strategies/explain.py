@@ -33,8 +33,11 @@ is the fit's, not the day's. Attributions say what moved this network's margin f
 baseline, not what moves prices; two inputs that carry the same information share credit in
 whatever way the network happens to read them.
 
-Cost: one batched forward and backward pass of :data:`STEPS` interpolated states per network
-(about a millisecond or two per decision on a CPU; ``tests/benchmarks/bench_explain.py``).
+Cost: per network, one forward pass of the state and the baseline, and one forward and backward
+pass of :data:`STEPS` interpolated states (captum adds a few milliseconds of its own); about
+20 times the decision itself for a default-size module on a CPU
+(``tests/benchmarks/bench_explain.py``), which is why the daemon explains after sending the
+cycle's orders.
 """
 
 from __future__ import annotations
@@ -184,9 +187,9 @@ def _integrate(
     actions: torch.Tensor,
     extra: tuple[torch.Tensor, ...],
     steps: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """Path-averaged gradients ``(B, C, 2, n)`` of ``forward``'s output at ``actions`` from
-    the zero state to ``data``, and that output at ``data`` and at the zero state ``(B,)``."""
+    the zero state to ``data`` (captum, Gauss-Legendre)."""
     ig = IntegratedGradients(forward, multiply_by_inputs=False)
     gradients = ig.attribute(
         data,
@@ -195,11 +198,7 @@ def _integrate(
         additional_forward_args=extra or None,
         n_steps=steps,
     )
-    with torch.no_grad():
-        rows = torch.arange(len(actions))
-        at_state = forward(data, *extra)[rows, actions]
-        at_zero = forward(torch.zeros_like(data), *extra)[rows, actions]
-    return gradients.detach().numpy(), at_state.numpy(), at_zero.numpy()
+    return gradients.detach().numpy()
 
 
 def _named(
@@ -250,11 +249,18 @@ def _explain_agent(
     actions: np.ndarray | None = None,
 ) -> list[AgentExplanation]:
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-    with torch.no_grad():
-        q = q_of(tensor, *extra)
+    batch = len(tensor)
+    with torch.no_grad():  # the state and the baseline in one pass
+        both = q_of(
+            torch.cat((tensor, torch.zeros_like(tensor))), *(torch.cat((e, e)) for e in extra)
+        )
+    q, q_zero = both[:batch], both[batch:]
     chosen = q.argmax(dim=1) if actions is None else torch.as_tensor(actions, dtype=torch.long)
     wrapped = forward if target == "q" else (lambda d, *e: _margins(forward(d, *e)))
-    gradients, at_state, at_zero = _integrate(wrapped, tensor, chosen, extra, steps)
+    gradients = _integrate(wrapped, tensor, chosen, extra, steps)
+    rows = torch.arange(batch)
+    attributed = (q, q_zero) if target == "q" else (_margins(q), _margins(q_zero))
+    at_state, at_zero = (a[rows, chosen].numpy() for a in attributed)
     per_input, per_component, totals = _named(names, data, gradients, signal)
     out = []
     for b, (inputs, components) in enumerate(zip(per_input, per_component, strict=True)):

@@ -14,7 +14,7 @@ import torch
 from bot.cli.live_run import alerts_factory, build_policy
 from bot.live.daemon import run_daemon, state_path
 from bot.store.journal import Journal
-from bot.timeframes import MINUTE_MS
+from bot.timeframes import MINUTE_MS, ms_to_iso
 from config.schema import Secrets, TelegramConfig
 from strategies import versions
 from strategies.agents.observation import PRICE_FEATURES
@@ -22,6 +22,7 @@ from strategies.agents.train import CoinHistory, Windows, train_cm
 from strategies.crypto_module import CryptoModule
 from strategies.explain import SIGNAL_INPUT
 from strategies.registry import EAM_WEIGHTS, SAM_WEIGHTS, save_crypto_module
+from tests.e2e.test_cli import cryptorlpm
 from tests.fakes.binance import FakeBinance
 from tests.fakes.telegram import DEFAULT_TOKEN, FakeTelegram
 from tests.integration.live.harness import (
@@ -160,3 +161,19 @@ async def test_each_decision_is_explained_in_state_db_and_why_answers_the_latest
     await asyncio.wait_for(daemon, HANG_GUARD_S)
     async with await Journal.open(db) as journal:
         assert len(await journal.explanations(start_ms=T0 + MINUTE_MS)) == 2
+        third = (await journal.decisions())[-1]["explanation"]["ETH"]
+
+    # the explain command reads the journalled explanations of the state dir
+    code, text = await cryptorlpm("explain", str(db.parent), "--coin", "eth")
+    assert code == 0, text
+    assert "ETH at 1970" not in text and f"ETH at {ms_to_iso(T0 + 2 * MINUTE_MS)}" in text
+    assert third["top"][0][0] in text
+    code, text = await cryptorlpm(
+        "explain", str(db.parent), "--from", ms_to_iso(T0), "--to", ms_to_iso(T0 + 2 * MINUTE_MS)
+    )
+    assert code == 0, text
+    assert "BTC: 3 decisions" in text and "ETH: 3 decisions" in text
+    assert (db.parent / "explain" / "explain_BTC.png").exists()
+    code, text = await cryptorlpm("explain", str(db.parent), "--coin", "DOGE")
+    assert code == 2 and "--coin DOGE: no explained decisions of it" in text
+    assert "(coins: BTC, ETH)" in text and "Traceback" not in text
