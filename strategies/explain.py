@@ -289,9 +289,15 @@ def explain_states(
     target: Target = "margin",
     steps: int = STEPS,
     with_eam: bool = True,
+    actions: np.ndarray | None = None,
+    eam_actions: np.ndarray | None = None,
 ) -> list[Explanation]:
     """Explain the decisions at ``states (B, F, 2, n)`` (base states), with the EAM's signal
-    windows ``signals (B, n)`` (None without an EAM) and the positions held ``(B,)``."""
+    windows ``signals (B, n)`` (None without an EAM) and the positions held ``(B,)``.
+
+    ``actions``/``eam_actions``: the SAM's (0 cash, 1 coin) and the EAM's (0 sell, 1 hold,
+    2 buy) actions as the module took them (default: the argmax of a batched pass, which a
+    near tie could flip)."""
     infer_on_one_thread()
     names = InputNames.of(model)
     states = np.asarray(states, dtype=np.float32).reshape(-1, *states.shape[-3:])
@@ -319,6 +325,7 @@ def explain_states(
         model.eam is not None,
         target,
         steps,
+        actions,
     )
     eams: list[AgentExplanation | None] = [None] * len(states)
     if with_eam and model.eam is not None:
@@ -326,7 +333,17 @@ def explain_states(
         eam_names = InputNames(names.components, names.metrics, names.loadings, False)
         eams = list(
             _explain_agent(
-                "eam", EAM_ACTIONS, eam, eam, eam_names, states, (), False, target, steps
+                "eam",
+                EAM_ACTIONS,
+                eam,
+                eam,
+                eam_names,
+                states,
+                (),
+                False,
+                target,
+                steps,
+                eam_actions,
             )
         )
     stamps = list(ts) or [0] * len(states)
@@ -345,9 +362,10 @@ def explain_decision(
     inputs = module.last_inputs
     if inputs is None:
         return None
-    signals = None
+    signals = eam_actions = None
     if module.model.eam is not None:
         signals = inputs.sam_state[-1, COIN_ROW][None]
+        eam_actions = np.array([module.signal + 1])
     return explain_states(
         module.model,
         inputs.state[None],
@@ -356,6 +374,8 @@ def explain_decision(
         ts=(inputs.ts,),
         target=target,
         steps=steps,
+        actions=np.array([int(module.position)]),
+        eam_actions=eam_actions,
     )[0]
 
 
@@ -382,9 +402,12 @@ def explain_history(
     if not at:
         return []
     rows, metrics = bar_rows(ohlcv), metric_rows(features, ready)
+    # the networks' actions as the module took them (near ties settled bar by bar)
+    outputs = network_outputs(model, ohlcv, features, ready)
     signals = None
     if model.eam is not None:
-        signals = signal_windows(network_outputs(model, ohlcv, features, ready).signals, window)
+        signals = signal_windows(outputs.signals, window)
+    held = (np.asarray(positions, dtype=np.float64) >= 0.5).astype(np.int64)
     stamps = np.asarray(ts, dtype=np.int64) if len(ts) else np.zeros(len(ohlcv), np.int64)
     out: list[Explanation] = []
     for start in range(0, len(at), chunk):
@@ -401,6 +424,8 @@ def explain_history(
             ts=stamps[part].tolist(),
             target=target,
             steps=steps,
+            actions=outputs.actions[part, held[part]],
+            eam_actions=(outputs.signals[part] + 1).astype(np.int64),
         )
     return out
 

@@ -23,10 +23,13 @@ from strategies.registry import LoadedCryptoModule
 
 
 def evenly_spaced(values: Sequence[int], limit: int) -> list[int]:
-    """At most ``limit`` of ``values``, evenly spaced, first and last included."""
+    """At most ``limit`` of ``values``, evenly spaced, first and last included (the last
+    alone for a limit of 1)."""
     values = list(values)
     if limit <= 0 or len(values) <= limit:
         return values
+    if limit == 1:
+        return values[-1:]
     picks = np.unique(np.linspace(0, len(values) - 1, limit).round().astype(int))
     return [values[i] for i in picks]
 

@@ -24,6 +24,7 @@ from strategies.explain import (
     explain_decision,
     explain_history,
 )
+from strategies.explain_replay import evenly_spaced
 from strategies.registry import LoadedCryptoModule, save_crypto_module
 from tests.unit.agents.conftest import TINY, jolted
 from tests.unit.agents.test_crypto_module import replay_events
@@ -180,3 +181,10 @@ def test_the_planted_leading_metric_ranks_first_for_the_decisions_it_drives() ->
     assert Counter(firsts)[planted] / len(firsts) > 0.95
     # and across every decision, it is the input ranked first most often
     assert Counter(e.top(1)[0][0] for e in explained).most_common(1)[0][0] == planted
+
+
+def test_a_range_is_explained_at_evenly_spaced_decisions_ending_with_the_last() -> None:
+    closes = list(range(100, 200))
+    assert evenly_spaced(closes, 5) == [100, 125, 150, 174, 199]
+    assert evenly_spaced(closes, 1) == [199]
+    assert evenly_spaced(closes, 500) == closes
