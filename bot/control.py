@@ -102,3 +102,10 @@ class Controls(Protocol):
     async def rollback(self, coin: str) -> str:
         """Re-activate ``coin``'s previous module version and swap it in at the next cycle."""
         ...
+
+    async def why(self, coin: str) -> dict[str, Any]:
+        """The latest explained decision of ``coin``: ``coin``, ``ts`` (ISO time), ``action``,
+        ``q`` (action -> Q-value), ``top`` (``[[input, attribution], ...]``, largest first),
+        ``weight`` (the coin's target weight after the guardrails) and the rest of the
+        policy's explanation (``model_id``, ``position``, ``pcs``, ``eam``, ...)."""
+        ...

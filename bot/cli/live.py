@@ -256,6 +256,12 @@ def rollback(coin: CoinArg, config: LiveConfigOption = None) -> None:
 
 
 @app.command()
+def why(coin: CoinArg, config: LiveConfigOption = None) -> None:
+    """Why the running daemon's module decided what it did for a coin (latest decision)."""
+    _ask(config, "why", coin=coin)
+
+
+@app.command()
 def diff(config: LiveConfigOption = None) -> None:
     """Replay what the daemon saw; list closes decided otherwise, with why (exit 1 if any)."""
     from bot.cli.live_run import build_policy

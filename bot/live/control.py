@@ -57,6 +57,7 @@ COMMANDS = (
     "regime",
     "preview_plug",
     "preview_unplug",
+    "why",
 )
 
 
@@ -303,6 +304,26 @@ class DaemonControls(Controls):
     async def rollback(self, coin: str) -> str:
         """Swap ``coin``'s previous module version back in at the next cycle."""
         return self._host().request_rollback(coin.upper(), self.now_ms())
+
+    async def why(self, coin: str) -> dict[str, Any]:
+        """``coin``'s latest decision with its explanation, from the journal."""
+        coin = coin.upper()
+        found = await self.journal.latest_explanation(coin)
+        if found is None:
+            plugged = [m["coin"] for m in (self.host.describe() if self.host else [])]
+            if self.host is None:
+                raise ControlError("this daemon's policy explains no decisions (no Crypto Modules)")
+            if coin not in plugged:
+                raise ControlError(
+                    f"no Crypto Module for {coin}; plugged: {', '.join(plugged) or 'none'}"
+                )
+            raise ControlError(
+                f"no explained decision of {coin} yet: explanations come with the first "
+                "decision its module takes from its networks (after warm-up)"
+            )
+        entry = found["explanation"]
+        weight = found["allowed"].get(coin, found["target"].get(coin))
+        return {"coin": coin, "ts": ms_to_iso(found["ts"]), "weight": weight, **entry}
 
 
 def _model_facts(plan: dict[str, Any]) -> str:

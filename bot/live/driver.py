@@ -219,6 +219,7 @@ class LiveDriver:
         orders = await self.executor.execute_cycle(ts, result.orders, deadline_ms=ts + self.step)
         await engine.bus.drain()
         latency = (time.perf_counter() - started) * 1000
+        await self._explain(ts)  # after the orders: off the decision's latency
         account = self.engine.account
         equity = account.equity()
         await self.executor.journal.set_balances(
@@ -238,6 +239,22 @@ class LiveDriver:
             latency,
         )
         return CycleReport(ts, len(bars), len(metrics), orders, len(refusals), equity, latency)
+
+    async def _explain(self, ts: int) -> None:
+        """Journal why the policy decided what it did at ``ts``, when it can say (an optional
+        ``explain(ts) -> dict`` on the policy; the Crypto Module vote explains each module's
+        decision). A failure is logged and costs only the explanation."""
+        assert self.engine is not None
+        explain = getattr(self.engine.policy, "explain", None)
+        if explain is None:
+            return
+        try:
+            explanation = explain(ts)
+        except Exception:
+            log.warning("explaining the decision at %s failed", ms_to_iso(ts), exc_info=True)
+            return
+        if explanation:
+            await self.executor.journal.record_explanation(ts, explanation)
 
     async def _new_bars(self, ts: int) -> list[Bar]:
         """Every coin's closed bars up to the close ``ts``, waiting a little for late ones."""

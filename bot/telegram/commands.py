@@ -142,6 +142,7 @@ class TelegramCommands:
             "unplug": self._unplug,
             "confirm": self._confirm,
             "rollback": self._rollback,
+            "why": self._why,
             "help": self._help,
             "start": self._help,  # what Telegram clients send when a chat with the bot opens
         }
@@ -422,6 +423,11 @@ class TelegramCommands:
         if len(args) != 1:
             return "Usage: /rollback COIN"
         return await self.controls.rollback(args[0].upper())
+
+    async def _why(self, chat_id: int, args: list[str]) -> str:
+        if len(args) != 1:
+            return "Usage: /why COIN"
+        return fmt.format_why(await self.controls.why(args[0].upper()))
 
     async def _help(self, chat_id: int, args: list[str]) -> str:
         return fmt.format_help()

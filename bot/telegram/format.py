@@ -34,6 +34,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("unplug", "COIN", "unplug a module at the next cycle (asks for a code)"),
     ("confirm", "CODE", "do the /plug or /unplug that sent CODE"),
     ("rollback", "COIN", "back to the previous module version"),
+    ("why", "COIN", "the inputs that drove a coin's latest decision"),
     ("help", "", "this list"),
 )
 """(name, arguments, description) of every command, in /help order."""
@@ -394,6 +395,31 @@ def format_regime(regime: Mapping[str, Any]) -> str:
         lines.append("Regime features now:")
         lines += [f"  {name}: {_feature_text(value)}" for name, value in features.items()]
     lines += _extras(state, ("ts", "exposure", "variants", "features"))
+    return truncate("\n".join(lines))
+
+
+def format_why(why: Mapping[str, Any], top: int = 5) -> str:
+    """Reply to /why COIN: the decision, its Q-values and the inputs that drove it."""
+    coin = why.get("coin", "?")
+    action = str(why.get("action", "?")).replace("_", " ")
+    weight = why.get("weight")
+    head = f"{coin} at {why.get('ts', '?')}: {action}"
+    if weight is not None:
+        head += f" (target weight {fmt_pct(weight)})"
+    q = why.get("q") or {}
+    lines = [head]
+    if q:
+        lines.append("Q: " + ", ".join(f"{a.replace('_', ' ')} {v:+.4f}" for a, v in q.items()))
+    inputs = list(why.get("top") or [])[:top]
+    if inputs:
+        lines.append("Drivers (+ for the action, - against):")
+        lines.extend(f"  {name} {value:+.4f}" for name, value in inputs)
+    eam = why.get("eam")
+    if isinstance(eam, Mapping) and eam.get("action"):
+        drivers = ", ".join(f"{n} {v:+.3f}" for n, v in list(eam.get("top") or [])[:3])
+        lines.append(f"EAM signal: {eam['action']}" + (f" ({drivers})" if drivers else ""))
+    if why.get("model_id"):
+        lines.append(f"module {why['model_id']}")
     return truncate("\n".join(lines))
 
 

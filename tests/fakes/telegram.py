@@ -610,3 +610,16 @@ class RecordingControls:
     async def rollback(self, coin: str) -> str:
         self._record("rollback", coin)
         return f"Rolling back {coin}."
+
+    async def why(self, coin: str) -> dict[str, Any]:
+        self._record("why", coin)
+        return {
+            "coin": coin,
+            "ts": "2024-01-02T10:00:00+00:00",
+            "weight": 0.5,
+            "action": "all_coin",
+            "q": {"all_cash": 0.01, "all_coin": 0.25},
+            "top": [["BTC:exchange_outflow", 0.18], ["close", -0.04], ["volume", 0.01]],
+            "model_id": "btc-1",
+            "eam": {"action": "buy", "top": [["BTC:exchange_outflow", 0.3]]},
+        }
