@@ -83,6 +83,13 @@ class StateReader:
                         row[key] = json.loads(value)
         return list(reversed(rows))
 
+    async def decisions_key(self) -> tuple[int, int]:
+        """``(count, latest ts)`` of the journalled decisions: changes with every new one."""
+        rows = await self.state.rows("SELECT COUNT(*) AS n, MAX(ts) AS ts FROM decisions")
+        if not rows:
+            return (0, 0)
+        return (int(rows[0]["n"] or 0), int(rows[0]["ts"] or 0))
+
     async def equity(self) -> list[tuple[int, float]]:
         """``(ts, equity)`` of every journalled decision, oldest first (the account marked at
         the close, before that close's orders)."""

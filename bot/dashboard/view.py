@@ -92,10 +92,10 @@ class DashboardView:
 
     async def curves(self) -> EquityCurves:
         """Equity and baselines at every journalled decision."""
-        rows = await self.reader.equity()
-        key = (len(rows), rows[-1][0] if rows else 0)
+        key = await self.reader.decisions_key()
         if self._curves is not None and key == self._curves_key:
             return self._curves
+        rows = await self.reader.equity()
         ts = [t for t, _ in rows]
         equity = [e for _, e in rows]
         market = self.cfg.market

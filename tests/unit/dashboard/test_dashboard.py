@@ -19,7 +19,7 @@ from bot.dashboard import DashboardConfigError, DashboardServer, dashboard_token
 from bot.dashboard.access import token_matches
 from bot.dashboard.app import create_app
 from bot.dashboard.reader import StateReader
-from bot.dashboard.view import baseline_curves, thin
+from bot.dashboard.view import DashboardView, baseline_curves, thin
 from bot.engine.step import StepResult
 from bot.events import RiskRefusal, TargetWeights
 from bot.live.daemon import LiveConfigError, run_daemon
@@ -289,3 +289,33 @@ def test_the_config_section_is_off_by_default_on_loopback() -> None:
     )
     with pytest.raises(ValueError, match="token_env"):
         DashboardConfig(token_env="not a name")
+
+
+async def test_the_view_lists_wanted_and_allowed_weights_with_rules_and_follows_new_decisions(
+    tmp_path: Path,
+) -> None:
+    cfg = AppConfig(data=DataConfig(dir=tmp_path))
+    state = tmp_path / "state.db"
+    reader = StateReader(state, tmp_path / "market.db", tmp_path / "metrics.db")
+    view = DashboardView(cfg, StubControls(), reader)  # type: ignore[arg-type]
+    try:
+        async with await Journal.open(state) as journal:
+            await journal.record_decision(_decision(1_000))
+            first = await view.snapshot()
+            await journal.record_decision(_decision(2_000))
+            await journal.add_refusals(_decision(2_000).refusals)
+            second = await view.snapshot()
+    finally:
+        await reader.close()
+    assert first["equity"]["ts"] == [1_000] and second["equity"]["ts"] == [1_000, 2_000]
+    assert second["equity"]["buy_and_hold"] == [None, None]  # no stored bars: no baseline
+    assert [d["ts"] for d in second["decisions"]] == [2_000, 1_000]  # newest first
+    assert second["decisions"][0]["weights"] == [
+        {"asset": "BTC", "wanted": 0.5, "allowed": 0.3, "rules": ["max_weight_per_coin"]},
+        {"asset": "USDT", "wanted": 0.5, "allowed": 0.7, "rules": []},
+    ]
+    btc = next(row for row in second["weights"] if row["asset"] == "BTC")
+    assert (btc["wanted"], btc["allowed"], btc["actual"]) == (0.5, 0.3, 0.0)
+    assert [(r["time"], r["rule"], r["asset"]) for r in second["refusals"]] == [
+        ("1970-01-01T00:00:02Z", "max_weight_per_coin", "BTC")
+    ]
