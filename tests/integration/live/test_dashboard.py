@@ -291,3 +291,64 @@ async def test_dashboard_in_headless_chromium_shows_what_the_daemon_holds(
     for coin, line in seen["explained"].items():
         why = running.explanation[coin]
         assert line.startswith(f"{coin} → {why['action']} because {why['top'][0][0]} ")
+
+
+class IdleControls:
+    """The controls of a daemon that has not traded yet."""
+
+    async def status(self) -> dict[str, Any]:
+        return {"mode": "paper", "cycles": 0, "equity": 10_000.0, "quote": "USDT"}
+
+    async def balance(self) -> dict[str, Any]:
+        return {"quote": "USDT", "equity": 10_000.0, "cash": 10_000.0, "positions": []}
+
+    async def weights(self) -> dict[str, Any]:
+        return {"target": {}, "actual": {"USDT": 1.0}, "ts": None}
+
+    async def modules(self) -> list[dict[str, Any]]:
+        return []
+
+
+@pytest.mark.slow
+async def test_in_chromium_a_token_protected_dashboard_asks_for_its_token_once(
+    tmp_path: Path,
+) -> None:
+    binary = browser_binary()
+    if binary is None:
+        pytest.skip(f"no Chromium or Chrome binary on this machine (looked for {BROWSERS})")
+    from playwright.async_api import async_playwright
+
+    from bot.dashboard import DashboardServer
+    from config.schema import DataConfig
+
+    token = "board-token-0c7f2a"
+    cfg = AppConfig(
+        data=DataConfig(dir=tmp_path), dashboard=DashboardConfig(enabled=True, port=free_port())
+    )
+    server = DashboardServer.from_config(cfg, {"CRYPTORLPM_DASHBOARD_TOKEN": token}, "state.db")
+    await server.start(IdleControls())  # type: ignore[arg-type]
+    try:
+        async with async_playwright() as play:
+            browser = await play.chromium.launch(executable_path=binary, headless=True)
+            page = await browser.new_page()
+            await page.goto(server.url)
+            await page.wait_for_selector("#token-form", state="visible")
+            assert await page.inner_text("#equity-value") == "…"  # nothing shown without it
+            await page.fill("#token-input", "not-the-token")
+            await page.click("#token-form button")
+            await page.wait_for_selector("#banner", state="visible")
+            refused = await page.inner_text("#banner")
+            await page.fill("#token-input", token)
+            await page.click("#token-form button")
+            await page.wait_for_selector("body[data-loaded='0']")
+            shown = await page.inner_text("#equity-value")
+            other = await browser.new_page()  # the token in the URL's fragment
+            await other.goto(server.url + f"#token={token}")
+            await other.wait_for_selector("body[data-loaded='0']")
+            url_after = other.url
+            await browser.close()
+    finally:
+        await server.close()
+    assert refused == "the token was refused"
+    assert shown == "10,000.00 USDT"
+    assert token not in url_after  # read, then taken out of the address bar
