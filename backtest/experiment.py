@@ -18,6 +18,7 @@ from backtest.metrics import compute_metrics
 from backtest.pipeline import (
     backtest_baselines,
     backtest_seeds,
+    explain_vote_run,
     read_histories,
     replay_driver,
     summarise_seeds,
@@ -145,9 +146,10 @@ async def run_paper_experiment(
             for run in others:
                 entry[run.name] = {k: compute_metrics(run)[k] for k in TABLE_METRICS}
             results[name] = entry
+            median = {c: folders[c, summary.median_seed] for c in members}
             write_report(
                 out_dir / f"portfolio_{name}",
-                runs[summary.median_seed],
+                explain_vote_run(cfg, median, driver, runs[summary.median_seed]),
                 others,
                 title=f"Portfolio {name}: {', '.join(members)} ({test})",
                 notes=[
