@@ -143,13 +143,12 @@ async def test_decisions_are_read_with_their_explanation_when_the_journal_has_on
     reader = StateReader(state, tmp_path / "market.db", tmp_path / "metrics.db")
     try:
         before = await reader.decisions(10)
-        assert [d["ts"] for d in before] == [1_000, 2_000] and "explanation" not in before[0]
+        assert [d["ts"] for d in before] == [1_000, 2_000] and before[0]["explanation"] is None
         assert before[0]["allowed"] == [["BTC", 0.3], ["USDT", 0.7]]
         assert before[0]["inputs"] == {"modules": {"BTC": "BTC-1"}}
         assert await reader.closes("binance", "BTC/USDT", "1h", 0, 10**13) == {}  # no market.db
         await reader.close()
-        async with aiosqlite.connect(state) as db:  # what the explanations migration adds
-            await db.execute("ALTER TABLE decisions ADD COLUMN explanation TEXT")
+        async with aiosqlite.connect(state) as db:  # as the daemon records one after a cycle
             await db.execute(
                 "UPDATE decisions SET explanation = ? WHERE ts = 2000",
                 ('{"BTC": {"action": "coin", "top": [["close", 0.2]]}}',),
