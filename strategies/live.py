@@ -37,7 +37,7 @@ from bot.control import ControlError
 from bot.engine.step import DecisionContext
 from bot.events import Event, Metric
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import ms_to_iso, timeframe_ms
+from bot.timeframes import DAY_MS, ms_to_iso, timeframe_ms
 from config.schema import AppConfig
 from strategies import versions
 from strategies.crypto_module import CryptoModule
@@ -48,8 +48,6 @@ from strategies.portfolio import vote as vote_weights
 from strategies.registry import ModelNotFound, model_folder, read_card
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 
 
 @dataclass
