@@ -73,12 +73,14 @@ class TrainJob:
     windows: Windows
     params: CryptoModuleParams
     seed: int
+    cost: float
+    """The trading cost rate to train against (``[broker].trading_cost``)."""
 
 
 def run_train_job(job: TrainJob) -> TrainedCryptoModule:
     """Train one module (top-level, for :func:`backtest.compute.fan_out`); its evaluation log
     comes back in ``extra["log"]`` instead of being written where the job runs."""
-    return train_cm(job.history, job.windows, job.params, job.seed)
+    return train_cm(job.history, job.windows, job.params, job.seed, cost=job.cost)
 
 
 def save_trained(
@@ -115,7 +117,8 @@ def train_modules(
     """
     windows = Windows.from_config(cfg.windows)
     keys = [(coin, seed) for seed in seeds for coin in histories]
-    jobs = [TrainJob(histories[coin], windows, cfg.agents, seed) for coin, seed in keys]
+    cost = cfg.broker.trading_cost
+    jobs = [TrainJob(histories[coin], windows, cfg.agents, seed, cost) for coin, seed in keys]
     folders: dict[tuple[str, int], Path] = {}
 
     def saved(index: int, trained: TrainedCryptoModule) -> None:

@@ -83,9 +83,7 @@ def policy_builder(name: str) -> PolicyBuilder:
         return _REGISTRY[name]
     if name.startswith("bh_") and len(name) > 3:
         coin = name[3:]
-        return PolicyBuilder(
-            name, False, lambda ctx: BuyAndHold(coin), f"buy & hold {coin}"
-        )
+        return PolicyBuilder(name, False, lambda ctx: BuyAndHold(coin), f"buy & hold {coin}")
     raise ValueError(f"unknown policy {name!r}; expected one of {[*policy_names(), 'bh_<COIN>']}")
 
 

@@ -361,7 +361,7 @@ def _train_folds(
             history = fold_history(cfg, coin_inputs, fold)
             for seed in seeds:
                 keys.append((fold.index, coin, seed))
-                jobs.append(TrainJob(history, windows, cfg.agents, seed))
+                jobs.append(TrainJob(history, windows, cfg.agents, seed, cfg.broker.trading_cost))
     folders: dict[tuple[int, str, int], Path] = {}
     root = Path(cfg.training.models_dir)
 

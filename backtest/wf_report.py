@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +34,9 @@ from backtest.result import RunResult
 from backtest.walkforward import PortfolioRuns, WalkForwardRuns, seed_matrix, slice_run
 
 EDGE_AGAINST = ("equal_weight", "trend_filter")
+RUN_KEYS = ("arr", "sortino", "sharpe", "volatility", "mdd", "turnover")
+FOLD_KEYS = ("arr", "sortino", "sharpe", "volatility", "mdd", "turnover")
+RUNS_FILE = "runs.pkl"
 BLOCK_DAYS = 10
 RESAMPLES = 2000
 PBO_BLOCKS = 16
@@ -56,7 +60,7 @@ def run_stats(run: RunResult, seed: int = 0) -> dict[str, Any]:
     """Metrics of one run with bootstrap intervals and PSR."""
     metrics = compute_metrics(run)
     returns = daily_returns(run).to_numpy()
-    row: dict[str, Any] = {k: metrics[k] for k in ("arr", "sortino", "sharpe", "mdd", "turnover")}
+    row: dict[str, Any] = {k: metrics[k] for k in RUN_KEYS}
     row["fees_share"] = metrics["fees"] / run.initial_cash if run.initial_cash else math.nan
     row["days"] = metrics["days"]
     row["ci"] = {
@@ -81,10 +85,7 @@ def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[s
     rows: dict[str, Any] = {runs.spec.policy: run_stats(policy[median_seed])}
     entry = rows[runs.spec.policy]
     entry["median_seed"] = median_seed
-    entry["seeds"] = [
-        {"seed": s, **{k: metrics[s][k] for k in ("arr", "sortino", "sharpe", "mdd", "turnover")}}
-        for s in policy
-    ]
+    entry["seeds"] = [{"seed": s, **{k: metrics[s][k] for k in RUN_KEYS}} for s in policy]
     for baseline in portfolio.baselines:
         rows[baseline.name] = run_stats(baseline)
 
@@ -182,14 +183,13 @@ def _folds(runs: WalkForwardRuns, portfolio: PortfolioRuns, median_seed: int) ->
             "train": [fold.train[0], fold.train[1]],
             "validation": [fold.validation[0], fold.validation[1]],
             runs.spec.policy: {
-                k: statistics.median(float(m[k]) for m in cut.values())
-                for k in ("arr", "sharpe", "mdd")
+                k: statistics.median(float(m[k]) for m in cut.values()) for k in FOLD_KEYS
             },
             f"{runs.spec.policy}_seeds": {str(s): m["arr"] for s, m in cut.items()},
         }
         for baseline in portfolio.baselines:
             m = compute_metrics(slice_run(baseline, fold.start_ms, fold.end_ms))
-            row[baseline.name] = {k: m[k] for k in ("arr", "sharpe", "mdd")}
+            row[baseline.name] = {k: m[k] for k in FOLD_KEYS}
         out.append(row)
     return out
 
@@ -199,8 +199,11 @@ def _folds(runs: WalkForwardRuns, portfolio: PortfolioRuns, median_seed: int) ->
 
 def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) -> dict[str, Any]:
     """Write ``results.json``, ``table.md`` and one report folder per portfolio (plots, per-fold
-    bars); return the results document."""
+    bars), and keep the runs themselves in ``runs.pkl`` (so the statistics can be recomputed
+    without replaying: :func:`rewrite_walkforward`); return the results document."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / RUNS_FILE).open("wb") as file:
+        pickle.dump({"runs": runs, "wall_s": wall_s}, file)
     spec = runs.spec
     portfolios = {}
     for portfolio in runs.portfolios:
@@ -289,16 +292,17 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
     for name, result in document["portfolios"].items():
         lines += ["", f"## Portfolio {name}: {', '.join(result['coins'])}", ""]
         lines.append(
-            "| run | ARR [95% CI] | Sortino [95% CI] | Sharpe [95% CI] | MDD | Turnover "
+            "| run | ARR [95% CI] | Sortino [95% CI] | Sharpe [95% CI] | Vol | MDD | Turnover "
             "| PSR | DSR | PBO |"
         )
-        lines.append("| :-- | --: | --: | --: | --: | --: | --: | --: | --: |")
+        lines.append("| :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: |")
         for run, row in result["runs"].items():
             dsr = _num(row["dsr"]["dsr"], "{:.2f}") if "dsr" in row else ""
             pbo = _num(row["pbo"].get("pbo"), "{:.2f}") if "pbo" in row else ""
             lines.append(
                 f"| {run} | {_ci(row, 'arr', '{:+.1%}')} | {_ci(row, 'sortino', '{:.2f}')} | "
-                f"{_ci(row, 'sharpe', '{:.2f}')} | {_num(row['mdd'], '{:.1%}')} | "
+                f"{_ci(row, 'sharpe', '{:.2f}')} | {_num(row.get('volatility'), '{:.0%}')} | "
+                f"{_num(row['mdd'], '{:.1%}')} | "
                 f"{_num(row['turnover'], '{:.1f}')} | {_num(row['psr'], '{:.2f}')} | {dsr} | "
                 f"{pbo} |"
             )
@@ -347,3 +351,11 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def rewrite_walkforward(out_dir: Path) -> dict[str, Any]:
+    """Recompute ``results.json``, ``table.md`` and the reports of a finished walk-forward from
+    its ``runs.pkl`` (a file this code wrote: unpickling runs code, so only read your own)."""
+    with (out_dir / RUNS_FILE).open("rb") as file:
+        saved = pickle.load(file)
+    return write_walkforward(saved["runs"], out_dir, wall_s=saved["wall_s"])

@@ -30,7 +30,7 @@ from tests.integration.live.harness import (
     seed_market,
     wait_ready,
 )
-from tests.unit.agents.conftest import TINY
+from tests.unit.agents.conftest import COST, TINY
 
 COINS = ("BTC", "ETH")
 
@@ -52,7 +52,9 @@ def constant_module(fake: FakeBinance, root: Path, coin: str, action: int, stamp
     )
     close = history.close_time
     windows = Windows((int(close[0]), int(close[n // 2])), (int(close[n // 2]), int(close[-1]) + 1))
-    trained = train_cm(history, windows, TINY.model_copy(update={"use_eam": False}), seed=1)
+    trained = train_cm(
+        history, windows, TINY.model_copy(update={"use_eam": False}), seed=1, cost=COST
+    )
     state = trained.sam.state_dict
     state["head.weight"].zero_()
     state["head.bias"].copy_(torch.tensor([1.0, 0.0] if action == 0 else [0.0, 1.0]))
