@@ -20,9 +20,9 @@ from backtest.replay import Progress, ReplayDriver
 from backtest.result import RunResult
 from backtest.run import run_backtest
 from bot.engine.step import DecisionContext, Policy
-from bot.events import ModuleDecision
+from bot.events import GrossExposure, ModuleDecision, VariantWeights
 from bot.store import MarketStore, MetricStore
-from config.schema import AppConfig, CryptoModuleParams
+from config.schema import AppConfig, CryptoModuleParams, MarsConfig
 from strategies.agents.train import (
     CoinHistory,
     TrainedCryptoModule,
@@ -33,6 +33,7 @@ from strategies.agents.train import (
 from strategies.baselines import baselines
 from strategies.crypto_module import CryptoModule
 from strategies.features.inputs import check_windows, fit_coin_features, read_coin_inputs
+from strategies.mars.training import TrainedEnsemble
 from strategies.portfolio import PortfolioVote
 from strategies.registry import save_crypto_module
 
@@ -81,6 +82,29 @@ def run_train_job(job: TrainJob) -> TrainedCryptoModule:
     """Train one module (top-level, for :func:`backtest.compute.fan_out`); its evaluation log
     comes back in ``extra["log"]`` instead of being written where the job runs."""
     return train_cm(job.history, job.windows, job.params, job.seed, cost=job.cost)
+
+
+@dataclass(frozen=True)
+class MarsTrainJob:
+    """One coin's MARS ensembles to train, every seed of ``seeds`` in one batched network
+    (picklable, like :class:`TrainJob`)."""
+
+    history: CoinHistory
+    windows: Windows
+    params: CryptoModuleParams
+    mars: MarsConfig
+    seeds: tuple[int, ...]
+    cost: float
+
+
+def run_mars_job(job: MarsTrainJob) -> list[TrainedEnsemble]:
+    """Train one coin's ensembles for every seed (top-level, for
+    :func:`backtest.compute.fan_out`)."""
+    from strategies.mars.training import train_ensembles
+
+    return train_ensembles(
+        job.history, job.windows, job.params, job.mars, list(job.seeds), cost=job.cost
+    )
 
 
 def save_trained(
@@ -174,12 +198,14 @@ async def backtest_vote(
 
 
 class RecordingPolicy:
-    """Wraps a policy and records the module decisions it notes while it runs."""
+    """Wraps a policy and records the module decisions it notes while it runs (and, for the
+    MARS policies, the controller's weights and the manager's exposure)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.name = policy.name
         self.decisions: list[ModuleDecision] = []
+        self.regime: list[VariantWeights | GrossExposure] = []
         prepare = getattr(policy, "prepare", None)
         if prepare is not None:
             self.prepare = prepare
@@ -187,7 +213,11 @@ class RecordingPolicy:
     def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
         """The wrapped policy's answer; its module decisions are kept."""
         answer = self.policy.decide(context)
-        self.decisions.extend(n for n in context.notes if isinstance(n, ModuleDecision))
+        for note in context.notes:
+            if isinstance(note, ModuleDecision):
+                self.decisions.append(note)
+            elif isinstance(note, VariantWeights | GrossExposure):
+                self.regime.append(note)
         return answer
 
 

@@ -29,6 +29,7 @@ from backtest.diagnostics import average_diagnostics, flagged, module_diagnostic
 from backtest.experiment import _finite
 from backtest.metrics import compute_metrics, daily_returns
 from backtest.plots import plot_fold_bars
+from backtest.regime_report import plot_controller, regime_summary
 from backtest.report import write_report
 from backtest.result import RunResult
 from backtest.walkforward import PortfolioRuns, WalkForwardRuns, seed_matrix, slice_run
@@ -54,6 +55,13 @@ def trial_count(runs: WalkForwardRuns, configs: int = 1) -> dict[str, int]:
         "prior": runs.spec.prior_trials,
         "total": here + runs.spec.prior_trials,
     }
+
+
+def conservative_names(runs: WalkForwardRuns) -> tuple[str, ...]:
+    """The variants counted as conservative (``[mars].conservative`` of the run's config)."""
+    from config.schema import MarsConfig
+
+    return tuple(runs.mars_conservative or MarsConfig().conservative)
 
 
 def run_stats(run: RunResult, seed: int = 0) -> dict[str, Any]:
@@ -103,6 +111,12 @@ def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[s
     entry["pbo_with_baselines"] = _pbo(with_baselines)
     entry["edge"] = _edges(policy, median_seed, portfolio.baselines)
     entry["diagnostics"] = _diagnostics(runs, portfolio)
+    if any(portfolio.regime.values()):
+        conservative = conservative_names(runs)
+        entry["regime"] = {
+            str(s): regime_summary(portfolio.regime.get(s, []), run, conservative)
+            for s, run in policy.items()
+        }
     return {
         "coins": list(portfolio.coins),
         "runs": rows,
@@ -221,6 +235,14 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
                 *runs.notes,
             ],
         )
+        if portfolio.regime.get(median_seed):
+            plot_controller(
+                portfolio.policy[median_seed],
+                portfolio.regime[median_seed],
+                folder / "controller.png",
+                title=f"Portfolio {portfolio.name}: {spec.policy} (seed {median_seed}): equity, "
+                "controller weights and exposure",
+            )
         names = [spec.policy, *(b.name for b in portfolio.baselines)]
         plot_fold_bars(
             [f["span"] for f in result["folds"]],
@@ -340,6 +362,19 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                 for coin, d in diag.items()
             )
         )
+        if "regime" in entry:
+            mine = entry["regime"].get(str(entry["median_seed"])) or {}
+            if mine:
+                lines.append(
+                    f"- controller (seed {entry['median_seed']}): weight on conservative variants "
+                    f"({', '.join(mine['conservative'])}) "
+                    f"{_num(mine['conservative_weight'], '{:.0%}')} on average, "
+                    f"{_num(mine['conservative_weight_in_drawdown'], '{:.0%}')} while "
+                    f"more than {mine['drawdown_threshold']:.0%} below the peak, "
+                    f"{_num(mine['conservative_weight_otherwise'], '{:.0%}')} otherwise; mean coin "
+                    f"exposure {_num(mine['mean_coin_exposure'], '{:.0%}')}, mean gross exposure "
+                    f"{_num(mine['mean_gross_exposure'], '{:.0%}')}"
+                )
         lines += ["", "Per fold (ARR; " + policy + " = median of seeds):", ""]
         names = list(result["runs"])
         lines.append("| fold | " + " | ".join(names) + " |")
