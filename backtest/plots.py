@@ -99,6 +99,19 @@ def plot_weights(strategy: RunResult, path: Path, *, title: str = "") -> Path:
         )
     axes.set_ylim(0.0, 1.0)
     axes.margins(x=0)
+    audit = strategy.audit
+    if len(audit):  # the closes where a guardrail changed what the policy wanted
+        when = _times(pd.Index(sorted(set(audit["ts"].astype("int64")))))
+        axes.plot(
+            when,
+            np.full(len(when), 0.985),
+            linestyle="none",
+            marker="v",
+            markersize=4,
+            color="#c0392b",
+            label="guardrail changed the target",
+            zorder=5,
+        )
     _finish(axes, title or f"{strategy.name}: weights", "share of equity", reverse_legend=True)
     return _save(figure, path)
 

@@ -32,7 +32,7 @@ from strategies.crypto_module import CryptoModule
 from strategies.mars.artifact import load_ensemble
 from strategies.mars.module import MarsModule
 from strategies.mars.policy import MARS, MARS_MANAGER, MarsPolicy, ModuleSet
-from strategies.portfolio import VOTE_SOURCE, PortfolioVote
+from strategies.portfolio import VOTE_SOURCE, PortfolioVote, ReplayHistory
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,16 @@ class FoldSwitchingVote:
         self.quote = quote
         self.folds = sorted(folds, key=lambda item: item[0].start_ms)
         self.warmup_ms = warmup_ms
+
+    def prepare(self, replay: ReplayHistory) -> int:
+        """Before a replay: each fold's modules compute their decisions at the bars they will
+        read (those of the ``warmup_ms`` before their fold and of the fold) in a few batched
+        passes (:meth:`PortfolioVote.prepare`); returns how many modules did."""
+        prepared = 0
+        for span, vote in self.folds:
+            after = None if self.warmup_ms is None else span.start_ms - self.warmup_ms
+            prepared += vote.prepare(replay, after=after, before=span.end_ms)
+        return prepared
 
     def _reads(self, span: FoldSpan, ts: int) -> bool:
         """Whether the fold's modules read an event stamped ``ts``."""

@@ -1,8 +1,8 @@
 """Records what an engine did during a replay, and turns it into a :class:`RunResult`.
 
-A replay can be millions of steps: the recorder keeps one float per decision for equity and cash
-(typed arrays), the holdings only when a fill changes them, and builds the weights at the end
-from the replay's close prices, vectorised.
+A replay can be millions of steps: the recorder keeps each decision's time and equity (typed
+arrays), the cash and holdings only when a fill changes them (with the decision they apply
+from), and builds the weights at the end from the replay's close prices, vectorised.
 """
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from backtest.result import REFUSAL_COLUMNS, REJECTION_COLUMNS, TRADE_COLUMNS, RunResult
+from backtest.result import (
+    AUDIT_COLUMNS,
+    REFUSAL_COLUMNS,
+    REJECTION_COLUMNS,
+    TRADE_COLUMNS,
+    TRIM_COLUMNS,
+    RunResult,
+)
 from bot.engine.account import Account, coin_of
 from bot.engine.step import StepResult
 from bot.events import OrderFilled, OrderRejected, RiskRefusal
@@ -27,28 +34,57 @@ class Recorder:
 
     def __init__(self, account: Account) -> None:
         self.account = account
-        self._ts = array("q")
-        self._equity = array("d")
-        self._cash = array("d")
-        self._snapshot = array("l")
-        self._holdings: list[dict[str, float]] = [dict(account.holdings)]
+        self.times = array("q")
+        """Each decision's close time (appended by the replay loop, or :meth:`on_step`)."""
+        self.equities = array("d")
+        """Each decision's equity, before its orders."""
+        self._changes = array("q", [0])
+        """Index of the first decision each holdings snapshot applies to."""
+        self._holdings: list[tuple[float, dict[str, float]]] = [
+            (account.cash, dict(account.holdings))
+        ]
         self.fills: list[OrderFilled] = []
         self.rejections: list[OrderRejected] = []
         self.refusals: list[RiskRefusal] = []
+        self.audit: list[tuple[int, str, float, float, str]] = []
+        self.trims: list[tuple[int, str, str, float, float, str]] = []
 
     def on_step(self, result: StepResult) -> None:
-        """A decision's valuation (taken before its orders) and its refusals."""
-        self._ts.append(result.ts)
-        self._equity.append(result.equity)
-        self._cash.append(self.account.cash)
-        self._snapshot.append(len(self._holdings) - 1)
-        if result.refusals:
-            self.refusals.extend(result.refusals)
+        """A decision's valuation (taken before its orders), refusals and audit."""
+        self.times.append(result[0])
+        self.equities.append(result[1])
+        if result[3]:
+            self.refusals.extend(result[3])
+        if result.allowed is not None or result.refusals:
+            self.on_review(result)
+
+    def on_review(self, result: StepResult) -> None:
+        """A reviewed decision's audit: assets whose allowed weight differs from the wanted
+        one (with the rules of this close that name them), and the trimmed orders."""
+        target = result.target
+        if target is not None and result.allowed is not None:
+            wanted, allowed = dict(target.weights), dict(result.allowed)
+            rules: dict[str, list[str]] = {}
+            for refusal in result.refusals:
+                rules.setdefault(refusal.asset, []).append(refusal.rule)
+            for asset in sorted(set(wanted) | set(allowed)):
+                w, a = wanted.get(asset, 0.0), allowed.get(asset, 0.0)
+                if abs(w - a) > 1e-9:
+                    why = ", ".join(dict.fromkeys(rules.get(asset, []) + rules.get("*", [])))
+                    self.audit.append((result.ts, asset, w, a, why or "rest of the weights"))
+        elif target is not None and result.refusals:  # the kill switch held: nothing allowed
+            for asset, w in target.weights:
+                rules_ = ", ".join(dict.fromkeys(r.rule for r in result.refusals))
+                self.audit.append((result.ts, asset, w, float("nan"), rules_))
+        for t in result.trims:
+            self.trims.append((result.ts, t.coin, t.side, t.wanted, t.planned, t.reason))
 
     def on_fill(self, fill: OrderFilled) -> None:
-        """A fill, and the holdings it leaves."""
+        """A fill, and the cash and holdings it leaves (from the next decision on)."""
         self.fills.append(fill)
-        self._holdings.append(dict(self.account.holdings))
+        account = self.account
+        self._holdings.append((account.cash, dict(account.holdings)))
+        self._changes.append(len(self.times))
 
     def on_rejection(self, rejection: OrderRejected) -> None:
         """An order the venue refused."""
@@ -63,11 +99,13 @@ class Recorder:
         initial_cash: float,
         fees_paid: float,
         closes_at: CloseLookup,
+        impact_paid: float = 0.0,
+        slippage_paid: float = 0.0,
     ) -> RunResult:
         """Everything recorded, as frames."""
-        ts = np.frombuffer(self._ts, dtype=np.int64) if len(self._ts) else np.empty(0, np.int64)
+        ts = np.frombuffer(self.times, dtype=np.int64) if len(self.times) else np.empty(0, np.int64)
         index = pd.Index(ts, dtype="int64", name="ts")
-        equity_values = np.frombuffer(self._equity, dtype=np.float64).copy()
+        equity_values = np.frombuffer(self.equities, dtype=np.float64)  # no copy: recording is over
         equity = pd.Series(equity_values, index=index, name="equity")
         return RunResult(
             name=name,
@@ -105,22 +143,30 @@ class Recorder:
                 columns=REFUSAL_COLUMNS,
             ),
             fees_paid=fees_paid,
+            audit=pd.DataFrame(self.audit, columns=AUDIT_COLUMNS),
+            trims=pd.DataFrame(self.trims, columns=TRIM_COLUMNS),
+            impact_paid=impact_paid,
+            slippage_paid=slippage_paid,
         )
 
     def _weights(
         self, index: pd.Index, equity: np.ndarray, quote: str, closes_at: CloseLookup
     ) -> pd.DataFrame:
         """Share of equity per asset at each decision: cash, and every coin ever held."""
+        n = len(index)
+        # The snapshot in force at each decision: the last change at or before it.
+        changes = np.frombuffer(self._changes, dtype=np.int64)
+        snapshot = np.searchsorted(changes, np.arange(n), side="right") - 1
+        cash = np.array([c for c, _ in self._holdings])[snapshot] if n else np.empty(0)
         with np.errstate(divide="ignore", invalid="ignore"):
             safe = np.where(equity > 0, equity, np.nan)
-            columns = {quote: np.frombuffer(self._cash, dtype=np.float64) / safe}
-            coins = sorted({c for h in self._holdings for c in h})
-            if coins:
-                snapshot = np.frombuffer(self._snapshot, dtype=np.int64)
+            columns = {quote: cash / safe}
+            coins = sorted({c for _, h in self._holdings for c in h})
+            if coins and n:
                 prices = {coin_of(s): p for s, p in closes_at(index.to_numpy()).items()}
                 for coin in coins:
-                    amounts = np.array([h.get(coin, 0.0) for h in self._holdings])[snapshot]
-                    price = prices.get(coin, np.zeros(len(index)))
+                    amounts = np.array([h.get(coin, 0.0) for _, h in self._holdings])[snapshot]
+                    price = prices.get(coin, np.zeros(n))
                     columns[coin] = np.nan_to_num(amounts * price, nan=0.0) / safe
         frame = pd.DataFrame(columns, index=index, dtype="float64")
         return frame.fillna(0.0)

@@ -88,6 +88,8 @@ class ReportPaths:
     weights_csv: Path
     rejections_csv: Path | None
     refusals_csv: Path | None
+    audit_csv: Path | None
+    trims_csv: Path | None
     cumulative_returns_png: Path
     drawdown_png: Path
     weights_png: Path
@@ -138,6 +140,8 @@ def write_report(
     weights_csv = _write_csv(strategy.weights.rename_axis("ts").reset_index(), out / "weights.csv")
     rejections_csv = _write_per_run(runs, "rejections", out / "rejections.csv")
     refusals_csv = _write_per_run(runs, "refusals", out / "refusals.csv")
+    audit_csv = _write_per_run(runs, "audit", out / "audit.csv")
+    trims_csv = _write_per_run(runs, "trims", out / "trims.csv")
 
     paths = ReportPaths(
         out_dir=out,
@@ -147,6 +151,8 @@ def write_report(
         weights_csv=weights_csv,
         rejections_csv=rejections_csv,
         refusals_csv=refusals_csv,
+        audit_csv=audit_csv,
+        trims_csv=trims_csv,
         cumulative_returns_png=plot_cumulative_returns(
             strategy, baselines, out / _PLOTS[0][1], title=f"{title}: cumulative return"
         ),
@@ -158,8 +164,9 @@ def write_report(
         summary_html=out / "summary.html",
     )
     facts = _facts(header, strategy, len(baselines), table)
-    paths.summary_md.write_text(_summary_markdown(title, facts, table, notes, paths))
-    paths.summary_html.write_text(_summary_html(title, facts, table, notes, paths))
+    audit = audit_table(strategy)
+    paths.summary_md.write_text(_summary_markdown(title, facts, table, notes, paths, audit))
+    paths.summary_html.write_text(_summary_html(title, facts, table, notes, paths, audit))
     return paths
 
 
@@ -250,13 +257,52 @@ _LEGEND = (
 )
 
 
+AUDIT_ROWS = 30
+"""Rows of the guardrail audit shown in the summary (the CSV has them all)."""
+
+
+def audit_table(run: RunResult) -> pd.DataFrame:
+    """The guardrail audit of ``run`` as shown: close, asset, wanted, allowed, rules (the
+    latest :data:`AUDIT_ROWS`)."""
+    audit = run.audit.tail(AUDIT_ROWS)
+    return pd.DataFrame(
+        {
+            "close": [ms_to_iso(int(t)) for t in audit["ts"]],
+            "asset": audit["asset"].tolist(),
+            "wanted": [f"{w:.4f}" for w in audit["wanted"]],
+            "allowed": ["-" if pd.isna(a) else f"{a:.4f}" for a in audit["allowed"]],
+            "rules": audit["rules"].tolist(),
+        }
+    )
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    rows = [list(frame.columns), ["---"] * len(frame.columns)]
+    rows += [[str(v) for v in row] for row in frame.itertuples(index=False)]
+    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+
+
+def _audit_heading(run_audit: pd.DataFrame) -> str:
+    return (
+        f"Guardrail audit (the last {len(run_audit)} changes; every one in `audit.csv`, orders "
+        "trimmed by the market's filters in `trims.csv`)"
+    )
+
+
 def _summary_markdown(
-    title: str, facts: list[str], table: pd.DataFrame, notes: Sequence[str], paths: ReportPaths
+    title: str,
+    facts: list[str],
+    table: pd.DataFrame,
+    notes: Sequence[str],
+    paths: ReportPaths,
+    audit: pd.DataFrame,
 ) -> str:
     lines = [f"# {title}", "", *(f"- {fact}" for fact in facts), "", "## Metrics", ""]
     lines += [format_metrics_table(table), "", _LEGEND, ""]
     for heading, name in _PLOTS:
         lines += [f"## {heading}", "", f"![{heading}]({name})", ""]
+    if len(audit):
+        lines += [f"## {_audit_heading(audit)}", "", _markdown_table(audit), ""]
     if notes:
         lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
     lines += ["## Files", "", ", ".join(f"`{p.name}`" for p in paths.files()), ""]
@@ -273,7 +319,12 @@ _CSS = (
 
 
 def _summary_html(
-    title: str, facts: list[str], table: pd.DataFrame, notes: Sequence[str], paths: ReportPaths
+    title: str,
+    facts: list[str],
+    table: pd.DataFrame,
+    notes: Sequence[str],
+    paths: ReportPaths,
+    audit: pd.DataFrame,
 ) -> str:
     esc = html.escape
     cells, best = _cells(table, None)
@@ -303,6 +354,16 @@ def _summary_html(
         parts += [
             f"<h2>{esc(heading)}</h2>",
             f'<img alt="{esc(heading)}" src="data:image/png;base64,{data}">',
+        ]
+    if len(audit):
+        head = "".join(f"<th>{esc(c)}</th>" for c in audit.columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>"
+            for row in audit.itertuples(index=False)
+        )
+        parts += [
+            f"<h2>{_inline_html(_audit_heading(audit))}</h2>",
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
         ]
     if notes:
         parts += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"]

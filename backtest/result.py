@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -19,6 +19,8 @@ TRADE_COLUMNS = [
 ]
 REJECTION_COLUMNS = ["ts", "client_order_id", "symbol", "side", "amount", "reason"]
 REFUSAL_COLUMNS = ["ts", "rule", "asset", "wanted", "allowed", "detail"]
+AUDIT_COLUMNS = ["ts", "asset", "wanted", "allowed", "rules"]
+TRIM_COLUMNS = ["ts", "coin", "side", "wanted", "planned", "reason"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,20 @@ class RunResult:
     rejections: pd.DataFrame
     refusals: pd.DataFrame
     fees_paid: float
+    audit: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=AUDIT_COLUMNS))
+    """The guardrail audit trail: every close and asset whose allowed weight differs from the
+    policy's, with the rules that changed it (:data:`AUDIT_COLUMNS`)."""
+    trims: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=TRIM_COLUMNS))
+    """Orders the market's filters or the cash changed (:data:`TRIM_COLUMNS`)."""
+    impact_paid: float = 0.0
+    """Quote currency lost to the simulated market impact (``[execution]``)."""
+    slippage_paid: float = 0.0
+    """Quote currency lost to ``[broker].slippage_bps``."""
+
+    @property
+    def trading_cost(self) -> float:
+        """Fees, slippage and market impact, in the quote currency."""
+        return self.fees_paid + self.impact_paid + self.slippage_paid
 
     @property
     def final_equity(self) -> float:

@@ -9,9 +9,12 @@ outputs for the window in a few batched passes) and then decide exactly as bar b
 
 from __future__ import annotations
 
+import gc
+
 from backtest.recorder import Recorder
 from backtest.replay import Progress, ReplayDriver
 from backtest.result import RunResult
+from bot.engine.execution import Slicer
 from bot.engine.kernel import Engine, market_rules
 from bot.engine.step import Policy
 from bot.events import OrderFilled
@@ -29,28 +32,56 @@ async def run_backtest(
 ) -> RunResult:
     """Replay ``driver`` through a fresh engine deciding with ``policy``; return the record."""
     rules = market_rules(cfg)
-    venue = SimVenue(cfg.broker, cfg.market.quote, rules, driver.next_open)
+    venue = SimVenue(
+        cfg.broker,
+        cfg.market.quote,
+        rules,
+        driver.next_open,
+        execution=cfg.execution,
+        next_bar=driver.next_bar,
+        step_ms=driver.step_ms,
+    )
     engine = Engine(cfg, policy, rules=rules)
+    slicer = Slicer(cfg.execution, driver.step_ms, rules)
+    slicing = slicer.active
     recorder = Recorder(engine.account)
     prepare = getattr(policy, "prepare", None)
     if prepare is not None:
         prepare(driver)
-    step, book, reject, bus = engine.step, engine.book, engine.reject, engine.bus
-    record, record_fill = recorder.on_step, recorder.on_fill
-    for instant in driver.instants(progress):
-        result = step(instant)
-        if instant.decide:
-            record(result)
-        for order in result.orders:
-            outcome = venue.execute(order)
-            if type(outcome) is OrderFilled:
-                book(outcome)
-                record_fill(outcome)
-            else:
-                reject(outcome)  # type: ignore[arg-type]
-                recorder.on_rejection(outcome)  # type: ignore[arg-type]
-        if bus.pending:
-            await bus.drain()
+    # A replay allocates millions of short-lived tuples (bars, instants, step results) and
+    # keeps none of them in cycles: young-generation collections would only cost time.
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], 100_000), *thresholds[1:])
+    try:
+        step, book, reject, bus = engine.step, engine.book, engine.reject, engine.bus
+        record_fill, execute = recorder.on_fill, venue.execute
+        record_ts, record_equity = recorder.times.append, recorder.equities.append
+        observed = bus.listening  # nobody subscribes during a replay but before it
+        for instant in driver.instants(progress):
+            result = step(instant)
+            if instant[3]:  # a decision (not warm-up): its valuation and refusals are recorded
+                record_ts(result[0])
+                record_equity(result[1])
+                if result[6] is not None or result[3]:  # reviewed: refusals and the audit
+                    recorder.refusals.extend(result[3])
+                    recorder.on_review(result)
+            if slicing:
+                slicer.observe(instant, result[2])
+            if result[4]:
+                for order in result[4]:
+                    parts = slicer.slices(order) if slicing else ((order, 0),)
+                    for part, offset in parts:
+                        outcome = venue.execute_slice(part, offset) if offset else execute(part)
+                        if type(outcome) is OrderFilled:
+                            book(outcome)
+                            record_fill(outcome)
+                        else:
+                            reject(outcome)  # type: ignore[arg-type]
+                            recorder.on_rejection(outcome)  # type: ignore[arg-type]
+            if observed and bus.pending:
+                await bus.drain()
+    finally:
+        gc.set_threshold(*thresholds)
     return recorder.result(
         name,
         timeframe=driver.timeframe,
@@ -58,4 +89,6 @@ async def run_backtest(
         initial_cash=cfg.broker.initial_cash,
         fees_paid=engine.account.fees_paid,
         closes_at=driver.closes_at,
+        impact_paid=venue.impact_paid,
+        slippage_paid=venue.slippage_paid,
     )

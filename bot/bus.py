@@ -36,10 +36,12 @@ _DISPATCHING: ContextVar[bool] = ContextVar("cryptorlpm_bus_dispatching", defaul
 class EventBus:
     """Type-routed, order-preserving event bus for sync and async handlers."""
 
-    __slots__ = ("_cache", "_draining", "_queue", "_subscriptions", "_waiters")
+    __slots__ = ("_cache", "_draining", "_queue", "_subscriptions", "_waiters", "listening")
 
     def __init__(self) -> None:
         self._subscriptions: list[tuple[type, Handler]] = []
+        self.listening = False
+        """Whether anyone subscribed at all (publishers skip building events nobody reads)."""
         self._cache: dict[type, tuple[Handler, ...]] = {}
         self._queue: deque[Event] = deque()
         self._draining = False
@@ -55,11 +57,13 @@ class EventBus:
         entry = (event_type, handler)
         self._subscriptions.append(entry)
         self._cache.clear()
+        self.listening = True
 
         def unsubscribe() -> None:
             if entry in self._subscriptions:
                 self._subscriptions.remove(entry)
                 self._cache.clear()
+                self.listening = bool(self._subscriptions)
 
         return unsubscribe
 
@@ -109,11 +113,6 @@ class EventBus:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-
-    @property
-    def listening(self) -> bool:
-        """Whether anyone subscribed at all (publishers skip building events nobody reads)."""
-        return bool(self._subscriptions)
 
     @property
     def pending(self) -> int:

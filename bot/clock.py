@@ -62,23 +62,3 @@ class WallClock:
         """Sleep in short slices so a corrected offset or a suspended host is noticed."""
         while (remaining := ts_ms - self.now_ms()) > 0:
             await asyncio.sleep(min(remaining / 1000, self._max_sleep_s))
-
-
-class AcceleratedClock:
-    """Wall time run ``speed`` times faster from ``start_ms``: whole days of bars in seconds."""
-
-    def __init__(self, start_ms: int, speed: float) -> None:
-        if speed <= 0:
-            raise ValueError(f"speed must be > 0, got {speed}")
-        self._start_ms = int(start_ms)
-        self._origin = time.monotonic()
-        self.speed = speed
-
-    def now_ms(self) -> int:
-        """Simulated epoch ms: start plus elapsed real time times ``speed``."""
-        return self._start_ms + int((time.monotonic() - self._origin) * 1000 * self.speed)
-
-    async def sleep_until(self, ts_ms: int) -> None:
-        """Sleep the real time that corresponds to reaching ``ts_ms``."""
-        while (remaining := ts_ms - self.now_ms()) > 0:
-            await asyncio.sleep(remaining / 1000 / self.speed)

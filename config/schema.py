@@ -286,6 +286,33 @@ class BrokerConfig(Section):
         return self.fee_rate + self.slippage_bps / 10_000
 
 
+class ExecutionConfig(Section):
+    """How a large order is executed: in slices over the interval, front-loaded when the
+    signal decays fast; and the market impact the simulated venue charges."""
+
+    slice_above_volume_share: float | None = Field(None, gt=0)
+    """Slice an order whose amount exceeds this share of its coin's mean bar volume over the
+    last ``volume_lookback_bars`` bars (None, the default: never by volume; 0.02 is a common
+    choice)."""
+    slice_above_notional: float | None = Field(None, gt=0)
+    """Slice an order whose notional exceeds this, in the quote currency (None: never)."""
+    max_slices: int = Field(4, ge=1, le=9)
+    """Most slices of one order (each is at least one lot and the minimum notional)."""
+    spread: float = Field(0.75, gt=0, le=1)
+    """Share of the bar interval the slices are spread over (the last leaves room before the
+    next close)."""
+    schedule: Literal["twap", "decay"] = "decay"
+    """``twap``: equal slices at equal spacing; ``decay``: front-loaded by how fast the
+    policy's signal decays (its target weights' lag-1 autocorrelation), TWAP when it persists."""
+    volume_lookback_bars: int = Field(20, ge=1)
+    impact_coefficient: float = Field(0.0, ge=0)
+    """Simulated venue: square-root market impact ``k * sqrt(amount / depth)`` of the price,
+    ``depth`` being ``liquidity_window`` of the bar's volume (0: no impact)."""
+    liquidity_window: float = Field(0.05, gt=0, le=1)
+    """Share of a bar's volume one order meets at once (the rest of the bar's liquidity comes
+    back between slices)."""
+
+
 class RiskConfig(Section):
     """Guardrails outside every network: no policy can override them."""
 
@@ -709,6 +736,7 @@ class AppConfig(Section):
     windows: WindowsConfig = WindowsConfig()
     broker: BrokerConfig = BrokerConfig()
     risk: RiskConfig = RiskConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     agents: CryptoModuleParams = CryptoModuleParams()
     training: TrainingConfig = TrainingConfig()
     live: LiveConfig = LiveConfig()

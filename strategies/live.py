@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,9 @@ def module_folders(cfg: AppConfig) -> dict[str, Path]:
 
 def load_module(cfg: AppConfig, folder: Path, events: Iterable[Event]) -> tuple[CryptoModule, int]:
     """Load a registry folder (``<root>/<coin>/<id>``) as a handler and warm it up; returns it
-    and the bars it read."""
+    and the bars it read. A fresh module reads the whole history at once (features, states and
+    network passes batched; :meth:`CryptoModule.warm_up`), ending in the state reading it bar
+    by bar leaves, with torch on one thread in the loading thread."""
     module = CryptoModule.load(folder, cfg.market.symbol(folder.parent.name))
     if module.timeframe != cfg.market.timeframe:
         raise ControlError(
@@ -385,10 +388,17 @@ async def build_vote(
                 "%s: no model in %s; not plugged (it stays in cash)", coin, cfg.training.models_dir
             )
             continue
+        started = time.perf_counter()
         events = await history_events(cfg, market, metrics, coin, since, now_ms)
         module, bars = await asyncio.to_thread(load_module, cfg, folder, events)
         vote.plug(module)
-        log.info("%s: plugged %s, warmed up on %d bars", coin, module.model_id, bars)
+        log.info(
+            "%s: plugged %s, warmed up on %d bars in %.1f s",
+            coin,
+            module.model_id,
+            bars,
+            time.perf_counter() - started,
+        )
     updater = None
     if cfg.updating.enabled:
         from strategies.updating import ModuleUpdater

@@ -228,3 +228,36 @@ def retrain(coin: CoinArg, config: LiveConfigOption = None) -> None:
 def rollback(coin: CoinArg, config: LiveConfigOption = None) -> None:
     """Swap a coin's previous module version back in (at the next cycle)."""
     _ask(config, "rollback", coin=coin)
+
+
+@app.command()
+def diff(config: LiveConfigOption = None) -> None:
+    """Replay what the daemon saw; list closes decided otherwise, with why (exit 1 if any)."""
+    from bot.cli.live_run import build_policy
+    from bot.live.daemon import state_path
+    from bot.live.diff import diff_decisions
+    from bot.timeframes import ms_to_iso
+
+    cfg = load_live(config)
+    try:
+        report = asyncio.run(diff_decisions(cfg, state_path(cfg), build_policy))
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+        return
+    console.print(
+        f"{report.compared} decisions compared, {len(report.differences)} differ "
+        f"({state_path(cfg)})"
+    )
+    if not report.differences:
+        return
+
+    def weights(values: dict[str, float] | None) -> str:
+        if values is None:
+            return "no new target"
+        return ", ".join(f"{a} {w:.4f}" for a, w in sorted(values.items()) if abs(w) > 1e-12)
+
+    table = Table("close", "live", "replay", "why", title="decisions that differ")
+    for d in report.differences:
+        table.add_row(ms_to_iso(d.ts), weights(d.live), weights(d.replay), d.why)
+    print_table(table)
+    raise typer.Exit(1)

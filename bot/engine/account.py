@@ -10,14 +10,15 @@ from collections.abc import Mapping
 
 from bot.events import Bar, OrderFilled, PortfolioValued
 
-_COINS: dict[str, str] = {}
+SYMBOL_COINS: dict[str, str] = {}
+"""``coin_of``'s memo: symbol -> base asset (read directly on the engine's hot path)."""
 
 
 def coin_of(symbol: str) -> str:
     """Base asset of a ccxt symbol: ``"BTC/USDT"`` -> ``"BTC"`` (memoised: a hot path)."""
-    coin = _COINS.get(symbol)
+    coin = SYMBOL_COINS.get(symbol)
     if coin is None:
-        coin = _COINS[symbol] = symbol.split("/", 1)[0]
+        coin = SYMBOL_COINS[symbol] = symbol.split("/", 1)[0]
     return coin
 
 
@@ -43,7 +44,7 @@ class Account:
     def on_bar(self, bar: Bar) -> None:
         """Remember the latest bar and close of the bar's coin (a hot path: two stores)."""
         symbol = bar.symbol
-        coin = _COINS.get(symbol) or coin_of(symbol)
+        coin = SYMBOL_COINS.get(symbol) or coin_of(symbol)
         self.prices[coin] = bar.close
         self.last_bars[coin] = bar
 
@@ -75,9 +76,11 @@ class Account:
 
     def equity(self) -> float:
         """Cash plus every holding at its last price."""
-        return self.cash + sum(
-            amount * self.prices.get(coin, 0.0) for coin, amount in self.holdings.items()
-        )
+        equity, prices = self.cash, self.prices
+        for coin, amount in self.holdings.items():  # a loop: cheaper than sum() on a hot path
+            if amount:
+                equity += amount * prices.get(coin, 0.0)
+        return equity
 
     def weights(self) -> dict[str, float]:
         """Share of equity per asset, the quote currency included (empty when equity <= 0)."""

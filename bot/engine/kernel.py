@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bot.bus import EventBus
-from bot.engine.account import Account
+from bot.engine.account import SYMBOL_COINS, Account, coin_of
 from bot.engine.planner import OrderPlanner
 from bot.engine.risk import RiskGate
 from bot.engine.rules import MarketRules
@@ -37,8 +37,12 @@ from bot.events import (
     PauseTrading,
     PortfolioValued,
     ResumeTrading,
+    RiskRefusal,
+    SubmitOrder,
 )
 from config.schema import AppConfig
+
+_new = tuple.__new__  # builds the step's result without a Python-level constructor call
 
 
 def market_rules(cfg: AppConfig) -> dict[str, MarketRules]:
@@ -75,34 +79,54 @@ class Engine:
             min_trade_weight=cfg.risk.min_trade_weight,
         )
         self.policy = policy
+        self._context = DecisionContext(Instant(0, (), (), False), self.account)
         self._watch_drawdown = cfg.risk.max_drawdown is not None
 
     # -- the step -------------------------------------------------------------------------------
 
     def step(self, instant: Instant) -> StepResult:
         """One bar close, in the order the module docstring lists."""
-        ts, account = instant.ts, self.account
-        for bar in instant.bars:  # 1. mark to market
-            account.on_bar(bar)
-        equity = account.equity()
-        refusals = []
+        ts, _, bars, deciding = instant
+        account = self.account
+        if bars:  # 1. mark to market (Account.on_bar and Account.equity, inlined: a hot path)
+            prices, last_bars = account.prices, account.last_bars
+            for bar in bars:
+                symbol = bar[2]
+                coin = SYMBOL_COINS.get(symbol) or coin_of(symbol)
+                prices[coin] = bar[8]
+                last_bars[coin] = bar
+        equity = account.cash
+        for coin, amount in account.holdings.items():
+            if amount:
+                equity += amount * account.prices.get(coin, 0.0)
+        refusals: tuple[RiskRefusal, ...] = ()
         if self._watch_drawdown:  # 2. kill switch
             tripped = self.gate.observe_equity(ts, equity)
             if tripped is not None:
-                refusals.append(tripped)
-        context = DecisionContext(instant, account)
+                refusals = (tripped,)
+        context = self._context  # reused from step to step (DecisionContext.reset, inlined)
+        context.instant, context.ts = instant, ts
+        if context.notes:
+            context.notes = []
         wanted = self.policy.decide(context)  # 3. decision
-        target = None
-        orders: list = []
-        if instant.decide:
+        target = allowed = None
+        orders: tuple[SubmitOrder, ...] = ()
+        trims: tuple = ()
+        if deciding and (wanted is not None or self.gate.flatten_due):
             if wanted is not None:
                 target = target_weights(ts, wanted, self.quote, self.policy.name)
             # 4. risk review and 5. order plan (a tripped kill switch acts without a target)
-            wanted_weights = None if target is None else target.as_dict()
-            orders, reviewed = self.planner.review(ts, wanted_weights)
-            refusals += reviewed
-        notes = tuple(context.notes)
-        result = StepResult(ts, equity, target, tuple(refusals), tuple(orders), notes)
+            review = self.planner.review(ts, None if target is None else dict(target.weights))
+            orders = tuple(review.orders)
+            refusals += tuple(review.refusals)
+            if review.allowed is not None:
+                allowed = tuple(sorted(review.allowed.items()))
+            trims = tuple(review.trims)
+        notes = context.notes
+        result = _new(
+            StepResult,
+            (ts, equity, target, refusals, orders, tuple(notes) if notes else (), allowed, trims),
+        )
         if self.bus.listening:
             self._publish(result)
         return result

@@ -30,11 +30,35 @@ before it asks the policy (:meth:`bot.engine.kernel.Engine.step`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from bot.engine.account import Account
 from bot.engine.risk import RiskGate
-from bot.engine.rules import MarketRules
+from bot.engine.rules import DEFAULT_RULES, MarketRules
 from bot.events import RiskRefusal, SubmitOrder
+
+
+class Trim(NamedTuple):
+    """An order the planner changed for the market's filters or the cash: ``wanted`` and
+    ``planned`` amounts of ``coin`` (0: not sent) and why."""
+
+    coin: str
+    side: str
+    wanted: float
+    planned: float
+    reason: str
+
+
+class Review(NamedTuple):
+    """A decision's review: the orders to send, the guardrails' refusals, the weights they
+    allowed (``None``: nothing was planned, the kill switch holds), and the orders the filters
+    trimmed."""
+
+    orders: list[SubmitOrder]
+    refusals: list[RiskRefusal]
+    allowed: dict[str, float] | None
+    trims: list[Trim]
+
 
 CLIENT_ID_PREFIX = "rlpm-"
 """Every client order id of this bot starts with it (stray orders of ours are recognised)."""
@@ -69,9 +93,7 @@ class OrderPlanner:
         self.blocked: dict[str, str] = {}
         """Coin -> why no order may be planned for it (set by the live executor)."""
 
-    def review(
-        self, ts: int, wanted: dict[str, float] | None
-    ) -> tuple[list[SubmitOrder], list[RiskRefusal]]:
+    def review(self, ts: int, wanted: dict[str, float] | None) -> Review:
         """The guardrails' review of ``wanted`` (asset -> weight; ``None``: the policy has no
         new target) and the orders that move the account to what they allow.
 
@@ -81,11 +103,11 @@ class OrderPlanner:
         gate, account = self.gate, self.account
         flatten = gate.flatten_due
         if wanted is None and not flatten:
-            return [], []
+            return Review([], [], None, [])
         gate.start_decision(ts, account.equity())
         if gate.halted is not None and not flatten:
             assert wanted is not None
-            return [], [gate.halt_refusal(ts, self._wanted_notional(ts, wanted))]
+            return Review([], [gate.halt_refusal(ts, self._wanted_notional(ts, wanted))], None, [])
         if flatten:
             weights: dict[str, float] = {account.quote: 1.0}
             refusals: list[RiskRefusal] = []
@@ -96,15 +118,18 @@ class OrderPlanner:
             weights = self._hold_blocked(ts, weights, refusals)
         stale = gate.review_data(ts, self.involved_coins(weights), account.last_bars)
         if stale:
-            return [], refusals + stale
+            return Review([], refusals + stale, weights, [])
         if self.paused:
-            return [], refusals
-        orders, order_refusals = self._plan(ts, weights, reviewed=True, flatten=flatten)
+            return Review([], refusals, weights, [])
+        trims: list[Trim] = []
+        orders, order_refusals = self._plan(
+            ts, weights, reviewed=True, flatten=flatten, trims=trims
+        )
         if flatten and not orders:
             # Nothing tradable left to sell: the flatten is complete and the switch just halts.
             gate.flatten_done()
             order_refusals.append(gate.halt_refusal(ts, 0.0))
-        return orders, refusals + order_refusals
+        return Review(orders, refusals + order_refusals, weights, trims)
 
     def _hold_blocked(
         self, ts: int, weights: dict[str, float], refusals: list[RiskRefusal]
@@ -147,7 +172,13 @@ class OrderPlanner:
         return sum(o.amount * o.reference_price for o in self.plan(ts, weights))
 
     def _plan(
-        self, ts: int, weights: Mapping[str, float], *, reviewed: bool, flatten: bool
+        self,
+        ts: int,
+        weights: Mapping[str, float],
+        *,
+        reviewed: bool,
+        flatten: bool,
+        trims: list[Trim] | None = None,
     ) -> tuple[list[SubmitOrder], list[RiskRefusal]]:
         account = self.account
         refusals: list[RiskRefusal] = []
@@ -155,6 +186,7 @@ class OrderPlanner:
         if equity <= 0:
             return [], refusals
         quote = account.quote
+        trim = trims.append if trims is not None else _ignore
         min_move = 0.0 if flatten else self.min_trade_weight * equity
         coins = (set(weights) | set(account.holdings)) - {quote} - set(self.blocked)
         sells: list[SubmitOrder] = []
@@ -163,30 +195,44 @@ class OrderPlanner:
             price = account.prices.get(coin)
             if not price:
                 continue
-            rules = self.rules.get(coin, MarketRules())
+            rules = self.rules.get(coin, DEFAULT_RULES)
             held = account.holdings.get(coin, 0.0)
             delta = weights.get(coin, 0.0) * equity / price - held
+            side = "sell" if delta < 0 else "buy"
             if abs(delta) * price < min_move:
+                if delta:
+                    trim(Trim(coin, side, abs(delta), 0.0, "below min_trade_weight"))
                 continue
             if delta < 0:
                 # Selling everything may leave dust below one lot; selling "all" means all lots.
-                amount = rules.round_amount(min(-delta, held, rules.max_market_amount))
+                wanted = min(-delta, held)
+                if wanted > rules.max_market_amount:
+                    trim(Trim(coin, side, wanted, rules.max_market_amount, "largest market order"))
+                amount = rules.round_amount(min(wanted, rules.max_market_amount))
                 if rules.tradable(amount, price):
                     sells.append(self._order(ts, coin, "sell", amount, price))
+                else:
+                    trim(Trim(coin, side, wanted, 0.0, "below one lot or the minimum notional"))
             elif delta > 0:
+                if delta > rules.max_market_amount:
+                    trim(Trim(coin, side, delta, rules.max_market_amount, "largest market order"))
                 buys.append((coin, min(delta, rules.max_market_amount), price))
         if reviewed:
             sells, cut = self.gate.review_orders(ts, sells, self.rules, exempt_turnover=flatten)
             refusals.extend(cut)
         cash = account.cash + sum(o.amount * o.reference_price for o in sells) * (1 - self.fee_rate)
-        wanted = sum(amount * price for _, amount, price in buys) * (1 + self.fee_rate)
-        scale = min(1.0, cash / wanted) if wanted > 0 else 0.0
+        wanted_cash = sum(amount * price for _, amount, price in buys) * (1 + self.fee_rate)
+        scale = min(1.0, cash / wanted_cash) if wanted_cash > 0 else 0.0
         planned: list[SubmitOrder] = []
         for coin, amount, price in buys:
-            rules = self.rules.get(coin, MarketRules())
-            amount = rules.round_amount(amount * scale)
-            if rules.tradable(amount, price):
-                planned.append(self._order(ts, coin, "buy", amount, price))
+            rules = self.rules.get(coin, DEFAULT_RULES)
+            sized = rules.round_amount(amount * scale)
+            if scale < 1.0 - 1e-9:
+                trim(Trim(coin, "buy", amount, sized, "scaled to the cash"))
+            if rules.tradable(sized, price):
+                planned.append(self._order(ts, coin, "buy", sized, price))
+            else:
+                trim(Trim(coin, "buy", amount, 0.0, "below one lot or the minimum notional"))
         if reviewed and planned:
             planned, cut = self.gate.review_orders(ts, planned, self.rules)
             refusals.extend(cut)
@@ -201,3 +247,7 @@ class OrderPlanner:
             amount,
             reference_price=price,
         )
+
+
+def _ignore(trim: Trim) -> None:
+    """Where trims go when nobody audits them."""

@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bot.engine.account import coin_of
-from bot.engine.rules import MarketRules
+from bot.engine.rules import DEFAULT_RULES, MarketRules
 from bot.events import Bar, RiskRefusal, SubmitOrder
 from bot.timeframes import DAY_MS, ms_to_iso, timeframe_ms
 from config.schema import RiskConfig
@@ -77,7 +77,9 @@ class RiskGate:
         self.day_start_equity = 0.0
         self.day_turnover = 0.0
         self._halted: str | None = None
-        self._flatten_due = False
+        self.flatten_due = False
+        """The kill switch tripped with a flatten and coins remain to be sold (a plain
+        attribute: the engine reads it at every step)."""
         self._flattened = False
         self._step_ms: dict[str, int] = {}
 
@@ -87,11 +89,6 @@ class RiskGate:
     def halted(self) -> str | None:
         """Why the kill switch holds (``None`` while trading is allowed)."""
         return self._halted
-
-    @property
-    def flatten_due(self) -> bool:
-        """The kill switch tripped with ``on_drawdown="flatten"`` and coins remain to be sold."""
-        return self._flatten_due
 
     def observe_equity(self, ts: int, equity: float) -> RiskRefusal | None:
         """Follow the equity of a valuation; trip the kill switch when the drawdown reaches the
@@ -109,7 +106,7 @@ class RiskGate:
         drawdown = 1.0 - equity / peak
         if self.cfg.on_drawdown == "flatten":
             action = "flatten: sell every coin at the next decision, then halt"
-            self._flatten_due = True
+            self.flatten_due = True
         else:
             action = "halt: no more orders"
         self._halted = f"drawdown {drawdown:.2%} >= {limit:.2%} at {ms_to_iso(ts)}"
@@ -127,12 +124,12 @@ class RiskGate:
         """Trip the kill switch by hand (an operator's flatten): sell everything at the next
         decision when ``flatten``, then halt until resumed."""
         self._halted = f"{reason} at {ms_to_iso(ts)}"
-        self._flatten_due = flatten
+        self.flatten_due = flatten
         self._flattened = False
 
     def flatten_done(self) -> None:
         """The flatten sold all it could: from now on the kill switch only halts."""
-        self._flatten_due = False
+        self.flatten_due = False
         self._flattened = True
 
     def halt_refusal(self, ts: int, wanted_notional: float) -> RiskRefusal:
@@ -149,7 +146,7 @@ class RiskGate:
     def resume(self) -> None:
         """Operator action: clear the kill switch and restart the peak at the current equity."""
         self._halted = None
-        self._flatten_due = False
+        self.flatten_due = False
         self._flattened = False
         self.peak = self.equity
 
@@ -279,7 +276,7 @@ class RiskGate:
             notional = order.amount * price
             coin = coin_of(order.symbol)
             if cap is not None and notional > cap + _EPS:
-                order, allowed = _cut(order, cap, rules.get(coin, MarketRules()))
+                order, allowed = _cut(order, cap, rules.get(coin, DEFAULT_RULES))
                 what = f"cut to {order.amount:g}" if allowed else "dropped (not tradable)"
                 refusals.append(
                     RiskRefusal(
@@ -298,7 +295,7 @@ class RiskGate:
                 budget = turnover * self.day_start_equity
                 left = budget - self.day_turnover
                 if notional > left + _EPS:
-                    order, allowed = _cut(order, max(left, 0.0), rules.get(coin, MarketRules()))
+                    order, allowed = _cut(order, max(left, 0.0), rules.get(coin, DEFAULT_RULES))
                     what = f"cut to {order.amount:g}" if allowed else "dropped"
                     refusals.append(
                         RiskRefusal(
@@ -331,7 +328,7 @@ class RiskGate:
             "day_start_equity": self.day_start_equity,
             "day_turnover": self.day_turnover,
             "halted": self._halted,
-            "flatten_due": self._flatten_due,
+            "flatten_due": self.flatten_due,
             "flattened": self._flattened,
         }
 
@@ -345,7 +342,7 @@ class RiskGate:
         self.day_turnover = float(state.get("day_turnover", 0.0))
         halted = state.get("halted")
         self._halted = None if halted is None else str(halted)
-        self._flatten_due = bool(state.get("flatten_due", False))
+        self.flatten_due = bool(state.get("flatten_due", False))
         self._flattened = bool(state.get("flattened", False))
 
 

@@ -6,6 +6,7 @@ below the minimum notional is not sent (the exchange would reject it).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -37,6 +38,14 @@ class MarketRules:
         return amount > 0 and amount * price >= self.min_notional
 
 
+@functools.lru_cache(maxsize=256)
+def _decimals(step: float) -> int:
+    return max(0, -math.floor(math.log10(step)) + 1)
+
+
 def _clean(value: float, step: float) -> float:
-    decimals = max(0, -math.floor(math.log10(step)) + 1)
-    return round(value, decimals)
+    return round(value, _decimals(step))
+
+
+DEFAULT_RULES = MarketRules()
+"""The filters of a market nobody configured (shared: rules are immutable)."""

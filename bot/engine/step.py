@@ -13,8 +13,7 @@ bus, the exchange, the clock or the stores, so it cannot tell a backtest from li
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from bot.events import Bar, Event, Metric, RiskRefusal, SubmitOrder, TargetWeights
 
@@ -40,22 +39,30 @@ class DecisionContext:
 
     ``account`` is read-only for policies (cash, ``holdings``, ``prices``, ``weights()``,
     ``equity()``): the coins actually held after fills, partial fills and refusals.
-    ``notes`` collects events the policy wants observers to see (module decisions,
-    explanations); the engine publishes them after the step.
+    :meth:`note` collects events the policy wants observers to see (module decisions,
+    explanations); the engine publishes them after the step. A context is valid during the
+    ``decide`` call it is passed to (the engine reuses one object from step to step).
     """
 
     __slots__ = ("account", "instant", "notes", "ts")
 
     def __init__(self, instant: Instant, account: Account) -> None:
         self.instant = instant
-        self.ts = instant.ts
+        self.ts = instant[0]
         self.account = account
         self.notes: list[Event] = []
+
+    def reset(self, instant: Instant) -> None:
+        """Point the context at the next instant (no notes yet)."""
+        self.instant = instant
+        self.ts = instant[0]
+        if self.notes:
+            self.notes = []
 
     @property
     def deciding(self) -> bool:
         """Whether this instant's answer is used (False while warming up)."""
-        return self.instant.decide
+        return self.instant[3]
 
     def note(self, event: Event) -> None:
         """Have ``event`` published to observers after the step."""
@@ -77,11 +84,11 @@ class Policy(Protocol):
     def decide(self, context: DecisionContext) -> Mapping[str, float] | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class StepResult:
+class StepResult(NamedTuple):
     """What one step decided: the target (``None``: no new target), the guardrails' refusals
     with their rules, the orders to send, and the policy's notes. ``equity`` is the account's
-    mark-to-market at the instant, before any order."""
+    mark-to-market at the instant, before any order. (A named tuple: a replay builds one per
+    bar.)"""
 
     ts: int
     equity: float
@@ -89,6 +96,10 @@ class StepResult:
     refusals: tuple[RiskRefusal, ...]
     orders: tuple[SubmitOrder, ...]
     notes: tuple[Event, ...] = ()
+    allowed: tuple[tuple[str, float], ...] | None = None
+    """The weights the guardrails allowed (``None``: nothing reviewed)."""
+    trims: tuple[Any, ...] = ()
+    """Orders the market's filters or the cash changed (:class:`bot.engine.planner.Trim`)."""
 
 
 def target_weights(ts: int, wanted: Mapping[str, float], quote: str, source: str) -> TargetWeights:

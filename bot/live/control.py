@@ -27,8 +27,8 @@ from bot.events import (
     ResumeTrading,
     TargetWeights,
 )
-from bot.live.journal import Journal
 from bot.live.status import trading_lines
+from bot.store.journal import Journal
 from bot.timeframes import ms_to_iso
 
 log = logging.getLogger(__name__)

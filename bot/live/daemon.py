@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.engine.execution import Slicer
 from bot.engine.kernel import Engine
 from bot.engine.step import Policy
 from bot.events import FlattenPositions, PauseTrading, ResumeTrading
@@ -39,11 +40,12 @@ from bot.live.clock import ExchangeTimeClock
 from bot.live.control import ControlSocket, DaemonControls, ModuleHost
 from bot.live.driver import LiveDriver
 from bot.live.executor import Executor, paper_balances
-from bot.live.journal import Journal
 from bot.live.loop import DaemonLoop
 from bot.live.reconcile import Reconciliation, reconcile
+from bot.live.warmup import warm_up_policy
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import ms_to_iso
+from bot.store.journal import Journal
+from bot.timeframes import DAY_MS, ms_to_iso, timeframe_ms
 from bot.venues.base import Venue
 from bot.venues.ccxt import CcxtVenue
 from bot.venues.orders import rules_from_markets
@@ -51,8 +53,6 @@ from bot.venues.sim import SimVenue, forming_candle_open
 from config.schema import AppConfig, Secrets
 
 log = logging.getLogger(__name__)
-
-DAY_MS = 86_400_000
 
 
 class LiveConfigError(ValueError):
@@ -267,6 +267,8 @@ async def _run(
                 base_delay_s=cfg.exchange.retry_base_s,
             )
         executor = Executor(venue, journal, clock.now_ms)
+        slicer = Slicer(cfg.execution, timeframe_ms(cfg.market.timeframe), rules)
+        executor.slicer = slicer if slicer.active else None
         incidents: list[str] = []  # told to the alert services once they run
         executor.on_incident = incidents.append
         executor.wait_until = lambda ts: clock.sleep_until(ts, stop)
@@ -277,6 +279,11 @@ async def _run(
         policy, host = await policy_factory(cfg, market, metrics, clock.now_ms())
         if host is not None:
             stack.push_async_callback(host.close)
+        else:  # the vote warms its modules itself; any other policy is warmed up here
+            count = await warm_up_policy(
+                policy, cfg, market, metrics, now - live.warmup_days * DAY_MS, driver.known_until
+            )
+            log.info("policy %s warmed up on %d stored closes", policy.name, count)
         engine = Engine(cfg, policy, cash=0.0, rules=rules)
         for command in (PauseTrading, ResumeTrading, FlattenPositions):
             engine.bus.subscribe(command, journal.record_command)

@@ -29,7 +29,7 @@ from typing import Any
 from bot.engine.kernel import Engine
 from bot.engine.risk import is_routine
 from bot.engine.step import StepResult, instants
-from bot.events import Bar, Metric
+from bot.events import Bar, Metric, ModuleDecision
 from bot.feed.exchange import describe_error
 from bot.feed.live import fetch_closed_bars
 from bot.live.clock import ExchangeTimeClock
@@ -88,6 +88,14 @@ class LiveDriver:
         self.cycles = 0
         self.last: StepResult | None = None
         """The last decision's step."""
+
+    @property
+    def known_until(self) -> int:
+        """Metrics known up to this exchange time are in the stores already read (the first
+        cycle reads those known after it)."""
+        if self._metrics_known_until is None:
+            raise RuntimeError("LiveDriver.catch_up must run first")
+        return self._metrics_known_until
 
     def attach(self, engine: Engine) -> None:
         """Feed ``engine`` (built once the history is stored and the policy warmed up); its
@@ -171,11 +179,27 @@ class LiveDriver:
         bars = await self._new_bars(ts)
         metrics = await self._new_metrics(ts)
         ordered = sorted(bars, key=lambda b: (b.ts, b.symbol))
+        modules: dict[str, str] = {}
+        slicer = self.executor.slicer
         for instant in instants(ordered, metrics, decide_from=ts, close_at=ts):
             result = engine.step(instant)
+            if slicer is not None:
+                slicer.observe(instant, result.target)
+            modules.update(
+                (n.coin, n.module_id) for n in result.notes if isinstance(n, ModuleDecision)
+            )
         self.last = result
         refusals = list(result.refusals)
-        await self.executor.journal.record_decision(result)
+        # What the policy read, for `live diff`: the account as it decided (marked at this
+        # close, before the orders), the latest bars, the metrics received, its modules.
+        held = {a: w for a, w in engine.account.weights().items() if w}
+        inputs = {
+            "weights": held,
+            "bars": {c: [b.ts, b.close] for c, b in sorted(engine.account.last_bars.items())},
+            "metrics": len(metrics),
+            "modules": modules,
+        }
+        await self.executor.journal.record_decision(result, inputs)
         await self.executor.journal.add_refusals(refusals)
         await engine.bus.drain()
         for refusal in refusals:  # a configured cap at work is information, not a warning

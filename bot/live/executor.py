@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from bot.engine.execution import Slicer
 from bot.engine.planner import CLIENT_ID_PREFIX
 from bot.events import OrderFilled, OrderRejected, SubmitOrder
 from bot.feed.retry import backoff_delay
-from bot.live.journal import Journal, JournalOrder
+from bot.store.journal import Journal, JournalOrder
 from bot.venues.base import ABSENT, LiveTradingError, NotSent, Uncertain, Unreachable, Venue
 from bot.venues.orders import OrderOutcome
 
@@ -53,6 +54,8 @@ class Executor:
         self.on_reject: Callable[[OrderRejected], None] = lambda rejection: None
         """Where refusals go (the engine's ``reject``)."""
         self.needs_reconcile = False
+        self.slicer: Slicer | None = None
+        """Splits large orders into slices sent over the interval (``[execution]``)."""
         """Set when an order's fate was uncertain: balances are re-read after the cycle."""
         self.wait_until: Callable[[int], Awaitable[bool]] | None = None
         """Sleeps until an exchange time (False when the daemon stops); settling waits on it."""
@@ -64,24 +67,42 @@ class Executor:
     async def execute_cycle(
         self, ts: int, orders: Sequence[SubmitOrder], *, deadline_ms: int | None = None
     ) -> int:
-        """Journal ``orders`` (the step's plan at ``ts``) and run the plan (:meth:`run_plan`).
-        Returns the number of orders of the cycle's plan. A resumed cycle (restart) keeps the
-        plan journalled the first time and sends only what was never sent."""
-        shaped = [self.venue.shape(order) for order in orders]
-        await self.journal.plan_cycle(ts, shaped, self.now_ms())
+        """Journal ``orders`` (the step's plan at ``ts``; large ones as slices when a slicer
+        is set) and run the plan (:meth:`run_plan`). Returns the number of orders journalled.
+        A resumed cycle (restart) keeps the plan journalled the first time and sends only what
+        was never sent."""
+        shaped: list[SubmitOrder] = []
+        send_at: dict[str, int] = {}
+        for order in orders:
+            parts = self.slicer.slices(order) if self.slicer is not None else [(order, 0)]
+            for part, offset in parts:
+                shaped.append(self.venue.shape(part))
+                if offset:
+                    send_at[part.client_order_id] = ts + offset
+        await self.journal.plan_cycle(ts, shaped, self.now_ms(), send_at)
         return await self.run_plan(ts, deadline_ms=deadline_ms)
 
     async def run_plan(self, ts: int, *, deadline_ms: int | None = None) -> int:
         """Send the cycle's ``planned`` orders, sells then buys, each side's uncertain orders
         settled (until ``deadline_ms``, exchange time) before the next side; then abandon what
-        could not be sent."""
+        could not be sent. Slices go at their times: at each time, its sells then its buys."""
         plan = await self.journal.cycle_orders(ts)
-        # Sells first, settled before the buys their proceeds pay for are sent.
-        for side in ("sell", "buy"):
-            rows = [r for r in await self.journal.cycle_orders(ts) if r.side == side]
-            await self.send_planned(rows)
-            if deadline_ms is not None:
-                await self.settle(ts, deadline_ms)
+        times = sorted({r.send_at_ms or 0 for r in plan})
+        for when in times:
+            if when and self.wait_until is not None and not await self.wait_until(when):
+                break  # stopping: what is left is abandoned below
+            # Sells first, settled before the buys their proceeds pay for are sent.
+            for side in ("sell", "buy"):
+                rows = [
+                    r
+                    for r in await self.journal.cycle_orders(ts)
+                    if r.side == side and (r.send_at_ms or 0) == when
+                ]
+                await self.send_planned(rows)
+                if deadline_ms is not None and len(times) == 1:
+                    await self.settle(ts, deadline_ms)
+        if deadline_ms is not None and len(times) > 1:
+            await self.settle(ts, deadline_ms)
         await self.abandon_unsent(ts, "not sent during its cycle")
         return len(plan)
 

@@ -25,8 +25,8 @@ from bot.feed.guard import RequestGuard
 from bot.live.control import ModuleHost
 from bot.live.driver import LiveDriver
 from bot.live.executor import LiveTradingError
-from bot.live.journal import Journal
 from bot.live.reconcile import Reconciliation
+from bot.store.journal import Journal
 from bot.timeframes import ms_to_iso
 from config.schema import AppConfig
 

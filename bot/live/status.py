@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 
 
 async def read_status(path: Path, *, orders: int = 10, refusals: int = 10) -> dict[str, Any]:

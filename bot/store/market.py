@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import aiosqlite
 import pandas as pd
 
 from bot.events import Bar
-from bot.store.sqlite import open_database
+from bot.store.sqlite import SqliteStore
 from bot.timeframes import timeframe_ms
 
 CANDLE_COLUMNS = ["open_time", "open", "high", "low", "close", "volume"]
@@ -69,33 +66,10 @@ class Coverage:
     gaps: int
 
 
-class MarketStore:
+class MarketStore(SqliteStore):
     """Async access to ``market.db``. Use ``async with await MarketStore.open(path) as store``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
-        self.path = path
-
-    @classmethod
-    async def open(cls, path: str | Path) -> MarketStore:
-        """Open or create the store at ``path`` with the current schema."""
-        path = Path(path)
-        return cls(await open_database(path, MIGRATIONS), path)
-
-    async def close(self) -> None:
-        """Close the connection (pending writes are already committed)."""
-        await self._db.close()
-
-    async def __aenter__(self) -> MarketStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    MIGRATIONS = MIGRATIONS
 
     async def upsert_candles(
         self, exchange: str, symbol: str, timeframe: str, candles: Iterable[Sequence[float]]

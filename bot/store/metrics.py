@@ -15,15 +15,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 
-import aiosqlite
 import numpy as np
 import pandas as pd
 
 from bot.events import Metric
-from bot.store.sqlite import open_database
+from bot.store.sqlite import SqliteStore
 from bot.timeframes import DAY_MS
 
 METRIC_COLUMNS = ["asset", "name", "observed_at", "known_at", "value"]
@@ -89,33 +86,10 @@ class MetricCoverage:
     rows: int
 
 
-class MetricStore:
+class MetricStore(SqliteStore):
     """Async access to ``metrics.db``. Use ``async with await MetricStore.open(path) as store``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
-        self.path = path
-
-    @classmethod
-    async def open(cls, path: str | Path) -> MetricStore:
-        """Open or create the store at ``path`` with the current schema."""
-        path = Path(path)
-        return cls(await open_database(path, MIGRATIONS), path)
-
-    async def close(self) -> None:
-        """Close the connection."""
-        await self._db.close()
-
-    async def __aenter__(self) -> MetricStore:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
+    MIGRATIONS = MIGRATIONS
 
     async def upsert_metrics(self, rows: Iterable[Sequence[object]], source: str) -> int:
         """Upsert ``(asset, name, observed_at, known_at, value)`` rows in one transaction.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from types import TracebackType
+from typing import ClassVar, Literal, Self
 
 import aiosqlite
 
@@ -60,3 +61,39 @@ async def open_database(
         await db.close()
         raise
     return db
+
+
+class SqliteStore:
+    """Base of the stores: one aiosqlite connection opened with the store's migrations.
+
+    A subclass sets ``MIGRATIONS`` (and ``SYNCHRONOUS`` when its writes must survive a power
+    cut). Use ``async with await Store.open(path) as store``.
+    """
+
+    MIGRATIONS: ClassVar[Sequence[str]] = ()
+    SYNCHRONOUS: ClassVar[Synchronous] = "NORMAL"
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Self:
+        """Open or create the store at ``path`` with the current schema."""
+        path = Path(path)
+        return cls(await open_database(path, cls.MIGRATIONS, synchronous=cls.SYNCHRONOUS), path)
+
+    async def close(self) -> None:
+        """Close the connection (every write is already committed)."""
+        await self._db.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

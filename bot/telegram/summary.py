@@ -13,9 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from bot.events import PortfolioValued
-
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
+from bot.timeframes import DAY_MS, HOUR_MS
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from typing import Any
 import ccxt
 
 from bot.engine.account import coin_of
-from bot.engine.rules import MarketRules
+from bot.engine.rules import DEFAULT_RULES, MarketRules
 from bot.events import SubmitOrder
 from bot.feed.exchange import describe_error, exchange_code, is_temporary
 from bot.feed.guard import CREDENTIAL_CODES, CredentialsRejected
@@ -207,7 +207,7 @@ class CcxtVenue:
     def _limit_price(self, order: SubmitOrder) -> float:
         offset = self.cfg.limit_offset_bps / 10_000
         sign = 1.0 if order.side == "buy" else -1.0
-        rules = self.rules.get(coin_of(order.symbol), MarketRules())
+        rules = self.rules.get(coin_of(order.symbol), DEFAULT_RULES)
         return rules.round_price(order.reference_price * (1 + sign * offset))
 
     async def _follow(self, order: SubmitOrder, outcome: OrderOutcome) -> OrderOutcome:

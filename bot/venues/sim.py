@@ -6,6 +6,11 @@ it; in paper trading the exchange's candle forming right after the close does (i
 first trade after the close). The rest is the same for both:
 
 - **slippage**: ``slippage_bps`` worse than that open;
+- **market impact** (when ``[execution].impact_coefficient`` > 0 and the bar's volume is known):
+  square-root impact ``k * sqrt(amount / depth)`` of the price, ``depth`` being
+  ``liquidity_window`` of the bar's volume: the liquidity one order meets at once. A slice sent
+  later in the bar (:meth:`SimVenue.execute_slice`) fills on the bar's path (its open moved
+  linearly toward its close) and meets fresh depth, so slicing a large order pays less impact;
 - **fees**: ``fee_rate`` of the notional, in the quote currency;
 - **filters**: amounts rounded down to the lot; an order below the minimum notional is refused;
 - **affordability**: spot only; a buy the cash cannot pay (with its fee) at the fill price is
@@ -18,16 +23,20 @@ fills. Paper balances start from the journal (so they are exactly as crash-safe 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from bot.engine.account import coin_of
-from bot.engine.rules import MarketRules
+from bot.engine.rules import DEFAULT_RULES, MarketRules
 from bot.events import OrderFilled, OrderRejected, SubmitOrder
 from bot.venues.base import ABSENT, OpenOrder, Record
 from bot.venues.orders import OrderOutcome
-from config.schema import BrokerConfig
+from config.schema import BrokerConfig, ExecutionConfig
 
+NextBar = Callable[[str, int], tuple[int, float, float, float] | None]
+"""``next_bar(symbol, ts)`` -> (open time, open, close, volume) of the first bar opening at or
+after ts (the replay's), or None."""
 NextOpen = Callable[[str, int], Any]
 """``next_open(symbol, ts)`` -> (open time, open price) of the first bar opening at/after ts,
 or None; may be a coroutine function (paper trading reads it from the exchange)."""
@@ -48,8 +57,19 @@ class SimVenue:
         *,
         cash: float | None = None,
         holdings: Mapping[str, float] | None = None,
+        execution: ExecutionConfig | None = None,
+        next_bar: NextBar | None = None,
+        step_ms: int = 0,
     ) -> None:
         self.fee_rate = cfg.fee_rate
+        self.impact = 0.0 if execution is None else execution.impact_coefficient
+        self.liquidity_window = 1.0 if execution is None else execution.liquidity_window
+        self.next_bar = next_bar
+        self.step_ms = step_ms
+        self.impact_paid = 0.0
+        """Quote currency paid to market impact over the run."""
+        self.slippage_paid = 0.0
+        """Quote currency paid to ``slippage_bps`` over the run."""
         self.slippage = cfg.slippage_bps / 10_000
         self.quote = quote
         self.rules = rules
@@ -61,20 +81,44 @@ class SimVenue:
 
     def execute(self, order: SubmitOrder) -> OrderFilled | OrderRejected:
         """The outcome of ``order`` at the next open (``next_open`` must be synchronous)."""
+        if self.impact and self.next_bar is not None:
+            return self.execute_slice(order, 0)
         quote_open = self.next_open(order.symbol, order.ts)
         if quote_open is None:
             return self._reject(order, "no later bar to fill at (end of data)")
         return self.fill(order, *quote_open)
 
+    def execute_slice(self, order: SubmitOrder, offset_ms: int) -> OrderFilled | OrderRejected:
+        """Fill ``order`` ``offset_ms`` into the next bar: on its path (the open moved linearly
+        toward the close) with the impact of the bar's volume (``next_bar`` is needed)."""
+        assert self.next_bar is not None, "execute_slice needs the replay's next_bar"
+        bar = self.next_bar(order.symbol, order.ts)
+        if bar is None:
+            return self._reject(order, "no later bar to fill at (end of data)")
+        open_time, open_price, close, volume = bar
+        share = min(1.0, offset_ms / self.step_ms) if self.step_ms else 0.0
+        price = open_price + (close - open_price) * share
+        return self.fill(order, open_time + offset_ms, price, volume)
+
     def fill(
-        self, order: SubmitOrder, open_time: int, open_price: float
+        self,
+        order: SubmitOrder,
+        open_time: int,
+        open_price: float,
+        volume: float | None = None,
     ) -> OrderFilled | OrderRejected:
-        """Fill ``order`` at ``open_price`` (the next bar's open) against the balances, which it
-        updates; the fill is stamped ``open_time``."""
+        """Fill ``order`` at ``open_price`` (the next bar's open, or its path for a slice)
+        against the balances, which it updates; the fill is stamped ``open_time``. With the
+        bar's ``volume``, the square-root impact applies."""
         coin = coin_of(order.symbol)
-        rules = self.rules.get(coin, MarketRules())
+        rules = self.rules.get(coin, DEFAULT_RULES)
         buy = order.side == "buy"
-        price = open_price * (1 + self.slippage if buy else 1 - self.slippage)
+        impact = 0.0
+        if self.impact and volume:
+            depth = self.liquidity_window * volume
+            impact = min(0.5, self.impact * math.sqrt(order.amount / depth))
+        worse = self.slippage + impact
+        price = open_price * (1 + worse if buy else 1 - worse)
         if order.order_type == "limit" and order.limit_price is not None:
             limit = order.limit_price
             if (buy and price > limit) or (not buy and price < limit):
@@ -96,6 +140,8 @@ class SimVenue:
             )
         notional = amount * price
         fee = notional * self.fee_rate
+        self.impact_paid += amount * open_price * impact
+        self.slippage_paid += amount * open_price * self.slippage
         sign = 1.0 if buy else -1.0
         held[coin] = held.get(coin, 0.0) + sign * amount
         held[self.quote] = held.get(self.quote, 0.0) - sign * notional - fee

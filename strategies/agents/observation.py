@@ -19,7 +19,8 @@ sell, 0 hold, +1 buy) when an EAM is used, and last the weights held ``[1 - p, p
 position channel.
 
 One code path (DESIGN property 4): :func:`build_observations` (every bar of a history at once, for
-training) and :class:`ObservationWindow` (bar by bar, for the handler) both call
+training; :func:`observations_between` for a chunk of it) and :class:`ObservationWindow` (bar by
+bar, for the handler) both call
 :func:`bar_rows` per bar and :func:`window_observations` per window, which use only ``+ - * /``
 after a scalar ``math.log1p`` per bar, so their outputs are bit-identical.
 """
@@ -120,11 +121,16 @@ def window_observations(rows: np.ndarray, metrics: np.ndarray) -> np.ndarray:
     n = rows.shape[-1]
     k = metrics.shape[-2]
     out = np.zeros((*lead, len(PRICE_FEATURES) + k, 2, n), dtype=np.float32)
-    last_close = rows[..., 3, -1][..., None, None]
-    out[..., :4, COIN_ROW, :] = (rows[..., :4, :] / last_close - 1.0) * PRICE_SCALE
-    out[..., 4, COIN_ROW, :] = rows[..., 4, :] - rows[..., 4, -1:]
-    out[..., 5:, COIN_ROW, :] = metrics
+    _write_coin_rows(rows, metrics, out[..., COIN_ROW, :])
     return out
+
+
+def _write_coin_rows(rows: np.ndarray, metrics: np.ndarray, coin: np.ndarray) -> None:
+    """The coin row ``(..., F, n)`` of the states of windows ``rows``, ``metrics``."""
+    last_close = rows[..., 3, -1][..., None, None]
+    coin[..., :4, :] = (rows[..., :4, :] / last_close - 1.0) * PRICE_SCALE
+    coin[..., 4, :] = rows[..., 4, :] - rows[..., 4, -1:]
+    coin[..., 5:, :] = metrics
 
 
 def build_observations(
@@ -141,9 +147,40 @@ def build_observations(
     total, k = len(rows), metrics.shape[1]
     out = np.zeros((total, len(PRICE_FEATURES) + k, 2, window), dtype=np.float32)
     if total >= window:
-        out[window - 1 :] = window_observations(
-            sliding_window_view(rows, window, axis=0), sliding_window_view(metrics, window, axis=0)
-        )
+        out[window - 1 :] = observations_between(rows, metrics, window, window - 1, total)
+    return out
+
+
+def observations_between(
+    rows: np.ndarray, metrics: np.ndarray, window: int, start: int, stop: int
+) -> np.ndarray:
+    """The states ``(stop - start, F, 2, window)`` of bars ``start .. stop - 1`` (``start >=
+    window - 1``) of a history's :func:`bar_rows` and :func:`metric_rows`: a slice of
+    :func:`build_observations` with the same bits, for building a long history's states a
+    chunk at a time."""
+    if start < window - 1 or stop > len(rows) or stop < start:
+        raise ValueError(f"bars {start}..{stop} have no full window of {window} in {len(rows)}")
+    lo = start - window + 1
+    return window_observations(
+        sliding_window_view(rows[lo:stop], window, axis=0),
+        sliding_window_view(metrics[lo:stop], window, axis=0),
+    )
+
+
+def coin_rows_between(
+    rows: np.ndarray, metrics: np.ndarray, window: int, start: int, stop: int
+) -> np.ndarray:
+    """The coin rows ``(stop - start, F, window)`` of :func:`observations_between`'s states
+    (the cash row of every state is zeros): what batched inference reads."""
+    if start < window - 1 or stop > len(rows) or stop < start:
+        raise ValueError(f"bars {start}..{stop} have no full window of {window} in {len(rows)}")
+    lo = start - window + 1
+    out = np.empty((stop - start, len(PRICE_FEATURES) + metrics.shape[1], window), np.float32)
+    _write_coin_rows(
+        sliding_window_view(rows[lo:stop], window, axis=0),
+        sliding_window_view(metrics[lo:stop], window, axis=0),
+        out,
+    )
     return out
 
 
@@ -194,3 +231,13 @@ class ObservationWindow:
         rows = np.stack(self._rows, axis=1)
         metrics = np.stack(self._metrics, axis=1).reshape(self.width, self.window)
         return window_observations(rows, metrics)
+
+    def extend(self, ohlcv: np.ndarray, features: np.ndarray, ready: np.ndarray) -> None:
+        """Add many closed bars at once (``(T, 5)``, ``(T, k)``, ``(T,)``), leaving the window
+        exactly as pushing them one by one would (only the last ``window`` bars are kept)."""
+        tail = slice(max(0, len(ohlcv) - self.window), len(ohlcv))
+        rows = bar_rows(np.asarray(ohlcv, dtype=np.float64)[tail])
+        feats = np.asarray(features, dtype=np.float64).reshape(len(ohlcv), self.width)[tail]
+        metrics = metric_rows(feats, np.asarray(ready, dtype=bool)[tail])
+        self._rows.extend(rows)
+        self._metrics.extend(metrics)

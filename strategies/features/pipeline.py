@@ -206,24 +206,30 @@ def compute_features(
     close_ts = bars["open_time"].to_numpy(dtype="int64") + int(timeframe_ms)
     if len(close_ts) > 1 and not (np.diff(close_ts) > 0).all():
         raise ValueError("bars must be sorted by open_time without duplicates")
-    n, k = len(close_ts), spec.width
+    n = len(close_ts)
     if not spec.metric_ids:
         return FeatureFrame(
             close_ts, np.zeros((n, 0)), np.ones(n, dtype=bool), np.full(n, math.nan), ()
         )
     rows = _metric_rows(metrics_long, spec.metric_ids, spec.known_delay_ms)
     values, changed = _as_of_join(rows, close_ts)
+    return _refine_at_bars(Refiner(spec.refiner), spec, close_ts, values, changed)
+
+
+def _refine_at_bars(
+    refiner: Refiner,
+    spec: FeatureSpec,
+    close_ts: np.ndarray,
+    values: np.ndarray,
+    changed: np.ndarray,
+) -> FeatureFrame:
+    """Step ``refiner`` at every bar where a latest value changed; features at every bar."""
     steps = np.flatnonzero(changed)
-    refiner = Refiner(spec.refiner)
+    stepped = refiner.steps(close_ts[steps], values[steps])
     # Output row 0 is the state before any step; row s + 1 the state after step s.
-    step_features = np.zeros((len(steps) + 1, k), dtype="float64")
-    step_ready = np.zeros(len(steps) + 1, dtype=bool)
-    step_variance = np.full(len(steps) + 1, math.nan)
-    for s, i in enumerate(steps):
-        refiner.step(int(close_ts[i]), values[i])
-        step_features[s + 1] = refiner.features
-        step_ready[s + 1] = refiner.ready
-        step_variance[s + 1] = refiner.explained_variance
+    step_features = np.concatenate((np.zeros((1, spec.width)), stepped.features))
+    step_ready = np.r_[False, stepped.ready]
+    step_variance = np.r_[math.nan, stepped.explained_variance]
     state = np.cumsum(changed)
     return FeatureFrame(
         close_ts,
@@ -232,6 +238,27 @@ def compute_features(
         step_variance[state],
         spec.feature_names,
     )
+
+
+def metrics_in_time(
+    spec: FeatureSpec, close_ts: np.ndarray, metrics: pd.DataFrame, bars_before: np.ndarray
+) -> bool:
+    """Whether every metric of ``spec`` in ``metrics`` was given before the first bar closing at
+    or after its effective known time (what :meth:`FeatureState.read_history` assumes).
+
+    ``bars_before[i]``: how many of the bars closing at ``close_ts`` were read before metric row
+    ``i``. Publish order (a metric before the bars closing at or after its ``known_at``, as both
+    drivers and the warm-up's history deliver them) always passes; a metric given after a bar
+    that already closed past its known time does not (one by one, it would wait for the next
+    bar)."""
+    if not spec.metric_ids or len(metrics) == 0:
+        return True
+    column, known, _, _ = _matched_metrics(metrics, spec.metric_ids, spec.known_delay_ms)
+    before = np.asarray(bars_before, dtype=np.int64)[column >= 0]
+    if not (before > 0).any():
+        return True
+    last_read = np.asarray(close_ts, dtype=np.int64)[np.maximum(before, 1) - 1]
+    return bool(((before == 0) | (known[column >= 0] > last_read)).all())
 
 
 class FeatureState:
@@ -299,28 +326,94 @@ class FeatureState:
             self._refiner.step(close, self._latest)
         return self._refiner.features.copy()
 
+    @property
+    def fresh(self) -> bool:
+        """Whether no bar and no metric of the spec has been read yet."""
+        return self._last_close is None and self._sequence == 0
+
+    def read_history(self, close_ts: np.ndarray, metrics: pd.DataFrame) -> FeatureFrame:
+        """Read a whole history at once: the features at every bar, and the state left exactly
+        as :meth:`on_metric` and :meth:`on_bar`, called one event at a time, leave it.
+
+        ``close_ts``: the bars' close times (strictly increasing). ``metrics``: ``asset, name,
+        observed_at, value`` and ``known_at`` (the ``Metric``'s ``ts``), one row per metric
+        event in the order ``on_metric`` would get them, each before the first bar closing at
+        or after its effective known time (see :func:`metrics_in_time`); rows after the last
+        bar stay pending. Only for a fresh state (:attr:`fresh`); the arithmetic is the batch
+        path's (:func:`compute_features`), so the features are bit-identical too.
+        """
+        if not self.fresh:
+            raise ValueError("read_history needs a fresh FeatureState (it has read events)")
+        close_ts = np.asarray(close_ts, dtype="int64")
+        if len(close_ts) > 1 and not (np.diff(close_ts) > 0).all():
+            raise ValueError("bar close times must be strictly increasing")
+        n = len(close_ts)
+        last = int(close_ts[-1]) if n else None
+        if not self.spec.metric_ids:
+            self._last_close = last
+            return FeatureFrame(
+                close_ts, np.zeros((n, 0)), np.ones(n, dtype=bool), np.full(n, math.nan), ()
+            )
+        rows = _metric_rows(metrics, self.spec.metric_ids, self.spec.known_delay_ms, True)
+        values, changed = _as_of_join([r[:3] for r in rows], close_ts)
+        frame = _refine_at_bars(self._refiner, self.spec, close_ts, values, changed)
+        pending = []
+        for column, (known, observed, value, sequence) in enumerate(rows):
+            applied = 0 if last is None else int(np.searchsorted(known, last, side="right"))
+            if applied:
+                # As one by one: the row applied last among those with the greatest observed_at.
+                current = int(np.lexsort((np.arange(applied), observed[:applied]))[-1])
+                self._latest[column] = value[current]
+                self._latest_observed[column] = int(observed[current])
+            pending += [
+                (int(known[i]), int(sequence[i]), column, int(observed[i]), float(value[i]))
+                for i in range(applied, len(known))
+            ]
+        heapq.heapify(pending)
+        self._pending = pending
+        self._sequence = sum(len(r[0]) for r in rows)
+        self._last_close = last
+        return frame
+
 
 _Rows = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def _metric_rows(
+def _matched_metrics(
     metrics_long: pd.DataFrame, metric_ids: Sequence[str], known_delay_ms: int
-) -> list[_Rows]:
-    """Per metric id: (effective known time, observed_at, value), stably sorted by known time."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``metrics_long``: its column in ``metric_ids`` (-1 when not selected), its
+    effective known time, ``observed_at`` and value."""
     frame = with_known_at(metrics_long, known_delay_ms - DAY_MS)
-    pairs = [split_id(i) for i in metric_ids]
-    mine = frame["asset"].isin({a for a, _ in pairs}) & frame["name"].isin({n for _, n in pairs})
-    frame = frame.loc[mine.to_numpy()]
     ids = frame["asset"].astype(str) + ID_SEPARATOR + frame["name"].astype(str)
     column = pd.Index(list(metric_ids)).get_indexer(ids)
-    observed_all = frame["observed_at"].to_numpy(dtype="int64")
-    known_all = np.maximum(frame["known_at"].to_numpy(dtype="int64"), observed_all + known_delay_ms)
-    value_all = frame["value"].to_numpy(dtype="float64")
+    observed = frame["observed_at"].to_numpy(dtype="int64")
+    known = np.maximum(frame["known_at"].to_numpy(dtype="int64"), observed + known_delay_ms)
+    return column, known, observed, frame["value"].to_numpy(dtype="float64")
+
+
+def _metric_rows(
+    metrics_long: pd.DataFrame,
+    metric_ids: Sequence[str],
+    known_delay_ms: int,
+    with_sequence: bool = False,
+) -> list[Any]:
+    """Per metric id: (effective known time, observed_at, value), stably sorted by known time;
+    ``with_sequence`` adds each row's rank among the selected rows in frame order (the order
+    :meth:`FeatureState.on_metric` numbers them)."""
+    pairs = [split_id(i) for i in metric_ids]
+    assets, names = {a for a, _ in pairs}, {n for _, n in pairs}
+    mine = metrics_long["asset"].isin(assets) & metrics_long["name"].isin(names)
+    column, known_all, observed_all, value_all = _matched_metrics(
+        metrics_long.loc[mine.to_numpy()], metric_ids, known_delay_ms
+    )
+    sequence_all = np.cumsum(column >= 0) - 1
     rows = []
     for j in range(len(metric_ids)):
         mine = np.flatnonzero(column == j)
         order = mine[np.argsort(known_all[mine], kind="stable")]
-        rows.append((known_all[order], observed_all[order], value_all[order]))
+        row = (known_all[order], observed_all[order], value_all[order])
+        rows.append((*row, sequence_all[order]) if with_sequence else row)
     return rows
 
 

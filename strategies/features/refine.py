@@ -1,8 +1,9 @@
 """Refinement: causal rolling normalisation and rolling PCA of the selected metrics.
 
 One kernel, :class:`Refiner`, serves training, backtest and live alike: the batch feature path
-and the bar-by-bar path both call :meth:`Refiner.step` with the same inputs in the same order, so
-their outputs are bit-identical (DESIGN property 4).
+calls :meth:`Refiner.steps` with every step of a history at once and the bar-by-bar path calls
+:meth:`Refiner.step` (a batch of one), with the same inputs in the same order, and their outputs
+are bit-identical (DESIGN property 4).
 
 A *step* happens at a bar close where at least one selected metric has a new value known; the
 caller passes the vector of the latest known value of every selected metric (NaN while one is
@@ -22,9 +23,15 @@ not known yet). Between steps the features are carried forward. A step:
 Causality: a step reads only its own input and rows written by earlier steps, so a feature at
 time ``t`` depends on nothing known after ``t``. Everything a step needs lives in two bounded ring
 buffers, so the cost of a step does not grow with history. Sums are recomputed over the window
-at every step, never kept as running totals, so no rounding drift builds up and the same window
-always gives the same bits. The covariance and projection are plain numpy reductions and a
-non-optimised ``einsum`` (no BLAS call), whose summation order is fixed.
+at every step, never kept as running totals, so no rounding drift builds up.
+
+Same bits in a batch of one or of thousands: the steps of a batch are stacked, each with its own
+windows (rows gathered from the ring buffers and the batch's earlier steps, missing rows padded
+in front). Every sum over a window is a matrix product, computed one stacked step at a time by
+BLAS (:func:`_window_sum`, the covariances), and the eigenvectors one stacked matrix at a time
+by LAPACK (``numpy.linalg.eigh``): the same call, with the same shapes, for a batch of one.
+Short sums over the metrics add them one after the other (:func:`_row_sum`); everything else
+is element-wise, or a maximum.
 
 Width stability: ``k`` is fixed at fit time, as the number of components explaining at least
 ``pca_variance`` of the variance of the z-vectors on the training window, so the network input
@@ -152,6 +159,23 @@ class DayWindow:
         return self._buffer[end - self.rows : end]
 
 
+@dataclass(frozen=True)
+class RefinedSteps:
+    """What a batch of steps gave, per step: ``features (S, k)``, ``ready (S,)``,
+    ``explained_variance (S,)``, the z-vectors ``z (S, m)`` and ``days_seen (S,)``."""
+
+    features: np.ndarray
+    ready: np.ndarray
+    explained_variance: np.ndarray
+    z: np.ndarray
+    days_seen: np.ndarray
+
+
+PASS_ELEMENTS = 4_000_000
+"""Stacked window entries per pass (steps x window x m): bounds a pass's memory (the results
+do not depend on how the steps are split into passes)."""
+
+
 class Refiner:
     """The step kernel: rolling z-score then rolling PCA (see the module docstring)."""
 
@@ -175,90 +199,174 @@ class Refiner:
 
     def step(self, ts: int, latest: np.ndarray) -> None:
         """Take the latest known values at time ``ts`` (epoch ms) and update the features."""
+        self.steps(np.array([int(ts)], dtype="int64"), np.asarray(latest, dtype="float64")[None])
+
+    def steps(self, ts: np.ndarray, latest: np.ndarray) -> RefinedSteps:
+        """Take many steps at once (times ``(S,)`` ascending, latest values ``(S, m)``): the
+        same state and, per step, the same outputs as :meth:`step` one at a time."""
+        ts = np.asarray(ts, dtype="int64")
+        m = self._reference.shape[1]
+        latest = np.asarray(latest, dtype="float64").reshape(len(ts), m)
+        size = max(1, PASS_ELEMENTS // (self.params.pca_window_days * m + 1))
+        parts = [
+            self._pass(ts[i : i + size], latest[i : i + size]) for i in range(0, len(ts), size)
+        ]
+        if not parts:
+            empty = np.zeros((0, self._k))
+            return RefinedSteps(
+                empty, np.zeros(0, bool), np.zeros(0), np.zeros((0, m)), np.zeros(0, "int64")
+            )
+        return RefinedSteps(*(np.concatenate(column) for column in zip(*parts, strict=True)))
+
+    def _pass(self, ts: np.ndarray, latest: np.ndarray) -> tuple[np.ndarray, ...]:
+        days = ts // DAY_MS
         x = self.transform(latest)
-        day = int(ts) // DAY_MS
-        self._values.put(day, x)
-        self.z = zscore(x, self._values.window())
-        self._scores.put(day, self.z)
-        if self._scores.days_seen < self.params.min_periods:
-            self.features = np.zeros(self._k, dtype="float64")
-            self.ready = False
-            self.explained_variance = math.nan
-            return
-        self.ready = True
-        self.features, self.explained_variance = project(
-            self._scores.window(), self.z, self._k, self._reference
-        )
+        new_day = _new_days(days, self._values)
+        values, _ = _stacked_windows(self._values, x, days, new_day, math.nan)
+        z = zscores(values, x)
+        scores, rows = _stacked_windows(self._scores, z, days, new_day, 0.0)
+        days_seen = self._scores.days_seen + np.cumsum(new_day)
+        ready = days_seen >= self.params.min_periods
+        features = np.zeros((len(ts), self._k), dtype="float64")
+        variance = np.full(len(ts), math.nan)
+        if ready.any() and self._k:
+            features[ready], variance[ready] = projections(
+                scores[ready], rows[ready], z[ready], self._k, self._reference
+            )
+        for day, x_row, z_row in zip(days.tolist(), x, z, strict=True):
+            self._values.put(day, x_row)
+            self._scores.put(day, z_row)
+        self.z = z[-1].copy()
+        self.ready = bool(ready[-1])
+        self.features = features[-1].copy()
+        self.explained_variance = float(variance[-1])
+        return features, ready, variance, z, days_seen
 
     def transform(self, latest: np.ndarray) -> np.ndarray:
-        """The fitted per-metric transform (log where chosen; non-positive values -> NaN)."""
+        """The fitted per-metric transform (log where chosen; non-positive values -> NaN), of
+        one vector or of stacked ones."""
         x = np.array(latest, dtype="float64")
         if self._log.any():
-            logged = x[self._log]
+            logged = x[..., self._log]
             with np.errstate(invalid="ignore", divide="ignore"):
-                x[self._log] = np.where(logged > 0, np.log(logged), np.nan)
+                x[..., self._log] = np.where(logged > 0, np.log(logged), np.nan)
         return x
 
 
-def zscore(x: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """``(x - mean) / std`` per column over ``window`` (rows = days, NaN = unknown).
+def _new_days(days: np.ndarray, window: DayWindow) -> np.ndarray:
+    """Whether each step opens a new day row (else it replaces the row of its day)."""
+    previous = np.r_[-1 if window._day is None else window._day, days[:-1]]
+    return (days != previous) | (np.arange(len(days)) == 0) & (window._day is None)
 
-    0 where ``x`` is unknown, a column has fewer than 2 known values, or it has no spread.
-    A window without unknown values takes a shorter path with the same arithmetic (and bits).
-    """
-    if not np.isnan(window).any():
-        n = window.shape[0]
-        mean = window.sum(axis=0) / max(n, 1)
-        deviation = window - mean
-        std = np.sqrt((deviation * deviation).sum(axis=0) / max(n, 1))
-        spread = window.max(axis=0) > window.min(axis=0)
-        usable = np.isfinite(x) & (n >= 2) & spread & (std > 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(usable, (x - mean) / np.where(usable, std, 1.0), 0.0)
-    known = np.isfinite(window)
-    count = known.sum(axis=0)
-    filled = np.where(known, window, 0.0)
-    mean = filled.sum(axis=0) / np.maximum(count, 1)
-    deviation = np.where(known, window - mean, 0.0)
-    std = np.sqrt((deviation * deviation).sum(axis=0) / np.maximum(count, 1))
-    spread = np.where(known, window, -np.inf).max(axis=0) > np.where(known, window, np.inf).min(
-        axis=0
-    )
-    usable = np.isfinite(x) & (count >= 2) & spread & (std > 0)
+
+def _stacked_windows(
+    window: DayWindow, rows: np.ndarray, days: np.ndarray, new_day: np.ndarray, pad: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each step's window ``(S, capacity, m)``, oldest first, as the ring buffer would hold it
+    after the step: the buffer's rows, then the batch's rows (a day's later row replacing its
+    earlier one), missing rows in front filled with ``pad``; and which rows are real."""
+    capacity = window.capacity
+    stored = window.window()
+    held, count = len(stored), len(rows)
+    # Day ids of the candidate rows (stored rows, then the batch's); the batch's first row
+    # shares the newest stored row's id when it is the same day.
+    day_id = held - 1 + np.cumsum(new_day)
+    last = np.empty(int(day_id[-1]) + 1, dtype="int64")
+    last[:held] = np.arange(held)
+    ends = np.r_[day_id[1:] != day_id[:-1], True]
+    last[day_id[ends]] = held + np.flatnonzero(ends)
+    earlier = day_id[:, None] + np.arange(1 - capacity, 0)[None, :]
+    index = np.where(earlier >= 0, last[np.maximum(earlier, 0)], -1)
+    index = np.concatenate((index, (held + np.arange(count))[:, None]), axis=1)
+    width = rows.shape[1]
+    candidates = np.concatenate((stored, rows, np.full((1, width), pad)))
+    return candidates[index], index >= 0
+
+
+def _row_sum(stacked: np.ndarray) -> np.ndarray:
+    """Sums over axis 1 of ``stacked (S, n, ...)``, adding row 0, then row 1, ... in that
+    order for every step (a running sum: the same bits whatever ``S``)."""
+    total = stacked[:, 0].copy()
+    for i in range(1, stacked.shape[1]):
+        total += stacked[:, i]
+    return total
+
+
+def _window_sum(stacked: np.ndarray) -> np.ndarray:
+    """Sums over the window axis of ``stacked (S, n, m)``: one BLAS product with a row of ones
+    per step (the same call, and bits, for a batch of one)."""
+    ones = np.ones((1, stacked.shape[1]), dtype=stacked.dtype)
+    return np.matmul(ones, np.ascontiguousarray(stacked))[:, 0]
+
+
+def zscores(windows: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``(x - mean) / std`` per column of stacked windows ``(S, n, m)`` (rows = days, NaN =
+    unknown) and values ``(S, m)``: 0 where ``x`` is unknown, a column has fewer than 2 known
+    values, or it has no spread. Sums run row after row (module docstring)."""
+    known = np.isfinite(windows)
+    everything = bool(known.all())  # then every mask below is the identity: skipped
+    count = np.full(x.shape, windows.shape[1]) if everything else known.sum(axis=1)
+    divisor = np.maximum(count, 1)
     with np.errstate(invalid="ignore", divide="ignore"):
+        filled = windows if everything else np.where(known, windows, 0.0)
+        mean = _window_sum(filled) / divisor
+        deviation = windows - mean[:, None]
+        if not everything:
+            deviation = np.where(known, deviation, 0.0)
+        std = np.sqrt(_window_sum(deviation * deviation) / divisor)
+        if everything:
+            spread = windows.max(axis=1) > windows.min(axis=1)
+        else:
+            spread = np.where(known, windows, -np.inf).max(axis=1) > np.where(
+                known, windows, np.inf
+            ).min(axis=1)
+        usable = np.isfinite(x) & (count >= 2) & spread & (std > 0)
         return np.where(usable, (x - mean) / np.where(usable, std, 1.0), 0.0)
 
 
+def zscore(x: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """:func:`zscores` of one vector ``x (m,)`` against one window ``(n, m)``."""
+    return zscores(np.asarray(window, dtype="float64")[None], np.asarray(x, dtype="float64")[None])[
+        0
+    ]
+
+
+def projections(
+    scores: np.ndarray, rows: np.ndarray, z: np.ndarray, k: int, reference: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``(S, k)`` of each ``z (S, m)`` on the ``k`` leading axes of its window of
+    z-vectors ``scores (S, n, m)`` (real rows where ``rows (S, n)``, zeros elsewhere),
+    sign-aligned with ``reference (k, m)``, and the share of variance they explain (NaN, and
+    zero features, for a window without variance)."""
+    count = rows.sum(axis=1)[:, None]
+    mean = _window_sum(scores) / count  # missing rows hold zeros
+    centred = scores - mean[:, None]
+    centred[~rows] = 0.0
+    # One matrix product per step (BLAS ``gemm`` on each stacked pair, as for a batch of one).
+    transposed = np.ascontiguousarray(centred.transpose(0, 2, 1))
+    covariance = np.matmul(transposed, centred) / np.maximum(count - 1, 1)[:, :, None]
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    eigenvalues = np.maximum(eigenvalues[:, ::-1], 0.0)
+    axes = eigenvectors[:, :, ::-1][:, :, :k]
+    total = _row_sum(eigenvalues)
+    flip = _row_sum(axes * reference.T[None]) < 0
+    axes = np.where(flip[:, None, :], -axes, axes)
+    features = _row_sum((z - mean)[:, :, None] * axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = _row_sum(eigenvalues[:, :k]) / total
+    varied = total > 0
+    return np.where(varied[:, None], features, 0.0), np.where(varied, share, math.nan)
+
+
 def principal_axes(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, eigenvalues (descending, clipped at 0) and eigenvectors (columns) of ``scores``."""
+    """Mean, eigenvalues (descending, clipped at 0) and eigenvectors (columns) of ``scores``
+    (the training fit's PCA)."""
     n = scores.shape[0]
     mean = scores.sum(axis=0) / n
     centred = scores - mean
-    # einsum without ``optimize`` runs numpy's own loops, never BLAS: a fixed summation order.
     covariance = np.einsum("ij,ik->jk", centred, centred, optimize=False) / max(n - 1, 1)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     return mean, np.maximum(eigenvalues[::-1], 0.0), eigenvectors[:, ::-1]
-
-
-def project(
-    scores: np.ndarray, z: np.ndarray, k: int, reference: np.ndarray
-) -> tuple[np.ndarray, float]:
-    """Features of ``z`` on the ``k`` leading axes of ``scores``, and the share they explain.
-
-    The axes are sign-aligned with ``reference`` (``k`` rows). No variance at all gives zeros
-    and NaN.
-    """
-    if k == 0:
-        return np.zeros(0, dtype="float64"), math.nan
-    mean, eigenvalues, eigenvectors = principal_axes(scores)
-    total = float(eigenvalues.sum())
-    if not total > 0:
-        return np.zeros(k, dtype="float64"), math.nan
-    axes = eigenvectors[:, :k]
-    flip = (axes * reference.T).sum(axis=0) < 0
-    axes = np.where(flip, -axes, axes)
-    features = ((z - mean)[:, None] * axes).sum(axis=0)
-    return features, float(eigenvalues[:k].sum()) / total
 
 
 def heavy_tailed_positive(values: np.ndarray) -> bool:
@@ -309,10 +417,10 @@ def fit_refiner(
         RefinerParams(log_transform=log_transform, n_components=0, reference_components=(), **base)
     )
     daily: dict[int, np.ndarray] = {}
-    for ts, row in zip(step_ts, values, strict=True):
-        probe.step(int(ts), row)
-        if probe.days_seen >= min_periods:
-            daily[int(ts) // DAY_MS] = probe.z.copy()
+    stepped = probe.steps(np.asarray(step_ts, dtype="int64"), values)
+    for ts, z, days_seen in zip(step_ts, stepped.z, stepped.days_seen.tolist(), strict=True):
+        if days_seen >= min_periods:
+            daily[int(ts) // DAY_MS] = z
     if len(daily) < 2:
         raise ValueError(
             f"the training window gives {len(daily)} days of features after {min_periods} days "

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 from bot.timeframes import MINUTE_MS
 from tests.fakes.binance import FakeBinance
 from tests.integration.live.harness import (

@@ -167,7 +167,6 @@ async def test_replay_yields_known_metrics_with_the_bars_of_each_close() -> None
         (3, [2.0], [3], True),  # known 1 ms after the close of bar 2: waits for the next close
         (4, [], [4], True),
     ]
-    assert driver.clock.now_ms() == T0 + 4 * HOUR_MS
 
 
 async def test_the_live_drivers_instants_equal_the_replays() -> None:
@@ -212,6 +211,20 @@ async def test_risk_gate_caps_weights_and_reports_each_refusal() -> None:
     assert result.refusals["rule"].tolist() == ["max_weight_per_coin"]
     assert result.refusals["allowed"].tolist() == [0.4]
     assert result.weights["BTC"].max() < 0.45
+    # The audit trail: what the policy wanted, what the gate allowed, and the rule.
+    audit = result.audit.set_index("asset")
+    assert audit.loc["BTC", "wanted"] == 1.0 and audit.loc["BTC", "allowed"] == 0.4
+    assert audit.loc["BTC", "rules"] == "max_weight_per_coin"
+    assert audit.loc["USDT", "allowed"] == pytest.approx(0.6)
+
+
+async def test_the_audit_keeps_orders_the_cash_and_the_filters_trimmed() -> None:
+    driver = ReplayDriver(BARS, exchange="x", timeframe="1h")
+    result = await run_backtest(config(), ScriptedPolicy(SCRIPT[:1]), driver, name="trim")
+    # 50% BTC and 50% ETH with fees cannot both be paid from 1000: both buys are scaled.
+    trims = result.trims
+    assert set(trims["reason"]) == {"scaled to the cash"}
+    assert set(trims["coin"]) == {"BTC", "ETH"} and (trims["planned"] < trims["wanted"]).all()
 
 
 async def test_the_same_driver_replays_identically_for_two_engines() -> None:

@@ -109,13 +109,17 @@ async def cycles_done(state_db: Path) -> int:
 
 
 async def next_unknown_check(state_db: Path) -> int | None:
-    """The earliest ``next_check_ms`` of the orders of unknown fate in ``state_db``."""
+    """The earliest time the daemon waits for on the exchange's clock: the next check of an
+    order of unknown fate, or the time of a slice still to send."""
     if not state_db.exists():
         return None
     try:
         async with (
             aiosqlite.connect(state_db) as db,
-            db.execute("SELECT MIN(next_check_ms) FROM orders WHERE status = 'unknown'") as cursor,
+            db.execute(
+                "SELECT MIN(t) FROM (SELECT next_check_ms AS t FROM orders WHERE status ="
+                " 'unknown' UNION ALL SELECT send_at_ms FROM orders WHERE status = 'planned')"
+            ) as cursor,
         ):
             row = await cursor.fetchone()
     except aiosqlite.OperationalError:  # not created (or migrated) yet
@@ -124,8 +128,9 @@ async def next_unknown_check(state_db: Path) -> int | None:
 
 
 async def advance_to_unknown_checks(fake: FakeBinance, state_db: Path, limit_ms: int) -> None:
-    """Move the fake's stepped clock to the daemon's next check of an order of unknown fate
-    (never past ``limit_ms``): the daemon waits for it on the exchange's clock."""
+    """Move the fake's stepped clock to the daemon's next check of an order of unknown fate,
+    or its next slice (never past ``limit_ms``): the daemon waits for it on the exchange's
+    clock."""
     due = await next_unknown_check(state_db)
     if due is not None and fake.now_ms < due <= limit_ms:
         fake.now_ms = due

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from bot.live.daemon import state_path
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 from bot.timeframes import MINUTE_MS
 from tests.fakes.binance import FakeBinance
 from tests.integration.live.harness import (
@@ -267,3 +267,49 @@ async def test_an_order_of_unknown_fate_survives_kills_and_restarts_and_exists_o
         row = await journal.order(cid)
     assert row is not None and row.booked == row.filled > 0
     assert daemon.starts == 4
+
+
+async def test_a_kill_between_slices_resumes_the_remaining_slices_once(
+    fake: FakeBinance, tmp_path: Path
+) -> None:
+    cfg = live_config(fake, tmp_path / "data", COINS, paper=False)
+    cfg = cfg.model_copy(
+        update={
+            "execution": cfg.execution.model_copy(
+                update={"slice_above_notional": 1_000.0, "max_slices": 3, "schedule": "twap"}
+            )
+        }
+    )
+    daemon = DaemonProcess(
+        write_config(cfg, tmp_path / "live.toml"),
+        tmp_path / "daemon.log",
+        {"CRYPTORLPM_EXCHANGE_API_KEY": API_KEY, "CRYPTORLPM_EXCHANGE_SECRET": API_SECRET},
+    )
+    db = state_path(cfg)
+    killed: list[str] = []
+
+    def kill_after_the_second_slice(stage: str, info: dict[str, Any]) -> None:
+        sliced = str(info.get("client_order_id", "")).endswith("b2")
+        if stage == "processed" and sliced and not killed:
+            killed.append(info["client_order_id"])
+            daemon.kill()
+
+    fake.on_order(kill_after_the_second_slice)
+    async with asyncio.timeout(90):
+        await daemon.start()
+        await wait_ready(cfg.data.dir)
+        fake.now_ms = T0 + GRACE_MS + 5
+        while not killed:
+            await advance_to_unknown_checks(fake, db, T0 + MINUTE_MS - 1)
+            await asyncio.sleep(0.02)
+        await daemon.wait()
+        await daemon.start()
+        while await cycles_done(db) < 1:
+            await advance_to_unknown_checks(fake, db, T0 + MINUTE_MS - 1)
+            await asyncio.sleep(0.02)
+        daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert await daemon.wait() == 0, daemon.log_text()[-3000:]
+    placed = [o["clientOrderId"] for o in fake.orders(API_KEY)]
+    first = T0 // 1000
+    assert sorted(placed) == sorted(f"rlpm-{first}-{c}-b{i}" for c in COINS for i in (1, 2, 3))
+    assert daemon.starts == 2

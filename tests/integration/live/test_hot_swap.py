@@ -15,7 +15,7 @@ import torch
 from bot.cli.live_run import build_policy
 from bot.events import ModuleDecision
 from bot.live.daemon import run_daemon, state_path
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 from bot.timeframes import MINUTE_MS
 from config.schema import Secrets
 from strategies import versions

@@ -12,7 +12,7 @@ import pytest
 
 from bot.cli.live_run import build_policy
 from bot.live.daemon import DaemonResult, LiveConfigError, run_daemon, state_path
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 from config.schema import AppConfig, Secrets
 from tests.fakes.binance import FakeBinance
 from tests.integration.live.harness import (

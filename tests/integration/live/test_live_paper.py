@@ -11,7 +11,7 @@ import pytest
 
 from bot.cli.live_run import build_policy
 from bot.live.daemon import run_daemon, state_path
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 from config.schema import Secrets
 from tests.fakes.binance import FakeBinance
 from tests.integration.live.harness import (

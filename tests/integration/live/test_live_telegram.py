@@ -15,7 +15,7 @@ import pytest
 
 from bot.cli.live_run import alerts_factory, build_policy
 from bot.live.daemon import run_daemon, state_path
-from bot.live.journal import Journal
+from bot.store.journal import Journal
 from bot.telegram.chats import MIGRATIONS_KEY
 from config.schema import AppConfig, Secrets, TelegramConfig
 from tests.fakes.binance import FakeBinance

@@ -17,8 +17,8 @@ import pytest
 from bot.cli.live_run import build_policy
 from bot.feed.guard import GuardClock
 from bot.live.daemon import DaemonResult, run_daemon, state_path
-from bot.live.journal import Journal, JournalOrder
 from bot.live.status import read_status
+from bot.store.journal import Journal, JournalOrder
 from bot.timeframes import MINUTE_MS
 from config.schema import AppConfig
 from tests.fakes.binance import FakeBinance
@@ -245,3 +245,29 @@ async def last_skipped(db: Path) -> int:
 async def done_after(db: Path, ts: int) -> int:
     async with await Journal.open(db) as journal:
         return sum(1 for c in await journal.cycles() if c["status"] == "done" and c["ts"] > ts)
+
+
+async def test_large_orders_go_out_as_slices_over_the_interval_each_journalled(
+    fake: FakeBinance, tmp_path: Path
+) -> None:
+    cfg = live_config(fake, tmp_path, COINS, paper=False)
+    cfg = cfg.model_copy(
+        update={
+            "execution": cfg.execution.model_copy(
+                update={"slice_above_notional": 1_000.0, "max_slices": 3, "schedule": "twap"}
+            )
+        }
+    )
+    await run_cycles(fake, cfg, 1)  # 1/3 of 10 000 per coin: 3 slices each
+    orders = await journal_orders(cfg)
+    first = T0 // 1000
+    assert [o.client_order_id for o in orders] == [
+        f"rlpm-{first}-{c}-b{i}" for c in COINS for i in (1, 2, 3)
+    ]
+    assert {o.status for o in orders} == {"filled"}
+    assert [o.send_at_ms for o in orders[:3]] == [None, T0 + 15_000, T0 + 30_000]
+    placed = fake.orders(API_KEY)
+    assert sorted(o["clientOrderId"] for o in placed) == sorted(o.client_order_id for o in orders)
+    times = {o["clientOrderId"]: o["time"] for o in placed}
+    btc = [times[f"rlpm-{first}-BTC-b{i}"] for i in (1, 2, 3)]
+    assert btc[0] < btc[1] < btc[2] and btc[2] >= T0 + 30_000  # each at its own time

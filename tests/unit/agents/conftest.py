@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
+import torch
 
 from bot.feed.resample import resample_candles
 from bot.feed.synthetic import generate_market
@@ -12,6 +13,7 @@ from bot.timeframes import to_ms
 from config.schema import DateWindow, FeatureConfig, WindowsConfig
 from strategies.agents.params import CryptoModuleParams, DQNParams
 from strategies.agents.train import CoinHistory, Windows, refine_history
+from strategies.crypto_module import CryptoModule
 
 TINY_AGENT = DQNParams(
     total_env_steps=1_600,
@@ -73,3 +75,47 @@ def history(market, bars_6h) -> CoinHistory:
 def windows() -> Windows:
     """The tiny train / validation / test windows."""
     return Windows.from_config(TINY_WINDOWS)
+
+
+@torch.no_grad()
+def jolted(module: CryptoModule, seed: int, scale: float = 2.0) -> CryptoModule:
+    """``module`` with seeded random weights and no biases: tiny trained modules hold one
+    position throughout (nothing to compare), these switch often, read the position held, and
+    have exact ties (all-zero activations) that the batched path must settle as bar by bar."""
+    generator = torch.Generator().manual_seed(seed)
+    for network in (module.model.eam, module.model.sam):
+        assert network is not None
+        for weights in network.parameters():
+            fan_in = weights[0].numel() if weights.dim() > 1 else 1
+            noise = torch.randn(weights.shape, generator=generator)
+            weights.copy_(noise * scale / fan_in**0.5 if weights.dim() > 1 else noise * 0.0)
+    return module
+
+
+def module_state(module: CryptoModule) -> tuple:
+    """Everything a module carries to its next event, comparable with ``==``."""
+    features = module._features
+    assert features is not None
+    refiner = features._refiner
+    windows = [
+        (w._buffer.tobytes(), w._slot, w._day, w.rows, w.days_seen)
+        for w in (refiner._values, refiner._scores)
+    ]
+    return (
+        features._latest.tobytes(),
+        list(features._latest_observed),
+        sorted(features._pending),
+        features._sequence,
+        features._last_close,
+        windows,
+        refiner.features.tobytes(),
+        refiner.z.tobytes(),
+        refiner.ready,
+        [r.tobytes() for r in module._states._rows],
+        [m.tobytes() for m in module._states._metrics],
+        list(module._signals),
+        module._bars,
+        module.position,
+        module.signal,
+        module.ready,
+    )

@@ -12,7 +12,7 @@ from strategies.agents.observation import build_observations, signal_windows
 from strategies.agents.train import eam_signals, train_cm
 from strategies.crypto_module import CryptoModule
 from strategies.registry import save_crypto_module
-from tests.unit.agents.conftest import COST, TINY
+from tests.unit.agents.conftest import COST, TINY, jolted, module_state
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +127,89 @@ def test_warm_up_fills_the_window_then_decisions_come_from_the_networks(folder, 
         else:
             decisions.append(module.decide(event))
     assert decisions and all(d is not None for d in decisions) and module.ready
+
+
+def fresh(folder, seed: int = 2) -> CryptoModule:
+    return jolted(CryptoModule.load(folder, "ETH/USDT"), seed)
+
+
+def decide_all(module: CryptoModule, events, positions=None) -> list:
+    """Decisions (with signal and readiness) over ``events``; ``positions(i)`` gives the
+    position held at the ``i``-th bar (None: the module's own last action)."""
+    out = []
+    for event in events:
+        if isinstance(event, Metric):
+            module.on_metric(event)
+            continue
+        position = None if positions is None else positions(len(out))
+        out.append((module.decide(event, position), module.signal, module.ready))
+    return out
+
+
+@pytest.mark.parametrize("split_bar", [3, 900])
+def test_warm_up_at_once_leaves_the_state_one_by_one_leaves(
+    folder, market, bars_6h, split_bar
+) -> None:
+    events = replay_events(market, bars_6h)
+    split = next(
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, Bar) and e.ts > bars_6h["open_time"].iloc[split_bar]
+    )
+    one_by_one, at_once = fresh(folder), fresh(folder)
+    count = one_by_one.warm_up(events[:split], at_once=False)
+    assert at_once.warm_up(events[:split]) == count == split_bar
+    assert module_state(at_once) == module_state(one_by_one)
+    assert not at_once.fresh and at_once._plan is None
+    later_a, later_b = decide_all(one_by_one, events[split:]), decide_all(at_once, events[split:])
+    assert later_a == later_b
+    assert {d.coin_weight for d, _, _ in later_a} == {0.0, 1.0}  # the module trades
+    assert module_state(at_once) == module_state(one_by_one)
+
+
+def test_warm_up_of_events_out_of_publish_order_reads_them_one_by_one(
+    folder, market, bars_6h
+) -> None:
+    events = replay_events(market, bars_6h)[:3000]
+    # Every metric after every bar: one by one, each waits for a bar that never comes.
+    shuffled = [e for e in events if isinstance(e, Bar)] + [
+        e for e in events if isinstance(e, Metric)
+    ]
+    one_by_one, at_once = fresh(folder), fresh(folder)
+    one_by_one.warm_up(shuffled, at_once=False)
+    at_once.warm_up(shuffled)
+    assert module_state(at_once) == module_state(one_by_one)
+    assert one_by_one._features is not None and one_by_one._features._pending
+
+
+def test_a_module_off_its_plan_catches_up_and_decides_as_bar_by_bar(
+    folder, market, bars_6h, history
+) -> None:
+    events = replay_events(market, bars_6h)
+    planned = 700  # the plan covers the first 700 bars; the rest come unforeseen
+    metrics = market.metrics.assign(
+        known_at=market.metrics["observed_at"] + DAY_MS + HOUR_MS
+    ).sort_values("known_at", kind="stable")
+    metrics = metrics[["known_at", "asset", "name", "observed_at", "value"]]
+    metrics = metrics[metrics["known_at"] <= int(history.close_time[planned - 1])]
+
+    def held(i: int) -> float:  # a position the account might hold: changes every 5 bars
+        return float((i // 5) % 2)
+
+    prepared, bar_by_bar = fresh(folder), fresh(folder)
+    assert prepared.prepare("6h", history.open_time[:planned], history.ohlcv[:planned], metrics)
+    assert not prepared.prepare("6h", history.open_time, history.ohlcv, metrics)  # not fresh
+    assert decide_all(prepared, events, held) == decide_all(bar_by_bar, events, held)
+    assert prepared._plan is None  # it left the plan where it ran out
+    assert module_state(prepared) == module_state(bar_by_bar)
+
+    # A position other than 0 or 1 was not scored ahead: that bar is decided bar by bar.
+    prepared, bar_by_bar = fresh(folder), fresh(folder)
+    prepared.prepare("6h", history.open_time, history.ohlcv, metrics)
+
+    def odd(i: int) -> float:
+        return 0.5 if i == 400 else held(i)
+
+    assert decide_all(prepared, events, odd) == decide_all(bar_by_bar, events, odd)
+    assert module_state(prepared) == module_state(bar_by_bar)
+    assert not fresh(folder).prepare("1h", history.open_time, history.ohlcv, metrics)

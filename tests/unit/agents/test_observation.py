@@ -11,7 +11,11 @@ from strategies.agents.observation import (
     PRICE_FEATURES,
     FeatureSchema,
     ObservationWindow,
+    bar_rows,
     build_observations,
+    coin_rows_between,
+    metric_rows,
+    observations_between,
     signal_windows,
     with_position,
 )
@@ -41,6 +45,39 @@ def test_batch_and_bar_by_bar_states_are_bit_identical():
         else:
             assert state is not None and state.dtype == np.float32
             assert np.array_equal(state, batch[t]), f"bar {t}"
+
+
+@pytest.mark.parametrize("bars", [5, 16, 40, 120])
+def test_a_window_extended_at_once_holds_what_pushing_bar_by_bar_leaves(bars):
+    ohlcv, features, ready = _random_history(np.random.default_rng(1), 120, 3)
+    one_by_one, at_once = ObservationWindow(16, 3), ObservationWindow(16, 3)
+    for t in range(bars):
+        one_by_one.push(tuple(ohlcv[t]), features[t], bool(ready[t]))
+    at_once.extend(ohlcv[:bars], features[:bars], ready[:bars])
+    assert at_once.full == one_by_one.full
+    assert [r.tobytes() for r in at_once._rows] == [r.tobytes() for r in one_by_one._rows]
+    assert [m.tobytes() for m in at_once._metrics] == [m.tobytes() for m in one_by_one._metrics]
+    t = bars  # the next state is the same too
+    nxt = (tuple(ohlcv[t]), features[t], bool(ready[t])) if t < 120 else None
+    if nxt is not None:
+        a, b = one_by_one.push(*nxt), at_once.push(*nxt)
+        assert (a is None and b is None) or np.array_equal(a, b)
+
+
+def test_states_built_a_chunk_at_a_time_are_the_whole_history_s():
+    ohlcv, features, ready = _random_history(np.random.default_rng(2), 120, 3)
+    whole = build_observations(ohlcv, features, ready, window=16)
+    rows, metrics = bar_rows(ohlcv), metric_rows(features, ready)
+    coin = np.concatenate(
+        [coin_rows_between(rows, metrics, 16, a, min(a + 37, 120)) for a in range(15, 120, 37)]
+    )
+    assert np.array_equal(coin, whole[15:, :, COIN_ROW])
+    chunks = [
+        observations_between(rows, metrics, 16, a, min(a + 37, 120)) for a in range(15, 120, 37)
+    ]
+    assert np.array_equal(np.concatenate(chunks), whole[15:])
+    with pytest.raises(ValueError, match="no full window"):
+        observations_between(rows, metrics, 16, 3, 20)
 
 
 def test_state_layout_price_relatives_cash_row_and_ready_mask():

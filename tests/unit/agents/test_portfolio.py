@@ -124,3 +124,37 @@ def test_each_module_reads_the_position_the_account_holds_not_its_last_action(
     wired.step(300, ["BTC", "ETH"])
     assert portfolio.module("BTC").positions == [0.0, 1.0, 0.0]
     assert portfolio.module("ETH").positions == [0.0, 0.0, 0.0]
+
+
+@dataclass
+class SelectiveModule(ScriptedModule):
+    """A module that says which bars and metrics it reads (as a CryptoModule does)."""
+
+    metric_keys: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def symbol(self) -> str:
+        return f"{self.coin}/USDT"
+
+    def decide(self, bar: Bar, position: float | None = None) -> ModuleDecision | None:
+        assert bar.symbol == self.symbol, "handed a bar it does not read"
+        return super().decide(bar, position)
+
+
+def test_modules_are_handed_only_the_bars_and_metrics_they_read(wired: Wired) -> None:
+    portfolio = wired.portfolio
+    btc = SelectiveModule("BTC", "b", [1, 0], metric_keys=frozenset({("BTC", "m")}))
+    portfolio.plug(btc)
+    portfolio.plug(ScriptedModule("ETH", "e", [1, 1]))  # says nothing: reads everything
+    metrics = (Metric(50, "BTC", "m", 0, 1.0), Metric(50, "ETH", "x", 0, 2.0))
+    assert wired.step(100, ["BTC", "ETH"], metrics) == {"USDT": 0.0, "BTC": 0.5, "ETH": 0.5}
+    assert btc.metrics == [metrics[0]] and portfolio.module("ETH").metrics == list(metrics)
+    portfolio.replace(SelectiveModule("BTC", "b2", [0], metric_keys=frozenset({("ETH", "x")})))
+    wired.step(200, ["BTC", "ETH"], metrics)  # the routes follow the swap
+    assert portfolio.module("BTC").metrics == [metrics[1]]
+    assert [(d.coin, d.coin_weight) for d in wired.decisions] == [
+        ("BTC", 1.0),
+        ("ETH", 1.0),
+        ("BTC", 0.0),
+        ("ETH", 1.0),
+    ]

@@ -21,7 +21,13 @@ from backtest.report import (
     read_metrics,
     write_report,
 )
-from backtest.result import REFUSAL_COLUMNS, REJECTION_COLUMNS, TRADE_COLUMNS, RunResult
+from backtest.result import (
+    AUDIT_COLUMNS,
+    REFUSAL_COLUMNS,
+    REJECTION_COLUMNS,
+    TRADE_COLUMNS,
+    RunResult,
+)
 from bot.timeframes import HOUR_MS, to_ms
 
 START = to_ms("2022-07-01")
@@ -69,6 +75,10 @@ def make_run(
         rejections=pd.DataFrame(rejections if rejected else [], columns=REJECTION_COLUMNS),
         refusals=pd.DataFrame(refusals if refused else [], columns=REFUSAL_COLUMNS),
         fees_paid=2.0 * trades,
+        audit=pd.DataFrame(
+            [(int(CLOSES[3]), "BTC", 0.9, 0.5, "max_weight_per_coin")] if refused else [],
+            columns=AUDIT_COLUMNS,
+        ),
     )
 
 
@@ -103,6 +113,7 @@ def test_every_file_is_written_and_non_empty(report: ReportPaths):
         "weights.csv",
         "rejections.csv",
         "refusals.csv",
+        "audit.csv",
         "cumulative_returns.png",
         "drawdown.png",
         "weights.png",
@@ -218,3 +229,11 @@ def test_duplicate_run_names_are_refused(runs):
 def test_importing_the_report_leaves_pyplot_alone():
     code = "import sys, backtest.report; assert 'matplotlib.pyplot' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
+
+
+def test_the_guardrail_audit_is_a_table_a_csv_and_markers_on_the_weights(report: ReportPaths):
+    assert report.audit_csv is not None and "max_weight_per_coin" in report.audit_csv.read_text()
+    text = report.summary_md.read_text()
+    assert "## Guardrail audit" in text
+    assert "| 2022-07-01T18:00:00Z | BTC | 0.9000 | 0.5000 | max_weight_per_coin |" in text
+    assert "max_weight_per_coin</td>" in report.summary_html.read_text()

@@ -1,4 +1,4 @@
-"""Clocks: simulated time only moves forward; wall and accelerated clocks track real time."""
+"""Clocks: simulated time only moves forward; the wall clock tracks real time."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bot.clock import AcceleratedClock, Clock, SimClock, WallClock
+from bot.clock import Clock, SimClock, WallClock
 from bot.live.clock import ExchangeTimeClock
 from bot.timeframes import HOUR_MS, floor_ms, ms_to_iso, timeframe_ms, to_ms
 
@@ -26,14 +26,8 @@ def test_wall_clock_applies_the_exchange_offset() -> None:
     assert abs(WallClock(offset_ms=60_000).now_ms() - local - 60_000) < 1_000
 
 
-async def test_accelerated_clock_runs_faster_than_real_time() -> None:
-    clock = AcceleratedClock(start_ms=0, speed=3_600)  # one simulated hour per second
-    await clock.sleep_until(HOUR_MS // 20)
-    assert clock.now_ms() >= HOUR_MS // 20
-
-
 def test_every_clock_satisfies_the_protocol() -> None:
-    for clock in (SimClock(), WallClock(), AcceleratedClock(0, 2.0)):
+    for clock in (SimClock(), WallClock()):
         assert isinstance(clock, Clock)
 
 

@@ -13,6 +13,7 @@ from strategies.features.pipeline import (
     FeatureSpec,
     FeatureState,
     compute_features,
+    metrics_in_time,
 )
 from tests.unit.features.conftest import TRAIN_DAYS, fit_toy_spec
 from tests.unit.features.toy_market import TIMEFRAME_MS, ToyMarket
@@ -227,3 +228,82 @@ def test_bars_out_of_order_are_refused(toy_spec: FeatureSpec, toy: ToyMarket) ->
     state.on_bar(second)
     with pytest.raises(ValueError, match="not after"):
         state.on_bar(first)
+
+
+def _state_of(state: FeatureState) -> tuple:
+    """Everything a FeatureState carries to its next event, comparable with ``==``."""
+    refiner = state._refiner
+    windows = [
+        (w._buffer.tobytes(), w._slot, w._day, w.rows, w.days_seen)
+        for w in (refiner._values, refiner._scores)
+    ]
+    return (
+        state._latest.tobytes(),
+        list(state._latest_observed),
+        sorted(state._pending),
+        state._sequence,
+        state._last_close,
+        windows,
+        refiner.features.tobytes(),
+        refiner.z.tobytes(),
+        refiner.ready,
+        np.float64(refiner.explained_variance).tobytes(),
+    )
+
+
+def test_reading_a_history_at_once_leaves_the_state_one_by_one_reading_leaves(
+    toy_spec: FeatureSpec, toy: ToyMarket
+) -> None:
+    bars = toy.bars["AAA"]
+    metrics = _with_revisions_and_backfills(toy).sort_values("known_at", kind="stable")
+    split = 350 * 4  # bars read before the state is compared
+    close = bars["open_time"].to_numpy() + TIMEFRAME_MS
+    # Everything published up to two days after the last bar read: some of it still pending.
+    given = metrics[metrics["known_at"] <= close[split - 1] + 2 * DAY_MS]
+    assert (given["observed_at"] + toy_spec.known_delay_ms > close[split - 1]).any()
+
+    one_by_one = FeatureState(toy_spec, TIMEFRAME_MS)
+    events = sorted(
+        [(b.ts, 1, b) for b in _bar_events(bars.iloc[:split])]
+        + [(m.ts, 0, m) for m in _metric_events(given)],
+        key=lambda e: (e[0], e[1]),
+    )
+    expected = []
+    for _, _, event in events:
+        if isinstance(event, Bar):
+            expected.append(one_by_one.on_bar(event))
+        else:
+            one_by_one.on_metric(event)
+    at_once = FeatureState(toy_spec, TIMEFRAME_MS)
+    assert at_once.fresh
+    frame = at_once.read_history(close[:split], given)
+    assert np.array_equal(frame.features, np.array(expected))
+    assert _state_of(at_once) == _state_of(one_by_one)
+    assert one_by_one._pending  # the comparison covered metrics still waiting
+
+    rest = metrics[metrics["known_at"] > close[split - 1] + 2 * DAY_MS]
+    for state in (one_by_one, at_once):
+        for metric in _metric_events(rest):
+            state.on_metric(metric)
+    for bar in _bar_events(bars.iloc[split:]):
+        assert np.array_equal(one_by_one.on_bar(bar), at_once.on_bar(bar))
+    assert _state_of(at_once) == _state_of(one_by_one)
+    with pytest.raises(ValueError, match="fresh"):
+        at_once.read_history(close[:1], given)
+
+
+def test_a_metric_given_after_a_bar_past_its_known_time_is_not_in_time(
+    toy_spec: FeatureSpec, toy: ToyMarket
+) -> None:
+    bars = toy.bars["AAA"].iloc[:400]
+    close = bars["open_time"].to_numpy() + TIMEFRAME_MS
+    metrics = toy.metrics.sort_values("known_at", kind="stable")
+    metrics = metrics[metrics["known_at"] <= close[-1]]
+    in_order = np.searchsorted(close, metrics["known_at"].to_numpy(), side="left")
+    assert metrics_in_time(toy_spec, close, metrics, in_order)
+    late = in_order.copy()
+    selected = np.flatnonzero(
+        (metrics["asset"] + ":" + metrics["name"]).isin(toy_spec.metric_ids).to_numpy()
+    )
+    late[selected[0]] = len(close)  # given after every bar, although known long before
+    assert not metrics_in_time(toy_spec, close, metrics, late)

@@ -151,3 +151,50 @@ def test_params_round_trip_through_a_dict() -> None:
     assert RefinerParams.from_dict(params.to_dict()) == params
     with pytest.raises(ValueError, match="n_components"):
         _params(k=4)
+
+
+def _refiner_state(refiner: Refiner) -> tuple:
+    windows = [
+        (w._buffer.tobytes(), w._slot, w._day, w.rows, w.days_seen)
+        for w in (refiner._values, refiner._scores)
+    ]
+    return (
+        windows,
+        refiner.features.tobytes(),
+        refiner.z.tobytes(),
+        refiner.ready,
+        np.float64(refiner.explained_variance).tobytes(),
+    )
+
+
+@pytest.mark.parametrize("pass_elements", [1, 5_000, 2_000_000])
+def test_steps_at_once_give_the_bits_of_steps_one_by_one(monkeypatch, pass_elements) -> None:
+    import strategies.features.refine as refine
+
+    monkeypatch.setattr(refine, "PASS_ELEMENTS", pass_elements)  # passes of 1, a few, all steps
+    rng = np.random.default_rng(7)
+    n = 160
+    ts = np.sort(rng.integers(0, 120, n)) * DAY_MS + rng.integers(0, 24, n) * HOUR_MS
+    ts = np.unique(ts)  # several steps on some days, none on others
+    values = np.exp(rng.standard_normal((len(ts), 4)))
+    values[rng.random(values.shape) < 0.1] = np.nan  # unknown values
+    values[:12, 3] = np.nan  # a metric not known at first
+    values[40, 0] = -1.0  # a non-positive value of a logged metric
+    params = _params(m=4, log_transform=(True, False, True, False))
+    one_by_one, at_once = Refiner(params), Refiner(params)
+    rows = []
+    for t, row in zip(ts, values, strict=True):
+        one_by_one.step(int(t), row)
+        rows.append((one_by_one.features.copy(), one_by_one.ready, one_by_one.explained_variance))
+    days = ts // DAY_MS
+    # The second batch continues from the first's state, on the day its last step had.
+    split = next(i for i in range(70, len(ts)) if days[i] == days[i - 1])
+    first = at_once.steps(ts[:split], values[:split])
+    second = at_once.steps(ts[split:], values[split:])
+    features = np.concatenate((first.features, second.features))
+    assert np.array_equal(features, np.array([r[0] for r in rows]))
+    assert np.concatenate((first.ready, second.ready)).tolist() == [r[1] for r in rows]
+    variance = np.concatenate((first.explained_variance, second.explained_variance))
+    assert np.array_equal(variance, np.array([r[2] for r in rows]), equal_nan=True)
+    assert _refiner_state(at_once) == _refiner_state(one_by_one)
+    assert any(r[1] for r in rows) and not all(r[1] for r in rows)

@@ -26,10 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import aiosqlite
 
 from bot.engine.step import StepResult
 from bot.events import (
@@ -39,7 +36,7 @@ from bot.events import (
     RiskRefusal,
     SubmitOrder,
 )
-from bot.store.sqlite import open_database
+from bot.store.sqlite import SqliteStore
 
 OPEN_STATES = ("planned", "sending", "unknown", "open", "partially_filled")
 """Orders whose fate is not settled yet."""
@@ -122,6 +119,16 @@ _MIGRATIONS = (
         by TEXT NOT NULL
     );
     """,
+    """
+    ALTER TABLE decisions ADD COLUMN inputs TEXT;  -- JSON: what the decision read (live diff)
+    """,
+    """
+    ALTER TABLE decisions ADD COLUMN allowed TEXT;  -- JSON [[asset, weight], ...] after the gate
+    ALTER TABLE decisions ADD COLUMN trims TEXT;    -- JSON [[coin, side, wanted, planned, why]]
+    """,
+    """
+    ALTER TABLE orders ADD COLUMN send_at_ms INTEGER;  -- a slice: not to be sent before
+    """,
 )
 
 
@@ -151,6 +158,7 @@ class JournalOrder:
     checks: int = 0
     fee_quote: float | None = None
     fees: str | None = None
+    send_at_ms: int | None = None
 
     @property
     def coin(self) -> str:
@@ -174,28 +182,12 @@ class JournalOrder:
 _ORDER_COLUMNS = ", ".join(JournalOrder.__dataclass_fields__)
 
 
-class Journal:
-    """The ``state.db`` of one daemon. Open with ``await Journal.open(path)``."""
+class Journal(SqliteStore):
+    """The ``state.db`` of one daemon. Open with ``await Journal.open(path)``; its commits run
+    with ``synchronous=FULL``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
-        self.path = path
-
-    @classmethod
-    async def open(cls, path: str | Path) -> Journal:
-        """Open (creating) ``path`` with full durability."""
-        path = Path(path)
-        return cls(await open_database(path, _MIGRATIONS, synchronous="FULL"), path)
-
-    async def close(self) -> None:
-        """Close the database (every write is already committed)."""
-        await self._db.close()
-
-    async def __aenter__(self) -> Journal:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+    MIGRATIONS = _MIGRATIONS
+    SYNCHRONOUS = "FULL"
 
     # -- cycles ---------------------------------------------------------------------------------
 
@@ -208,12 +200,20 @@ class Journal:
         )
         await self._db.commit()
 
-    async def plan_cycle(self, ts: int, orders: Sequence[SubmitOrder], now_ms: int) -> None:
+    async def plan_cycle(
+        self,
+        ts: int,
+        orders: Sequence[SubmitOrder],
+        now_ms: int,
+        send_at: dict[str, int] | None = None,
+    ) -> None:
         """Journal the cycle's whole plan in one transaction, before anything is sent.
 
-        Orders already journalled under the same client id (a resumed cycle) are kept as they
-        are: the plan of a cycle is written once.
+        ``send_at``: client id -> exchange time a slice is not to be sent before. Orders
+        already journalled under the same client id (a resumed cycle) are kept as they are: the
+        plan of a cycle is written once.
         """
+        send_at = send_at or {}
         rows = [
             (
                 o.client_order_id,
@@ -227,13 +227,14 @@ class Journal:
                 float(o.reference_price),
                 now_ms,
                 now_ms,
+                send_at.get(o.client_order_id),
             )
             for seq, o in enumerate(orders)
         ]
         await self._db.executemany(
             "INSERT OR IGNORE INTO orders (client_order_id, cycle_ts, seq, symbol, side, amount,"
-            " order_type, limit_price, reference_price, status, created_ms, updated_ms)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)",
+            " order_type, limit_price, reference_price, status, created_ms, updated_ms,"
+            " send_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?, ?)",
             rows,
         )
         await self._db.execute(
@@ -382,14 +383,21 @@ class Journal:
 
     # -- decisions ------------------------------------------------------------------------------
 
-    async def record_decision(self, result: StepResult) -> None:
-        """Keep what the engine's step decided at a close (replayed by ``live diff``)."""
+    async def record_decision(
+        self, result: StepResult, inputs: dict[str, Any] | None = None
+    ) -> None:
+        """Keep what the engine's step decided at a close: the target, the weights the
+        guardrails allowed and the rules that changed them, the orders and what the filters
+        trimmed (the audit trail), and what it read (``inputs``: the latest bar of each coin,
+        the metrics received, the modules that decided), for ``cryptorlpm live diff``."""
         target = result.target
         await self._db.execute(
-            "INSERT INTO decisions (ts, source, target, equity, orders, refusals)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (ts) DO UPDATE SET source = excluded.source,"
-            " target = excluded.target, equity = excluded.equity, orders = excluded.orders,"
-            " refusals = excluded.refusals",
+            "INSERT INTO decisions"
+            " (ts, source, target, equity, orders, refusals, inputs, allowed, trims)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ts) DO UPDATE SET"
+            " source = excluded.source, target = excluded.target, equity = excluded.equity,"
+            " orders = excluded.orders, refusals = excluded.refusals, inputs = excluded.inputs,"
+            " allowed = excluded.allowed, trims = excluded.trims",
             (
                 result.ts,
                 None if target is None else target.source,
@@ -397,6 +405,9 @@ class Journal:
                 float(result.equity),
                 json.dumps([o.client_order_id for o in result.orders]),
                 json.dumps([[r.rule, r.asset, r.wanted, r.allowed] for r in result.refusals]),
+                None if inputs is None else json.dumps(inputs, sort_keys=True),
+                None if result.allowed is None else json.dumps([list(w) for w in result.allowed]),
+                json.dumps([list(t) for t in result.trims]),
             ),
         )
         await self._db.commit()
@@ -405,7 +416,7 @@ class Journal:
         """Every journalled decision, oldest first (JSON fields decoded)."""
         rows = await self._select_dicts("SELECT * FROM decisions ORDER BY ts")
         for row in rows:
-            for key in ("target", "orders", "refusals"):
+            for key in ("target", "orders", "refusals", "inputs", "allowed", "trims"):
                 row[key] = None if row[key] is None else json.loads(row[key])
         return rows
 
