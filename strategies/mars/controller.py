@@ -127,7 +127,8 @@ class Controller:
             net = exposure * move - cost * blend_turnover(exposure, seg)
             return objective(net, scale, cfg.risk_aversion)
 
-        start = float(value())
+        with torch.no_grad():
+            start = float(value())
         for _ in range(cfg.steps):
             loss = -value() + cfg.l2 * (w.pow(2).sum() + b.pow(2).sum())
             optimiser.zero_grad()
@@ -135,7 +136,8 @@ class Controller:
             optimiser.step()
         self.w, self.b = w.detach().numpy().copy(), b.detach().numpy().copy()
         self.fitted_rows = int(keep.sum())
-        end = float(value())
+        with torch.no_grad():
+            end = float(value())
         return {"rows": self.fitted_rows, "fitted": True, "objective": [start, end]}
 
     def to_dict(self) -> dict[str, Any]:

@@ -85,7 +85,8 @@ class Manager:
             net = g * tactical - cost * trades.sum(dim=1)
             return objective(net, scale, cfg.risk_aversion)
 
-        start = float(value())
+        with torch.no_grad():
+            start = float(value())
         for _ in range(cfg.steps):
             loss = -value() + cfg.l2 * (v.pow(2).sum() + (c - self.prior).pow(2))
             optimiser.zero_grad()
@@ -93,4 +94,6 @@ class Manager:
             optimiser.step()
         self.v, self.c = v.detach().numpy().copy(), float(c.detach())
         self.fitted_rows = int(keep.sum())
-        return {"rows": self.fitted_rows, "fitted": True, "objective": [start, float(value())]}
+        with torch.no_grad():
+            end = float(value())
+        return {"rows": self.fitted_rows, "fitted": True, "objective": [start, end]}

@@ -117,6 +117,12 @@ class _Members:
         ]
         return torch.cat(parts)
 
+    def slices(self) -> list[tuple[slice, torch.Generator]]:
+        """Each seed's rows of the members and its generator."""
+        return [
+            (slice(i * self.k, (i + 1) * self.k), g) for i, g in enumerate(self.generators)
+        ]
+
     def rand(self, per_member: int) -> torch.Tensor:
         """``(M, per_member)`` uniforms in [0, 1), drawn per seed."""
         return torch.cat([torch.rand(self.k, per_member, generator=g) for g in self.generators])
@@ -206,12 +212,14 @@ def train_ensembles(
     env_steps = torch.zeros(m, e, dtype=torch.long)
 
     def restart(mask: torch.Tensor) -> None:
-        if not mask.any():
-            return
-        new_t = members.randint(lo, hi, e)
-        new_position = members.randint(0, 2, e).float()
-        env_t[mask], env_position[mask] = new_t[mask], new_position[mask]
-        env_steps[mask] = 0
+        for rows, generator in members.slices():
+            part = mask[rows]
+            if not part.any():  # a seed draws only for its own restarts (its run is its own)
+                continue
+            new_t = torch.randint(lo, hi, part.shape, generator=generator)
+            new_position = torch.randint(0, 2, part.shape, generator=generator).float()
+            env_t[rows][part], env_position[rows][part] = new_t[part], new_position[part]
+            env_steps[rows][part] = 0
 
     restart(torch.ones(m, e, dtype=torch.bool))
     capacity = agent.buffer_size
