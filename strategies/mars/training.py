@@ -119,9 +119,7 @@ class _Members:
 
     def slices(self) -> list[tuple[slice, torch.Generator]]:
         """Each seed's rows of the members and its generator."""
-        return [
-            (slice(i * self.k, (i + 1) * self.k), g) for i, g in enumerate(self.generators)
-        ]
+        return [(slice(i * self.k, (i + 1) * self.k), g) for i, g in enumerate(self.generators)]
 
     def rand(self, per_member: int) -> torch.Tensor:
         """``(M, per_member)`` uniforms in [0, 1), drawn per seed."""
