@@ -4,15 +4,24 @@ and no look-ahead (nothing after the training window's last bar reaches the upda
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bot.events import Bar
-from config.schema import MarsConfig, MarsVariantConfig
+from config.schema import (
+    AppConfig,
+    LiveConfig,
+    MarketConfig,
+    MarsConfig,
+    MarsVariantConfig,
+    TrainingConfig,
+)
 from strategies.agents.train import decision_range
 from strategies.mars.artifact import load_ensemble, newest_ensemble, read_card, save_ensemble
+from strategies.mars.live import NoEnsemblesError, build_mars_live, ensemble_folders, mars_root
 from strategies.mars.module import MarsModule
 from strategies.mars.training import train_ensembles
 from tests.unit.agents.conftest import COST, TINY
@@ -119,3 +128,30 @@ def test_a_variant_whose_critic_exceeds_its_threshold_holds_cash(
     module = MarsModule(model, "ETH/USDT", trend_days=5)
     module.threshold = torch.zeros(2)
     assert all((s.positions[:2] == 0.0).all() for s in _steps(module, events))
+
+
+async def test_the_live_mars_policy_comes_from_the_registry_or_a_one_line_refusal(
+    tmp_path: Path, history, windows
+) -> None:
+    mars = MARS
+    cfg = AppConfig(
+        market=MarketConfig(coins=("ETH",), timeframe="6h"),
+        training=TrainingConfig(models_dir=tmp_path / "models"),
+        live=LiveConfig(policy="mars+manager"),
+        mars=mars,
+    )
+    with pytest.raises(NoEnsemblesError, match="has none for ETH"):
+        ensemble_folders(cfg)
+    trained = train_ensembles(history, windows, TINY, MARS, [1, 2], cost=COST)
+    folders = [save_ensemble(mars_root(cfg), t) for t in trained]
+    assert ensemble_folders(cfg) == {"ETH": max(folders)}
+    pinned = cfg.model_copy(
+        update={"mars": mars.model_copy(update={"models": {"ETH": folders[0].name}})}
+    )
+    assert ensemble_folders(pinned) == {"ETH": folders[0]}
+    policy, host = await build_mars_live(pinned, None, None, 0)
+    assert host is None and policy.name == "mars+manager" and policy.manager is not None
+    assert policy.sets[0].modules["ETH"].model_id == folders[0].name
+    wrong = cfg.model_copy(update={"mars": mars.model_copy(update={"models": {"ETH": "nope"}})})
+    with pytest.raises(NoEnsemblesError, match=r"\[mars\].models.ETH = 'nope'"):
+        ensemble_folders(wrong)
