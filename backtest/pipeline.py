@@ -236,6 +236,83 @@ async def backtest_seeds(
     return runs
 
 
+def train_mars_modules(
+    cfg: AppConfig,
+    histories: Mapping[str, CoinHistory],
+    seeds: Sequence[int],
+    root: Path,
+    *,
+    on_trained: Callable[[str, int, Path, float], None] | None = None,
+) -> dict[tuple[str, int], Path]:
+    """Train every coin's MARS ensembles on ``cfg.windows`` (all seeds of a coin in one batched
+    network), fanned out over coins on ``[compute]``; returns the folders by (coin, seed)."""
+    from strategies.mars.artifact import save_ensemble
+
+    windows = Windows.from_config(cfg.windows)
+    coins = list(histories)
+    cost = cfg.broker.trading_cost
+    jobs = [
+        MarsTrainJob(histories[c], windows, cfg.agents, cfg.mars, tuple(seeds), cost) for c in coins
+    ]
+    folders: dict[tuple[str, int], Path] = {}
+
+    def saved(index: int, trained: list[TrainedEnsemble]) -> None:
+        for one in trained:
+            folders[coins[index], one.seed] = save_ensemble(Path(root) / "mars", one)
+            if on_trained is not None:
+                on_trained(coins[index], one.seed, folders[coins[index], one.seed], one.seconds)
+
+    fan_out(run_mars_job, jobs, cfg.compute, on_result=saved)
+    return folders
+
+
+def mars_policy(cfg: AppConfig, folders: Mapping[str, Path], *, manager: bool) -> Policy:
+    """A ``mars`` (or ``mars+manager``) policy over freshly loaded ensembles (coin -> folder),
+    deciding over all time with one set of ensembles."""
+    from strategies.mars.artifact import load_ensemble
+    from strategies.mars.module import MarsModule
+    from strategies.mars.policy import ALWAYS, MarsPolicy, ModuleSet
+
+    trend_days = cfg.baselines.trend_days
+    modules = {
+        coin: MarsModule(load_ensemble(folder), cfg.market.symbol(coin), trend_days)
+        for coin, folder in folders.items()
+    }
+    return MarsPolicy(
+        cfg.market.quote,
+        tuple(folders),
+        [ModuleSet(*ALWAYS, modules)],
+        cfg.mars,
+        timeframe=cfg.market.timeframe,
+        trend_days=trend_days,
+        cost=cfg.broker.trading_cost,
+        manager=manager,
+    )
+
+
+async def backtest_policy_seeds(
+    cfg: AppConfig,
+    policy: str,
+    folders: Mapping[tuple[str, int], Path],
+    coins: Sequence[str],
+    seeds: Sequence[int],
+    driver: ReplayDriver,
+) -> tuple[dict[int, RunResult], dict[int, list[VariantWeights | GrossExposure]]]:
+    """``policy`` (``cryptorlpm``, ``mars`` or ``mars+manager``) of ``coins`` once per seed:
+    the runs and, for the MARS policies, the controller's and the manager's notes."""
+    runs, notes = {}, {}
+    for seed in seeds:
+        chosen = {c: folders[c, seed] for c in coins}
+        if policy == "cryptorlpm":
+            built: Policy = vote_policy(cfg, chosen)
+        else:
+            built = mars_policy(cfg, chosen, manager=policy == "mars+manager")
+        recording = RecordingPolicy(built)
+        runs[seed] = await run_backtest(cfg, recording, driver, name=policy)
+        notes[seed] = recording.regime
+    return runs, notes
+
+
 async def backtest_baselines(
     cfg: AppConfig, coins: Sequence[str], driver: ReplayDriver
 ) -> list[RunResult]:

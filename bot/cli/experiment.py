@@ -28,11 +28,17 @@ def _window(text: str | None, default: DateWindow, option: str) -> DateWindow:
         raise
 
 
+PAPER_POLICIES = ("cryptorlpm", "mars", "mars+manager")
+
+
 @app.command("paper")
 def paper(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="folder with ohlcv/ and onchain/")],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
     seeds: Annotated[int, typer.Option(help="number of seeds (1..N)", min=1)] = 5,
+    policy: Annotated[
+        str, typer.Option(help="what decides: cryptorlpm (the paper's vote), mars, mars+manager")
+    ] = "cryptorlpm",
     train: Annotated[str | None, WindowOption] = None,
     val: Annotated[str | None, WindowOption] = None,
     test: Annotated[str | None, WindowOption] = None,
@@ -46,6 +52,8 @@ def paper(
     from backtest.experiment import DataRangeError, experiment_config, run_paper_experiment
     from strategies.features.inputs import MissingDataError
 
+    if policy not in PAPER_POLICIES:
+        fail(f"--policy {policy!r}: expected one of {', '.join(PAPER_POLICIES)}")
     base = load(config or bundled_config_path("paper.toml"))
     if not data_dir.is_dir():
         fail(f"--data-dir {data_dir}: not a folder")
@@ -68,7 +76,9 @@ def paper(
         console.print(f"  {coin} seed {seed}: {seconds:.1f} s")
 
     outcome = run(
-        lambda: run_paper_experiment(cfg, data_dir, out, step=step, on_trained=trained),
+        lambda: run_paper_experiment(
+            cfg, data_dir, out, step=step, on_trained=trained, policy=policy
+        ),
         DataRangeError,
         MissingDataError,
         FileNotFoundError,
