@@ -33,6 +33,7 @@ the instant decides. The live daemon runs one set over all time.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,12 +43,14 @@ import numpy as np
 
 from bot.engine.step import DecisionContext
 from bot.events import Bar, GrossExposure, Metric, ModuleDecision, VariantWeights
-from bot.timeframes import DAY_MS, timeframe_ms
+from bot.timeframes import DAY_MS, ms_to_iso, timeframe_ms
 from config.schema import MarsConfig
 from strategies.mars.controller import Controller, Record
 from strategies.mars.manager import Manager, PortfolioRecord
 from strategies.mars.module import MarsModule, VariantStep
 from strategies.mars.regime import COIN_FEATURES, MARKET_FEATURES, RegimeSpec, RegimeTracker
+
+log = logging.getLogger(__name__)
 
 MARS = "mars"
 MARS_MANAGER = "mars+manager"
@@ -217,6 +220,14 @@ class MarsPolicy:
         if self.manager is not None:
             summary["manager"] = self.manager.fit(self.portfolio_record(since, now), self.cost)
         self.fits.append(summary)
+        fitted = summary["controller"]
+        log.info(
+            "%s: controller refitted at %s on %d rows of realised returns%s",
+            self.name,
+            ms_to_iso(now),
+            fitted["rows"],
+            "" if self.manager is None else f"; gross exposure now {self.gross:.2f}",
+        )
 
     def record(self, since: int, until: int) -> Record:
         """The controller's record: rows of bars in ``[since, until)`` whose next-bar return is
