@@ -18,6 +18,7 @@ from backtest.pipeline import (
     SeedSummary,
     backtest_baselines,
     backtest_seeds,
+    explain_vote_run,
     read_histories,
     replay_driver,
     summarise_seeds,
@@ -80,7 +81,8 @@ async def run_demo(
         await market.close()
     summary = summarise_seeds(runs)
     step("report")
-    strategy = runs[summary.median_seed]
+    median = {coin: folders[coin, summary.median_seed] for coin in coins}
+    strategy = explain_vote_run(cfg, median, driver, runs[summary.median_seed])
     notes = [
         f"Crypto Module vote over {', '.join(coins)}; {len(seeds)} seed(s) {list(seeds)}; the "
         f"curves show seed {summary.median_seed}, whose ARR is the median.",

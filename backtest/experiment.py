@@ -18,6 +18,7 @@ from backtest.metrics import compute_metrics
 from backtest.pipeline import (
     backtest_baselines,
     backtest_policy_seeds,
+    explain_vote_run,
     read_histories,
     replay_driver,
     summarise_seeds,
@@ -155,9 +156,13 @@ async def run_paper_experiment(
             for run in others:
                 entry[run.name] = {k: compute_metrics(run)[k] for k in TABLE_METRICS}
             results[name] = entry
+            median = {c: folders[c, summary.median_seed] for c in members}
+            shown = runs[summary.median_seed]
+            if policy == "cryptorlpm":  # explanations attribute the vote's Crypto Modules
+                shown = explain_vote_run(cfg, median, driver, shown)
             write_report(
                 out_dir / f"portfolio_{name}",
-                runs[summary.median_seed],
+                shown,
                 others,
                 title=f"Portfolio {name}: {', '.join(members)} ({test})",
                 notes=[

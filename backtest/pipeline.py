@@ -197,6 +197,51 @@ async def backtest_vote(
     return VoteRun(result, recording.decisions)
 
 
+EXPLAINED_DECISIONS = 300
+"""Decisions explained per coin in a report (evenly spaced over the run)."""
+
+
+def explain_vote_run(
+    cfg: AppConfig,
+    folders: Mapping[str, Path],
+    driver: ReplayDriver,
+    result: RunResult,
+    *,
+    limit: int = EXPLAINED_DECISIONS,
+) -> RunResult:
+    """``result`` (the vote of the modules in ``folders`` replayed over ``driver``) with its
+    :attr:`~backtest.result.RunResult.explanations`: at most ``limit`` evenly spaced decisions
+    per coin, each module's state rebuilt from the replay and the position the account held
+    (its sleeve of ``1 / m`` at least half in the coin, as the vote reads it)."""
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+
+    from strategies.explain import attribution_frame
+    from strategies.explain_replay import evenly_spaced, explain_bars
+    from strategies.registry import load_crypto_module
+
+    weights = result.weights
+    m = len(folders)
+    metrics = driver.replayed_metrics()
+    frames = []
+    for coin, folder in folders.items():
+        model = load_crypto_module(folder)
+        open_time, ohlcv = driver.replayed_bars(cfg.market.symbol(coin))
+        close = open_time + driver.step_ms
+        held = weights[coin] if coin in weights else pd.Series(0.0, index=weights.index)
+        positions = (held.reindex(close).fillna(0.0).to_numpy() * m >= 0.5).astype(np.float32)
+        closes = evenly_spaced(weights.index.tolist(), limit)
+        explained = explain_bars(
+            model, driver.timeframe, open_time, ohlcv, metrics, positions, closes
+        )
+        frames.append(attribution_frame(explained))
+    if not frames:
+        return result
+    return dataclasses.replace(result, explanations=pd.concat(frames, ignore_index=True))
+
+
 class RecordingPolicy:
     """Wraps a policy and records the module decisions it notes while it runs (and, for the
     MARS policies, the controller's weights and the manager's exposure)."""

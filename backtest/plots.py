@@ -182,3 +182,59 @@ def plot_fold_bars(
     axes.grid(True, axis="y", color="0.9", lw=0.6)
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return _save(figure, path)
+
+
+def plot_attributions(
+    explanations: pd.DataFrame, path: Path, *, title: str = "", top: int = 6
+) -> Path:
+    """What drove one module's decisions over time: the attribution of each of its ``top``
+    most influential inputs (largest mean ``|attribution|``) at every explained decision,
+    smoothed over 5 decisions, with the decision drawn as a strip underneath (dark: all coin).
+
+    ``explanations``: ``ts, action, input, attribution`` rows of one coin
+    (:func:`strategies.explain.attribution_frame`)."""
+    figure = Figure(figsize=(11.0, 5.6))
+    FigureCanvasAgg(figure)
+    axes, strip = figure.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [6, 1], "hspace": 0.05}
+    )
+    table = explanations.pivot_table(index="ts", columns="input", values="attribution")
+    ranked = table.abs().mean().sort_values(ascending=False).index[:top]
+    times = _times(table.index)
+    colours = colormaps["tab10"]
+    axes.axhline(0.0, color="0.5", lw=0.8)
+    for i, name in enumerate(ranked):
+        series = table[name].rolling(5, min_periods=1, center=True).mean()
+        axes.plot(times, series.to_numpy(), lw=1.4, color=colours(i % 10), label=name)
+    actions = explanations.drop_duplicates("ts").set_index("ts")["action"].reindex(table.index)
+    holding = np.isin(actions.to_numpy(), ("all_coin", "buy"))[None, :].astype(float)
+    if len(times):
+        edges = np.r_[times, times[-1] + (times[-1] - times[0]) / max(len(times) - 1, 1)]
+        strip.pcolormesh(edges, [0, 1], holding, cmap="Greys", vmin=0.0, vmax=1.5)
+    strip.set_yticks([])
+    strip.set_ylabel("in coin", rotation=0, ha="right", va="center")
+    locator = AutoDateLocator()
+    strip.xaxis.set_major_locator(locator)
+    strip.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    strip.set_xlabel("date (UTC)")
+    axes.set_ylabel("attribution to the chosen action's margin")
+    axes.set_title(title or "What drove the decisions")
+    axes.grid(True, color="0.9", lw=0.6)
+    if len(ranked):
+        axes.legend(loc="upper left", fontsize=8, ncol=min(3, len(ranked)), frameon=False)
+    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_drivers(inputs: Sequence[tuple[str, float]], path: Path, *, title: str = "") -> Path:
+    """One decision's inputs as horizontal bars (largest first; green for, red against)."""
+    figure, axes = _figure()
+    names = [name for name, _ in inputs][::-1]
+    values = np.array([value for _, value in inputs][::-1], dtype=float)
+    colours = np.where(values >= 0, "tab:green", "tab:red")
+    axes.barh(names, values, color=colours)
+    axes.axvline(0.0, color="0.4", lw=0.8)
+    axes.set_xlabel("attribution to the chosen action's margin (+ for, - against)")
+    axes.set_title(title or "What drove the decision")
+    axes.grid(True, axis="x", color="0.9", lw=0.6)
+    return _save(figure, path)

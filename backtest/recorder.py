@@ -22,6 +22,7 @@ from backtest.result import (
     RunResult,
 )
 from bot.engine.account import Account, coin_of
+from bot.engine.audit import audit_rows
 from bot.engine.step import StepResult
 from bot.events import OrderFilled, OrderRejected, RiskRefusal
 
@@ -62,20 +63,11 @@ class Recorder:
         """A reviewed decision's audit: assets whose allowed weight differs from the wanted
         one (with the rules of this close that name them), and the trimmed orders."""
         target = result.target
-        if target is not None and result.allowed is not None:
-            wanted, allowed = dict(target.weights), dict(result.allowed)
-            rules: dict[str, list[str]] = {}
-            for refusal in result.refusals:
-                rules.setdefault(refusal.asset, []).append(refusal.rule)
-            for asset in sorted(set(wanted) | set(allowed)):
-                w, a = wanted.get(asset, 0.0), allowed.get(asset, 0.0)
-                if abs(w - a) > 1e-9:
-                    why = ", ".join(dict.fromkeys(rules.get(asset, []) + rules.get("*", [])))
-                    self.audit.append((result.ts, asset, w, a, why or "rest of the weights"))
-        elif target is not None and result.refusals:  # the kill switch held: nothing allowed
-            for asset, w in target.weights:
-                rules_ = ", ".join(dict.fromkeys(r.rule for r in result.refusals))
-                self.audit.append((result.ts, asset, w, float("nan"), rules_))
+        if target is not None:
+            refusals = [(r.rule, r.asset) for r in result.refusals]
+            allowed = None if result.allowed is None else dict(result.allowed)
+            for row in audit_rows(dict(target.weights), allowed, refusals):
+                self.audit.append((result.ts, *row))
         for t in result.trims:
             self.trims.append((result.ts, t.coin, t.side, t.wanted, t.planned, t.reason))
 

@@ -33,7 +33,12 @@ from pathlib import Path
 import pandas as pd
 
 from backtest.metrics import INTEGER_METRICS, METRIC_KEYS, compute_metrics
-from backtest.plots import plot_cumulative_returns, plot_drawdowns, plot_weights
+from backtest.plots import (
+    plot_attributions,
+    plot_cumulative_returns,
+    plot_drawdowns,
+    plot_weights,
+)
 from backtest.result import RunResult
 from bot.timeframes import ms_to_iso
 
@@ -70,6 +75,12 @@ _FORMATS = {
     "trades": "{:d}",
     "days": "{:d}",
 }
+_EXPLAINED = (
+    "Integrated-gradient attributions of each module's chosen action (its margin over the "
+    "other action) to its inputs, at evenly spaced decisions: price channels, the on-chain "
+    "metrics behind the DRU's components (through their loadings) and the EAM's signal. "
+    "Positive: pushed towards the action taken. See explanations.csv."
+)
 _PLOTS = (
     ("Cumulative return", "cumulative_returns.png"),
     ("Drawdown", "drawdown.png"),
@@ -95,10 +106,17 @@ class ReportPaths:
     weights_png: Path
     summary_md: Path
     summary_html: Path
+    explanations_csv: Path | None = None
+    attribution_pngs: tuple[Path, ...] = ()
+    """``attribution_<coin>.png``: what drove each module's decisions (a vote's run)."""
 
     def files(self) -> list[Path]:
         """Every file written, in a stable order."""
-        paths = [getattr(self, name) for name in self.__dataclass_fields__ if name != "out_dir"]
+        paths: list[Path | None] = []
+        for name in self.__dataclass_fields__:
+            if name != "out_dir":
+                value = getattr(self, name)
+                paths.extend(value if isinstance(value, tuple) else (value,))
         return [p for p in paths if p is not None]
 
 
@@ -142,6 +160,22 @@ def write_report(
     refusals_csv = _write_per_run(runs, "refusals", out / "refusals.csv")
     audit_csv = _write_per_run(runs, "audit", out / "audit.csv")
     trims_csv = _write_per_run(runs, "trims", out / "trims.csv")
+    explained = strategy.explanations
+    explanations_csv = out / "explanations.csv"
+    explanations_csv.unlink(missing_ok=True)
+    attribution_pngs: list[Path] = []
+    for stale in out.glob("attribution_*.png"):
+        stale.unlink()
+    if len(explained):
+        _write_csv(explained, explanations_csv)
+        for coin, rows in explained.groupby("coin", sort=False):
+            attribution_pngs.append(
+                plot_attributions(
+                    rows,
+                    out / f"attribution_{coin}.png",
+                    title=f"{strategy.name}: what drove {coin}'s module",
+                )
+            )
 
     paths = ReportPaths(
         out_dir=out,
@@ -162,6 +196,8 @@ def write_report(
         weights_png=plot_weights(strategy, out / _PLOTS[2][1], title=f"{strategy.name}: weights"),
         summary_md=out / "summary.md",
         summary_html=out / "summary.html",
+        explanations_csv=explanations_csv if len(explained) else None,
+        attribution_pngs=tuple(attribution_pngs),
     )
     facts = _facts(header, strategy, len(baselines), table)
     audit = audit_table(strategy)
@@ -301,6 +337,9 @@ def _summary_markdown(
     lines += [format_metrics_table(table), "", _LEGEND, ""]
     for heading, name in _PLOTS:
         lines += [f"## {heading}", "", f"![{heading}]({name})", ""]
+    if paths.attribution_pngs:
+        lines += ["## What drove the decisions", "", _EXPLAINED, ""]
+        lines += [f"![{p.stem}]({p.name})" for p in paths.attribution_pngs] + [""]
     if len(audit):
         lines += [f"## {_audit_heading(audit)}", "", _markdown_table(audit), ""]
     if notes:
@@ -355,6 +394,11 @@ def _summary_html(
             f"<h2>{esc(heading)}</h2>",
             f'<img alt="{esc(heading)}" src="data:image/png;base64,{data}">',
         ]
+    if paths.attribution_pngs:
+        parts += ["<h2>What drove the decisions</h2>", f'<p class="legend">{esc(_EXPLAINED)}</p>']
+        for png in paths.attribution_pngs:
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(f'<img alt="{esc(png.stem)}" src="data:image/png;base64,{data}">')
     if len(audit):
         head = "".join(f"<th>{esc(c)}</th>" for c in audit.columns)
         body = "".join(

@@ -21,6 +21,7 @@ REJECTION_COLUMNS = ["ts", "client_order_id", "symbol", "side", "amount", "reaso
 REFUSAL_COLUMNS = ["ts", "rule", "asset", "wanted", "allowed", "detail"]
 AUDIT_COLUMNS = ["ts", "asset", "wanted", "allowed", "rules"]
 TRIM_COLUMNS = ["ts", "coin", "side", "wanted", "planned", "reason"]
+EXPLANATION_COLUMNS = ["ts", "coin", "action", "input", "attribution"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ class RunResult:
     """Quote currency lost to the simulated market impact (``[execution]``)."""
     slippage_paid: float = 0.0
     """Quote currency lost to ``[broker].slippage_bps``."""
+    explanations: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=EXPLANATION_COLUMNS)
+    )
+    """What drove the Crypto Modules' decisions (a vote's run only, explained after the run:
+    :func:`backtest.pipeline.explain_vote_run`): one row per decision and named input
+    (:data:`EXPLANATION_COLUMNS`)."""
 
     @property
     def trading_cost(self) -> float:

@@ -13,7 +13,16 @@ import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-NOISY = ("aiosqlite", "matplotlib", "urllib3", "asyncio", "httpx", "httpcore", "telegram")
+NOISY = (
+    "aiosqlite",
+    "matplotlib",
+    "urllib3",
+    "asyncio",
+    "httpx",
+    "httpcore",
+    "telegram",
+    "uvicorn",
+)
 
 
 class JsonFormatter(logging.Formatter):

@@ -534,6 +534,28 @@ class TelegramConfig(Section):
     alert_refusals: bool = True
 
 
+class DashboardConfig(Section):
+    """The web dashboard the live daemon serves (read-only: equity, weights, decisions,
+    refusals, module health, input freshness). Off by default."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    """Address to listen on. Anything but a loopback address needs a token (``token_env``)."""
+    port: int = Field(8787, ge=1, le=65535)
+    token_env: str = Field("CRYPTORLPM_DASHBOARD_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """Name of the environment variable holding the access token. Required (the daemon refuses
+    to start without it) when ``host`` is not a loopback address; when set, every data request
+    must carry it (``Authorization: Bearer <token>``), on loopback too."""
+    refresh_s: float = Field(5.0, gt=0, le=3600)
+    """How often the page asks for fresh data."""
+    decisions: int = Field(20, ge=1, le=500)
+    """Latest decisions shown."""
+    refusals: int = Field(20, ge=1, le=500)
+    """Latest guardrail refusals shown."""
+    chart_points: int = Field(1000, ge=10, le=20_000)
+    """Most points of the equity chart (a longer history is thinned evenly)."""
+
+
 class UpdatingConfig(Section):
     """The Agent Updating Unit: scheduled retraining with a validation gate, and hot swaps."""
 
@@ -741,6 +763,7 @@ class AppConfig(Section):
     training: TrainingConfig = TrainingConfig()
     live: LiveConfig = LiveConfig()
     telegram: TelegramConfig = TelegramConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     updating: UpdatingConfig = UpdatingConfig()
     compute: ComputeConfig = ComputeConfig()
     baselines: BaselinesConfig = BaselinesConfig()

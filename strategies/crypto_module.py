@@ -38,6 +38,7 @@ import pandas as pd
 from bot.events import Bar, Event, Metric, ModuleDecision
 from bot.timeframes import timeframe_ms
 from strategies.agents.observation import COIN_ROW, FeatureSchema, ObservationWindow
+from strategies.explain import DecisionInputs
 from strategies.features import FeatureState
 from strategies.features.pipeline import metrics_in_time
 from strategies.features.pool import split_id
@@ -102,6 +103,9 @@ class CryptoModule:
         """The EAM's signal at the last bar (-1 sell, 0 hold, +1 buy; 0 without an EAM)."""
         self.ready = False
         """Whether the last decision came from the networks (full window, DRU ready)."""
+        self.last_inputs: DecisionInputs | None = None
+        """What the networks read at the last decision taken bar by bar from them (None
+        otherwise): what :func:`strategies.explain.explain_decision` explains."""
 
     def _reset(self) -> None:
         """The state of a module that has read nothing."""
@@ -177,7 +181,7 @@ class CryptoModule:
         return self._decide(bar.ts, state, ready)
 
     def _decide(self, ts: int, state: np.ndarray | None, ready: bool) -> ModuleDecision:
-        self.signal, self.ready = 0, False
+        self.signal, self.ready, self.last_inputs = 0, False, None
         if state is None:  # no full window yet: as in training, the signal is 0 here
             self._signals.append(0.0)
             self.position = 0.0
@@ -193,6 +197,7 @@ class CryptoModule:
         if not ready:  # the DRU is still warming up: stay in cash
             self.position = 0.0
             return ModuleDecision(ts, self.model_id, self.coin, 1.0, 0.0)
+        self.last_inputs = DecisionInputs(ts, state, sam_state, self.position)
         self.position = float(sam_action(self.model, sam_state, self.position))
         self.ready = True
         return ModuleDecision(ts, self.model_id, self.coin, 1.0 - self.position, self.position)
@@ -249,6 +254,7 @@ class CryptoModule:
                 return None  # the plan scored positions 0 and 1 only
             self.position = float(position)
         plan.cursor = i + 1
+        self.last_inputs = None  # a planned decision keeps no state (explain_history does)
         if i < self.window - 1 or not plan.ready[i]:
             self.signal = plan.signals[i]  # 0 before a full window
             self.position, self.ready = 0.0, False

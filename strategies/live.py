@@ -34,7 +34,7 @@ from config.schema import AppConfig
 from strategies import versions
 from strategies.crypto_module import CryptoModule
 from strategies.portfolio import PortfolioVote
-from strategies.registry import ModelNotFound, model_folder
+from strategies.registry import ModelNotFound, model_folder, read_card
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,9 @@ class VoteHost:
         self.updater = updater
         self._pending: dict[str, _Pending] = {}
         self._retraining: dict[str, asyncio.Task[Any]] = {}
+        self._retraining_since: dict[str, int] = {}
+        self.last_retrain: dict[str, str] = {}
+        """The last retraining's verdict per coin (the line the operator was sent)."""
 
     # -- requests (from the control service) ---------------------------------------------------
 
@@ -173,6 +176,45 @@ class VoteHost:
                 f"{coin} is not one of the daemon's coins {list(self.cfg.market.coins)} "
                 "([market].coins: the daemon fetches bars for those only)"
             )
+
+    def preview_plug(self, coin: str, model_id: str | None) -> dict[str, Any]:
+        """What :meth:`request_plug` would do, changing nothing: ``coin``, ``action`` (plug |
+        replace), ``model_id``, ``current`` (the plugged model or None), ``validation`` (the
+        model card's validation scores), ``created_at``, ``activates`` (whether the model
+        becomes the coin's active version). Raises ``ControlError`` as the request would."""
+        self._check_coin(coin)
+        folder = resolve_folder(self.cfg, coin, model_id)
+        if folder is None:
+            raise ControlError(f"the registry has no model for {coin}; train one first")
+        card = read_card(folder)
+        timeframe = card.get("feature_schema", {}).get("timeframe")
+        if timeframe != self.cfg.market.timeframe:
+            raise ControlError(
+                f"model {folder.name} trades {timeframe} bars; the daemon trades "
+                f"{self.cfg.market.timeframe} ([market].timeframe)"
+            )
+        current = self.vote.module(coin).model_id if coin in self.vote.coins else None
+        active = versions.active_model(self.cfg.training.models_dir, coin)
+        return {
+            "coin": coin,
+            "action": "replace" if current is not None else "plug",
+            "model_id": folder.name,
+            "current": current,
+            "validation": _validation(card),
+            "created_at": card.get("created_at"),
+            "activates": model_id is not None and active != folder.name,
+        }
+
+    def preview_unplug(self, coin: str) -> dict[str, Any]:
+        """What :meth:`request_unplug` would do, changing nothing: ``coin``, ``model_id``,
+        ``remaining`` (the modules left in the vote). Raises ``ControlError`` as it would."""
+        if coin not in self.vote.coins:
+            raise ControlError(f"no module is plugged for {coin}; plugged: {list(self.vote.coins)}")
+        return {
+            "coin": coin,
+            "model_id": self.vote.module(coin).model_id,
+            "remaining": [c for c in self.vote.coins if c != coin],
+        }
 
     def request_plug(self, coin: str, model_id: str | None, now_ms: int) -> str:
         """Plug ``coin``'s module (or swap to ``model_id`` when it is plugged) next cycle; a
@@ -221,7 +263,10 @@ class VoteHost:
         if coin in self._retraining:
             raise ControlError(f"{coin} is already retraining")
         self._start_retrain(coin, now_ms)
-        return f"{coin}: retraining started (the validation gate decides the swap)"
+        return (
+            f"{coin}: retraining started in a worker process; the validation gate decides the "
+            "swap and its verdict is announced when it lands (/modules shows it meanwhile)"
+        )
 
     # -- between cycles ---------------------------------------------------------------------------
 
@@ -275,6 +320,13 @@ class VoteHost:
         if tasks:
             await asyncio.wait(tasks)
 
+    async def retrained(self) -> None:
+        """Return once every running retraining has ended (its verdict is collected, swapped
+        in and announced at the next :meth:`between_cycles`)."""
+        tasks = list(self._retraining.values())
+        if tasks:
+            await asyncio.wait(tasks)
+
     def describe(self) -> list[dict[str, Any]]:
         """The plugged modules (and what waits to be applied)."""
         rows = []
@@ -282,14 +334,18 @@ class VoteHost:
             module = self.vote.module(coin)
             latest = self.vote.latest(coin)
             pending = self._pending.get(coin)
+            card = getattr(getattr(module, "model", None), "card", None) or {}
             rows.append(
                 {
                     "coin": coin,
                     "model_id": module.model_id,
                     "ready": bool(getattr(module, "ready", False)),
                     "last_decision": None if latest is None else latest.coin_weight,
+                    "last_decision_ts": None if latest is None else latest.ts,
                     "pending": None if pending is None else f"{pending.action} ({pending.reason})",
-                    "retraining": coin in self._retraining,
+                    "validation": _validation(card),
+                    "created_at": card.get("created_at"),
+                    **self._retrain_state(coin),
                 }
             )
         for coin, pending in self._pending.items():
@@ -300,11 +356,19 @@ class VoteHost:
                         "model_id": pending.model_id,
                         "ready": False,
                         "last_decision": None,
+                        "last_decision_ts": None,
                         "pending": f"{pending.action} ({pending.reason})",
-                        "retraining": coin in self._retraining,
+                        **self._retrain_state(coin),
                     }
                 )
         return rows
+
+    def _retrain_state(self, coin: str) -> dict[str, Any]:
+        return {
+            "retraining": coin in self._retraining,
+            "retraining_since": self._retraining_since.get(coin),
+            "last_retrain": self.last_retrain.get(coin),
+        }
 
     async def close(self) -> None:
         """Stop preparing swaps; leave a running retraining to finish in its process."""
@@ -347,6 +411,7 @@ class VoteHost:
     def _start_retrain(self, coin: str, now_ms: int) -> None:
         assert self.updater is not None
         self._retraining[coin] = asyncio.create_task(self.updater.retrain(coin, now_ms))
+        self._retraining_since[coin] = now_ms
 
     def _collect_retrainings(self) -> list[str]:
         lines = []
@@ -354,13 +419,16 @@ class VoteHost:
             if not task.done():
                 continue
             del self._retraining[coin]
+            self._retraining_since.pop(coin, None)
             try:
                 outcome = task.result()
             except Exception as exc:
                 lines.append(f"{coin}: retraining failed: {exc}")
+                self.last_retrain[coin] = lines[-1]
                 continue
             verdict = "accepted" if outcome.accepted else "rejected"
             lines.append(f"{coin}: retraining {verdict}: {outcome.reason}")
+            self.last_retrain[coin] = lines[-1]
             if outcome.swap and outcome.active_folder is not None:
                 action = "replace" if coin in self.vote.coins else "plug"
                 self._prepare(coin, action, Path(outcome.active_folder), reason="retrained")
@@ -370,6 +438,14 @@ class VoteHost:
         self, coin: str, action: str, old: str | None, new: str | None, reason: str
     ) -> None:
         log.warning("hot swap %s: %s %s -> %s (%s)", coin, action, old or "-", new or "-", reason)
+
+
+def _validation(card: dict[str, Any]) -> dict[str, float] | None:
+    """The model card's validation scores (``sam``, ``buy_and_hold``, ...), or None."""
+    scores = (card.get("scores") or {}).get("validation")
+    if not isinstance(scores, dict) or not scores:
+        return None
+    return {str(k): float(v) for k, v in scores.items() if isinstance(v, int | float)}
 
 
 async def build_vote(

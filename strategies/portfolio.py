@@ -28,7 +28,7 @@ the position the account holds, bar by bar, so the decisions are the bar-by-bar 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -154,6 +154,23 @@ class PortfolioVote:
                 read = metrics.iloc[np.flatnonzero(np.isin(pairs, wanted))]
             prepared += bool(prepare(replay.timeframe, open_time[mine], ohlcv[mine], read))
         return prepared
+
+    def explain(self, ts: int) -> dict[str, Any]:
+        """Why each module decided what it did at the close ``ts`` (the policy's optional
+        ``explain`` hook, :class:`~bot.engine.step.Policy`): ``{coin: explanation}``
+        (:meth:`strategies.explain.Explanation.to_dict`) of the modules whose last decision,
+        taken from their networks bar by bar, is at ``ts``; the others are left out."""
+        from strategies.explain import explain_decision
+
+        out: dict[str, Any] = {}
+        for coin, module in self._modules.items():
+            inputs = getattr(module, "last_inputs", None)
+            if inputs is None or inputs.ts != ts:
+                continue
+            explained = explain_decision(module)  # type: ignore[arg-type]
+            if explained is not None:
+                out[coin] = explained.to_dict()
+        return out
 
     def positions(self, weights: Mapping[str, float]) -> dict[str, float]:
         """Each module's position as the account holds it: 1 when at least half of its sleeve

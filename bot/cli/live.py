@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -138,7 +139,10 @@ def status(config: LiveConfigOption = None, as_json: bool = typer.Option(False, 
         print_table(refusals)
 
 
-def _ask(config: Path | None, command: str, **args: Any) -> None:
+def _ask(
+    config: Path | None, command: str, render: Callable[[Any], str] | None = None, **args: Any
+) -> None:
+    """Send ``command`` to the running daemon and print its answer (``render``: as text)."""
     from bot.control import ControlError
     from bot.live.control import send_command
 
@@ -151,7 +155,9 @@ def _ask(config: Path | None, command: str, **args: Any) -> None:
     if not answer.get("ok"):
         fail(str(answer.get("error")))
     result = answer.get("result")
-    if isinstance(result, str):
+    if render is not None:
+        console.print(render(result), markup=False, highlight=False, soft_wrap=True)
+    elif isinstance(result, str):
         console.print(result)
     else:
         console.print_json(json.dumps(result, default=str))
@@ -203,6 +209,25 @@ def modules(config: LiveConfigOption = None) -> None:
 
 
 @app.command()
+def audit(
+    closes: Annotated[int, typer.Option(help="how many changed closes (1..50)")] = 5,
+    config: LiveConfigOption = None,
+) -> None:
+    """The latest closes the guardrails changed: wanted vs allowed weights, rules, trims."""
+    from bot.telegram.format import format_audit
+
+    _ask(config, "audit", render=format_audit, closes=closes)
+
+
+@app.command()
+def regime(config: LiveConfigOption = None) -> None:
+    """The regime controller's variant weights and the manager's exposure (mars policies)."""
+    from bot.telegram.format import format_regime
+
+    _ask(config, "regime", render=format_regime)
+
+
+@app.command()
 def plug(
     coin: CoinArg,
     model: Annotated[str | None, typer.Option(help="model id (default: the active one)")] = None,
@@ -228,6 +253,12 @@ def retrain(coin: CoinArg, config: LiveConfigOption = None) -> None:
 def rollback(coin: CoinArg, config: LiveConfigOption = None) -> None:
     """Swap a coin's previous module version back in (at the next cycle)."""
     _ask(config, "rollback", coin=coin)
+
+
+@app.command()
+def why(coin: CoinArg, config: LiveConfigOption = None) -> None:
+    """Why the running daemon's module decided what it did for a coin (latest decision)."""
+    _ask(config, "why", coin=coin)
 
 
 @app.command()

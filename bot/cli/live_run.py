@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from bot.cli.common import fail
@@ -56,7 +57,11 @@ def alerts_factory(cfg: AppConfig, secrets: Secrets) -> Any:
         chats = TelegramChats(cfg.telegram.chat_ids, migrated=known, on_migrated=remember)
         token = secrets.telegram_token
         alerts = TelegramAlerts(cfg.telegram, token, quote=cfg.market.quote, chats=chats)
-        return [alerts, TelegramCommands(cfg.telegram, token, controls, chats=chats)]
+        # The /plug, /unplug and /stop confirmation windows run on the daemon's (exchange) clock.
+        commands = TelegramCommands(
+            cfg.telegram, token, controls, chats=chats, clock=lambda: controls.now_ms() / 1000
+        )
+        return [alerts, commands]
 
     return make
 
@@ -90,14 +95,17 @@ def run_live(cfg: AppConfig, *, json_logs: bool = False, verbose: bool = False) 
     if json_logs:
         setup_logging(verbose, json_lines=True)
     redact_secrets(
-        s.get_secret_value()
-        for s in (
-            secrets.exchange_api_key,
-            secrets.exchange_secret,
-            secrets.telegram_token,
-            secrets.santiment_api_key,
-        )
-        if s is not None
+        [
+            s.get_secret_value()
+            for s in (
+                secrets.exchange_api_key,
+                secrets.exchange_secret,
+                secrets.telegram_token,
+                secrets.santiment_api_key,
+            )
+            if s is not None
+        ]
+        + [os.environ.get(cfg.dashboard.token_env, "")]  # the dashboard's token, if any
     )
     try:
         result = asyncio.run(

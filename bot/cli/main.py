@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bot.cli import data, experiment, features, live, models
+from bot.cli import data, experiment, explain, features, live, models
 from bot.cli.common import ConfigOption, console, load, rule, run, setup_logging
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(experiment.app, name="experiment")
 app.add_typer(live.app, name="live")
 app.command("train")(models.train)
+app.command("explain")(explain.explain)
 
 
 @app.callback()

@@ -77,6 +77,14 @@ class Policy(Protocol):
     the answer is used), so the policy's state follows every bar. It returns the wanted weights
     per asset (the quote currency's included or left to be the rest), or ``None`` for "no new
     target" (nothing is traded). ``name`` is the ``TargetWeights`` source.
+
+    Optional hooks, called when present: ``prepare(driver)`` (a backtest hands the whole replay
+    before replaying it) and ``explain(ts) -> dict`` (why the policy decided what it did at the
+    close ``ts``: a JSON-ready dict keyed by what it explains, e.g. the Crypto Module vote's
+    ``{coin: {action, q, top: [[input, attribution], ...], ...}}``; the live driver calls it
+    after the cycle's orders are sent and journals it in ``decisions.explanation``; an ensemble
+    adds its own keys, e.g. its controller's weights and its critics' vetoes). ``explain`` must
+    not change what the policy decides next.
     """
 
     name: str

@@ -27,9 +27,16 @@ from bot.events import (
     ResumeTrading,
     TargetWeights,
 )
+from bot.live.operations import (
+    AUDIT_SCAN,
+    DIAGNOSTIC_DECISIONS,
+    latest_audit,
+    module_diagnostics,
+    readiness,
+)
 from bot.live.status import trading_lines
 from bot.store.journal import Journal
-from bot.timeframes import ms_to_iso
+from bot.timeframes import ms_to_iso, timeframe_ms
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,11 @@ COMMANDS = (
     "plug",
     "unplug",
     "rollback",
+    "audit",
+    "regime",
+    "preview_plug",
+    "preview_unplug",
+    "why",
 )
 
 
@@ -55,6 +67,16 @@ class ModuleHost(Protocol):
 
     def describe(self) -> list[dict[str, Any]]:
         """One dict per plugged module (``coin``, ``model_id``, ``ready``, ...)."""
+        ...
+
+    def preview_plug(self, coin: str, model_id: str | None) -> dict[str, Any]:
+        """What a plug would change (``action``, ``model_id``, ``current``, ``validation``,
+        ``created_at``, ``activates``), changing nothing; raises ``ControlError`` as the
+        request would."""
+        ...
+
+    def preview_unplug(self, coin: str) -> dict[str, Any]:
+        """What an unplug would change (``model_id``, ``remaining``), changing nothing."""
         ...
 
     def request_plug(self, coin: str, model_id: str | None, now_ms: int) -> str: ...
@@ -152,8 +174,44 @@ class DaemonControls(Controls):
         }
 
     async def modules(self) -> list[dict[str, Any]]:
-        """The plugged Crypto Modules."""
-        return [] if self.host is None else self.host.describe()
+        """The plugged Crypto Modules, each with its readiness (warm-up done and a recent bar,
+        by the daemon's clock) and its diagnostics over its latest journalled decisions."""
+        if self.host is None:
+            return []
+        rows = self.host.describe()
+        decisions = await self.journal.decisions(limit=DIAGNOSTIC_DECISIONS)
+        now, step = self.now_ms(), timeframe_ms(self.engine.cfg.market.timeframe)
+        for row in rows:
+            coin = row["coin"]
+            bar = self.engine.account.last_bars.get(coin)
+            last_close = None if bar is None else int(bar.ts)
+            row["last_bar"] = None if last_close is None else ms_to_iso(last_close)
+            row["readiness"] = readiness(bool(row.get("ready")), last_close, now, step)
+            row["diagnostics"] = module_diagnostics(decisions, coin, row.get("model_id"))
+            for key in ("last_decision_ts", "retraining_since"):
+                if row.get(key) is not None:
+                    row[key] = ms_to_iso(int(row[key]))
+        return rows
+
+    async def audit(self, closes: int = 5) -> dict[str, Any]:
+        """The guardrail audit of the latest ``closes`` closes at which the guardrails changed
+        a weight or the market's filters trimmed an order (see
+        :func:`bot.live.operations.latest_audit`)."""
+        if not 1 <= int(closes) <= 50:
+            raise ControlError(f"audit: closes must be 1..50, got {closes}")
+        decisions = await self.journal.decisions(limit=AUDIT_SCAN)
+        return latest_audit(decisions, int(closes))
+
+    async def regime(self) -> dict[str, Any]:
+        """What the running policy's regime controller says now: ``policy``, ``controller``
+        (whether it has one) and ``state`` (its ``regime_state()``: ``variants`` coin ->
+        variant -> weight, ``exposure``, ``features``, ...; None before its first decision)."""
+        policy = self.engine.policy
+        name = str(getattr(policy, "name", type(policy).__name__))
+        regime_state = getattr(policy, "regime_state", None)
+        if not callable(regime_state):
+            return {"policy": name, "controller": False, "state": None}
+        return {"policy": name, "controller": True, "state": regime_state()}
 
     async def _command(self, command: OperatorCommand) -> None:
         """Hand ``command`` to the engine; the journal (an observer) keeps it."""
@@ -200,6 +258,45 @@ class DaemonControls(Controls):
         """Plug ``coin``'s module at the next cycle."""
         return self._host().request_plug(coin.upper(), model_id, self.now_ms())
 
+    async def preview_plug(self, coin: str, model_id: str | None = None) -> str:
+        """What ``plug(coin, model_id)`` would change, in one message; changes nothing."""
+        plan = self._host().preview_plug(coin.upper(), model_id)
+        coin, model = plan["coin"], plan["model_id"]
+        about = _model_facts(plan)
+        if plan["current"] is None:
+            text = f"Plug {coin}: {model}{about} joins the vote at the next cycle"
+            text += f" ({self._holding(coin)})"
+        elif plan["current"] == model:
+            text = f"Reload {coin}: {model}{about} is loaded and warmed up again"
+        else:
+            text = f"Swap {coin}: {plan['current']} -> {model}{about} at the next cycle"
+        if plan["activates"]:
+            text += f"; {model} becomes {coin}'s active version (/rollback undoes it)"
+        return text + "."
+
+    async def preview_unplug(self, coin: str) -> str:
+        """What ``unplug(coin)`` would change, in one message; changes nothing."""
+        plan = self._host().preview_unplug(coin.upper())
+        coin, left = plan["coin"], plan["remaining"]
+        share = (
+            f"the vote splits over {len(left)} module(s) ({', '.join(left)})"
+            if left
+            else "no module is left: the whole portfolio goes to cash"
+        )
+        return (
+            f"Unplug {coin} ({plan['model_id']}) at the next cycle: the rebalance sells "
+            f"{coin} ({self._holding(coin)}); {share}."
+        )
+
+    def _holding(self, coin: str) -> str:
+        account = self.engine.account
+        amount = account.holdings.get(coin, 0.0)
+        if not amount:
+            return f"no {coin} held now"
+        value, equity = amount * account.prices.get(coin, 0.0), account.equity()
+        share = f", {value / equity:.1%} of equity" if equity > 0 else ""
+        return f"{amount:.8g} {coin} held now{share}"
+
     async def unplug(self, coin: str) -> str:
         """Unplug ``coin``'s module at the next cycle."""
         return self._host().request_unplug(coin.upper())
@@ -207,6 +304,40 @@ class DaemonControls(Controls):
     async def rollback(self, coin: str) -> str:
         """Swap ``coin``'s previous module version back in at the next cycle."""
         return self._host().request_rollback(coin.upper(), self.now_ms())
+
+    async def why(self, coin: str) -> dict[str, Any]:
+        """``coin``'s latest decision with its explanation, from the journal."""
+        coin = coin.upper()
+        found = await self.journal.latest_explanation(coin)
+        if found is None:
+            plugged = [m["coin"] for m in (self.host.describe() if self.host else [])]
+            if self.host is None:
+                raise ControlError("this daemon's policy explains no decisions (no Crypto Modules)")
+            if coin not in plugged:
+                raise ControlError(
+                    f"no Crypto Module for {coin}; plugged: {', '.join(plugged) or 'none'}"
+                )
+            raise ControlError(
+                f"no explained decision of {coin} yet: explanations come with the first "
+                "decision its module takes from its networks (after warm-up)"
+            )
+        entry = found["explanation"]
+        weight = found["allowed"].get(coin, found["target"].get(coin))
+        return {"coin": coin, "ts": ms_to_iso(found["ts"]), "weight": weight, **entry}
+
+
+def _model_facts(plan: dict[str, Any]) -> str:
+    """`` (validation: SAM +0.12 vs buy and hold +0.05, trained 2024-01-01T12:00:00)``."""
+    facts = []
+    validation = plan.get("validation") or {}
+    if "sam" in validation:
+        text = f"validation log return {validation['sam']:+.3f}"
+        if "buy_and_hold" in validation:
+            text += f" vs buy and hold {validation['buy_and_hold']:+.3f}"
+        facts.append(text)
+    if plan.get("created_at"):
+        facts.append(f"trained {plan['created_at']}")
+    return f" ({', '.join(facts)})" if facts else ""
 
 
 async def dispatch(controls: Controls, request: dict[str, Any]) -> dict[str, Any]:

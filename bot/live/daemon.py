@@ -10,7 +10,8 @@ Start-up order (each step needs the previous one):
 5. build the engine with a ccxt or paper executor, mark the account at the latest closes;
 6. reconcile with the exchange and finish a cycle a crash interrupted, restore the guardrails'
    state and the operator's pause;
-7. open the control socket (and Telegram), then run cycles until SIGINT/SIGTERM, ``/stop`` or
+7. open the control socket (and Telegram, and the web dashboard, whose port is taken at step 1),
+   then run cycles until SIGINT/SIGTERM, ``/stop`` or
    ``max_cycles``. A stop lets the running cycle finish (orders in flight are followed to their
    end); every journal write is already committed.
 """
@@ -21,12 +22,13 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.engine.execution import Slicer
 from bot.engine.kernel import Engine
@@ -51,6 +53,9 @@ from bot.venues.ccxt import CcxtVenue
 from bot.venues.orders import rules_from_markets
 from bot.venues.sim import SimVenue, forming_candle_open
 from config.schema import AppConfig, Secrets
+
+if TYPE_CHECKING:
+    from bot.dashboard import DashboardServer
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +96,6 @@ class StateLock:
         self._fd: int | None = None
 
     def __enter__(self) -> StateLock:
-        import os
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -106,8 +109,6 @@ class StateLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        import os
-
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
@@ -154,19 +155,48 @@ async def run_daemon(
     exchange's clock as the daemon estimates it); tests drive one.
     """
     check_credentials(cfg, secrets)
+    dashboard = make_dashboard(cfg)
     stop = stop or asyncio.Event()
     path = state_path(cfg)
     with StateLock(path):
+        if dashboard is not None:
+            _bind(dashboard)
         if install_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, _on_signal, stop, sig)
         try:
-            return await _run(cfg, secrets, policy_factory, stop, path, alerts_factory, guard_clock)
+            return await _run(
+                cfg, secrets, policy_factory, stop, path, alerts_factory, guard_clock, dashboard
+            )
         finally:
+            if dashboard is not None:
+                await dashboard.close()
             if install_signals:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
+
+
+def make_dashboard(cfg: AppConfig) -> DashboardServer | None:
+    """The web dashboard when ``[dashboard].enabled``; raises :class:`LiveConfigError` (one
+    line naming the variable) when it listens beyond loopback without its token."""
+    if not cfg.dashboard.enabled:
+        return None
+    from bot.dashboard import DashboardConfigError, DashboardServer
+
+    try:
+        return DashboardServer.from_config(cfg, os.environ, cfg.live.state_db)
+    except DashboardConfigError as exc:
+        raise LiveConfigError(str(exc)) from None
+
+
+def _bind(dashboard: DashboardServer) -> None:
+    from bot.dashboard import DashboardConfigError
+
+    try:
+        dashboard.bind()
+    except DashboardConfigError as exc:
+        raise LiveConfigError(str(exc)) from None
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
@@ -182,6 +212,7 @@ async def _run(
     path: Path,
     alerts_factory: AlertsFactory | None,
     guard_clock: GuardClock | None,
+    dashboard: DashboardServer | None,
 ) -> DaemonResult:
     live = cfg.live
     paper = live.paper
@@ -319,6 +350,8 @@ async def _run(
         control_socket = ControlSocket(controls, cfg.data.dir / live.control_socket)
         await control_socket.start()
         stack.push_async_callback(control_socket.close)
+        if dashboard is not None:
+            await dashboard.start(controls)
         services = await alerts_factory(controls) if alerts_factory is not None else []
         for service in services:
             if hasattr(service, "attach"):

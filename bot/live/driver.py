@@ -182,6 +182,7 @@ class LiveDriver:
         modules: dict[str, str] = {}
         controller: dict[str, dict[str, float]] = {}  # MARS: weights over each coin's variants
         gross: float | None = None  # mars+manager: the gross exposure
+        positions: dict[str, float] = {}
         slicer = self.executor.slicer
         for instant in instants(ordered, metrics, decide_from=ts, close_at=ts):
             result = engine.step(instant)
@@ -190,6 +191,7 @@ class LiveDriver:
             for note in result.notes:
                 if isinstance(note, ModuleDecision):
                     modules[note.coin] = note.module_id
+                    positions[note.coin] = note.coin_weight
                 elif isinstance(note, VariantWeights):
                     controller[note.coin] = {k: round(w, 6) for k, w in note.weights}
                 elif isinstance(note, GrossExposure):
@@ -197,13 +199,15 @@ class LiveDriver:
         self.last = result
         refusals = list(result.refusals)
         # What the policy read, for `live diff`: the account as it decided (marked at this
-        # close, before the orders), the latest bars, the metrics received, its modules.
+        # close, before the orders), the latest bars, the metrics received, its modules and
+        # their positions (the diagnostics of /modules).
         held = {a: w for a, w in engine.account.weights().items() if w}
         inputs = {
             "weights": held,
             "bars": {c: [b.ts, b.close] for c, b in sorted(engine.account.last_bars.items())},
             "metrics": len(metrics),
             "modules": modules,
+            "positions": positions,
         }
         if controller:  # journalled with the decision (state.db decisions.inputs)
             inputs["controller"] = controller
@@ -225,6 +229,7 @@ class LiveDriver:
         orders = await self.executor.execute_cycle(ts, result.orders, deadline_ms=ts + self.step)
         await engine.bus.drain()
         latency = (time.perf_counter() - started) * 1000
+        await self._explain(ts)  # after the orders: off the decision's latency
         account = self.engine.account
         equity = account.equity()
         await self.executor.journal.set_balances(
@@ -244,6 +249,22 @@ class LiveDriver:
             latency,
         )
         return CycleReport(ts, len(bars), len(metrics), orders, len(refusals), equity, latency)
+
+    async def _explain(self, ts: int) -> None:
+        """Journal why the policy decided what it did at ``ts``, when it can say (an optional
+        ``explain(ts) -> dict`` on the policy; the Crypto Module vote explains each module's
+        decision). A failure is logged and costs only the explanation."""
+        assert self.engine is not None
+        explain = getattr(self.engine.policy, "explain", None)
+        if explain is None:
+            return
+        try:
+            explanation = explain(ts)
+        except Exception:
+            log.warning("explaining the decision at %s failed", ms_to_iso(ts), exc_info=True)
+            return
+        if explanation:
+            await self.executor.journal.record_explanation(ts, explanation)
 
     async def _new_bars(self, ts: int) -> list[Bar]:
         """Every coin's closed bars up to the close ``ts``, waiting a little for late ones."""

@@ -129,6 +129,9 @@ _MIGRATIONS = (
     """
     ALTER TABLE orders ADD COLUMN send_at_ms INTEGER;  -- a slice: not to be sent before
     """,
+    """
+    ALTER TABLE decisions ADD COLUMN explanation TEXT;  -- JSON {coin: {action, q, top, ...}}
+    """,
 )
 
 
@@ -412,13 +415,77 @@ class Journal(SqliteStore):
         )
         await self._db.commit()
 
-    async def decisions(self) -> list[dict[str, Any]]:
-        """Every journalled decision, oldest first (JSON fields decoded)."""
-        rows = await self._select_dicts("SELECT * FROM decisions ORDER BY ts")
+    async def decisions(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every journalled decision (the latest ``limit`` when given), oldest first (JSON
+        fields decoded)."""
+        if limit is None:
+            rows = await self._select_dicts("SELECT * FROM decisions ORDER BY ts")
+        else:
+            rows = await self._select_dicts(
+                f"SELECT * FROM decisions ORDER BY ts DESC LIMIT {max(0, int(limit))}"
+            )
+            rows.reverse()
         for row in rows:
-            for key in ("target", "orders", "refusals", "inputs", "allowed", "trims"):
+            for key in (
+                "target",
+                "orders",
+                "refusals",
+                "inputs",
+                "allowed",
+                "trims",
+                "explanation",
+            ):
                 row[key] = None if row[key] is None else json.loads(row[key])
         return rows
+
+    async def record_explanation(self, ts: int, explanation: dict[str, Any]) -> None:
+        """Keep why the policy decided what it did at the close ``ts`` (its ``explain(ts)``:
+        for the Crypto Module vote ``{coin: {action, q, top: [[input, attribution], ...],
+        ...}}``) on that decision's row (recorded first by :meth:`record_decision`)."""
+        await self._db.execute(
+            "UPDATE decisions SET explanation = ? WHERE ts = ?",
+            (json.dumps(explanation, sort_keys=True, allow_nan=False), int(ts)),
+        )
+        await self._db.commit()
+
+    async def explanations(
+        self, start_ms: int | None = None, end_ms: int | None = None
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """``(ts, explanation)`` of every explained decision with ``start <= ts <= end``,
+        oldest first."""
+        query = "SELECT ts, explanation FROM decisions WHERE explanation IS NOT NULL"
+        params: list[int] = []
+        if start_ms is not None:
+            query += " AND ts >= ?"
+            params.append(int(start_ms))
+        if end_ms is not None:
+            query += " AND ts <= ?"
+            params.append(int(end_ms))
+        async with self._db.execute(query + " ORDER BY ts", params) as cursor:
+            return [(int(ts), json.loads(text)) async for ts, text in cursor]
+
+    async def latest_explanation(self, key: str) -> dict[str, Any] | None:
+        """The latest decision that explained ``key`` (a coin): ``ts``, ``target`` and
+        ``allowed`` (``{asset: weight}``) and ``explanation`` (its entry for ``key``); None
+        when no decision did."""
+        if '"' in key or "\\" in key:
+            return None
+        path = f'$."{key}"'
+        async with self._db.execute(
+            "SELECT ts, target, allowed, json_extract(explanation, ?) FROM decisions"
+            " WHERE json_extract(explanation, ?) IS NOT NULL ORDER BY ts DESC LIMIT 1",
+            (path, path),
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        ts, target, allowed, entry = row
+        return {
+            "ts": int(ts),
+            "target": dict(json.loads(target)) if target else {},
+            "allowed": dict(json.loads(allowed)) if allowed else {},
+            "explanation": json.loads(entry),
+        }
 
     async def record_command(self, command: OperatorCommand) -> None:
         """Keep an operator command, in the order it was applied (and the pause it leaves)."""

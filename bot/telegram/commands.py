@@ -18,15 +18,25 @@ commands, and polling goes on, with the backoff growing while the conflict repea
 A :class:`~bot.control.ControlError` is replied as is; any other exception gets a short reply
 and a traceback in the log. ``/stop`` only arms a confirmation: ``/stop confirm`` within
 ``stop_confirm_s`` (60 s) calls ``controls.stop()``.
+
+``/plug`` and ``/unplug`` change what trades: the first message only answers what would change
+(``controls.preview_plug`` / ``preview_unplug``, which refuse an unknown coin or model at once)
+and a one-time code; ``/confirm CODE`` from the same chat within ``confirm_s`` (2 minutes)
+does it. A confirmation from another chat, after the window or with a wrong code is refused and
+changes nothing (a wrong code also drops the pending request). The windows are measured on
+``clock``: the daemon passes its own (the exchange's) clock, tests a stepped one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import SecretStr
@@ -51,16 +61,37 @@ log = logging.getLogger(__name__)
 
 NOT_AUTHORISED = "Not authorised."
 STOP_CONFIRM_S = 60.0
+CONFIRM_S = 120.0
+"""How long a /plug or /unplug waits for its /confirm."""
+AUDIT_DEFAULT, AUDIT_MAX = 5, 20
 
 Handler = Callable[[int, list[str]], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class PendingChange:
+    """A /plug or /unplug waiting for its ``/confirm CODE`` (``deadline`` on the clock)."""
+
+    command: str  # what was asked, for the replies: "/plug BTC btc-7"
+    code: str
+    deadline: float
+    run: Callable[[], Awaitable[str]]
+
+
+def _window(seconds: float) -> str:
+    """``120`` -> ``2 minutes``, ``90`` -> ``90 s``."""
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:.0f} minutes"
+    return f"{seconds:.0f} s"
 
 
 class TelegramCommands:
     """Polls for commands and answers them through ``controls``; see the module docstring.
 
-    ``clock``: monotonic seconds (for the /stop confirmation window); ``client``: a ready
-    :class:`BotClient` (default: one built from ``config.api_url`` and ``token``); ``chats``: the
-    chat registry shared with the alerts (default: one over ``config.chat_ids``).
+    ``clock``: seconds that only go forward (for the confirmation windows; the daemon passes its
+    exchange clock); ``confirm_s``: how long a /plug or /unplug waits for /confirm; ``client``:
+    a ready :class:`BotClient` (default: one built from ``config.api_url`` and ``token``);
+    ``chats``: the chat registry shared with the alerts (default: one over ``config.chat_ids``).
     """
 
     def __init__(
@@ -71,6 +102,7 @@ class TelegramCommands:
         *,
         clock: Clock = time.monotonic,
         stop_confirm_s: float = STOP_CONFIRM_S,
+        confirm_s: float = CONFIRM_S,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 30.0,
         drop_pending: bool = True,
@@ -87,6 +119,8 @@ class TelegramCommands:
         self._drop_pending = drop_pending
         self._offset: int | None = None
         self._stop_armed: dict[int, float] = {}
+        self._confirm_s = confirm_s
+        self._pending: dict[int, PendingChange] = {}
         self._task: asyncio.Task[None] | None = None
         self._handling: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -98,13 +132,17 @@ class TelegramCommands:
             "balance": self._balance,
             "weights": self._weights,
             "modules": self._modules,
+            "audit": self._audit,
+            "regime": self._regime,
             "pause": self._pause,
             "resume": self._resume,
             "stop": self._stop,
             "retrain": self._retrain,
             "plug": self._plug,
             "unplug": self._unplug,
+            "confirm": self._confirm,
             "rollback": self._rollback,
+            "why": self._why,
             "help": self._help,
             "start": self._help,  # what Telegram clients send when a chat with the bot opens
         }
@@ -305,21 +343,91 @@ class TelegramCommands:
             return "Usage: /retrain COIN"
         return await self.controls.retrain(args[0].upper())
 
+    async def _audit(self, chat_id: int, args: list[str]) -> str:
+        usage = f"Usage: /audit [N] (N closes, 1..{AUDIT_MAX}; default {AUDIT_DEFAULT})"
+        if len(args) > 1:
+            return usage
+        try:
+            closes = int(args[0]) if args else AUDIT_DEFAULT
+        except ValueError:
+            return usage
+        if not 1 <= closes <= AUDIT_MAX:
+            return usage
+        return fmt.format_audit(await self.controls.audit(closes))
+
+    async def _regime(self, chat_id: int, args: list[str]) -> str:
+        regime = getattr(self.controls, "regime", None)
+        if regime is None:
+            return "This daemon does not report a regime."
+        return fmt.format_regime(await regime())
+
     async def _plug(self, chat_id: int, args: list[str]) -> str:
         if len(args) not in (1, 2):
             return "Usage: /plug COIN [MODEL_ID]"
-        model_id = args[1] if len(args) == 2 else None
-        return await self.controls.plug(args[0].upper(), model_id)
+        coin, model_id = args[0].upper(), (args[1] if len(args) == 2 else None)
+        preview = await self.controls.preview_plug(coin, model_id)
+        command = f"/plug {coin}" + (f" {model_id}" if model_id else "")
+        return self._ask_confirmation(
+            chat_id, command, preview, lambda: self.controls.plug(coin, model_id)
+        )
 
     async def _unplug(self, chat_id: int, args: list[str]) -> str:
         if len(args) != 1:
             return "Usage: /unplug COIN"
-        return await self.controls.unplug(args[0].upper())
+        coin = args[0].upper()
+        preview = await self.controls.preview_unplug(coin)
+        return self._ask_confirmation(
+            chat_id, f"/unplug {coin}", preview, lambda: self.controls.unplug(coin)
+        )
+
+    def _ask_confirmation(
+        self, chat_id: int, command: str, preview: str, run: Callable[[], Awaitable[str]]
+    ) -> str:
+        """Keep ``run`` for this chat behind a fresh one-time code (replacing what it asked
+        before) and answer the preview with the code."""
+        code = f"{secrets.randbelow(1_000_000):06d}"
+        self._pending[chat_id] = PendingChange(command, code, self._clock() + self._confirm_s, run)
+        return (
+            f"{preview}\nNothing changes until this chat replies /confirm {code} within "
+            f"{_window(self._confirm_s)}."
+        )
+
+    async def _confirm(self, chat_id: int, args: list[str]) -> str:
+        if len(args) != 1:
+            return "Usage: /confirm CODE (the code /plug or /unplug answered)"
+        code = args[0]
+        pending = self._pending.pop(chat_id, None)
+        if pending is None:
+            elsewhere = [c for c, p in self._pending.items() if hmac.compare_digest(p.code, code)]
+            if elsewhere:
+                log.warning(
+                    "telegram: chat %s sent the confirmation code of chat %s; refused",
+                    chat_id,
+                    elsewhere[0],
+                )
+                return (
+                    "Refused: that code was sent to another chat; only the chat that asked "
+                    "can confirm. Nothing changed."
+                )
+            return "Nothing waits for a confirmation in this chat: send /plug or /unplug first."
+        if self._clock() > pending.deadline:
+            return (
+                f"The confirmation of {pending.command} expired ({_window(self._confirm_s)}); "
+                "nothing changed. Send it again."
+            )
+        if not hmac.compare_digest(pending.code, code):
+            return f"Wrong code: {pending.command} is cancelled, nothing changed. Send it again."
+        return await pending.run()
 
     async def _rollback(self, chat_id: int, args: list[str]) -> str:
         if len(args) != 1:
             return "Usage: /rollback COIN"
         return await self.controls.rollback(args[0].upper())
+
+    async def _why(self, chat_id: int, args: list[str]) -> str:
+        if len(args) != 1:
+            return "Usage: /why COIN"
+        return fmt.format_why(await self.controls.why(args[0].upper()))
 
     async def _help(self, chat_id: int, args: list[str]) -> str:
         return fmt.format_help()

@@ -23,14 +23,18 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("status", "", "mode, pause/halt state, cycles, last error, equity"),
     ("balance", "", "equity, cash and positions"),
     ("weights", "", "target and actual weights"),
-    ("modules", "", "plugged Crypto Modules"),
+    ("modules", "", "Crypto Modules: version, validation, readiness, diagnostics"),
+    ("audit", "[N]", "the last N closes the guardrails changed (default 5)"),
+    ("regime", "", "the regime controller's variant weights and the manager's exposure"),
     ("pause", "", "stop sending orders (decisions go on)"),
     ("resume", "", "send orders again (clears a tripped kill switch)"),
     ("stop", "", "stop the daemon (asks for confirmation)"),
-    ("retrain", "COIN", "retrain a coin's module now"),
-    ("plug", "COIN [MODEL_ID]", "plug a module at the next cycle"),
-    ("unplug", "COIN", "unplug a module at the next cycle"),
+    ("retrain", "COIN", "retrain a coin's module now (the verdict is sent when it lands)"),
+    ("plug", "COIN [MODEL_ID]", "plug or swap a module at the next cycle (asks for a code)"),
+    ("unplug", "COIN", "unplug a module at the next cycle (asks for a code)"),
+    ("confirm", "CODE", "do the /plug or /unplug that sent CODE"),
     ("rollback", "COIN", "back to the previous module version"),
+    ("why", "COIN", "the inputs that drove a coin's latest decision"),
     ("help", "", "this list"),
 )
 """(name, arguments, description) of every command, in /help order."""
@@ -238,23 +242,184 @@ def format_weights(weights: Mapping[str, Any]) -> str:
     return truncate("\n".join(lines + _extras(weights, ("target", "actual", "ts"))))
 
 
+_MODULE_KEYS = (
+    "coin",
+    "model_id",
+    "ready",
+    "readiness",
+    "last_decision",
+    "last_decision_ts",
+    "pending",
+    "validation",
+    "created_at",
+    "last_bar",
+    "retraining",
+    "retraining_since",
+    "last_retrain",
+    "diagnostics",
+)
+
+
+def _validation_text(validation: Mapping[str, Any]) -> str:
+    parts = [f"{name.replace('_', ' ')} {fmt_signed(value)}" for name, value in validation.items()]
+    return "validation log return: " + ", ".join(parts)
+
+
+def fmt_signed(value: Any) -> str:
+    """A score with its sign and three decimals: ``+0.123``."""
+    return f"{value:+.3f}" if _is_number(value) and math.isfinite(value) else fmt_money(value)
+
+
+def _diagnostics_text(coin: str, diagnostics: Mapping[str, Any]) -> str:
+    n = diagnostics.get("decisions") or 0
+    if not n:
+        return "no journalled decision of this version yet"
+    text = (
+        f"last {n} decisions: in {coin} {fmt_pct(diagnostics.get('in_coin'))} of the time, "
+        f"flipped at {fmt_pct(diagnostics.get('flip_rate'))} of them"
+    )
+    if diagnostics.get("last_flip"):
+        text += f" (last {diagnostics['last_flip']})"
+    return text
+
+
 def format_modules(modules: Sequence[Mapping[str, Any]]) -> str:
-    """Reply to /modules: one line per plugged module."""
+    """Reply to /modules: a line per plugged module (version, readiness, last weight), then
+    its validation, freshness, diagnostics and retraining on indented lines when known."""
     if not modules:
         return "No modules plugged."
     lines = [f"Modules ({len(modules)})"]
     for module in modules:
-        parts = [
-            f"{module.get('coin', '?')}: {module.get('model_id', '?')}",
-            "ready" if module.get("ready") else "not ready",
-        ]
+        coin = module.get("coin", "?")
+        state = module.get("readiness") or ("ready" if module.get("ready") else "not ready")
+        parts = [f"{coin}: {module.get('model_id', '?')}", str(state)]
         last = module.get("last_decision")
-        parts.append(f"last weight {fmt_pct(last)}" if last is not None else "no decision yet")
+        if last is None:
+            parts.append("no decision yet")
+        else:
+            when = module.get("last_decision_ts")
+            parts.append(f"last weight {fmt_pct(last)}" + (f" at {when}" if when else ""))
         if module.get("pending"):
             parts.append(f"pending: {module['pending']}")
-        known = ("coin", "model_id", "ready", "last_decision", "pending")
-        parts.extend(_extras(module, known))
+        parts.extend(_extras(module, _MODULE_KEYS))
         lines.append(", ".join(parts))
+        details = []
+        if module.get("validation"):
+            details.append(_validation_text(module["validation"]))
+        if module.get("created_at"):
+            details.append(f"trained {module['created_at']}")
+        if module.get("last_bar"):
+            details.append(f"last bar {module['last_bar']}")
+        if details:
+            lines.append("  " + "; ".join(details))
+        if module.get("diagnostics") is not None:
+            lines.append("  " + _diagnostics_text(str(coin), module["diagnostics"]))
+        if module.get("retraining"):
+            since = module.get("retraining_since")
+            lines.append("  retraining now" + (f" (since {since})" if since else ""))
+        if module.get("last_retrain"):
+            lines.append(f"  last retraining: {module['last_retrain']}")
+    return truncate("\n".join(lines))
+
+
+def format_audit(audit: Mapping[str, Any]) -> str:
+    """Reply to /audit: per close, each asset's wanted -> allowed weight and the rules that
+    changed it, then the orders the market's filters trimmed."""
+    closes: Sequence[Mapping[str, Any]] = audit.get("closes") or ()
+    scanned, since = audit.get("scanned") or 0, audit.get("since")
+    if not scanned:
+        return "No decision journalled yet."
+    looked = f"{scanned} decisions since {since}" if since else f"{scanned} decisions"
+    if not closes:
+        return f"The guardrails changed nothing in the last {looked}."
+    lines = [f"Guardrail audit: {len(closes)} close(s) changed, in the last {looked}"]
+    for close in closes:
+        head = f"{close.get('ts')}"
+        if close.get("source"):
+            head += f" ({close['source']})"
+        lines.append(f"{head}, {close.get('orders', 0)} order(s)")
+        for change in close.get("changes") or ():
+            allowed = change.get("allowed")
+            allowed_text = "nothing (kill switch)" if allowed is None else fmt_pct(allowed)
+            lines.append(
+                f"  {change.get('asset')}: wanted {fmt_pct(change.get('wanted'))} -> allowed "
+                f"{allowed_text} ({change.get('rules')})"
+            )
+        for trim in close.get("trims") or ():
+            lines.append(
+                f"  trimmed {str(trim.get('side', '')).upper()} {trim.get('coin')}: "
+                f"{fmt_amount(trim.get('wanted'))} -> {fmt_amount(trim.get('planned'))} "
+                f"({trim.get('reason')})"
+            )
+    return truncate("\n".join(lines))
+
+
+def _weights_line(weights: Mapping[str, Any]) -> str:
+    return ", ".join(
+        f"{name} {fmt_pct(value)}"
+        for name, value in sorted(weights.items(), key=lambda kv: -_sort_value(kv[1]))
+    )
+
+
+def _sort_value(value: Any) -> float:
+    return float(value) if _is_number(value) and math.isfinite(value) else -math.inf
+
+
+def _feature_text(value: Any) -> str:
+    """A feature's value, or a coin's features (``volatility +0.031, trend -0.010``)."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{name} {_feature_text(v)}" for name, v in value.items())
+    return fmt_signed(value) if _is_number(value) else str(value)
+
+
+def format_regime(regime: Mapping[str, Any]) -> str:
+    """Reply to /regime: the manager's gross exposure, the controller's weights per coin and
+    the regime features; or plainly that the policy has no regime controller."""
+    policy = regime.get("policy") or "?"
+    if not regime.get("controller"):
+        return f"Policy {policy} has no regime controller."
+    state: Mapping[str, Any] | None = regime.get("state")
+    if not state:
+        return f"Policy {policy}: its regime controller has not decided yet."
+    when = state.get("ts")
+    when_text = fmt_ts(when) if _is_number(when) else when
+    lines = [f"Regime (policy {policy}" + (f", {when_text})" if when_text else ")")]
+    if state.get("exposure") is not None:
+        lines.append(f"Manager's gross exposure: {fmt_pct(state['exposure'])}")
+    variants: Mapping[str, Mapping[str, Any]] = state.get("variants") or {}
+    if variants:
+        lines.append("Controller's variant weights:")
+        lines += [f"  {coin}: {_weights_line(weights)}" for coin, weights in variants.items()]
+    features: Mapping[str, Any] = state.get("features") or {}
+    if features:
+        lines.append("Regime features now:")
+        lines += [f"  {name}: {_feature_text(value)}" for name, value in features.items()]
+    lines += _extras(state, ("ts", "exposure", "variants", "features"))
+    return truncate("\n".join(lines))
+
+
+def format_why(why: Mapping[str, Any], top: int = 5) -> str:
+    """Reply to /why COIN: the decision, its Q-values and the inputs that drove it."""
+    coin = why.get("coin", "?")
+    action = str(why.get("action", "?")).replace("_", " ")
+    weight = why.get("weight")
+    head = f"{coin} at {why.get('ts', '?')}: {action}"
+    if weight is not None:
+        head += f" (target weight {fmt_pct(weight)})"
+    q = why.get("q") or {}
+    lines = [head]
+    if q:
+        lines.append("Q: " + ", ".join(f"{a.replace('_', ' ')} {v:+.4f}" for a, v in q.items()))
+    inputs = list(why.get("top") or [])[:top]
+    if inputs:
+        lines.append("Drivers (+ for the action, - against):")
+        lines.extend(f"  {name} {value:+.4f}" for name, value in inputs)
+    eam = why.get("eam")
+    if isinstance(eam, Mapping) and eam.get("action"):
+        drivers = ", ".join(f"{n} {v:+.3f}" for n, v in list(eam.get("top") or [])[:3])
+        lines.append(f"EAM signal: {eam['action']}" + (f" ({drivers})" if drivers else ""))
+    if why.get("model_id"):
+        lines.append(f"module {why['model_id']}")
     return truncate("\n".join(lines))
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bot.store import MarketStore, MetricStore
@@ -194,6 +195,34 @@ models_dir = "{tmp_path / "models"}"
     async with await MarketStore.open(tmp_path / "var" / "market.db") as market:
         coverage = {(c.symbol, c.timeframe): c for c in await market.coverage()}
     assert coverage[("BTC/USDT", "1h")].rows == 365 * 24
+    # what drove the vote's decisions: a plot per coin and the attributions behind them
+    assert (report / "attribution_BTC.png").exists() and (report / "attribution_ETH.png").exists()
+    assert "What drove the decisions" in (report / "summary.md").read_text()
+    explained = pd.read_csv(report / "explanations.csv")
+    assert set(explained["coin"]) == {"BTC", "ETH"} and explained["attribution"].abs().sum() > 0
+
+    # ... and the explain command on the run folder: one decision, a range, bad input
+    code, text = await cryptorlpm(
+        "explain", str(out), "-c", str(config), "--coin", "btc", "--at", "2021-12-01T10:00"
+    )
+    assert code == 0, text
+    assert "BTC at 2021-12-01T" in text and "rank" in text and "attribution" in text
+    assert len(list((out / "explain").glob("explain_BTC_20211201T*.png"))) == 1
+    code, text = await cryptorlpm(
+        "explain", str(out), "-c", str(config), "--from", "2021-11-15", "--to", "2021-12-15"
+    )
+    assert code == 0, text
+    assert "BTC:" in text and "ETH:" in text and "ranked first" in text
+    assert (out / "explain" / "explain_ETH.png").exists()
+    for args, wanted in (
+        (["--coin", "DOGE"], "--coin DOGE: the run in"),
+        (["--at", "2020-01-01"], "--at 2020-01-01T00:00:00Z: outside the run"),
+        (["--at", "yesterday"], "--at 'yesterday': expected a UTC date"),
+    ):
+        code, text = await cryptorlpm("explain", str(out), "-c", str(config), *args)
+        assert code == 2 and wanted in text and "Traceback" not in text, text
+    code, text = await cryptorlpm("explain", str(tmp_path / "nowhere"))
+    assert code == 2 and "nowhere: no such folder" in text and "Traceback" not in text
 
 
 @pytest.mark.parametrize("command", [["--help"], ["data", "--help"]])

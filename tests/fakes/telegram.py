@@ -521,7 +521,7 @@ class RecordingControls:
             "paused": False,
             "halted": None,
             "cycles": 7,
-            "last_cycle": "2024-01-02T10:30:00+00:00",
+            "last_cycle": "2024-01-02T10:30:00Z",
             "last_error": None,
             "equity": 10_234.5,
             "quote": "USDT",
@@ -577,6 +577,49 @@ class RecordingControls:
         self._record("unplug", coin)
         return f"Unplugging {coin}."
 
+    async def preview_plug(self, coin: str, model_id: str | None = None) -> str:
+        self._record("preview_plug", coin, model_id)
+        return f"Plug {coin}: {model_id or 'the active model'} joins the vote at the next cycle."
+
+    async def preview_unplug(self, coin: str) -> str:
+        self._record("preview_unplug", coin)
+        return f"Unplug {coin} at the next cycle: the rebalance sells {coin}."
+
+    async def audit(self, closes: int = 5) -> dict[str, Any]:
+        self._record("audit", closes)
+        change = {"asset": "BTC", "wanted": 0.5, "allowed": 0.45, "rules": "max_weight_per_coin"}
+        trim = {"coin": "ETH", "side": "buy", "wanted": 2.0, "planned": 1.5, "reason": "cash"}
+        return {
+            "closes": [
+                {
+                    "ts": "2024-01-02T10:30:00Z",
+                    "source": "vote",
+                    "changes": [change],
+                    "trims": [trim],
+                    "orders": 2,
+                }
+            ],
+            "scanned": 12,
+            "since": "2024-01-02T07:45:00Z",
+        }
+
+    async def regime(self) -> dict[str, Any]:
+        self._record("regime")
+        return {"policy": "vote", "controller": False, "state": None}
+
     async def rollback(self, coin: str) -> str:
         self._record("rollback", coin)
         return f"Rolling back {coin}."
+
+    async def why(self, coin: str) -> dict[str, Any]:
+        self._record("why", coin)
+        return {
+            "coin": coin,
+            "ts": "2024-01-02T10:00:00+00:00",
+            "weight": 0.5,
+            "action": "all_coin",
+            "q": {"all_cash": 0.01, "all_coin": 0.25},
+            "top": [["BTC:exchange_outflow", 0.18], ["close", -0.04], ["volume", 0.01]],
+            "model_id": "btc-1",
+            "eam": {"action": "buy", "top": [["BTC:exchange_outflow", 0.3]]},
+        }

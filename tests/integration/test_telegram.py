@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from bot.bus import EventBus
+from bot.control import ControlError
 from bot.events import OrderFilled, PortfolioValued, RiskRefusal
 from bot.telegram import TelegramAlerts, TelegramChats, TelegramCommands
 from bot.telegram.chart import PNG_SIGNATURE
@@ -396,6 +397,28 @@ async def test_pause_then_resume_call_the_controls(
     await fake.wait_for(lambda: len(texts(fake)) == 2)
     assert controls.names() == ["pause", "resume"]
     assert texts(fake) == ["Paused: no new orders.", "Resumed."]
+
+
+async def test_why_answers_the_inputs_that_drove_the_coin_s_latest_decision(
+    fake: FakeTelegram, make_commands: MakeCommands
+) -> None:
+    controls = RecordingControls()
+    await make_commands(controls)
+    fake.inject_command(OPERATOR, "/why btc")
+    fake.inject_command(OPERATOR, "/why")
+    fake.inject_command(STRANGER, "/why BTC")
+    await fake.wait_for(lambda: len(texts(fake)) == 2 and texts(fake, STRANGER))
+    answer = texts(fake)[0]
+    assert answer.startswith("BTC at 2024-01-02") and "all coin" in answer
+    assert answer.index("BTC:exchange_outflow +0.1800") < answer.index("close -0.0400")
+    assert "EAM signal: buy" in answer and "btc-1" in answer
+    assert texts(fake)[1] == "Usage: /why COIN"
+    assert texts(fake, STRANGER) == [NOT_AUTHORISED]
+    assert controls.calls == [("why", ("BTC",))]  # the stranger reached nothing
+    controls.fail["why"] = ControlError("no Crypto Module for DOGE; plugged: BTC")
+    fake.inject_command(OPERATOR, "/why DOGE")
+    await fake.wait_for(lambda: len(texts(fake)) == 3)
+    assert texts(fake)[2] == "no Crypto Module for DOGE; plugged: BTC"
 
 
 async def test_stop_needs_a_confirmation(fake: FakeTelegram, make_commands: MakeCommands) -> None:

@@ -95,6 +95,27 @@ async def test_cli_pauses_the_running_daemon_and_reads_its_status(
     assert "cycles: 2" in status and "paused: True" in status
 
 
+async def test_cli_reads_the_guardrail_audit_and_the_regime_of_the_running_daemon(
+    fake: FakeBinance, tmp_path: Path
+) -> None:
+    cfg = live_config(fake, tmp_path / "data", COINS, risk={"max_weight_per_coin": 0.45})
+    path = write_config(cfg, tmp_path / "live.toml")
+    daemon = asyncio.create_task(run_daemon(cfg, Secrets(), build_policy, install_signals=False))
+    await step_cycles(fake, state_path(cfg), 2, daemon=daemon)
+    audit = (await run_cli("audit", "--closes", "1", "--config", str(path))).splitlines()
+    assert audit[0] == (
+        "Guardrail audit: 1 close(s) changed, in the last 2 decisions since 2024-03-01T00:00:00Z"
+    )
+    assert audit[1].startswith("2024-03-01T00:01:00Z (equal_weight), ")
+    assert "  BTC: wanted 50.0% -> allowed 45.0% (max_weight_per_coin)" in audit
+    assert "  USDT: wanted 0.0% -> allowed 10.0% (rest of the weights)" in audit
+    regime = await run_cli("regime", "--config", str(path))
+    assert regime.strip() == "Policy equal_weight has no regime controller."
+    daemon.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await daemon
+
+
 async def test_a_guardrail_working_as_configured_is_logged_as_information_not_a_warning(
     fake: FakeBinance, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -23,6 +24,7 @@ from backtest.report import (
 )
 from backtest.result import (
     AUDIT_COLUMNS,
+    EXPLANATION_COLUMNS,
     REFUSAL_COLUMNS,
     REJECTION_COLUMNS,
     TRADE_COLUMNS,
@@ -237,3 +239,32 @@ def test_the_guardrail_audit_is_a_table_a_csv_and_markers_on_the_weights(report:
     assert "## Guardrail audit" in text
     assert "| 2022-07-01T18:00:00Z | BTC | 0.9000 | 0.5000 | max_weight_per_coin |" in text
     assert "max_weight_per_coin</td>" in report.summary_html.read_text()
+
+
+def test_a_vote_s_explanations_give_an_attribution_plot_per_coin(tmp_path: Path, runs) -> None:
+    rng = np.random.default_rng(4)
+    names = ["close", "volume", "BTC:active_addresses", "EAM signal"]
+    rows = [
+        (int(ts), coin, "all_coin" if rng.random() > 0.5 else "all_cash", name, rng.normal())
+        for ts in CLOSES[::4]
+        for coin in ("BTC", "ETH")
+        for name in names
+    ]
+    explained = pd.DataFrame(rows, columns=EXPLANATION_COLUMNS)
+    strategy = dataclasses.replace(runs[0], explanations=explained)
+    paths = write_report(tmp_path / "r", strategy, runs[1:], title="Vote")
+    assert [p.name for p in paths.attribution_pngs] == [
+        "attribution_BTC.png",
+        "attribution_ETH.png",
+    ]
+    for png in paths.attribution_pngs:
+        assert png in paths.files() and Image.open(png).size[0] > 600
+    written = pd.read_csv(paths.explanations_csv)
+    assert len(written) == len(explained) and set(EXPLANATION_COLUMNS) <= set(written.columns)
+    assert "attribution_ETH.png" in paths.summary_md.read_text()
+    assert paths.summary_html.read_text().count("data:image/png") == 3 + 2
+    # a run without explanations (a baseline's policy) leaves none behind
+    again = write_report(tmp_path / "r", runs[0], runs[1:], title="Vote")
+    assert again.attribution_pngs == () and again.explanations_csv is None
+    assert not list((tmp_path / "r").glob("attribution_*.png"))
+    assert not (tmp_path / "r" / "explanations.csv").exists()

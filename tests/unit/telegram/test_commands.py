@@ -139,9 +139,9 @@ async def test_coin_arguments_are_passed_upper_case(
         await commands.handle(message(OPERATOR, text))
     assert controls.calls == [
         ("retrain", ("BTC",)),
-        ("plug", ("ETH", None)),
-        ("plug", ("SOL", "sol-7")),
-        ("unplug", ("XRP",)),
+        ("preview_plug", ("ETH", None)),
+        ("preview_plug", ("SOL", "sol-7")),
+        ("preview_unplug", ("XRP",)),
         ("rollback", ("BTC",)),
     ]
 
@@ -174,7 +174,7 @@ async def test_read_commands_reply_formatted_answers(
 async def test_control_errors_are_replied_as_is(
     commands: TelegramCommands, controls: RecordingControls
 ) -> None:
-    controls.fail["plug"] = ControlError("BTC is already plugged")
+    controls.fail["preview_plug"] = ControlError("BTC is already plugged")
     await commands.handle(message(OPERATOR, "/plug btc"))
     assert replies(commands)[-1] == (OPERATOR, "BTC is already plugged")
 
