@@ -34,10 +34,18 @@ MONTH_MS = 30 * DAY_MS
 
 def untrained_checkpoint(folder: Path) -> bool:
     """Whether a registry model kept a SAM checkpoint scored before its first gradient update
-    (``best_env_steps <= learning_starts``)."""
-    card = read_card(Path(folder))
-    sam = (card.get("training_run") or {}).get("sam") or {}
+    (``best_env_steps <= learning_starts``); for a MARS ensemble, whether any learned variant
+    did."""
+    from strategies.mars.artifact import is_ensemble
+    from strategies.mars.artifact import read_card as read_ensemble_card
+
+    mars = is_ensemble(Path(folder))
+    card = read_ensemble_card(folder) if mars else read_card(Path(folder))
     starts = int(((card.get("params") or {}).get("sam") or {}).get("learning_starts", 0))
+    if mars:
+        best_steps = (card.get("training_run") or {}).get("best_env_steps") or {}
+        return any(int(step) <= starts for step in best_steps.values())
+    sam = (card.get("training_run") or {}).get("sam") or {}
     best = sam.get("best_env_steps")
     return best is not None and int(best) <= starts
 

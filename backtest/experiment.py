@@ -17,13 +17,15 @@ from pathlib import Path
 from backtest.metrics import compute_metrics
 from backtest.pipeline import (
     backtest_baselines,
-    backtest_seeds,
+    backtest_policy_seeds,
     explain_vote_run,
     read_histories,
     replay_driver,
     summarise_seeds,
+    train_mars_modules,
     train_modules,
 )
+from backtest.regime_report import plot_controller
 from backtest.report import format_metrics_table, write_report
 from bot.feed import dataset
 from bot.store import MarketStore, MetricStore
@@ -108,8 +110,10 @@ async def run_paper_experiment(
     *,
     step: Callable[[str], None] = lambda name: None,
     on_trained: Callable[[str, int, Path, float], None] | None = None,
+    policy: str = "cryptorlpm",
 ) -> ExperimentOutcome:
-    """Import ``data_dir``, train once per coin and seed, backtest portfolios a, b, c."""
+    """Import ``data_dir``, train once per coin and seed, backtest portfolios a, b, c with
+    ``policy``: ``cryptorlpm`` (the paper's vote), ``mars`` or ``mars+manager``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     coins, seeds, test = cfg.market.coins, cfg.training.seeds, cfg.windows.test
     results: dict[str, dict] = {}
@@ -124,18 +128,24 @@ async def run_paper_experiment(
         notes = await coverage_notes(cfg, market)
         step(f"feature selection on {cfg.windows.train} for {', '.join(coins)}")
         histories = await read_histories(cfg, market, metrics, coins)
-        step(f"training {len(coins)} Crypto Modules x {len(seeds)} seeds")
-        folders = train_modules(
-            cfg, histories, seeds, cfg.training.models_dir, on_trained=on_trained
-        )
+        if policy == "cryptorlpm":
+            step(f"training {len(coins)} Crypto Modules x {len(seeds)} seeds")
+            folders = train_modules(
+                cfg, histories, seeds, cfg.training.models_dir, on_trained=on_trained
+            )
+        else:
+            step(f"training {len(coins)} MARS ensembles x {len(seeds)} seeds")
+            folders = train_mars_modules(
+                cfg, histories, seeds, cfg.training.models_dir, on_trained=on_trained
+            )
         for name, members in PORTFOLIOS.items():
             step(f"portfolio {name} ({', '.join(members)}) on {test}")
             driver = await replay_driver(cfg, market, metrics, members, test.start_ms, test.end_ms)
-            runs = await backtest_seeds(cfg, folders, members, seeds, driver)
+            runs, regime = await backtest_policy_seeds(cfg, policy, folders, members, seeds, driver)
             summary = summarise_seeds(runs)
             others = await backtest_baselines(cfg, members, driver)
             entry: dict[str, dict] = {
-                "cryptorlpm": {
+                policy: {
                     **{k: summary.median[k] for k in TABLE_METRICS},
                     "seeds": [
                         {"seed": s, **{k: m[k] for k in TABLE_METRICS}}
@@ -147,16 +157,27 @@ async def run_paper_experiment(
                 entry[run.name] = {k: compute_metrics(run)[k] for k in TABLE_METRICS}
             results[name] = entry
             median = {c: folders[c, summary.median_seed] for c in members}
+            shown = runs[summary.median_seed]
+            if policy == "cryptorlpm":  # explanations attribute the vote's Crypto Modules
+                shown = explain_vote_run(cfg, median, driver, shown)
             write_report(
                 out_dir / f"portfolio_{name}",
-                explain_vote_run(cfg, median, driver, runs[summary.median_seed]),
+                shown,
                 others,
                 title=f"Portfolio {name}: {', '.join(members)} ({test})",
                 notes=[
-                    f"cryptorlpm: seed {summary.median_seed} of {list(seeds)} (median ARR).",
+                    f"{policy}: seed {summary.median_seed} of {list(seeds)} (median ARR).",
                     *notes,
                 ],
             )
+            if regime.get(summary.median_seed):
+                plot_controller(
+                    runs[summary.median_seed],
+                    regime[summary.median_seed],
+                    out_dir / f"portfolio_{name}" / "controller.png",
+                    title=f"Portfolio {name}: {policy} (seed {summary.median_seed}): equity, "
+                    "controller weights and exposure",
+                )
             tables.append((name, members, entry))
     windows = {k: str(getattr(cfg.windows, k)) for k in ("train", "validation", "test")}
     results_json = out_dir / "results.json"
@@ -170,7 +191,7 @@ async def run_paper_experiment(
         )
     )
     table_md = out_dir / "table.md"
-    table_md.write_text(table2_markdown(tables, windows, seeds, notes))
+    table_md.write_text(table2_markdown(tables, windows, seeds, notes, policy=policy))
     return ExperimentOutcome(results_json, table_md, notes)
 
 
@@ -179,6 +200,8 @@ def table2_markdown(
     windows: dict[str, str],
     seeds: Sequence[int],
     notes: Sequence[str],
+    *,
+    policy: str = "cryptorlpm",
 ) -> str:
     """The Table-2-style comparison: one block per portfolio, one row per method."""
     import pandas as pd
@@ -187,7 +210,7 @@ def table2_markdown(
         "# CryptoRLPM paper experiment",
         "",
         f"Train {windows['train']}, validation {windows['validation']}, test {windows['test']}; "
-        f"cryptorlpm = median over seeds {list(seeds)}. ARR accumulated return, DRR mean daily "
+        f"{policy} = median over seeds {list(seeds)}. ARR accumulated return, DRR mean daily "
         "return, SR Sortino ratio (the paper's), Sharpe, MDD maximum drawdown.",
         "",
         *(f"> {note}" for note in notes),

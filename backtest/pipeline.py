@@ -20,9 +20,9 @@ from backtest.replay import Progress, ReplayDriver
 from backtest.result import RunResult
 from backtest.run import run_backtest
 from bot.engine.step import DecisionContext, Policy
-from bot.events import ModuleDecision
+from bot.events import GrossExposure, ModuleDecision, VariantWeights
 from bot.store import MarketStore, MetricStore
-from config.schema import AppConfig, CryptoModuleParams
+from config.schema import AppConfig, CryptoModuleParams, MarsConfig
 from strategies.agents.train import (
     CoinHistory,
     TrainedCryptoModule,
@@ -33,6 +33,7 @@ from strategies.agents.train import (
 from strategies.baselines import baselines
 from strategies.crypto_module import CryptoModule
 from strategies.features.inputs import check_windows, fit_coin_features, read_coin_inputs
+from strategies.mars.training import TrainedEnsemble
 from strategies.portfolio import PortfolioVote
 from strategies.registry import save_crypto_module
 
@@ -73,12 +74,37 @@ class TrainJob:
     windows: Windows
     params: CryptoModuleParams
     seed: int
+    cost: float
+    """The trading cost rate to train against (``[broker].trading_cost``)."""
 
 
 def run_train_job(job: TrainJob) -> TrainedCryptoModule:
     """Train one module (top-level, for :func:`backtest.compute.fan_out`); its evaluation log
     comes back in ``extra["log"]`` instead of being written where the job runs."""
-    return train_cm(job.history, job.windows, job.params, job.seed)
+    return train_cm(job.history, job.windows, job.params, job.seed, cost=job.cost)
+
+
+@dataclass(frozen=True)
+class MarsTrainJob:
+    """One coin's MARS ensembles to train, every seed of ``seeds`` in one batched network
+    (picklable, like :class:`TrainJob`)."""
+
+    history: CoinHistory
+    windows: Windows
+    params: CryptoModuleParams
+    mars: MarsConfig
+    seeds: tuple[int, ...]
+    cost: float
+
+
+def run_mars_job(job: MarsTrainJob) -> list[TrainedEnsemble]:
+    """Train one coin's ensembles for every seed (top-level, for
+    :func:`backtest.compute.fan_out`)."""
+    from strategies.mars.training import train_ensembles
+
+    return train_ensembles(
+        job.history, job.windows, job.params, job.mars, list(job.seeds), cost=job.cost
+    )
 
 
 def save_trained(
@@ -115,7 +141,8 @@ def train_modules(
     """
     windows = Windows.from_config(cfg.windows)
     keys = [(coin, seed) for seed in seeds for coin in histories]
-    jobs = [TrainJob(histories[coin], windows, cfg.agents, seed) for coin, seed in keys]
+    cost = cfg.broker.trading_cost
+    jobs = [TrainJob(histories[coin], windows, cfg.agents, seed, cost) for coin, seed in keys]
     folders: dict[tuple[str, int], Path] = {}
 
     def saved(index: int, trained: TrainedCryptoModule) -> None:
@@ -216,12 +243,14 @@ def explain_vote_run(
 
 
 class RecordingPolicy:
-    """Wraps a policy and records the module decisions it notes while it runs."""
+    """Wraps a policy and records the module decisions it notes while it runs (and, for the
+    MARS policies, the controller's weights and the manager's exposure)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.name = policy.name
         self.decisions: list[ModuleDecision] = []
+        self.regime: list[VariantWeights | GrossExposure] = []
         prepare = getattr(policy, "prepare", None)
         if prepare is not None:
             self.prepare = prepare
@@ -229,7 +258,11 @@ class RecordingPolicy:
     def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
         """The wrapped policy's answer; its module decisions are kept."""
         answer = self.policy.decide(context)
-        self.decisions.extend(n for n in context.notes if isinstance(n, ModuleDecision))
+        for note in context.notes:
+            if isinstance(note, ModuleDecision):
+                self.decisions.append(note)
+            elif isinstance(note, VariantWeights | GrossExposure):
+                self.regime.append(note)
         return answer
 
 
@@ -246,6 +279,83 @@ async def backtest_seeds(
         vote = await backtest_vote(cfg, {c: folders[c, seed] for c in coins}, driver)
         runs[seed] = vote.result
     return runs
+
+
+def train_mars_modules(
+    cfg: AppConfig,
+    histories: Mapping[str, CoinHistory],
+    seeds: Sequence[int],
+    root: Path,
+    *,
+    on_trained: Callable[[str, int, Path, float], None] | None = None,
+) -> dict[tuple[str, int], Path]:
+    """Train every coin's MARS ensembles on ``cfg.windows`` (all seeds of a coin in one batched
+    network), fanned out over coins on ``[compute]``; returns the folders by (coin, seed)."""
+    from strategies.mars.artifact import save_ensemble
+
+    windows = Windows.from_config(cfg.windows)
+    coins = list(histories)
+    cost = cfg.broker.trading_cost
+    jobs = [
+        MarsTrainJob(histories[c], windows, cfg.agents, cfg.mars, tuple(seeds), cost) for c in coins
+    ]
+    folders: dict[tuple[str, int], Path] = {}
+
+    def saved(index: int, trained: list[TrainedEnsemble]) -> None:
+        for one in trained:
+            folders[coins[index], one.seed] = save_ensemble(Path(root) / "mars", one)
+            if on_trained is not None:
+                on_trained(coins[index], one.seed, folders[coins[index], one.seed], one.seconds)
+
+    fan_out(run_mars_job, jobs, cfg.compute, on_result=saved)
+    return folders
+
+
+def mars_policy(cfg: AppConfig, folders: Mapping[str, Path], *, manager: bool) -> Policy:
+    """A ``mars`` (or ``mars+manager``) policy over freshly loaded ensembles (coin -> folder),
+    deciding over all time with one set of ensembles."""
+    from strategies.mars.artifact import load_ensemble
+    from strategies.mars.module import MarsModule
+    from strategies.mars.policy import ALWAYS, MarsPolicy, ModuleSet
+
+    trend_days = cfg.baselines.trend_days
+    modules = {
+        coin: MarsModule(load_ensemble(folder), cfg.market.symbol(coin), trend_days)
+        for coin, folder in folders.items()
+    }
+    return MarsPolicy(
+        cfg.market.quote,
+        tuple(folders),
+        [ModuleSet(*ALWAYS, modules)],
+        cfg.mars,
+        timeframe=cfg.market.timeframe,
+        trend_days=trend_days,
+        cost=cfg.broker.trading_cost,
+        manager=manager,
+    )
+
+
+async def backtest_policy_seeds(
+    cfg: AppConfig,
+    policy: str,
+    folders: Mapping[tuple[str, int], Path],
+    coins: Sequence[str],
+    seeds: Sequence[int],
+    driver: ReplayDriver,
+) -> tuple[dict[int, RunResult], dict[int, list[VariantWeights | GrossExposure]]]:
+    """``policy`` (``cryptorlpm``, ``mars`` or ``mars+manager``) of ``coins`` once per seed:
+    the runs and, for the MARS policies, the controller's and the manager's notes."""
+    runs, notes = {}, {}
+    for seed in seeds:
+        chosen = {c: folders[c, seed] for c in coins}
+        if policy == "cryptorlpm":
+            built: Policy = vote_policy(cfg, chosen)
+        else:
+            built = mars_policy(cfg, chosen, manager=policy == "mars+manager")
+        recording = RecordingPolicy(built)
+        runs[seed] = await run_backtest(cfg, recording, driver, name=policy)
+        notes[seed] = recording.regime
+    return runs, notes
 
 
 async def backtest_baselines(

@@ -4,7 +4,8 @@ A :class:`PolicyBuilder` says whether its policy needs Crypto Modules trained at
 (``trains``) and builds the engine policy of one seed from a :class:`PolicyContext` (the coins,
 the config, the walk-forward folds and, when it trains, each fold's registry folders per coin).
 ``cryptorlpm`` (the paper's CM vote, modules swapped at each refit as the Agent Updating Unit
-does live) trains; the baselines do not. New policies (e.g. risk-profiled ensembles) register a
+does live), ``mars`` and ``mars+manager`` (MARS ensembles per coin, :mod:`strategies.mars`)
+train; the baselines do not. New policies (e.g. risk-profiled ensembles) register a
 builder with :func:`register_policy` and become available to ``experiment walkforward --policy``.
 
 Baseline names: ``bh_<COIN>`` (buy & hold of one coin), ``equal_weight`` (1/N rebalanced),
@@ -28,6 +29,9 @@ from strategies.baselines import (
     TrendFilter,
 )
 from strategies.crypto_module import CryptoModule
+from strategies.mars.artifact import load_ensemble
+from strategies.mars.module import MarsModule
+from strategies.mars.policy import MARS, MARS_MANAGER, MarsPolicy, ModuleSet
 from strategies.portfolio import VOTE_SOURCE, PortfolioVote, ReplayHistory
 
 
@@ -60,6 +64,9 @@ class PolicyBuilder:
     trains: bool
     build: Callable[[PolicyContext], Policy]
     description: str = ""
+    trainer: str = "cm"
+    """What a policy that trains needs at every refit: ``"cm"`` (one Crypto Module per coin and
+    seed) or ``"mars"`` (one MARS ensemble per coin and seed, the seeds trained together)."""
 
 
 _REGISTRY: dict[str, PolicyBuilder] = {}
@@ -174,6 +181,34 @@ def build_cryptorlpm(ctx: PolicyContext) -> FoldSwitchingVote:
     return FoldSwitchingVote(quote, folds, ctx.cfg.live.warmup_days * DAY_MS)
 
 
+# --- MARS ensembles, walked forward -------------------------------------------------------------
+
+
+def build_mars(ctx: PolicyContext, *, manager: bool = False) -> MarsPolicy:
+    """Each fold's MARS ensembles (one per coin, this context's seed) under the meta-controller
+    (and the manager), swapped at every refit like :class:`FoldSwitchingVote`'s modules."""
+    cfg = ctx.cfg
+    sets = []
+    for span in ctx.folds:
+        folders = ctx.models[span.index]
+        modules = {
+            c: MarsModule(load_ensemble(folders[c]), cfg.market.symbol(c), cfg.baselines.trend_days)
+            for c in ctx.coins
+        }
+        sets.append(ModuleSet(span.start_ms, span.end_ms, modules))
+    return MarsPolicy(
+        cfg.market.quote,
+        ctx.coins,
+        sets,
+        cfg.mars,
+        timeframe=cfg.market.timeframe,
+        trend_days=cfg.baselines.trend_days,
+        cost=cfg.broker.trading_cost,
+        warmup_ms=cfg.live.warmup_days * DAY_MS,
+        manager=manager,
+    )
+
+
 def _trend(ctx: PolicyContext) -> TrendFilter:
     cfg = ctx.cfg
     return TrendFilter(ctx.coins, cfg.market.timeframe, cfg.baselines.trend_days)
@@ -181,6 +216,24 @@ def _trend(ctx: PolicyContext) -> TrendFilter:
 
 register_policy(
     PolicyBuilder("cryptorlpm", True, build_cryptorlpm, "the paper's Crypto Module vote")
+)
+register_policy(
+    PolicyBuilder(
+        MARS,
+        True,
+        build_mars,
+        "risk-profiled variants per coin weighted by a meta-controller",
+        trainer="mars",
+    )
+)
+register_policy(
+    PolicyBuilder(
+        MARS_MANAGER,
+        True,
+        lambda ctx: build_mars(ctx, manager=True),
+        "MARS ensembles under a manager that sets the gross exposure",
+        trainer="mars",
+    )
 )
 register_policy(
     PolicyBuilder(

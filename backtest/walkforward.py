@@ -22,28 +22,32 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from backtest.compute import fan_out
 from backtest.experiment import PORTFOLIOS, DataRangeError
 from backtest.pipeline import (
+    MarsTrainJob,
     RecordingPolicy,
     TrainJob,
     replay_driver,
+    run_mars_job,
     run_train_job,
     save_trained,
 )
 from backtest.policies import FoldSpan, PolicyContext, baseline_names, policy_builder
 from backtest.result import RunResult
 from backtest.run import run_backtest
-from bot.events import ModuleDecision
+from bot.events import GrossExposure, ModuleDecision, VariantWeights
 from bot.feed import dataset
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import DAY_MS, ms_to_iso
 from config.schema import AppConfig, DataConfig, TrainingConfig
-from strategies.agents.train import CoinHistory, TrainedCryptoModule, Windows, coin_history
+from strategies.agents.train import CoinHistory, Windows, coin_history
 from strategies.features.inputs import CoinInputs, fit_coin_features, read_coin_inputs
+from strategies.mars.artifact import save_ensemble
 from strategies.updating import causal_inputs
 
 MIN_TRAIN_DAYS = 30
@@ -100,6 +104,9 @@ class PortfolioRuns:
     decisions: dict[int, list[ModuleDecision]]
     baselines: list[RunResult]
     untrained: dict[int, dict[str, bool]] = field(default_factory=dict)
+    regime: dict[int, list[VariantWeights | GrossExposure]] = field(default_factory=dict)
+    """Per seed, the MARS controller's weights and the manager's exposure as noted (empty for
+    other policies)."""
 
 
 @dataclass
@@ -113,6 +120,10 @@ class WalkForwardRuns:
     trainings: int
     training_seconds: float
     backtest_seconds: float = 0.0
+    reused: int = 0
+    """Trainings taken from the models folder's cache instead of run again."""
+    mars_conservative: tuple[str, ...] = ()
+    """``[mars].conservative`` of the run (which variants reports count as conservative)."""
 
 
 def plan_folds(
@@ -195,9 +206,15 @@ async def run_walkforward(
         )
         models: dict[tuple[int, str, int], Path] = {}
         started = time.perf_counter()
+        reused = 0
         if builder.trains:
-            step(f"feature selection and training: {len(folds)} folds x {len(coins)} coins")
-            models = _train_folds(cfg, inputs, folds, spec.seeds, on_trained)
+            step(
+                f"feature selection and training ({builder.trainer}): {len(folds)} folds x "
+                f"{len(coins)} coins"
+            )
+            models, reused = _train_folds(
+                cfg, inputs, folds, spec.seeds, on_trained, builder.trainer
+            )
         seconds = time.perf_counter() - started
     step(
         f"backtests: {spec.policy} x {len(spec.seeds) if builder.trains else 1} and every "
@@ -219,12 +236,13 @@ async def run_walkforward(
     for name in spec.portfolios:
         members = PORTFOLIOS[name]
         runs = PortfolioRuns(name, members, {}, {}, [])
-        for job, (result, decisions) in zip(jobs, done, strict=True):
+        for job, (result, decisions, regime) in zip(jobs, done, strict=True):
             if job.portfolio != name:
                 continue
             if job.policy == spec.policy:
                 key = job.seed if job.seed is not None else 0
                 runs.policy[key], runs.decisions[key] = result, decisions
+                runs.regime[key] = regime
                 runs.untrained[key] = (
                     {c: any(_untrained(m[c]) for m in job.models.values()) for c in members}
                     if builder.trains
@@ -234,7 +252,17 @@ async def run_walkforward(
                 runs.baselines.append(result)
         results.append(runs)
     trainings = len(models)
-    return WalkForwardRuns(spec, folds, results, notes, trainings, seconds, backtest_seconds)
+    return WalkForwardRuns(
+        spec,
+        folds,
+        results,
+        notes,
+        trainings,
+        seconds,
+        backtest_seconds,
+        reused=reused,
+        mars_conservative=cfg.mars.conservative,
+    )
 
 
 def _untrained(folder: Path) -> bool:
@@ -258,13 +286,17 @@ class BacktestJob:
     end_ms: int
 
 
-def run_backtest_job(job: BacktestJob) -> tuple[RunResult, list[ModuleDecision]]:
-    """Replay the stores through the engine with the job's policy; the run and its module
-    decisions. Top-level, for :func:`backtest.compute.fan_out` (call it where no event loop runs;
-    the stores must be reachable where it runs, as they are for a pool or a local Ray)."""
+JobResult = tuple[RunResult, list[ModuleDecision], list[VariantWeights | GrossExposure]]
+
+
+def run_backtest_job(job: BacktestJob) -> JobResult:
+    """Replay the stores through the engine with the job's policy; the run, its module
+    decisions and (MARS) the controller's and manager's notes. Top-level, for
+    :func:`backtest.compute.fan_out` (call it where no event loop runs; the stores must be
+    reachable where it runs, as they are for a pool or a local Ray)."""
     import asyncio
 
-    async def go() -> tuple[RunResult, list[ModuleDecision]]:
+    async def go() -> JobResult:
         cfg = AppConfig.model_validate(job.cfg_json)
         async with (
             await MarketStore.open(cfg.data.market_path) as market,
@@ -274,7 +306,7 @@ def run_backtest_job(job: BacktestJob) -> tuple[RunResult, list[ModuleDecision]]
         context = PolicyContext(cfg, job.coins, job.seed, job.folds, job.models)
         recording = RecordingPolicy(policy_builder(job.policy).build(context))
         result = await run_backtest(cfg, recording, driver, name=job.policy)
-        return result, recording.decisions
+        return result, recording.decisions, recording.regime
 
     return asyncio.run(go())
 
@@ -351,28 +383,121 @@ def _train_folds(
     folds: Sequence[Fold],
     seeds: Sequence[int],
     on_trained: Callable[[Fold, str, int, float], None] | None,
-) -> dict[tuple[int, str, int], Path]:
-    """Fit every fold's DRU per coin, train every (fold, coin, seed) module on ``[compute]``,
-    save each under ``<models_dir>/fold_<k>``."""
-    keys, jobs = [], []
+    trainer: str = "cm",
+) -> tuple[dict[tuple[int, str, int], Path], int]:
+    """Fit every fold's DRU per coin, train every (fold, coin, seed) module (``trainer``
+    ``"cm"``) or every (fold, coin) ensemble of all seeds (``"mars"``) on ``[compute]``, save
+    each under ``<models_dir>/fold_<k>``; returns the folders and how many came from the
+    folder's cache (:class:`TrainingCache`: the same inputs, parameters and seeds trained
+    before)."""
+    root = Path(cfg.training.models_dir)
+    cache = TrainingCache(root)
+    folders: dict[tuple[int, str, int], Path] = {}
+    keys: list[tuple[int, str, tuple[int, ...], str]] = []
+    jobs: list[Any] = []
+    reused = 0
     for fold in folds:
         windows = Windows(fold.train, fold.validation)
         for coin, coin_inputs in inputs.items():
             history = fold_history(cfg, coin_inputs, fold)
-            for seed in seeds:
-                keys.append((fold.index, coin, seed))
-                jobs.append(TrainJob(history, windows, cfg.agents, seed))
-    folders: dict[tuple[int, str, int], Path] = {}
-    root = Path(cfg.training.models_dir)
+            groups = [(s,) for s in seeds] if trainer == "cm" else [tuple(seeds)]
+            for group in groups:
+                digest = training_digest(cfg, trainer, history, windows, group)
+                hit = cache.get(digest)
+                if hit is not None:
+                    folders.update({(fold.index, coin, s): hit[s] for s in group})
+                    reused += len(group)
+                    continue
+                keys.append((fold.index, coin, group, digest))
+                if trainer == "cm":
+                    cost = cfg.broker.trading_cost
+                    jobs.append(TrainJob(history, windows, cfg.agents, group[0], cost))
+                else:
+                    jobs.append(
+                        MarsTrainJob(
+                            history, windows, cfg.agents, cfg.mars, group, cfg.broker.trading_cost
+                        )
+                    )
 
-    def saved(index: int, trained: TrainedCryptoModule) -> None:
-        fold_index, coin, seed = keys[index]
-        folders[keys[index]] = save_trained(cfg, trained, root / f"fold_{fold_index}")
-        if on_trained is not None:
-            on_trained(folds[fold_index], coin, seed, trained.seconds)
+    def saved(index: int, trained: Any) -> None:
+        fold_index, coin, group, digest = keys[index]
+        where = root / f"fold_{fold_index}"
+        if trainer == "cm":
+            made = {group[0]: save_trained(cfg, trained, where)}
+            seconds = {group[0]: trained.seconds}
+        else:
+            made = {t.seed: save_ensemble(where, t) for t in trained}
+            seconds = {t.seed: t.seconds for t in trained}
+        cache.put(digest, made)
+        for seed, folder in made.items():
+            folders[fold_index, coin, seed] = folder
+            if on_trained is not None:
+                on_trained(folds[fold_index], coin, seed, seconds[seed])
 
-    fan_out(run_train_job, jobs, cfg.compute, on_result=saved)
-    return folders
+    fan_out(run_train_job if trainer == "cm" else run_mars_job, jobs, cfg.compute, on_result=saved)
+    return folders, reused
+
+
+def training_digest(
+    cfg: AppConfig, trainer: str, history: CoinHistory, windows: Windows, seeds: Sequence[int]
+) -> str:
+    """A fingerprint of everything one training depends on: the trainer, its hyperparameters,
+    the trading cost, the windows, the seeds and the history's bars and features (bytes)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    settings = {
+        "trainer": trainer,
+        "agents": cfg.agents.model_dump(mode="json"),
+        "mars": cfg.mars.model_dump(mode="json") if trainer == "mars" else None,
+        "cost": cfg.broker.trading_cost,
+        "windows": [list(windows.train), list(windows.validation)],
+        "seeds": list(seeds),
+        "coin": history.coin,
+        "timeframe": history.timeframe,
+        "feature_names": list(history.feature_names),
+        "format": 1,
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for array in (history.open_time, history.ohlcv, history.features, history.ready):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:24]
+
+
+class TrainingCache:
+    """``<models_dir>/trainings.json``: which folders a training fingerprint produced, so a
+    second walk-forward over the same models folder (``--models-dir``; e.g. ``mars`` then
+    ``mars+manager``, which train the same ensembles) reuses them instead of training again."""
+
+    FILE = "trainings.json"
+
+    def __init__(self, root: Path) -> None:
+        import json
+
+        self.path = Path(root) / self.FILE
+        self.entries: dict[str, dict[str, str]] = (
+            json.loads(self.path.read_text()) if self.path.exists() else {}
+        )
+
+    def get(self, digest: str) -> dict[int, Path] | None:
+        """The seed -> folder map of a fingerprint, if every folder still exists."""
+        entry = self.entries.get(digest)
+        if entry is None:
+            return None
+        folders = {int(seed): Path(folder) for seed, folder in entry.items()}
+        return folders if all(f.is_dir() for f in folders.values()) else None
+
+    def put(self, digest: str, folders: Mapping[int, Path]) -> None:
+        """Remember ``folders`` for ``digest`` (written at once: an interrupted run keeps what
+        it finished)."""
+        import json
+
+        self.entries[digest] = {str(seed): str(folder) for seed, folder in folders.items()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+        tmp.replace(self.path)
 
 
 def slice_run(run: RunResult, start_ms: int, end_ms: int) -> RunResult:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +29,15 @@ from backtest.diagnostics import average_diagnostics, flagged, module_diagnostic
 from backtest.experiment import _finite
 from backtest.metrics import compute_metrics, daily_returns
 from backtest.plots import plot_fold_bars
+from backtest.regime_report import plot_controller, regime_summary
 from backtest.report import write_report
 from backtest.result import RunResult
 from backtest.walkforward import PortfolioRuns, WalkForwardRuns, seed_matrix, slice_run
 
 EDGE_AGAINST = ("equal_weight", "trend_filter")
+RUN_KEYS = ("arr", "sortino", "sharpe", "volatility", "mdd", "turnover")
+FOLD_KEYS = ("arr", "sortino", "sharpe", "volatility", "mdd", "turnover")
+RUNS_FILE = "runs.pkl"
 BLOCK_DAYS = 10
 RESAMPLES = 2000
 PBO_BLOCKS = 16
@@ -52,11 +57,18 @@ def trial_count(runs: WalkForwardRuns, configs: int = 1) -> dict[str, int]:
     }
 
 
+def conservative_names(runs: WalkForwardRuns) -> tuple[str, ...]:
+    """The variants counted as conservative (``[mars].conservative`` of the run's config)."""
+    from config.schema import MarsConfig
+
+    return tuple(runs.mars_conservative or MarsConfig().conservative)
+
+
 def run_stats(run: RunResult, seed: int = 0) -> dict[str, Any]:
     """Metrics of one run with bootstrap intervals and PSR."""
     metrics = compute_metrics(run)
     returns = daily_returns(run).to_numpy()
-    row: dict[str, Any] = {k: metrics[k] for k in ("arr", "sortino", "sharpe", "mdd", "turnover")}
+    row: dict[str, Any] = {k: metrics[k] for k in RUN_KEYS}
     row["fees_share"] = metrics["fees"] / run.initial_cash if run.initial_cash else math.nan
     row["days"] = metrics["days"]
     row["ci"] = {
@@ -81,10 +93,7 @@ def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[s
     rows: dict[str, Any] = {runs.spec.policy: run_stats(policy[median_seed])}
     entry = rows[runs.spec.policy]
     entry["median_seed"] = median_seed
-    entry["seeds"] = [
-        {"seed": s, **{k: metrics[s][k] for k in ("arr", "sortino", "sharpe", "mdd", "turnover")}}
-        for s in policy
-    ]
+    entry["seeds"] = [{"seed": s, **{k: metrics[s][k] for k in RUN_KEYS}} for s in policy]
     for baseline in portfolio.baselines:
         rows[baseline.name] = run_stats(baseline)
 
@@ -102,6 +111,12 @@ def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[s
     entry["pbo_with_baselines"] = _pbo(with_baselines)
     entry["edge"] = _edges(policy, median_seed, portfolio.baselines)
     entry["diagnostics"] = _diagnostics(runs, portfolio)
+    if any(portfolio.regime.values()):
+        conservative = conservative_names(runs)
+        entry["regime"] = {
+            str(s): regime_summary(portfolio.regime.get(s, []), run, conservative)
+            for s, run in policy.items()
+        }
     return {
         "coins": list(portfolio.coins),
         "runs": rows,
@@ -182,14 +197,13 @@ def _folds(runs: WalkForwardRuns, portfolio: PortfolioRuns, median_seed: int) ->
             "train": [fold.train[0], fold.train[1]],
             "validation": [fold.validation[0], fold.validation[1]],
             runs.spec.policy: {
-                k: statistics.median(float(m[k]) for m in cut.values())
-                for k in ("arr", "sharpe", "mdd")
+                k: statistics.median(float(m[k]) for m in cut.values()) for k in FOLD_KEYS
             },
             f"{runs.spec.policy}_seeds": {str(s): m["arr"] for s, m in cut.items()},
         }
         for baseline in portfolio.baselines:
             m = compute_metrics(slice_run(baseline, fold.start_ms, fold.end_ms))
-            row[baseline.name] = {k: m[k] for k in ("arr", "sharpe", "mdd")}
+            row[baseline.name] = {k: m[k] for k in FOLD_KEYS}
         out.append(row)
     return out
 
@@ -199,8 +213,11 @@ def _folds(runs: WalkForwardRuns, portfolio: PortfolioRuns, median_seed: int) ->
 
 def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) -> dict[str, Any]:
     """Write ``results.json``, ``table.md`` and one report folder per portfolio (plots, per-fold
-    bars); return the results document."""
+    bars), and keep the runs themselves in ``runs.pkl`` (so the statistics can be recomputed
+    without replaying: :func:`rewrite_walkforward`); return the results document."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / RUNS_FILE).open("wb") as file:
+        pickle.dump({"runs": runs, "wall_s": wall_s}, file)
     spec = runs.spec
     portfolios = {}
     for portfolio in runs.portfolios:
@@ -218,6 +235,14 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
                 *runs.notes,
             ],
         )
+        if portfolio.regime.get(median_seed):
+            plot_controller(
+                portfolio.policy[median_seed],
+                portfolio.regime[median_seed],
+                folder / "controller.png",
+                title=f"Portfolio {portfolio.name}: {spec.policy} (seed {median_seed}): equity, "
+                "controller weights and exposure",
+            )
         names = [spec.policy, *(b.name for b in portfolio.baselines)]
         plot_fold_bars(
             [f["span"] for f in result["folds"]],
@@ -289,16 +314,17 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
     for name, result in document["portfolios"].items():
         lines += ["", f"## Portfolio {name}: {', '.join(result['coins'])}", ""]
         lines.append(
-            "| run | ARR [95% CI] | Sortino [95% CI] | Sharpe [95% CI] | MDD | Turnover "
+            "| run | ARR [95% CI] | Sortino [95% CI] | Sharpe [95% CI] | Vol | MDD | Turnover "
             "| PSR | DSR | PBO |"
         )
-        lines.append("| :-- | --: | --: | --: | --: | --: | --: | --: | --: |")
+        lines.append("| :-- | --: | --: | --: | --: | --: | --: | --: | --: | --: |")
         for run, row in result["runs"].items():
             dsr = _num(row["dsr"]["dsr"], "{:.2f}") if "dsr" in row else ""
             pbo = _num(row["pbo"].get("pbo"), "{:.2f}") if "pbo" in row else ""
             lines.append(
                 f"| {run} | {_ci(row, 'arr', '{:+.1%}')} | {_ci(row, 'sortino', '{:.2f}')} | "
-                f"{_ci(row, 'sharpe', '{:.2f}')} | {_num(row['mdd'], '{:.1%}')} | "
+                f"{_ci(row, 'sharpe', '{:.2f}')} | {_num(row.get('volatility'), '{:.0%}')} | "
+                f"{_num(row['mdd'], '{:.1%}')} | "
                 f"{_num(row['turnover'], '{:.1f}')} | {_num(row['psr'], '{:.2f}')} | {dsr} | "
                 f"{pbo} |"
             )
@@ -336,6 +362,19 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                 for coin, d in diag.items()
             )
         )
+        if "regime" in entry:
+            mine = entry["regime"].get(str(entry["median_seed"])) or {}
+            if mine:
+                lines.append(
+                    f"- controller (seed {entry['median_seed']}): weight on conservative variants "
+                    f"({', '.join(mine['conservative'])}) "
+                    f"{_num(mine['conservative_weight'], '{:.0%}')} on average, "
+                    f"{_num(mine['conservative_weight_in_drawdown'], '{:.0%}')} while "
+                    f"more than {mine['drawdown_threshold']:.0%} below the peak, "
+                    f"{_num(mine['conservative_weight_otherwise'], '{:.0%}')} otherwise; mean coin "
+                    f"exposure {_num(mine['mean_coin_exposure'], '{:.0%}')}, mean gross exposure "
+                    f"{_num(mine['mean_gross_exposure'], '{:.0%}')}"
+                )
         lines += ["", "Per fold (ARR; " + policy + " = median of seeds):", ""]
         names = list(result["runs"])
         lines.append("| fold | " + " | ".join(names) + " |")
@@ -347,3 +386,11 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def rewrite_walkforward(out_dir: Path) -> dict[str, Any]:
+    """Recompute ``results.json``, ``table.md`` and the reports of a finished walk-forward from
+    its ``runs.pkl`` (a file this code wrote: unpickling runs code, so only read your own)."""
+    with (out_dir / RUNS_FILE).open("rb") as file:
+        saved = pickle.load(file)
+    return write_walkforward(saved["runs"], out_dir, wall_s=saved["wall_s"])

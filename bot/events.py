@@ -85,6 +85,37 @@ class ModuleDecision(_ModuleDecision, Event):
     __slots__ = ()
 
 
+class _VariantWeights(NamedTuple):
+    ts: int
+    coin: str
+    weights: tuple[tuple[str, float], ...]
+    positions: tuple[tuple[str, float], ...]
+    exposure: float
+    source: str
+
+
+class VariantWeights(_VariantWeights, Event):
+    """A MARS meta-controller's weights over one coin's agent variants at the close ``ts``
+    (variant name -> weight, summing to 1), each variant's position then (0 cash, 1 coin, after
+    its safety mask) and the coin's exposure, their blend (0..1 of the coin's sleeve).
+    ``source`` is the policy's name."""
+
+    __slots__ = ()
+
+
+class _GrossExposure(NamedTuple):
+    ts: int
+    exposure: float
+    source: str
+
+
+class GrossExposure(_GrossExposure, Event):
+    """The share of equity a manager lets the per-coin agents invest at the close ``ts`` (0..1;
+    the rest stays cash); ``source`` is the policy's name."""
+
+    __slots__ = ()
+
+
 class _TargetWeights(NamedTuple):
     ts: int
     weights: tuple[tuple[str, float], ...]

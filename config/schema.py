@@ -10,7 +10,15 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _TIMEFRAME = re.compile(r"^[1-9]\d*[mhdw]$")
@@ -269,6 +277,14 @@ class BrokerConfig(Section):
         """The filters of ``coin``: its own entry, else the defaults."""
         return self.rules.get(coin, self.default_rules)
 
+    @property
+    def trading_cost(self) -> float:
+        """Cost of trading one unit of equity, as a rate: the fee plus the slippage
+        (``fee_rate + slippage_bps / 10_000``). Training charges exactly this on every change of
+        position, so the agents learn against the costs their backtests and live trading pay:
+        one setting, not two."""
+        return self.fee_rate + self.slippage_bps / 10_000
+
 
 class ExecutionConfig(Section):
     """How a large order is executed: in slices over the interval, front-loaded when the
@@ -359,6 +375,15 @@ class DQNParams(Section):
     """Width of the EAM's hidden linear layer (the SAM's is ``channels[2]``)."""
     eval_interval: int = Field(100, gt=0)
     """Vector steps between two validation evaluations (the best one is kept)."""
+    double_dqn: bool = False
+    """Double DQN (van Hasselt et al., 2016): the next action is chosen by the online network
+    and valued by the target network, which removes the max operator's upward bias. False is
+    the paper's plain DQN."""
+    trained_checkpoints_only: bool = False
+    """Checkpoint selection considers only networks that have had gradient updates (scored
+    after ``learning_starts``), so an untrained network can never be kept; False is the
+    paper's selection, which may keep the initial network when nothing later beats it on
+    validation."""
 
     @model_validator(mode="after")
     def _check(self) -> DQNParams:
@@ -372,8 +397,10 @@ class CryptoModuleParams(Section):
 
     window: int = Field(32, ge=5)
     """Intervals of history in the state (the paper's ``n``)."""
-    fee: float = Field(0.001, ge=0.0, lt=1.0)
-    """Transaction cost rate, charged on the traded share of the portfolio at every change."""
+    turnover_penalty: float = Field(0.0, ge=0.0, lt=1.0)
+    """Extra cost per change of position charged in the SAM's training reward only (on top of
+    the real trading cost, which comes from ``[broker]``): a hysteresis the agent learns, so
+    that it changes position only for a move worth more than this. 0 is the paper's reward."""
     reward_scale: float = Field(100.0, gt=0.0)
     """Rewards are multiplied by this for learning only (1.0 = 1 %); scores stay unscaled."""
     num_envs: int = Field(16, gt=0)
@@ -389,12 +416,29 @@ class CryptoModuleParams(Section):
         exploration_fraction=0.3,
         channels=(16, 16, 16),
     )
-    """The EAM agent. ``gamma`` 0: its actions do not change its next state, so only the
-    immediate reward depends on the action and the future term would only add noise."""
+    """The EAM agent. With ``gamma`` 0 (the default) it is a *contextual bandit*, not a
+    sequential decision maker: its actions do not change its next state, so it learns the
+    expected immediate reward of buy / hold / sell given the state (a classifier of the next
+    bar's direction, trained with a DQN's machinery) and the future term would only add noise."""
     sam: DQNParams = DQNParams()
     """The SAM agent."""
     torch_threads: int = Field(1, ge=1)
     """Threads torch may use (small networks run fastest, and reproducibly, on one)."""
+
+    fee: None = Field(None, exclude=True)
+    """Removed: training charges ``[broker].fee_rate + [broker].slippage_bps``
+    (:attr:`BrokerConfig.trading_cost`), the costs backtests and live trading pay."""
+
+    @field_validator("fee", mode="before")
+    @classmethod
+    def _fee_removed(cls, value: object) -> None:
+        if value is not None:
+            raise ValueError(
+                "removed: training now charges [broker].fee_rate + [broker].slippage_bps, the "
+                "costs backtests and live trading pay; delete [agents].fee and set the costs in "
+                "[broker]"
+            )
+        return None
 
 
 class TrainingConfig(Section):
@@ -425,8 +469,10 @@ class LiveConfig(Section):
     """Simulate fills on live prices instead of sending orders (no API key needed)."""
     state_db: str = "state.db"
     """File (under ``[data].dir``) holding orders, cycles, refusals and balances."""
-    policy: Literal["vote", "equal_weight", "hold"] = "vote"
-    """What decides: the Crypto Modules' vote, 1/N rebalancing, or holding cash only."""
+    policy: Literal["vote", "equal_weight", "hold", "mars", "mars+manager"] = "vote"
+    """What decides: the Crypto Modules' vote, 1/N rebalancing, holding cash only, or the
+    risk-profiled ensembles (``mars``: per coin, agent variants weighted by a meta-controller;
+    ``mars+manager``: the same under a manager that sets the gross exposure). See ``[mars]``."""
     models: dict[str, str] = Field(default_factory=dict)
     """Model id per coin for the vote; a coin not listed uses its registry's active (else
     newest) model under ``[training].models_dir``."""
@@ -576,6 +622,136 @@ class ComputeConfig(Section):
     instance for the run."""
 
 
+class MarsVariantConfig(Section):
+    """One learned agent variant of a MARS ensemble: its risk threshold and penalty."""
+
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9_]+$")
+    """Short name (lower case, digits, underscores), shown in reports and journals."""
+    threshold: float = Field(gt=0.0, le=1.0)
+    """Safety threshold: holding the coin is masked (the variant holds cash) when its safety
+    critic's estimate of the probability of a forward drawdown beyond ``[mars].drawdown``
+    exceeds this. 1 never masks."""
+    penalty: float = Field(ge=0.0)
+    """Loss aversion in the training reward: a bar's loss while holding the coin counts
+    ``1 + penalty`` times (0: the plain net log return)."""
+
+
+class MarsControllerConfig(Section):
+    """The meta-adaptive controller: weights over a coin's variants from regime features.
+
+    It is fitted on realised net returns of the variants on bars their networks never trained
+    on (each module's validation window and every bar traded since), never on the agents' own
+    Q estimates, and refitted as that record grows."""
+
+    every_bars: int = Field(4, ge=1)
+    """The weights are recomputed every this many bars of a coin (held in between)."""
+    refit_days: int = Field(30, ge=1)
+    """Refit on the record every this many days (and at every new set of modules)."""
+    lookback_days: int = Field(365, ge=7)
+    """Records older than this are not used in a fit."""
+    risk_aversion: float = Field(5.0, ge=0.0)
+    """Weight of the downside semivariance of the blended sleeve's bar returns in the fit's
+    objective (mean log return minus this times the mean squared negative log return,
+    per bar, in percent units)."""
+    l2: float = Field(0.05, ge=0.0)
+    """Ridge penalty pulling the weights towards the uniform mix (strong when the record is
+    short)."""
+    steps: int = Field(300, ge=1)
+    """Adam steps of one fit (deterministic, a fraction of a second)."""
+    learning_rate: float = Field(0.05, gt=0.0)
+    """Adam step size of a fit."""
+
+
+class MarsManagerConfig(Section):
+    """The manager of ``mars+manager``: the portfolio's gross exposure (0..1) from market-wide
+    regime features, fitted like the controller on the realised record of the tactical
+    allocation beneath it."""
+
+    floor: float = Field(0.0, ge=0.0, lt=1.0)
+    """Lowest gross exposure the manager may set."""
+    initial: float = Field(0.9, gt=0.0, lt=1.0)
+    """Gross exposure before the first fit and the prior a fit is pulled towards."""
+    every_bars: int = Field(4, ge=1)
+    """The exposure is recomputed every this many decisions."""
+    risk_aversion: float = Field(5.0, ge=0.0)
+    """As the controller's, on the portfolio's bar returns."""
+    l2: float = Field(0.05, ge=0.0)
+    """Ridge penalty pulling the manager towards ``initial``."""
+    steps: int = Field(300, ge=1)
+    """Adam steps of one fit."""
+    learning_rate: float = Field(0.05, gt=0.0)
+    """Adam step size of a fit."""
+
+
+def _default_variants() -> tuple[MarsVariantConfig, ...]:
+    ladder = (
+        ("guarded", 0.25, 1.0),
+        ("careful", 0.4, 0.5),
+        ("balanced", 0.55, 0.25),
+        ("bold", 0.7, 0.1),
+        ("aggressive", 1.0, 0.0),
+    )
+    return tuple(MarsVariantConfig(name=n, threshold=t, penalty=p) for n, t, p in ladder)
+
+
+class MarsConfig(Section):
+    """MARS-style risk-profiled ensembles (``mars`` and ``mars+manager`` policies).
+
+    Per coin, the learned ``variants`` (SAM-like DQN agents trained together as one batched
+    network, each with a safety critic and its own threshold and penalty) plus the ``baselines``
+    variants (cash, hold, trend filter), weighted by the meta-controller; the manager of
+    ``mars+manager`` scales the whole portfolio. The learned variants use ``[agents]`` for the
+    state window, environment and the SAM's DQN budget (``[agents.sam]``)."""
+
+    variants: tuple[MarsVariantConfig, ...] = Field(default_factory=_default_variants)
+    """Learned variants, from the most conservative to the most aggressive."""
+    baselines: tuple[Literal["cash", "hold", "trend"], ...] = ("cash", "hold", "trend")
+    """Rule variants in every ensemble, so the controller can always behave like a baseline:
+    all cash, all coin, or the trend filter (coin while its close is above its
+    ``[baselines].trend_days`` mean)."""
+    drawdown: float = Field(0.10, gt=0.0, lt=1.0)
+    """The safety critics' cost: the probability that holding the coin loses more than this
+    (its lowest close over the next ``horizon_days`` below the current close by this much)."""
+    horizon_days: float = Field(7.0, gt=0.0)
+    """Horizon of that cost."""
+    safety_weight: float = Field(1.0, gt=0.0)
+    """Weight of the safety critics' loss (binary cross-entropy) beside the Q loss."""
+    turnover_penalty: float = Field(0.0025, ge=0.0, lt=1.0)
+    """Extra training cost per change of position of the learned variants (a learned
+    hysteresis; see ``[agents].turnover_penalty``)."""
+    double_dqn: bool = True
+    """Train the learned variants with double DQN."""
+    conservative: tuple[str, ...] = ("cash", "guarded", "careful")
+    """Variants counted as conservative in reports and tests (names)."""
+    rebalance_band: float = Field(0.05, ge=0.0, lt=1.0)
+    """A coin's target weight moves only when it differs from the weight held by at least this
+    share of equity (or goes to zero): small moves of the blend are not traded."""
+    dru_components: int = Field(1, ge=0)
+    """How many of a coin's refined on-chain components (the DRU's) the controller reads."""
+    models: dict[str, str] = Field(default_factory=dict)
+    """Live: the MARS module id per coin; a coin not listed uses its newest module under
+    ``<[training].models_dir>/mars/<COIN>/``."""
+    controller: MarsControllerConfig = MarsControllerConfig()
+    manager: MarsManagerConfig = MarsManagerConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> MarsConfig:
+        names = [v.name for v in self.variants] + list(self.baselines)
+        if not self.variants:
+            raise ValueError("variants must list at least one learned variant")
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}")
+        unknown = [c for c in self.conservative if c not in names]
+        if unknown:
+            raise ValueError(f"conservative names unknown variants {unknown}; known: {names}")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every variant's name: the learned ones, then the rule variants."""
+        return (*(v.name for v in self.variants), *self.baselines)
+
+
 class BaselinesConfig(Section):
     """Parameters of the simple baselines every experiment compares with (never tuned on a
     test window)."""
@@ -607,6 +783,7 @@ class AppConfig(Section):
     updating: UpdatingConfig = UpdatingConfig()
     compute: ComputeConfig = ComputeConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    mars: MarsConfig = MarsConfig()
 
 
 class Secrets(BaseSettings):

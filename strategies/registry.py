@@ -148,6 +148,7 @@ def save_crypto_module(
         "seed": trained.seed,
         "config_hash": config_hash(config, training, trained.params),
         "params": trained.params.model_dump(mode="json"),
+        "trading_cost": trained.cost,
         "training": None if training is None else training.model_dump(mode="json"),
         "windows": _dump(getattr(config, "windows", None)),
         "feature_schema": trained.schema.to_dict(),

@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 Trainer = Callable[..., TrainedCryptoModule]
 """What trains a candidate: :func:`~strategies.agents.train.train_cm`'s signature
-``(history, windows, params, seed, *, log_path=None)``. Must be a top-level (picklable)
+``(history, windows, params, seed, *, cost, log_path=None)``. Must be a top-level (picklable)
 function, since it travels to the worker process."""
 
 
@@ -203,8 +203,9 @@ def retrain_job(
     incumbent_id = versions.pin_active(root, coin, now_ms)
     log_path = root / coin / f".retrain-{now_ms}.jsonl"
     log_path.unlink(missing_ok=True)
+    fee = cfg.broker.trading_cost  # what training, backtests and live trading pay
     trained = (trainer or train_cm)(
-        history, windows, cfg.agents, cfg.updating.seed, log_path=log_path
+        history, windows, cfg.agents, cfg.updating.seed, cost=fee, log_path=log_path
     )
     folder = save_crypto_module(
         root,
@@ -219,7 +220,6 @@ def retrain_job(
 
     # Both on the same gate bars (not the ones the checkpoint was selected on), with the same
     # fee and the same score function.
-    fee = cfg.agents.fee
     candidate = load_crypto_module(folder)
     candidate_score = validation_score(candidate, history, windows.test, fee)
     incumbent_score = None

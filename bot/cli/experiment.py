@@ -28,11 +28,17 @@ def _window(text: str | None, default: DateWindow, option: str) -> DateWindow:
         raise
 
 
+PAPER_POLICIES = ("cryptorlpm", "mars", "mars+manager")
+
+
 @app.command("paper")
 def paper(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="folder with ohlcv/ and onchain/")],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
     seeds: Annotated[int, typer.Option(help="number of seeds (1..N)", min=1)] = 5,
+    policy: Annotated[
+        str, typer.Option(help="what decides: cryptorlpm (the paper's vote), mars, mars+manager")
+    ] = "cryptorlpm",
     train: Annotated[str | None, WindowOption] = None,
     val: Annotated[str | None, WindowOption] = None,
     test: Annotated[str | None, WindowOption] = None,
@@ -46,6 +52,8 @@ def paper(
     from backtest.experiment import DataRangeError, experiment_config, run_paper_experiment
     from strategies.features.inputs import MissingDataError
 
+    if policy not in PAPER_POLICIES:
+        fail(f"--policy {policy!r}: expected one of {', '.join(PAPER_POLICIES)}")
     base = load(config or bundled_config_path("paper.toml"))
     if not data_dir.is_dir():
         fail(f"--data-dir {data_dir}: not a folder")
@@ -68,7 +76,9 @@ def paper(
         console.print(f"  {coin} seed {seed}: {seconds:.1f} s")
 
     outcome = run(
-        lambda: run_paper_experiment(cfg, data_dir, out, step=step, on_trained=trained),
+        lambda: run_paper_experiment(
+            cfg, data_dir, out, step=step, on_trained=trained, policy=policy
+        ),
         DataRangeError,
         MissingDataError,
         FileNotFoundError,
@@ -82,7 +92,8 @@ def walkforward(
     data_dir: Annotated[Path, typer.Option("--data-dir", help="folder with ohlcv/ and onchain/")],
     out: Annotated[Path, typer.Option("--out", help="output folder")],
     policy: Annotated[
-        str, typer.Option(help="policy name: cryptorlpm, equal_weight, trend_filter, ...")
+        str,
+        typer.Option(help="policy name: cryptorlpm, mars, mars+manager, equal_weight, ..."),
     ] = "cryptorlpm",
     retrain_every: Annotated[int, typer.Option(help="days between refits", min=1)] = 90,
     train_days: Annotated[int, typer.Option(help="training days before validation", min=7)] = 120,
@@ -100,6 +111,15 @@ def walkforward(
     ] = 0,
     backend: Annotated[
         str | None, typer.Option(help="override [compute].backend: sequential, process, ray")
+    ] = None,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--models-dir",
+            help="where trained modules go (default OUT/models); trainings with the same "
+            "inputs, parameters and seeds found there are reused (e.g. mars, then "
+            "mars+manager)",
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="default: the bundled walkforward.toml")
@@ -147,6 +167,10 @@ def walkforward(
         prior_trials=prior_trials,
     )
     cfg = walkforward_config(base, out, spec)
+    if models_dir is not None:
+        cfg = cfg.model_copy(
+            update={"training": cfg.training.model_copy(update={"models_dir": models_dir})}
+        )
     if backend is not None:
         cfg = cfg.model_copy(
             update={"compute": cfg.compute.model_copy(update={"backend": backend})}
@@ -182,6 +206,7 @@ def walkforward(
     write_walkforward(runs, out, wall_s=wall)
     console.print((out / "table.md").read_text(), soft_wrap=True, highlight=False)
     console.print(
-        f"{runs.trainings} trainings in {runs.training_seconds:.0f} s, {wall:.0f} s in all; "
+        f"{runs.trainings} trainings ({runs.reused} reused from {cfg.training.models_dir}) in "
+        f"{runs.training_seconds:.0f} s, {wall:.0f} s in all; "
         f"wrote {out / 'results.json'}, {out / 'table.md'} and portfolio_*/ reports"
     )

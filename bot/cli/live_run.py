@@ -24,6 +24,10 @@ async def build_policy(cfg: AppConfig, market: Any, metrics: Any, now_ms: int) -
         from strategies.baselines import CashOnly
 
         return CashOnly(), None
+    if cfg.live.policy in ("mars", "mars+manager"):
+        from strategies.mars.live import build_mars_live
+
+        return await build_mars_live(cfg, market, metrics, now_ms)
     from strategies.live import build_vote, ready_vote
 
     vote, host = await build_vote(cfg, market, metrics, now_ms)
@@ -98,6 +102,13 @@ def run_live(cfg: AppConfig, *, json_logs: bool = False, verbose: bool = False) 
         try:
             module_folders(cfg)
         except (NoModulesError, ControlError) as exc:
+            fail(str(exc))
+    if cfg.live.policy in ("mars", "mars+manager"):  # every coin needs its ensemble
+        from strategies.mars.live import NoEnsemblesError, ensemble_folders
+
+        try:
+            ensemble_folders(cfg)
+        except NoEnsemblesError as exc:
             fail(str(exc))
     secrets = Secrets()
     if json_logs:

@@ -27,8 +27,17 @@ def train(
     seed: Annotated[
         int | None, typer.Option(help="one seed (default: every seed of [training].seeds)")
     ] = None,
+    mars: Annotated[
+        bool,
+        typer.Option(
+            "--mars",
+            help="train the coin's MARS ensembles ([mars]; every seed in one batched network) "
+            "into <models_dir>/mars instead of a Crypto Module",
+        ),
+    ] = False,
 ) -> None:
-    """Train a coin's Crypto Module (DRU + EAM + SAM) on [windows] and save it to the registry."""
+    """Train a coin's Crypto Module (DRU + EAM + SAM) on [windows] and save it to the registry
+    (with --mars: its MARS ensembles, for [live].policy = "mars" or "mars+manager")."""
     from strategies.agents.train import train_crypto_module
     from strategies.features.inputs import MissingDataError
 
@@ -38,7 +47,12 @@ def train(
         fail(f"--coin {coin}: not one of the configured coins {list(cfg.market.coins)}")
     require_stores(cfg)
     try:
-        folders = train_crypto_module(cfg, coin, seed)
+        if mars:
+            from strategies.mars.live import train_mars
+
+            folders = train_mars(cfg, coin, seed)
+        else:
+            folders = train_crypto_module(cfg, coin, seed)
     except MissingDataError as exc:
         fail(str(exc))
         return

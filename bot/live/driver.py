@@ -39,7 +39,7 @@ from typing import Any
 from bot.engine.kernel import Engine
 from bot.engine.risk import is_routine
 from bot.engine.step import StepResult, instants
-from bot.events import Bar, Metric, ModuleDecision
+from bot.events import Bar, GrossExposure, Metric, ModuleDecision, VariantWeights
 from bot.feed.exchange import describe_error, spot_stream_url
 from bot.feed.kline_stream import KlineStream, combined_stream_url, connect_options
 from bot.feed.live import fetch_closed_bars
@@ -322,6 +322,8 @@ class LiveDriver:
         metrics = await self._new_metrics(ts)
         ordered = sorted(bars, key=lambda b: (b.ts, b.symbol))
         modules: dict[str, str] = {}
+        controller: dict[str, dict[str, float]] = {}  # MARS: weights over each coin's variants
+        gross: float | None = None  # mars+manager: the gross exposure
         positions: dict[str, float] = {}
         slicer = self.executor.slicer
         for instant in instants(ordered, metrics, decide_from=ts, close_at=ts):
@@ -332,6 +334,10 @@ class LiveDriver:
                 if isinstance(note, ModuleDecision):
                     modules[note.coin] = note.module_id
                     positions[note.coin] = note.coin_weight
+                elif isinstance(note, VariantWeights):
+                    controller[note.coin] = {k: round(w, 6) for k, w in note.weights}
+                elif isinstance(note, GrossExposure):
+                    gross = note.exposure
         self.last = result
         refusals = list(result.refusals)
         # What the policy read, for `live diff`: the account as it decided (marked at this
@@ -345,6 +351,10 @@ class LiveDriver:
             "modules": modules,
             "positions": positions,
         }
+        if controller:  # journalled with the decision (state.db decisions.inputs)
+            inputs["controller"] = controller
+        if gross is not None:
+            inputs["gross_exposure"] = gross
         await self.executor.journal.record_decision(result, inputs)
         await self.executor.journal.add_refusals(refusals)
         await engine.bus.drain()

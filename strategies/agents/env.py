@@ -16,6 +16,11 @@ Rewards (MSPM), with ``y = close_{t+1} / close_t``, fee rate ``c`` and ``reward_
   ``r = s * (a * ln(y) + |a - p| * ln(1 - c))``, the log return of the cash/coin portfolio net
   of the transaction cost ``c * |a - p|`` charged on the traded share at every change.
   (All-or-nothing weights do not drift within an interval, so no other cost arises.)
+
+``c`` is the real trading cost (``[broker].fee_rate`` plus its slippage, see
+:attr:`config.schema.BrokerConfig.trading_cost`). An optional ``turnover_penalty`` ``k`` adds
+``|a - p| * ln(1 - k)`` to the SAM's training reward only: a hysteresis the agent learns (it
+changes position only for a move worth more than ``c + k``); scores always use ``c`` alone.
 """
 
 from __future__ import annotations
@@ -135,6 +140,7 @@ class VectorTradingEnv:
         fee: float,
         reward_scale: float,
         generator: torch.Generator,
+        turnover_penalty: float = 0.0,
     ) -> None:
         if decisions.last >= len(tensors):
             raise ValueError(f"decisions end at {decisions.last} but there are {len(tensors)} bars")
@@ -142,7 +148,7 @@ class VectorTradingEnv:
         self.num_envs, self.episode_length = num_envs, episode_length
         self.log_returns = tensors.log_returns.float()
         self.simple_returns = tensors.simple_returns.float()
-        self.log_keep = math.log1p(-fee)
+        self.log_keep = math.log1p(-fee) + math.log1p(-turnover_penalty)
         self.reward_scale = reward_scale
         self.generator = generator
         self.t = torch.zeros(num_envs, dtype=torch.long)
@@ -196,13 +202,15 @@ class CryptoModuleEnv(gym.Env):
         episode_length: int,
         fee: float,
         reward_scale: float,
+        turnover_penalty: float = 0.0,
     ) -> None:
         super().__init__()
         self.kind, self.decisions, self.episode_length = kind, decisions, episode_length
         self.states = tensors.states.numpy()
         self.log_returns = tensors.log_returns.numpy().astype(np.float32)
         self.simple_returns = tensors.simple_returns.numpy().astype(np.float32)
-        self.log_keep, self.reward_scale = math.log1p(-fee), reward_scale
+        self.log_keep = math.log1p(-fee) + math.log1p(-turnover_penalty)
+        self.reward_scale = reward_scale
         channels, rows, window = self.states.shape[1:]
         shape = (channels + (1 if kind == "sam" else 0), rows, window)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape, np.float32)

@@ -5,10 +5,12 @@
   state is ``states[t]`` plus the position), so storing and sampling move a few numbers.
 * :func:`linear_schedule`: the epsilon schedule.
 * :class:`DQN`: online and target networks, epsilon-greedy acting, and the update: Huber loss
-  between ``Q(s, a)`` and ``r + gamma * max_a' Q_target(s', a')``, gradients clipped to a global
-  norm, Adam. The target network is frozen between copies, so its body is run once over every
-  bar at each copy and its Q-values are read from that cache: the same targets as running it on
-  each sampled next state, for a fraction of the work.
+  between ``Q(s, a)`` and ``r + gamma * max_a' Q_target(s', a')`` (or, with ``double``, the
+  target network's value of the online network's choice, ``Q_target(s', argmax_a' Q(s', a'))``:
+  double DQN), gradients clipped to a global norm, Adam. The target network is frozen between
+  copies, so its body is run once over every bar at each copy and its Q-values are read from
+  that cache: the same targets as running it on each sampled next state, for a fraction of the
+  work.
 """
 
 from __future__ import annotations
@@ -109,8 +111,10 @@ class DQN:
         learning_rate: float,
         huber_delta: float,
         max_grad_norm: float,
+        double: bool = False,
     ) -> None:
         self.q_network = q_network
+        self.double = double
         self.target_network = copy.deepcopy(q_network).requires_grad_(False)
         self.states = states
         self.gamma, self.huber_delta, self.max_grad_norm = gamma, huber_delta, max_grad_norm
@@ -148,10 +152,18 @@ class DQN:
             assert self._target_features is not None
             with torch.no_grad():
                 # The next position is the action just taken (all-or-nothing weights).
+                next_position = batch.action.float()
                 next_q = self.target_network.q_values(
-                    self._target_features[batch.next_t], batch.action.float()
+                    self._target_features[batch.next_t], next_position
                 )
-                target = target + self.gamma * (1.0 - batch.terminated) * next_q.max(dim=1).values
+                if self.double:  # the online network chooses, the target network values
+                    online = self.q_network.q_values(
+                        self.q_network.features(self.states[batch.next_t]), next_position
+                    )
+                    value = next_q.gather(1, online.argmax(dim=1, keepdim=True)).squeeze(1)
+                else:
+                    value = next_q.max(dim=1).values
+                target = target + self.gamma * (1.0 - batch.terminated) * value
         q = self.q_network.q_values(self.q_network.features(self.states[batch.t]), batch.position)
         q_taken = q.gather(1, batch.action.unsqueeze(1)).squeeze(1)
         loss = nn.functional.huber_loss(q_taken, target, delta=self.huber_delta)

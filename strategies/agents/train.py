@@ -11,6 +11,9 @@
 
 Validation scores: SAM, the cumulative net log return of its greedy policy over the validation
 decisions, starting in cash; EAM, the sum of its action-signed returns (its reward, unscaled).
+The trading cost charged in rewards and scores is ``cost``, which the callers take from
+``[broker]`` (:attr:`~config.schema.BrokerConfig.trading_cost`: fee plus slippage), so training
+and backtests pay one cost.
 
 Every hyperparameter comes from :class:`~strategies.agents.params.CryptoModuleParams`; seeding
 happens once, in :func:`~strategies.agents.learner.seed_everything`, and all randomness of a run
@@ -150,6 +153,8 @@ class TrainedCryptoModule:
     data_ranges: dict[str, list[int]]
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    cost: float | None = None
+    """The trading cost rate training charged (``[broker]`` fee plus slippage)."""
 
 
 class TrainingLog:
@@ -230,8 +235,11 @@ def train_agent(
     generator: torch.Generator,
     log: TrainingLog,
     progress: Progress | None = None,
+    *,
+    cost: float,
 ) -> AgentResult:
-    """Train one agent with DQN and keep the checkpoint with the best validation score."""
+    """Train one agent with DQN and keep the checkpoint with the best validation score
+    (among trained checkpoints only when ``agent.trained_checkpoints_only``)."""
     started = time.perf_counter()
     env = VectorTradingEnv(
         tensors,
@@ -239,9 +247,10 @@ def train_agent(
         train,
         num_envs=params.num_envs,
         episode_length=params.episode_length,
-        fee=params.fee,
+        fee=cost,
         reward_scale=params.reward_scale,
         generator=generator,
+        turnover_penalty=params.turnover_penalty if kind == "sam" else 0.0,
     )
     learner = DQN(
         network,
@@ -250,6 +259,7 @@ def train_agent(
         learning_rate=agent.learning_rate,
         huber_delta=agent.huber_delta,
         max_grad_norm=agent.max_grad_norm,
+        double=agent.double_dqn,
     )
     buffer = ReplayBuffer(agent.buffer_size)
     vector_steps = max(agent.total_env_steps // params.num_envs, 1)
@@ -257,6 +267,7 @@ def train_agent(
     task = progress.add_task(f"{kind.upper()}", total=vector_steps) if progress else None
 
     best_score, best_state, best_step = -np.inf, copy.deepcopy(network.state_dict()), 0
+    kept_any = False
     updates, loss = 0, float("nan")
     for step in range(1, vector_steps + 1):
         # Act in every environment at once, and remember what happened.
@@ -274,10 +285,13 @@ def train_agent(
 
         # Score the greedy policy on validation; keep the best checkpoint.
         if step % agent.eval_interval == 0 or step == vector_steps:
-            score = agent_score(network, tensors, validation, kind, params.fee)
-            if score > best_score:
+            score = agent_score(network, tensors, validation, kind, cost)
+            eligible = updates > 0 or not agent.trained_checkpoints_only
+            last = step == vector_steps and not kept_any  # never keep nothing
+            if (eligible and score > best_score) or last:
                 best_score, best_step = score, step * params.num_envs
                 best_state = copy.deepcopy(network.state_dict())
+                kept_any = True
             log.write(
                 agent=kind,
                 env_steps=step * params.num_envs,
@@ -318,10 +332,12 @@ def train_cm(
     params: CryptoModuleParams,
     seed: int,
     *,
+    cost: float,
     log_path: Path | None = None,
     progress: bool = False,
 ) -> TrainedCryptoModule:
-    """Train the EAM (if ``params.use_eam``) and the SAM of one coin with one seed."""
+    """Train the EAM (if ``params.use_eam``) and the SAM of one coin with one seed, charging
+    ``cost`` (the trading cost rate: ``[broker]``'s fee plus slippage) on every trade."""
     started = time.perf_counter()
     generator = seed_everything(seed, params.torch_threads)
 
@@ -359,14 +375,15 @@ def train_cm(
             eam = EamQNetwork(**eam_args)
             network_args["eam"] = eam_args
             eam_result = train_agent(
-                "eam", eam, tensors, train, validation, params.eam, params, generator, log, bar
-            )
+                "eam", eam, tensors, train, validation, params.eam, params, generator, log, bar,
+                cost=cost,
+            )  # fmt: skip
             signals = eam_signals(eam, tensors.states, params.window)
             sam_states = np.concatenate((base_states, signal_windows(signals, params.window)), 1)
             sam_tensors = tensors.with_states(sam_states)
             scores["validation"]["eam"] = eam_result.best_validation
             if test is not None:
-                scores["test"]["eam"] = agent_score(eam, tensors, test, "eam", params.fee)
+                scores["test"]["eam"] = agent_score(eam, tensors, test, "eam", cost)
 
         # 3. SAM: all cash or all coin, on the states with the EAM signal stacked in.
         sam_args = {
@@ -377,8 +394,9 @@ def train_cm(
         sam = SamQNetwork(**sam_args)
         network_args["sam"] = sam_args
         sam_result = train_agent(
-            "sam", sam, sam_tensors, train, validation, params.sam, params, generator, log, bar
-        )
+            "sam", sam, sam_tensors, train, validation, params.sam, params, generator, log, bar,
+            cost=cost,
+        )  # fmt: skip
     finally:
         if bar is not None:
             bar.stop()
@@ -386,10 +404,10 @@ def train_cm(
 
     # 4. Scores of the kept checkpoints, next to buy & hold on the same decisions.
     scores["validation"]["sam"] = sam_result.best_validation
-    scores["validation"]["buy_and_hold"] = buy_and_hold_score(tensors, validation, params.fee)
+    scores["validation"]["buy_and_hold"] = buy_and_hold_score(tensors, validation, cost)
     if test is not None:
-        scores["test"]["sam"] = agent_score(sam, sam_tensors, test, "sam", params.fee)
-        scores["test"]["buy_and_hold"] = buy_and_hold_score(tensors, test, params.fee)
+        scores["test"]["sam"] = agent_score(sam, sam_tensors, test, "sam", cost)
+        scores["test"]["buy_and_hold"] = buy_and_hold_score(tensors, test, cost)
     ranges = {"bars": [int(history.open_time[0]), int(close_time[-1])]}
     for name, decisions in (("train", train), ("validation", validation), ("test", test)):
         if decisions is not None:
@@ -407,6 +425,7 @@ def train_cm(
         data_ranges=ranges,
         seconds=time.perf_counter() - started,
         extra={"log": log.rows},
+        cost=cost,
     )
 
 
@@ -538,7 +557,15 @@ def train_crypto_module(
     for one_seed in (seed,) if seed is not None else training.seeds:
         log_path = root / coin / ".training.jsonl"
         log_path.unlink(missing_ok=True)
-        trained = train_cm(history, windows, params, one_seed, log_path=log_path, progress=progress)
+        trained = train_cm(
+            history,
+            windows,
+            params,
+            one_seed,
+            cost=cfg.broker.trading_cost,
+            log_path=log_path,
+            progress=progress,
+        )
         folders.append(
             save_crypto_module(
                 root,

@@ -45,7 +45,7 @@ def main() -> None:
         eam=DQNParams(total_env_steps=4_000, gamma=0.0, learning_starts=1_000),
         sam=DQNParams(total_env_steps=8_000),
     )
-    jobs = [TrainJob(history, windows, params, seed) for seed in range(1, args.jobs + 1)]
+    jobs = [TrainJob(history, windows, params, seed, 0.0015) for seed in range(1, args.jobs + 1)]
     times, results = {}, {}
     for backend in ("sequential", "process", "ray"):
         started = time.perf_counter()

@@ -91,7 +91,7 @@ def main() -> None:
             publication_lag_ms=cfg.metrics.publication_lag_ms,
         )
         t1 = time.perf_counter()
-        trained = train_cm(history, windows, params, args.seed)
+        trained = train_cm(history, windows, params, args.seed, cost=0.0015)
         t2 = time.perf_counter()
         scores = trained.scores["validation"]
         ids = history.feature_spec.metric_ids

@@ -58,6 +58,10 @@ except ImportError:  # pragma: no cover - a benchmark-only dependency
     BaseFeaturesExtractor = nn.Module
 
 
+COST = 0.0015
+"""The default ``[broker]`` trading cost (0.1 % fee plus 5 bp slippage)."""
+
+
 class OurBody(BaseFeaturesExtractor):
     """Our Q-network without its last linear layer, as an SB3 features extractor."""
 
@@ -113,8 +117,9 @@ def run_ours(kind, tensors, train, validation, params, seed):
     network = EamQNetwork(**args) if kind == "eam" else SamQNetwork(**args)
     started = time.perf_counter()
     result = train_agent(
-        kind, network, tensors, train, validation, agent, params, generator, TrainingLog(None)
-    )
+        kind, network, tensors, train, validation, agent, params, generator, TrainingLog(None),
+        cost=COST,
+    )  # fmt: skip
     return time.perf_counter() - started, result.env_steps, result.updates, network
 
 
@@ -130,7 +135,7 @@ def run_sb3(kind, tensors, train, params, seed, n_envs):
             kind,
             train,
             episode_length=params.episode_length,
-            fee=params.fee,
+            fee=COST,
             reward_scale=params.reward_scale,
         )
 

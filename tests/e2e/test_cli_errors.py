@@ -111,6 +111,14 @@ models_dir = "{tmp_path / "models"}"
     )
     assert "cannot reach binance" in the_line(code, out)
 
+    # MARS needs an ensemble per coin, and says how to train one.
+    code, out = await cryptorlpm(
+        "live", "--paper", "-c", str(config), env={"CRYPTORLPM__LIVE__POLICY": "mars+manager"}
+    )
+    line = the_line(code, out)
+    assert "[live].policy = 'mars+manager' needs a MARS ensemble" in line
+    assert str(tmp_path / "models" / "mars") in line and "train --coin BTC --mars" in line
+
 
 async def test_live_max_cycles_zero_is_refused_like_the_file_would_refuse_it(
     tmp_path: Path,

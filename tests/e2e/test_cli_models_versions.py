@@ -14,7 +14,7 @@ from strategies import versions
 from strategies.agents.train import CoinHistory, Windows, train_cm
 from strategies.registry import save_crypto_module
 from tests.e2e.test_cli import cryptorlpm, write_config
-from tests.unit.agents.conftest import TINY
+from tests.unit.agents.conftest import COST, TINY
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def registry(tmp_path_factory) -> tuple[Path, list[str]]:
     )
     ids = []
     for seed, month in ((1, 6), (2, 7)):
-        trained = train_cm(history, windows, TINY, seed)
+        trained = train_cm(history, windows, TINY, seed, cost=COST)
         created = datetime(2021, month, 1, tzinfo=UTC)
         ids.append(save_crypto_module(root, trained, symbol="ETH/USDT", created_at=created).name)
     return root, ids

@@ -141,3 +141,32 @@ async def test_windows_without_data_stop_the_experiment_before_any_training(
     assert len(errors) == 1 and "windows.train 2020-01-01..2020-08-31 has no 6h bars" in errors[0]
     assert "training" not in text.split("error:")[0]  # stopped before the training step
     assert not (tmp_path / "o" / "models").exists()
+
+
+@pytest.mark.slow  # trains 4 coins' MARS ensembles (2 seeds together) and replays a, b, c
+async def test_paper_experiment_runs_mars_with_its_manager_and_plots_the_controller(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(Path("config/paper.toml").read_text().split("[training]")[0] + TINY_AGENTS)
+    out = tmp_path / "out"
+    code, text = await cryptorlpm(
+        "experiment", "paper", "--data-dir", str(data_dir), "--out", str(out), "--seeds", "2",
+        "--policy", "mars+manager", "--train", "2021-01-01:2021-08-31",
+        "--val", "2021-09-01:2021-10-31", "--test", "2021-11-01:2021-12-31", "-c", str(config),
+    )  # fmt: skip
+    assert code == 0, text
+    results = json.loads((out / "results.json").read_text())
+    a = results["portfolios"]["a"]
+    assert [s["seed"] for s in a["mars+manager"]["seeds"]] == [1, 2] and "equal_weight" in a
+    assert "mars+manager = median over seeds" in (out / "table.md").read_text()
+    assert (out / "portfolio_a" / "controller.png").stat().st_size > 0
+
+
+async def test_paper_experiment_refuses_an_unknown_policy_in_one_line(tmp_path: Path) -> None:
+    code, text = await cryptorlpm(
+        "experiment", "paper", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+        "--policy", "marz",
+    )  # fmt: skip
+    assert code == 2 and "--policy 'marz': expected one of cryptorlpm, mars, mars+manager" in text
+    assert "Traceback" not in text

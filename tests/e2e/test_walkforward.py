@@ -87,3 +87,49 @@ async def test_a_first_fold_without_enough_training_data_is_said_plainly(
         "--start", "2021-02-15", "--portfolio", "a", "--config", str(tiny_config),
     )  # fmt: skip
     assert code == 2 and "fewer than 30" in text and "Traceback" not in text
+
+
+async def test_walkforward_runs_mars_and_mars_manager_reusing_the_ensembles_it_trained(
+    tmp_path: Path,
+    data_dir: Path,  # noqa: F811
+    tiny_config: Path,
+) -> None:
+    models = tmp_path / "models"
+    args = [
+        "--data-dir", str(data_dir), "--retrain-every", "90", "--train-days", "90",
+        "--val-days", "30", "--seeds", "2", "--portfolio", "a", "--start", "2021-07-02",
+        "--end", "2021-12-29", "--config", str(tiny_config), "--models-dir", str(models),
+    ]  # fmt: skip
+    code, text = await cryptorlpm(
+        "experiment", "walkforward", "--out", str(tmp_path / "mars"), "--policy", "mars", *args
+    )
+    assert code == 0, text
+    results = json.loads((tmp_path / "mars" / "results.json").read_text())
+    assert results["trainings"] == 2 * 2 * 2  # folds x coins x seeds
+    assert results["trials"]["total"] == 2
+    runs = results["portfolios"]["a"]["runs"]
+    assert next(iter(runs)) == "mars" and "trend_filter" in runs
+    regime = runs["mars"]["regime"][str(runs["mars"]["median_seed"])]
+    assert abs(sum(regime["mean_weights"].values()) - 1.0) < 1e-6
+    assert set(regime["mean_weights"]) == {
+        "guarded", "careful", "balanced", "bold", "aggressive", "cash", "hold", "trend",
+    }  # fmt: skip
+    assert (tmp_path / "mars" / "portfolio_a" / "controller.png").stat().st_size > 0
+    cards = sorted(models.glob("fold_*/*/*/mars.json"))
+    assert len(cards) == 2 * 2 * 2
+    for card_path in cards:
+        card = json.loads(card_path.read_text())
+        fold = int(card_path.parts[-4].split("_")[1])
+        assert card["data_ranges"]["bars"]["ms"][1] <= results["folds"][fold]["start_ms"]
+        assert card["trading_cost"] == 0.0015
+
+    code, text = await cryptorlpm(
+        "experiment", "walkforward", "--out", str(tmp_path / "manager"), "--policy",
+        "mars+manager", *args,
+    )  # fmt: skip
+    assert code == 0, text
+    assert "8 reused" in " ".join(text.split())
+    managed = json.loads((tmp_path / "manager" / "results.json").read_text())
+    regime = managed["portfolios"]["a"]["runs"]["mars+manager"]["regime"]
+    assert all(0.0 <= r["mean_gross_exposure"] <= 1.0 for r in regime.values())
+    assert len(sorted(models.glob("fold_*/*/*/mars.json"))) == 8  # nothing trained again

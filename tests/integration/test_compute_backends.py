@@ -13,7 +13,7 @@ from bot.feed.synthetic import generate_market
 from bot.timeframes import to_ms
 from config.schema import ComputeConfig, FeatureConfig
 from strategies.agents.train import Windows, refine_history
-from tests.unit.agents.conftest import TINY, TINY_WINDOWS
+from tests.unit.agents.conftest import COST, TINY, TINY_WINDOWS
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def jobs() -> list[TrainJob]:
         "ETH", bars, market.metrics, "6h", FeatureConfig(), windows.train,
         market_wide_assets=["MARKET"],
     )  # fmt: skip
-    return [TrainJob(history, windows, TINY, seed) for seed in (1, 2)]
+    return [TrainJob(history, windows, TINY, seed, COST) for seed in (1, 2)]
 
 
 def _weights(results) -> list[dict[str, torch.Tensor]]:

@@ -21,6 +21,7 @@ from bot.store import MarketStore, MetricStore
 from bot.timeframes import DAY_MS, to_ms
 from config.schema import (
     AppConfig,
+    BrokerConfig,
     CryptoModuleParams,
     DataConfig,
     DateWindow,
@@ -67,6 +68,9 @@ def config(root: Path) -> AppConfig:
         windows=WINDOWS,
         agents=AGENTS,
         training=TrainingConfig(seeds=(SEED,), models_dir=root / "models"),
+        # training pays the [broker] cost: 0.1 %, the fee this budget was sized for (at 0.15 %
+        # its tiny modules stop trading, and a policy that never trades could not reveal a leak)
+        broker=BrokerConfig(fee_rate=0.001, slippage_bps=0.0),
     )
 
 

@@ -32,7 +32,7 @@ from strategies.crypto_module import CryptoModule
 from strategies.features import with_known_at
 from strategies.portfolio import PortfolioVote
 from strategies.registry import save_crypto_module
-from tests.unit.agents.conftest import TINY, jolted
+from tests.unit.agents.conftest import COST, TINY, jolted
 
 COINS = ("BTC", "ETH")
 WINDOWS = WindowsConfig(
@@ -72,7 +72,7 @@ def folders(market, bars, tmp_path_factory) -> dict[str, Path]:
             windows.train,
             market_wide_assets=["MARKET"],
         )
-        out[coin] = save_crypto_module(root, train_cm(history, windows, TINY, seed=seed))
+        out[coin] = save_crypto_module(root, train_cm(history, windows, TINY, seed=seed, cost=COST))
     return out
 
 

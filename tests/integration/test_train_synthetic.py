@@ -47,6 +47,7 @@ WINDOWS = WindowsConfig(
     test=DateWindow(start=date(2022, 7, 1), end=date(2023, 12, 30)),
 )
 SMALL_BUDGET = CryptoModuleParams(use_eam=False, sam=DQNParams(total_env_steps=24_000))
+COST = AppConfig().broker.trading_cost
 SEEDS = (1, 2, 3, 4, 5)
 
 
@@ -89,10 +90,10 @@ def test_sam_beats_buy_and_hold_and_random_on_the_held_out_segment(planted_marke
     assert selected & set(market.planted["ETH"])  # the DRU found leading metrics
     test = decision_range(history.close_time, windows.test, SMALL_BUDGET.window)
     log_returns = np.log(history.ohlcv[1:, 3] / history.ohlcv[:-1, 3])[test.first : test.last]
-    random_score = random_policy_score(log_returns, SMALL_BUDGET.fee)
+    random_score = random_policy_score(log_returns, COST)
     rows = []
     for seed in SEEDS:
-        trained = train_cm(history, windows, SMALL_BUDGET, seed)
+        trained = train_cm(history, windows, SMALL_BUDGET, seed, cost=COST)
         rows.append((seed, trained.scores["test"]["sam"], trained.scores["test"]["buy_and_hold"]))
     print("\nseed  SAM(test)  B&H(test)  random(test)")
     for seed, sam, bh in rows:

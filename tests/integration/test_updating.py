@@ -44,7 +44,7 @@ from strategies.updating import (
     retrain_job,
     retrain_windows,
 )
-from tests.unit.agents.conftest import TINY
+from tests.unit.agents.conftest import COST, TINY
 
 UPDATING = UpdatingConfig(
     enabled=True,
@@ -231,7 +231,7 @@ async def test_a_worse_candidate_is_rejected_and_a_good_one_accepted_then_rolled
     holder = ModuleUpdater(cfg, executor=worker, trainer=always_coin_trainer)
     worse = await holder.retrain("ETH", falling)
     assert worse.incumbent_id == incumbent and worse.incumbent_score == 0.0
-    assert worse.candidate_score == pytest.approx(fall + np.log1p(-TINY.fee), abs=0.02)
+    assert worse.candidate_score == pytest.approx(fall + np.log1p(-COST), abs=0.02)
     assert worse.candidate_score == pytest.approx(worse.buy_and_hold_score, abs=1e-12)
     assert worse.candidate_score < worse.incumbent_score - UPDATING.tolerance
     assert not worse.accepted and not worse.swap and worse.reason.startswith("rejected: ")
@@ -242,7 +242,7 @@ async def test_a_worse_candidate_is_rejected_and_a_good_one_accepted_then_rolled
 
     # The same holder over a rise: better than staying in cash, accepted and activated.
     better = await holder.retrain("ETH", rising)
-    assert better.candidate_score == pytest.approx(rise + np.log1p(-TINY.fee), abs=0.02)
+    assert better.candidate_score == pytest.approx(rise + np.log1p(-COST), abs=0.02)
     assert better.accepted and better.swap and better.incumbent_score == 0.0
     assert versions.active_model(root, "ETH") == better.candidate_id == better.active_id
     module = CryptoModule.load(better.active_folder, "ETH/USDT")  # what the daemon swaps in

@@ -13,7 +13,7 @@ from strategies.agents.train import CoinHistory, Windows, train_cm
 from strategies.registry import save_crypto_module
 from tests.fakes.binance import FakeBinance
 from tests.integration.live.harness import T0
-from tests.unit.agents.conftest import TINY
+from tests.unit.agents.conftest import COST, TINY
 
 
 def constant_module(fake: FakeBinance, root: Path, coin: str, action: int, stamp: int) -> str:
@@ -33,7 +33,9 @@ def constant_module(fake: FakeBinance, root: Path, coin: str, action: int, stamp
     )
     close = history.close_time
     windows = Windows((int(close[0]), int(close[n // 2])), (int(close[n // 2]), int(close[-1]) + 1))
-    trained = train_cm(history, windows, TINY.model_copy(update={"use_eam": False}), seed=1)
+    trained = train_cm(
+        history, windows, TINY.model_copy(update={"use_eam": False}), seed=1, cost=COST
+    )
     state = trained.sam.state_dict
     state["head.weight"].zero_()
     state["head.bias"].copy_(torch.tensor([1.0, 0.0] if action == 0 else [0.0, 1.0]))

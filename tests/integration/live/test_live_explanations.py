@@ -33,7 +33,7 @@ from tests.integration.live.harness import (
     seed_market,
     wait_ready,
 )
-from tests.unit.agents.conftest import TINY, jolted
+from tests.unit.agents.conftest import COST, TINY, jolted
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
 
@@ -58,7 +58,9 @@ def tiny_module(fake: FakeBinance, root: Path, coin: str) -> str:
     )
     close = history.close_time
     windows = Windows((int(close[0]), int(close[n // 2])), (int(close[n // 2]), int(close[-1]) + 1))
-    folder = save_crypto_module(root, train_cm(history, windows, TINY, seed=1), exchange="binance")
+    folder = save_crypto_module(
+        root, train_cm(history, windows, TINY, seed=1, cost=COST), exchange="binance"
+    )
     module = jolted(CryptoModule.load(folder, f"{coin}/USDT"), 3)
     torch.save(module.model.sam.state_dict(), folder / SAM_WEIGHTS)
     assert module.model.eam is not None

@@ -34,6 +34,10 @@ TINY = CryptoModuleParams(
 )
 """A budget that trains both agents in well under a second."""
 
+COST = 0.0015
+"""The trading cost the agent tests train against (the default ``[broker]``: a 0.1 % fee plus
+5 bp of slippage)."""
+
 TINY_WINDOWS = WindowsConfig(
     train=DateWindow(start=date(2021, 1, 1), end=date(2021, 6, 30)),
     validation=DateWindow(start=date(2021, 7, 1), end=date(2021, 8, 31)),

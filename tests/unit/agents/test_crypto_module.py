@@ -12,12 +12,12 @@ from strategies.agents.observation import build_observations, signal_windows
 from strategies.agents.train import eam_signals, train_cm
 from strategies.crypto_module import CryptoModule
 from strategies.registry import save_crypto_module
-from tests.unit.agents.conftest import TINY, jolted, module_state
+from tests.unit.agents.conftest import COST, TINY, jolted, module_state
 
 
 @pytest.fixture(scope="module")
 def folder(history, windows, tmp_path_factory):
-    trained = train_cm(history, windows, TINY, seed=2)
+    trained = train_cm(history, windows, TINY, seed=2, cost=COST)
     return save_crypto_module(tmp_path_factory.mktemp("models"), trained)
 
 

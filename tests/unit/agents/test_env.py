@@ -96,3 +96,25 @@ def test_portfolio_returns_and_greedy_rollout():
     # Q by position: at bar 0 from cash prefer coin; at bar 1 from coin prefer coin.
     q = np.array([[[0, 1], [0, 1]], [[1, 0], [0, 1]], [[1, 0], [1, 0]]], dtype=float)
     assert greedy_sam_rollout(q).tolist() == [1, 1, 0]
+
+
+def test_a_turnover_penalty_is_charged_on_changes_in_training_only(tensors):
+    plain = _vector(tensors, "sam", num_envs=2)
+    penalised = VectorTradingEnv(
+        tensors,
+        "sam",
+        DecisionRange(5, 40),
+        num_envs=2,
+        episode_length=100,
+        fee=FEE,
+        reward_scale=1.0,
+        generator=torch.Generator().manual_seed(0),
+        turnover_penalty=0.01,
+    )
+    for env in (plain, penalised):
+        env.t[:] = 10
+        env.position[:] = torch.tensor([0.0, 1.0])
+    action = torch.tensor([1, 1])  # env 0 buys, env 1 keeps holding
+    a, b = plain.step(action).reward, penalised.step(action).reward
+    assert float(b[1]) == pytest.approx(float(a[1]))  # no change, no penalty
+    assert float(b[0] - a[0]) == pytest.approx(math.log(1 - 0.01), rel=1e-5)

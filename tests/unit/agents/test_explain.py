@@ -26,14 +26,14 @@ from strategies.explain import (
 )
 from strategies.explain_replay import evenly_spaced
 from strategies.registry import LoadedCryptoModule, save_crypto_module
-from tests.unit.agents.conftest import TINY, jolted
+from tests.unit.agents.conftest import COST, TINY, jolted
 from tests.unit.agents.test_crypto_module import replay_events
 
 
 @pytest.fixture(scope="module")
 def module(history, windows, tmp_path_factory) -> CryptoModule:
     folder = save_crypto_module(
-        tmp_path_factory.mktemp("models"), train_cm(history, windows, TINY, seed=2)
+        tmp_path_factory.mktemp("models"), train_cm(history, windows, TINY, seed=2, cost=COST)
     )
     return jolted(CryptoModule.load(folder, "ETH/USDT"), 2)
 

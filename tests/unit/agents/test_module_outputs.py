@@ -18,13 +18,13 @@ from strategies.module_outputs import (
     sam_action,
 )
 from strategies.registry import save_crypto_module
-from tests.unit.agents.conftest import TINY, jolted
+from tests.unit.agents.conftest import COST, TINY, jolted
 
 
 @pytest.fixture(scope="module")
 def model(history, windows, tmp_path_factory):
     folder = save_crypto_module(
-        tmp_path_factory.mktemp("models"), train_cm(history, windows, TINY, seed=2)
+        tmp_path_factory.mktemp("models"), train_cm(history, windows, TINY, seed=2, cost=COST)
     )
     return jolted(CryptoModule.load(folder, "ETH/USDT"), 2).model
 

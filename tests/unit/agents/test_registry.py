@@ -23,12 +23,12 @@ from strategies.registry import (
     save_crypto_module,
     show_model,
 )
-from tests.unit.agents.conftest import TINY, TINY_WINDOWS
+from tests.unit.agents.conftest import COST, TINY, TINY_WINDOWS
 
 
 @pytest.fixture(scope="module")
 def trained(history, windows):
-    return train_cm(history, windows, TINY, seed=3)
+    return train_cm(history, windows, TINY, seed=3, cost=COST)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from strategies.agents.train import (
     greedy_actions,
     train_cm,
 )
-from tests.unit.agents.conftest import TINY
+from tests.unit.agents.conftest import COST, TINY
 
 
 def _actions(trained, history) -> np.ndarray:
@@ -40,19 +40,19 @@ def _actions(trained, history) -> np.ndarray:
 
 
 def test_same_seed_same_data_gives_identical_actions(history, windows):
-    first = train_cm(history, windows, TINY, seed=5)
-    second = train_cm(history, windows, TINY, seed=5)
+    first = train_cm(history, windows, TINY, seed=5, cost=COST)
+    second = train_cm(history, windows, TINY, seed=5, cost=COST)
     assert np.array_equal(_actions(first, history), _actions(second, history))
     for name, tensor in first.sam.state_dict.items():
         assert torch.equal(tensor, second.sam.state_dict[name]), name
     assert first.scores == second.scores
-    other = train_cm(history, windows, TINY, seed=6)
+    other = train_cm(history, windows, TINY, seed=6, cost=COST)
     assert any(not torch.equal(t, other.sam.state_dict[k]) for k, t in first.sam.state_dict.items())
 
 
 def test_training_keeps_the_best_validation_checkpoint_and_logs_it(history, windows, tmp_path):
     log_path = tmp_path / "log.jsonl"
-    trained = train_cm(history, windows, TINY, seed=1, log_path=log_path)
+    trained = train_cm(history, windows, TINY, seed=1, cost=COST, log_path=log_path)
     rows = [json.loads(line) for line in log_path.read_text().splitlines()]
     sam_rows = [r for r in rows if r["agent"] == "sam"]
     assert {r["agent"] for r in rows} == {"eam", "sam"}
@@ -65,7 +65,9 @@ def test_training_keeps_the_best_validation_checkpoint_and_logs_it(history, wind
 
 
 def test_without_eam_the_sam_reads_no_signal_channel(history, windows):
-    trained = train_cm(history, windows, TINY.model_copy(update={"use_eam": False}), seed=1)
+    trained = train_cm(
+        history, windows, TINY.model_copy(update={"use_eam": False}), seed=1, cost=COST
+    )
     assert trained.eam is None and "eam" not in trained.network_args
     assert trained.network_args["sam"]["in_channels"] == trained.schema.n_features
     assert not trained.schema.eam_signal
@@ -87,3 +89,15 @@ def test_a_window_without_bars_is_refused_with_the_data_range(history):
     with pytest.raises(ValueError, match="no decisions"):
         decision_range(history.close_time, (0, 1_000), 8)
     assert isinstance(Windows(train=(0, 1), validation=(1, 2)).test, type(None))
+
+
+def test_checkpoint_selection_can_be_kept_from_keeping_an_untrained_network(history, windows):
+    # A budget whose every evaluation but the last comes before the first gradient update:
+    # the paper's selection may keep the initial network; the fix keeps only trained ones.
+    late = TINY.sam.model_copy(
+        update={"learning_starts": 1_200, "eval_interval": 10, "trained_checkpoints_only": True}
+    )
+    params = TINY.model_copy(update={"use_eam": False, "sam": late})
+    trained = train_cm(history, windows, params, seed=4, cost=COST)
+    assert trained.sam.best_env_steps > late.learning_starts
+    assert trained.sam.updates > 0

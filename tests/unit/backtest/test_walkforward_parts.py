@@ -79,12 +79,15 @@ async def test_trend_filter_runs_through_the_engine_and_joins_the_baselines() ->
 
 
 def test_policies_are_names_in_a_registry_of_builders() -> None:
-    assert {"cryptorlpm", "equal_weight", "equal_weight_bh", "trend_filter"} <= set(policy_names())
+    assert {
+        "cryptorlpm", "mars", "mars+manager", "equal_weight", "equal_weight_bh", "trend_filter"
+    } <= set(policy_names())  # fmt: skip
     assert policy_builder("cryptorlpm").trains and not policy_builder("trend_filter").trains
+    assert policy_builder("mars").trainer == "mars" == policy_builder("mars+manager").trainer
     cfg = AppConfig(market=MarketConfig(coins=("BTC",)))
     assert policy_builder("bh_BTC").build(PolicyContext(cfg, ("BTC",))).name == "bh_BTC"
-    with pytest.raises(ValueError, match="unknown policy 'mars'"):
-        policy_builder("mars")
+    with pytest.raises(ValueError, match="unknown policy 'marz'"):
+        policy_builder("marz")
     register_policy(PolicyBuilder("test_only_cash", False, lambda ctx: None, "for this test"))
     assert policy_builder("test_only_cash").description == "for this test"
     with pytest.raises(ValueError, match="already registered"):

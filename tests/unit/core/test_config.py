@@ -148,3 +148,28 @@ def test_command_line_overrides_are_validated_like_the_file() -> None:
         "invalid setting: --max-cycles (live.max_cycles) = 0: Input should be greater than or "
         "equal to 1"
     )
+
+
+def test_training_takes_its_cost_from_the_broker_and_the_old_fee_key_is_one_clear_line(
+    tmp_path: Path,
+) -> None:
+    cfg = load_config(CONFIG_DIR / "walkforward.toml", env={})
+    assert cfg.broker.trading_cost == pytest.approx(cfg.broker.fee_rate + 5.0 / 10_000)
+    path = tmp_path / "old.toml"
+    path.write_text("[agents]\nfee = 0.002\nwindow = 16\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = str(info.value)
+    assert "\n" not in message
+    assert "agents.fee" in message and "[broker].fee_rate" in message and "removed" in message
+    assert "fee" not in AppConfig().agents.model_dump()  # nothing to save into a model card
+
+
+def test_mars_variant_names_must_be_unique_and_conservative_ones_known(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[mars]\nconservative = ["cash", "timid"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert "mars" in str(info.value) and "timid" in str(info.value)
+    cfg = AppConfig()
+    assert cfg.mars.names[-3:] == ("cash", "hold", "trend")
