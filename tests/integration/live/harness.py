@@ -132,8 +132,22 @@ async def advance_to_unknown_checks(fake: FakeBinance, state_db: Path, limit_ms:
     or its next slice (never past ``limit_ms``): the daemon waits for it on the exchange's
     clock."""
     due = await next_unknown_check(state_db)
-    if due is not None and fake.now_ms < due <= limit_ms:
+    if due is not None and fake.now_ms < due <= limit_ms and not await requests_in_flight(state_db):
         fake.now_ms = due
+
+
+async def requests_in_flight(state_db: Path) -> bool:
+    """Whether an order request is out (``sending``): the daemon is not waiting for the clock
+    then, and moving it would stamp that request (or its retry, say after a -1021) with a later
+    slice's time."""
+    try:
+        async with (
+            aiosqlite.connect(state_db) as db,
+            db.execute("SELECT 1 FROM orders WHERE status = 'sending' LIMIT 1") as cursor,
+        ):
+            return await cursor.fetchone() is not None
+    except aiosqlite.OperationalError:  # not created (or migrated) yet
+        return False
 
 
 def _check_alive(daemon: asyncio.Task[Any] | None) -> None:
