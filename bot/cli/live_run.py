@@ -39,6 +39,21 @@ async def build_policy(cfg: AppConfig, market: Any, metrics: Any, now_ms: int) -
 def policy_inputs(cfg: AppConfig) -> dict[str, tuple[tuple[str, str], ...]]:
     """Coin -> the metric series its module reads (none for a fixed-weight policy), read from
     the model cards before any module is loaded."""
+    if cfg.live.policy in ("mars", "mars+manager"):
+        from strategies.features import FeatureSpec
+        from strategies.live import spec_inputs
+        from strategies.mars.artifact import read_card
+        from strategies.mars.live import NoEnsemblesError, ensemble_folders
+
+        try:
+            folders = ensemble_folders(cfg)
+        except NoEnsemblesError:  # refused with its one line when the policy is built
+            return {}
+        specs = {coin: read_card(folder).get("feature_spec") for coin, folder in folders.items()}
+        return {
+            coin: spec_inputs(None if spec is None else FeatureSpec.from_dict(spec))
+            for coin, spec in specs.items()
+        }
     if cfg.live.policy != "vote":
         return {}
     from strategies.live import folder_inputs
