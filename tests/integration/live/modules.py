@@ -16,9 +16,9 @@ from tests.integration.live.harness import T0
 from tests.unit.agents.conftest import COST, TINY
 
 
-def constant_module(fake: FakeBinance, root: Path, coin: str, action: int, stamp: int) -> str:
-    """A tiny CM on the fake's 1m bars (price features only) whose SAM always picks
-    ``action`` (0 cash, 1 coin); returns its registry id."""
+def fake_history(fake: FakeBinance, coin: str) -> tuple[CoinHistory, Windows]:
+    """The fake's 1m bars of ``coin`` up to an hour before ``T0`` (price features only), and
+    training / validation windows splitting them in half."""
     frame = fake.candles(f"{coin}USDT", "1m")
     frame = frame[frame.open_time < T0 - 60 * MINUTE_MS]
     n = len(frame)
@@ -33,6 +33,13 @@ def constant_module(fake: FakeBinance, root: Path, coin: str, action: int, stamp
     )
     close = history.close_time
     windows = Windows((int(close[0]), int(close[n // 2])), (int(close[n // 2]), int(close[-1]) + 1))
+    return history, windows
+
+
+def constant_module(fake: FakeBinance, root: Path, coin: str, action: int, stamp: int) -> str:
+    """A tiny CM on the fake's 1m bars (price features only) whose SAM always picks
+    ``action`` (0 cash, 1 coin); returns its registry id."""
+    history, windows = fake_history(fake, coin)
     trained = train_cm(
         history, windows, TINY.model_copy(update={"use_eam": False}), seed=1, cost=COST
     )

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,7 +17,7 @@ from bot.timeframes import MINUTE_MS, ms_to_iso
 from config.schema import Secrets, TelegramConfig
 from strategies import versions
 from strategies.agents.observation import PRICE_FEATURES
-from strategies.agents.train import CoinHistory, Windows, train_cm
+from strategies.agents.train import train_cm
 from strategies.crypto_module import CryptoModule
 from strategies.explain import SIGNAL_INPUT
 from strategies.registry import EAM_WEIGHTS, SAM_WEIGHTS, save_crypto_module
@@ -33,6 +32,7 @@ from tests.integration.live.harness import (
     seed_market,
     wait_ready,
 )
+from tests.integration.live.modules import fake_history
 from tests.unit.agents.conftest import COST, TINY, jolted
 
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
@@ -44,20 +44,7 @@ OPERATOR, STRANGER = 42, 666
 def tiny_module(fake: FakeBinance, root: Path, coin: str) -> str:
     """A tiny CM (EAM and SAM, price features only) on the fake's 1m bars, with seeded random
     weights so that its decisions change with the prices; returns its registry id."""
-    frame = fake.candles(f"{coin}USDT", "1m")
-    frame = frame[frame.open_time < T0 - 60 * MINUTE_MS]
-    n = len(frame)
-    history = CoinHistory(
-        coin=coin,
-        timeframe="1m",
-        open_time=frame.open_time.to_numpy(np.int64),
-        ohlcv=frame[["open", "high", "low", "close", "volume"]].to_numpy(np.float64),
-        features=np.zeros((n, 0)),
-        ready=np.ones(n, dtype=bool),
-        feature_names=(),
-    )
-    close = history.close_time
-    windows = Windows((int(close[0]), int(close[n // 2])), (int(close[n // 2]), int(close[-1]) + 1))
+    history, windows = fake_history(fake, coin)
     folder = save_crypto_module(
         root, train_cm(history, windows, TINY, seed=1, cost=COST), exchange="binance"
     )
