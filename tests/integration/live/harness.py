@@ -132,18 +132,25 @@ async def advance_to_unknown_checks(fake: FakeBinance, state_db: Path, limit_ms:
     or its next slice (never past ``limit_ms``): the daemon waits for it on the exchange's
     clock."""
     due = await next_unknown_check(state_db)
-    if due is not None and fake.now_ms < due <= limit_ms and not await requests_in_flight(state_db):
+    if due is None or not fake.now_ms < due <= limit_ms:
+        return
+    if not await orders_to_send_now(state_db, fake.now_ms):
         fake.now_ms = due
 
 
-async def requests_in_flight(state_db: Path) -> bool:
-    """Whether an order request is out (``sending``): the daemon is not waiting for the clock
-    then, and moving it would stamp that request (or its retry, say after a -1021) with a later
-    slice's time."""
+async def orders_to_send_now(state_db: Path, now_ms: int) -> bool:
+    """Whether the daemon has order work at ``now_ms`` rather than waiting for the clock: a
+    request out (``sending``; say a -1021 retry), or an order planned for now that nothing
+    holds back (no ``reason``; a blocked coin's order waits). Moving the clock then would stamp
+    that order with a later slice's time."""
     try:
         async with (
             aiosqlite.connect(state_db) as db,
-            db.execute("SELECT 1 FROM orders WHERE status = 'sending' LIMIT 1") as cursor,
+            db.execute(
+                "SELECT 1 FROM orders WHERE status = 'sending' OR (status = 'planned' AND"
+                " reason IS NULL AND COALESCE(send_at_ms, 0) <= ?) LIMIT 1",
+                (now_ms,),
+            ) as cursor,
         ):
             return await cursor.fetchone() is not None
     except aiosqlite.OperationalError:  # not created (or migrated) yet
