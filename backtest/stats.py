@@ -273,21 +273,45 @@ def probability_of_backtest_overfitting(
     size = matrix.shape[0] // blocks
     if size < 2:
         raise ValueError(f"{matrix.shape[0]} rows are too few for {blocks} blocks")
-    parts = [matrix[i * size : (i + 1) * size] for i in range(blocks)]
-    score = metric or _sharpe_per_day
+    splits = np.array(list(itertools.combinations(range(blocks), blocks // 2)))
+    chosen = np.zeros((len(splits), blocks), bool)
+    chosen[np.arange(len(splits))[:, None], splits] = True
+    block_rows = matrix[: blocks * size].reshape(blocks, size, -1)
+    if metric is None:  # all the splits at once from per-block sums
+        in_scores = _sharpe_of_splits(block_rows, chosen)
+        out_scores = _sharpe_of_splits(block_rows, ~chosen)
+    else:
+        in_scores = _scores_of_splits(block_rows, chosen, metric)
+        out_scores = _scores_of_splits(block_rows, ~chosen, metric)
     trials = matrix.shape[1]
-    logits = []
-    for chosen in itertools.combinations(range(blocks), blocks // 2):
-        inside = np.concatenate([parts[i] for i in chosen])
-        outside = np.concatenate([parts[i] for i in range(blocks) if i not in chosen])
-        in_scores = _scores(inside, score)
-        out_scores = _scores(outside, score)
-        best = int(np.argmax(in_scores))  # the first of equal winners
-        rank = sps.rankdata(out_scores)[best]  # 1 = worst, mid-rank for ties
-        w = rank / (trials + 1)
-        logits.append(math.log(w / (1.0 - w)))
-    values = np.array(logits)
+    best = np.argmax(in_scores, axis=1)  # the first of equal winners
+    ranks = sps.rankdata(out_scores, axis=1)  # 1 = worst, mid-rank for ties
+    w = ranks[np.arange(len(splits)), best] / (trials + 1)
+    values = np.log(w / (1.0 - w))
     return PBOResult(float(np.mean(values <= 0)), values, len(values), blocks, trials)
+
+
+def _sharpe_of_splits(block_rows: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """Per-day Sharpe (``ddof=1``) of every trial over the blocks each split ``chosen``
+    (``(splits, blocks)`` booleans) holds: ``(splits, trials)``, undefined as ``-inf``. Sums
+    are taken of values centred per trial, so the variance loses no precision to the mean."""
+    centre = block_rows.mean(axis=(0, 1))
+    centred = block_rows - centre
+    sums, squares = centred.sum(axis=1), (centred**2).sum(axis=1)  # (blocks, trials)
+    weights = chosen.astype(float)
+    n = weights.sum(axis=1, keepdims=True) * block_rows.shape[1]
+    total = weights @ sums
+    mean = total / n
+    variance = np.maximum((weights @ squares - total * mean) / (n - 1), 0.0)
+    std = np.sqrt(variance)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sharpe = (mean + centre) / std
+    return np.where(std > _ZERO, sharpe, -np.inf)
+
+
+def _scores_of_splits(block_rows: np.ndarray, chosen: np.ndarray, score: Statistic) -> np.ndarray:
+    """``score`` of every trial over the blocks of each split (one call per split and trial)."""
+    return np.array([_scores(np.concatenate(block_rows[mask]), score) for mask in chosen])
 
 
 def _sharpe_per_day(returns: np.ndarray) -> float:

@@ -141,14 +141,17 @@ async def advance_to_unknown_checks(fake: FakeBinance, state_db: Path, limit_ms:
 async def orders_to_send_now(state_db: Path, now_ms: int) -> bool:
     """Whether the daemon has order work at ``now_ms`` rather than waiting for the clock: a
     request out (``sending``; say a -1021 retry), or an order planned for now that nothing
-    holds back (no ``reason``; a blocked coin's order waits). Moving the clock then would stamp
-    that order with a later slice's time."""
+    holds back (no ``reason``: a blocked coin's order waits; and no order of its cycle is of
+    unknown fate: its buys wait for the sells' lookups, which wait for the clock). Moving the
+    clock then would stamp that order with a later slice's time."""
     try:
         async with (
             aiosqlite.connect(state_db) as db,
             db.execute(
-                "SELECT 1 FROM orders WHERE status = 'sending' OR (status = 'planned' AND"
-                " reason IS NULL AND COALESCE(send_at_ms, 0) <= ?) LIMIT 1",
+                "SELECT 1 FROM orders AS o WHERE o.status = 'sending' OR (o.status = 'planned'"
+                " AND o.reason IS NULL AND COALESCE(o.send_at_ms, 0) <= ? AND NOT EXISTS"
+                " (SELECT 1 FROM orders AS u WHERE u.cycle_ts = o.cycle_ts AND"
+                " u.status = 'unknown')) LIMIT 1",
                 (now_ms,),
             ) as cursor,
         ):

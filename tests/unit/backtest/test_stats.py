@@ -91,6 +91,24 @@ def test_pbo_of_pure_noise_is_about_a_half_and_of_a_real_edge_near_zero() -> Non
     assert stats.probability_of_backtest_overfitting(noise, 8).splits == math.comb(8, 4)
 
 
+def test_pbo_of_all_splits_at_once_equals_the_split_by_split_metric() -> None:
+    """The default per-day Sharpe is computed for every split from per-block sums; the same
+    statistic given as a metric runs split by split: the same logits (identical and flat
+    trials included: a tie and an undefined Sharpe)."""
+    returns = np.random.default_rng(7).normal(0.001, 0.02, (130, 5))
+    returns[:, 1] = returns[:, 0]
+    returns[:, 4] = 0.0
+
+    def sharpe(column: np.ndarray) -> float:
+        std = float(column.std(ddof=1))
+        return float(column.mean()) / std if std > 1e-12 else math.nan
+
+    fast = stats.probability_of_backtest_overfitting(returns, 8)
+    slow = stats.probability_of_backtest_overfitting(returns, 8, metric=sharpe)
+    assert fast.splits == slow.splits == math.comb(8, 4)
+    assert fast.logits == pytest.approx(slow.logits, abs=1e-12) and fast.pbo == slow.pbo
+
+
 def test_pbo_rejects_bad_shapes() -> None:
     with pytest.raises(ValueError, match="at least two trials"):
         stats.probability_of_backtest_overfitting(np.zeros((100, 1)))
