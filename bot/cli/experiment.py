@@ -184,7 +184,7 @@ def walkforward(
     steps = iter(range(1, 100))
 
     def step(name: str) -> None:
-        console.rule(f"[bold]{next(steps)} {name}")
+        rule(f"[bold]{next(steps)} {name}")
 
     def trained(fold, coin: str, seed: int, seconds: float) -> None:
         console.print(f"  fold {fold.index} ({fold.label}) {coin} seed {seed}: {seconds:.1f} s")

@@ -35,6 +35,8 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
         "--end", "2021-12-29", "--config", str(tiny_config),
     )  # fmt: skip
     assert code == 0, text
+    rules = [line for line in text.splitlines() if "──" in line]
+    assert rules and max(map(len, rules)) <= 100, "a section rule filled a pipe's 10,000 columns"
     results = json.loads((out / "results.json").read_text())
     assert [f["span"] for f in results["folds"]] == [
         "2021-07-02..2021-09-30",
