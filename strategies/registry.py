@@ -33,12 +33,12 @@ from bot.timeframes import ms_to_iso
 from strategies.agents.networks import EamQNetwork, SamQNetwork
 from strategies.agents.observation import OBSERVATION_VERSION, PRICE_FEATURES, FeatureSchema
 from strategies.agents.params import CryptoModuleParams
+from strategies.agents.trained import TrainedCryptoModule
 from strategies.features import FeatureSpec
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from strategies.agents.train import TrainedCryptoModule
 
 CARD = "cm.json"
 EAM_WEIGHTS = "weights_eam.pt"

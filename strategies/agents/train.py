@@ -32,7 +32,7 @@ import copy
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,8 +56,10 @@ from strategies.agents.learner import DQN, ReplayBuffer, linear_schedule, seed_e
 from strategies.agents.networks import EamQNetwork, SamQNetwork
 from strategies.agents.observation import FeatureSchema, build_observations, signal_windows
 from strategies.agents.params import CryptoModuleParams, DQNParams, TrainingConfig
+from strategies.agents.trained import AgentResult, TrainedCryptoModule
 from strategies.features import FeatureSpec
 from strategies.features.inputs import DataWindowError
+from strategies.registry import save_crypto_module
 
 # --- inputs -------------------------------------------------------------------------------------
 
@@ -123,38 +125,6 @@ def decision_range(
 
 
 # --- outputs ------------------------------------------------------------------------------------
-
-
-@dataclass
-class AgentResult:
-    """The kept checkpoint of one agent and how training went."""
-
-    state_dict: dict[str, torch.Tensor]
-    best_validation: float
-    best_env_steps: int
-    env_steps: int
-    updates: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class TrainedCryptoModule:
-    """Everything a trained module's artifact holds (see :mod:`strategies.registry`)."""
-
-    coin: str
-    seed: int
-    params: CryptoModuleParams
-    schema: FeatureSchema
-    feature_spec: FeatureSpec | None
-    eam: AgentResult | None
-    sam: AgentResult
-    network_args: dict[str, dict[str, Any]]
-    scores: dict[str, dict[str, float]]
-    data_ranges: dict[str, list[int]]
-    seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
-    cost: float | None = None
-    """The trading cost rate training charged (``[broker]`` fee plus slippage)."""
 
 
 class TrainingLog:
@@ -544,8 +514,6 @@ def train_crypto_module(
     ``training``/``params`` default to ``cfg.training``/``cfg.agents`` once those sections exist,
     else to their defaults. Returns the artifact folders.
     """
-    from strategies.registry import save_crypto_module
-
     training = training or cfg.training
     params = params or cfg.agents
     if coin not in cfg.market.coins:

@@ -32,7 +32,8 @@ from config.schema import (
     UpdatingConfig,
 )
 from strategies import versions
-from strategies.agents.train import TrainedCryptoModule, Windows, train_cm
+from strategies.agents.train import Windows, train_cm
+from strategies.agents.trained import TrainedCryptoModule
 from strategies.crypto_module import CryptoModule
 from strategies.features.inputs import CoinInputs
 from strategies.registry import CARD, read_card
