@@ -29,8 +29,9 @@ from tests.fakes.binance import FakeBinance, synthetic_candles
 T0 = to_ms("2024-03-01T00:00:00")
 """The first close the daemon trades at."""
 GRACE_MS = 1_000
-HANG_GUARD_S = 600.0
-"""Longest any wait may take before the test is declared hung (not a synchronisation)."""
+HANG_GUARD_S = 240.0
+"""Longest any wait may take before the test is declared hung (not a synchronisation); below
+pytest-timeout's 600 s, so a hung wait fails with its own traceback."""
 API_KEY = "test-api-key-0123456789abcdef"
 API_SECRET = "test-api-secret-fedcba9876543210"
 
