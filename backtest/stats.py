@@ -314,11 +314,6 @@ def _scores_of_splits(block_rows: np.ndarray, chosen: np.ndarray, score: Statist
     return np.array([_scores(np.concatenate(block_rows[mask]), score) for mask in chosen])
 
 
-def _sharpe_per_day(returns: np.ndarray) -> float:
-    std = float(returns.std(ddof=1))
-    return float(returns.mean()) / std if std > _ZERO else math.nan
-
-
 def _scores(matrix: np.ndarray, score: Statistic) -> np.ndarray:
     values = np.array([score(matrix[:, j]) for j in range(matrix.shape[1])])
     return np.where(np.isfinite(values), values, -np.inf)
