@@ -27,7 +27,10 @@ the position the account holds, bar by bar, so the decisions are the bar-by-bar 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -123,7 +126,14 @@ class PortfolioVote:
         """Before a replay: each plugged module that can (a Crypto Module that has read
         nothing) computes its decisions at all the bars it will read, in a few batched passes;
         returns how many did. ``after``/``before``: only events stamped in ``(after, before)``
-        are read (a fold's modules read no others). Modules plugged later decide bar by bar."""
+        are read (a fold's modules read no others). Modules plugged later decide bar by bar.
+        When no module can (all have read something: a replay prepared before it started),
+        nothing of the replay is read."""
+        if not any(
+            hasattr(module, "prepare") and getattr(module, "fresh", True)
+            for module in self._modules.values()
+        ):
+            return 0
         metrics = replay.replayed_metrics()
         inside = _inside(metrics["known_at"].to_numpy(), after, before)
         if not inside.all():
@@ -134,7 +144,7 @@ class PortfolioVote:
         pairs = assets.astype(np.int64) * max(1, len(metric_names)) + names
         asset_code = {str(a): i for i, a in enumerate(asset_names)}
         name_code = {str(n): i for i, n in enumerate(metric_names)}
-        prepared = 0
+        jobs = []
         for module in tuple(self._modules.values()):
             prepare = getattr(module, "prepare", None)
             symbol = getattr(module, "symbol", None)
@@ -152,8 +162,8 @@ class PortfolioVote:
                     if a in asset_code and n in name_code
                 ]
                 read = metrics.iloc[np.flatnonzero(np.isin(pairs, wanted))]
-            prepared += bool(prepare(replay.timeframe, open_time[mine], ohlcv[mine], read))
-        return prepared
+            jobs.append(partial(prepare, replay.timeframe, open_time[mine], ohlcv[mine], read))
+        return sum(bool(done) for done in _run_all(jobs))
 
     def explain(self, ts: int) -> dict[str, Any]:
         """Why each module decided what it did at the close ``ts`` (the policy's optional
@@ -267,6 +277,17 @@ class PortfolioVote:
             for coin in self._modules
         }
         return vote(pairs, self.quote)
+
+
+def _run_all(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Each job's answer, in order: on a thread per CPU when there are several of both (a
+    module's preparation is mostly numpy and torch, which release the GIL, and touches only
+    that module's state; each thread infers on one torch thread)."""
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers < 2:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
+        return list(pool.map(lambda job: job(), jobs))
 
 
 def _inside(ts: np.ndarray, after: int | None, before: int | None) -> np.ndarray:

@@ -158,3 +158,79 @@ def test_modules_are_handed_only_the_bars_and_metrics_they_read(wired: Wired) ->
         ("BTC", 0.0),
         ("ETH", 1.0),
     ]
+
+
+class PreparingModule:
+    """A module with ``prepare``: records what it was handed, on which thread."""
+
+    def __init__(self, coin: str, *, fail: bool = False) -> None:
+        self.coin, self.model_id, self.symbol = coin, f"m-{coin}", f"{coin}/USDT"
+        self.metric_keys = {(coin, "flow")}
+        self.fresh, self.fail = True, fail
+        self.handed: tuple[list[int], list[str]] | None = None
+        self.thread = ""
+
+    def prepare(self, timeframe, open_time, ohlcv, metrics) -> bool:  # type: ignore[no-untyped-def]
+        import threading
+
+        if self.fail:
+            raise RuntimeError(f"{self.coin} could not prepare")
+        self.thread = threading.current_thread().name
+        self.handed = (open_time.tolist(), metrics["asset"].tolist())
+        self.fresh = False
+        return True
+
+    def decide(self, bar: Bar, position: float | None = None) -> ModuleDecision | None:
+        return None
+
+    def on_metric(self, metric: Metric) -> None: ...
+
+
+class CountingReplay:
+    """What ``PortfolioVote.prepare`` reads of a replay, counting the metric reads."""
+
+    timeframe = "6h"
+
+    def __init__(self, coins: list[str]) -> None:
+        self.coins, self.metric_reads = coins, 0
+
+    def replayed_bars(self, symbol: str):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        index = self.coins.index(symbol.split("/")[0])
+        return np.array([index * 10, index * 10 + 1], dtype=np.int64), np.ones((2, 5))
+
+    def replayed_metrics(self):  # type: ignore[no-untyped-def]
+        import pandas as pd
+
+        self.metric_reads += 1
+        return pd.DataFrame(
+            {
+                "known_at": [1, 2, 3],
+                "asset": [*self.coins[:2], "other"],
+                "name": ["flow", "flow", "flow"],
+                "observed_at": [0, 1, 2],
+                "value": [1.0, 2.0, 3.0],
+            }
+        )
+
+
+def test_modules_prepare_side_by_side_each_with_its_own_history(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("strategies.portfolio.os.cpu_count", lambda: 2)
+    coins = ["BTC", "ETH", "SOL"]
+    modules = [PreparingModule(c) for c in coins]
+    portfolio = PortfolioVote("USDT", modules)  # type: ignore[arg-type]
+    replay = CountingReplay(coins)
+    assert portfolio.prepare(replay) == 3
+    assert [m.handed for m in modules] == [([0, 1], ["BTC"]), ([10, 11], ["ETH"]), ([20, 21], [])]
+    assert all(m.thread.startswith("prepare") for m in modules)  # a pool, not the caller
+    # Once every module has read its plan, a second prepare reads nothing of the replay.
+    assert portfolio.prepare(replay) == 0 and replay.metric_reads == 1
+
+
+def test_a_module_that_fails_to_prepare_fails_the_prepare(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr("strategies.portfolio.os.cpu_count", lambda: 2)
+    modules = [PreparingModule("BTC"), PreparingModule("ETH", fail=True)]
+    portfolio = PortfolioVote("USDT", modules)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="ETH could not prepare"):
+        portfolio.prepare(CountingReplay(["BTC", "ETH"]))
