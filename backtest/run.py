@@ -80,17 +80,15 @@ async def run_backtest(
                             recorder.on_rejection(outcome)  # type: ignore[arg-type]
             if observed and bus.pending:
                 await bus.drain()
-        # Built before the collector's thresholds come back: the first allocations after
-        # would pay a full collection over everything the replay left alive.
-        return recorder.result(
-            name,
-            timeframe=driver.timeframe,
-            quote=cfg.market.quote,
-            initial_cash=cfg.broker.initial_cash,
-            fees_paid=engine.account.fees_paid,
-            closes_at=driver.closes_at,
-            impact_paid=venue.impact_paid,
-            slippage_paid=venue.slippage_paid,
-        )
     finally:
         gc.set_threshold(*thresholds)
+    return recorder.result(
+        name,
+        timeframe=driver.timeframe,
+        quote=cfg.market.quote,
+        initial_cash=cfg.broker.initial_cash,
+        fees_paid=engine.account.fees_paid,
+        closes_at=driver.closes_at,
+        impact_paid=venue.impact_paid,
+        slippage_paid=venue.slippage_paid,
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import subprocess
 import sys
 import time
@@ -148,7 +149,9 @@ def main(n: int, repeats: int) -> None:
     bars = synthetic_minutes(n)
     ours, theirs = [], []
     for _ in range(repeats):  # interleaved, best of each: the machine is shared and noisy
+        gc.collect()  # each timed run starts with the same clean generations
         ours.append(run_ours(bars))
+        gc.collect()
         theirs.append(run_backtesting_py(bars))
     ours_s, ours_trades = min(ours)
     theirs_s, theirs_trades = min(theirs)
