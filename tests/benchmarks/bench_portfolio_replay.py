@@ -106,13 +106,13 @@ async def main() -> None:
     engine_only = time.perf_counter() - started
 
     slow, load_slow = vote(cfg, folders)
-    gc.collect()  # every timed run starts with the same clean generations
+    gc.collect()
     started = time.perf_counter()
     slow_run = await run_backtest(cfg, BarByBar(slow), driver, name="bar-by-bar")  # type: ignore[arg-type]
     bar_by_bar = time.perf_counter() - started
 
     fast, load_fast = vote(cfg, folders)
-    gc.collect()  # every timed run starts with the same clean generations
+    gc.collect()
     started = time.perf_counter()
     prepared = fast.policy.prepare(driver)  # type: ignore[attr-defined]
     prepare = time.perf_counter() - started
@@ -121,7 +121,7 @@ async def main() -> None:
 
     # The bare engine again, last: the ratio uses the faster of its two runs (a first run in
     # a process can be slower; the shared machine's load varies).
-    gc.collect()  # every timed run starts with the same clean generations
+    gc.collect()
     started = time.perf_counter()
     await run_backtest(cfg, EqualWeightRebalanced(COINS), driver, name="ew")
     engine_again = time.perf_counter() - started

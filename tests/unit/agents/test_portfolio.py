@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from bot.engine import Account, DecisionContext, Instant
@@ -170,9 +173,9 @@ class PreparingModule:
         self.handed: tuple[list[int], list[str]] | None = None
         self.thread = ""
 
-    def prepare(self, timeframe, open_time, ohlcv, metrics) -> bool:  # type: ignore[no-untyped-def]
-        import threading
-
+    def prepare(
+        self, timeframe: str, open_time: np.ndarray, ohlcv: np.ndarray, metrics: pd.DataFrame
+    ) -> bool:
         if self.fail:
             raise RuntimeError(f"{self.coin} could not prepare")
         self.thread = threading.current_thread().name
@@ -194,15 +197,11 @@ class CountingReplay:
     def __init__(self, coins: list[str]) -> None:
         self.coins, self.metric_reads = coins, 0
 
-    def replayed_bars(self, symbol: str):  # type: ignore[no-untyped-def]
-        import numpy as np
-
+    def replayed_bars(self, symbol: str) -> tuple[np.ndarray, np.ndarray]:
         index = self.coins.index(symbol.split("/")[0])
         return np.array([index * 10, index * 10 + 1], dtype=np.int64), np.ones((2, 5))
 
-    def replayed_metrics(self):  # type: ignore[no-untyped-def]
-        import pandas as pd
-
+    def replayed_metrics(self) -> pd.DataFrame:
         self.metric_reads += 1
         return pd.DataFrame(
             {
@@ -215,7 +214,9 @@ class CountingReplay:
         )
 
 
-def test_modules_prepare_side_by_side_each_with_its_own_history(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_modules_prepare_side_by_side_each_with_its_own_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr("strategies.portfolio.os.cpu_count", lambda: 2)
     coins = ["BTC", "ETH", "SOL"]
     modules = [PreparingModule(c) for c in coins]
@@ -228,7 +229,7 @@ def test_modules_prepare_side_by_side_each_with_its_own_history(monkeypatch) -> 
     assert portfolio.prepare(replay) == 0 and replay.metric_reads == 1
 
 
-def test_a_module_that_fails_to_prepare_fails_the_prepare(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_module_that_fails_to_prepare_fails_the_prepare(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("strategies.portfolio.os.cpu_count", lambda: 2)
     modules = [PreparingModule("BTC"), PreparingModule("ETH", fail=True)]
     portfolio = PortfolioVote("USDT", modules)  # type: ignore[arg-type]
