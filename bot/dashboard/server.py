@@ -23,6 +23,7 @@ from bot.dashboard.access import DashboardConfigError, dashboard_token, is_loopb
 from bot.dashboard.app import create_app
 from bot.dashboard.reader import StateReader
 from bot.dashboard.view import DashboardView
+from bot.tasks import stop_task
 from config.schema import AppConfig
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,7 @@ class DashboardServer:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), 5)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await stop_task(self._task)
             self._task = None
         if self._socket is not None:
             self._socket.close()

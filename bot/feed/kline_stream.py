@@ -34,7 +34,6 @@ and ``monotonic``, so tests step time themselves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import ssl
@@ -51,6 +50,7 @@ from bot.events import Bar
 from bot.feed.exchange import describe_error, is_temporary
 from bot.feed.retry import backoff_delay
 from bot.feed.validation import candle_problem
+from bot.tasks import stop_task
 from bot.timeframes import CandleGrid, ms_to_iso
 from config.schema import ExchangeConfig
 
@@ -248,9 +248,7 @@ class KlineStream:
         except websockets.ConnectionClosed as exc:
             reason = f"connection closed: {exc}"
         finally:
-            watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watchdog
+            await stop_task(watchdog)
         return self._closing_why or reason
 
     async def _watch(self, ws: Any, opened: float) -> None:

@@ -22,7 +22,6 @@ so (without an API key: the free plan, which cuts off the most recent days).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 from bot.feed.santiment import SOURCE, MetricNotAllowed, SantimentError, SantimentSource
 from bot.feed.santiment_client import API_KEY_ENV
 from bot.store.metrics import MetricStore, daily_known_at
+from bot.tasks import stop_task
 from bot.timeframes import DAY_MS, ms_to_iso
 from config.schema import AppConfig
 
@@ -156,9 +156,7 @@ class MetricRefresher:
     async def close(self) -> None:
         """Stop a refresh in progress."""
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
 
     # -- one refresh ----------------------------------------------------------------------------
 

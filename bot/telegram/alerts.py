@@ -54,6 +54,7 @@ from telegram.error import (
 from bot.bus import EventBus
 from bot.engine.risk import is_routine
 from bot.events import OrderFilled, OrderRejected, PortfolioValued, RiskRefusal
+from bot.tasks import stop_task
 from bot.telegram import format as fmt
 from bot.telegram.chart import equity_png
 from bot.telegram.chats import TelegramChats, chat_refusal
@@ -175,9 +176,7 @@ class TelegramAlerts:
         if self._task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), timeout=flush_timeout_s)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
             left = len(self._outbox) + (self._inflight is not None)
             if left:

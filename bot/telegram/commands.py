@@ -51,6 +51,7 @@ from telegram.error import (
 )
 
 from bot.control import ControlError, Controls
+from bot.tasks import stop_task
 from bot.telegram import format as fmt
 from bot.telegram.chats import TelegramChats, chat_refusal
 from bot.telegram.outbox import Clock
@@ -158,9 +159,7 @@ class TelegramCommands:
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop polling; a command being handled gets ``timeout_s`` to finish and reply."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         handling = self._handling
         if handling is not None and handling is not asyncio.current_task():

@@ -9,6 +9,7 @@ all handled), a bar in the queue. A loaded machine makes these tests slower, nev
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -28,6 +29,9 @@ STREAMS = ("btcusdt@kline_1m", "ethusdt@kline_1m")
 GUARD_S = 60.0
 """Only a guard against a hung test; nothing waits for time to pass."""
 STALL_S = 30.0
+BACKOFF_MAX_S = 1.0
+LONGEST_BACKOFF_S = 1.25 * BACKOFF_MAX_S
+"""The cap plus ``backoff_delay``'s jitter (up to 25%)."""
 
 
 class SteppedTime:
@@ -51,9 +55,11 @@ class SteppedTime:
         finally:
             self._sleepers.remove(entry)
 
-    def waiting(self, longer_than: float = 0.0) -> list[float]:
-        """The remaining seconds of the sleeps in progress longer than ``longer_than``."""
-        return [t - self.now for t, f in self._sleepers if not f.done() and t - self.now > 0]
+    def waiting(self, at_most: float = math.inf) -> list[float]:
+        """The remaining seconds of the sleeps in progress (those of at most ``at_most``)."""
+        return [
+            t - self.now for t, f in self._sleepers if not f.done() and 0 < t - self.now <= at_most
+        ]
 
     async def advance(self, seconds: float) -> None:
         """Move time on and wake every sleeper whose time has come."""
@@ -104,7 +110,7 @@ class Harness:
             "connect_options": connect_options(cfg, url),
             "stall_s": STALL_S,
             "reconnect_base_s": 0.5,
-            "reconnect_max_s": 1.0,
+            "reconnect_max_s": BACKOFF_MAX_S,
             "gap_patience_s": 5.0,
             "sleep": self.time.sleep,
             "monotonic": self.time.monotonic,
@@ -389,7 +395,9 @@ async def test_a_gap_rest_never_fills_is_skipped_after_the_patience(
     assert sent == 1
     async with asyncio.timeout(GUARD_S):  # asked again with backoff until the patience ends
         while True:
-            waits = feed.time.waiting()
+            # Only the backoffs pass: time stands still while a request is in flight, so the
+            # stall watchdog (30 s) never fires here, however slow the machine.
+            waits = feed.time.waiting(at_most=LONGEST_BACKOFF_S)
             if not feed.bars.empty():
                 break
             if waits:
