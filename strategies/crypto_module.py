@@ -44,6 +44,7 @@ from strategies.features.pipeline import metrics_in_time
 from strategies.features.pool import split_id
 from strategies.module_outputs import (
     eam_signal,
+    events_read,
     infer_on_one_thread,
     network_outputs,
     own_positions,
@@ -270,18 +271,14 @@ class CryptoModule:
         plan = self._plan
         assert plan is not None
         position, signal, ready = self.position, self.signal, self.ready
-        received = iter(zip(plan.received_at, plan.received, strict=True))
-        pending = next(received, None)
-        events: list[Event] = []
-        for i, (open_time, o, h, lo, c, v) in enumerate(plan.bars[: plan.cursor]):
-            while pending is not None and pending[0] <= i:
-                events.append(pending[1])
-                pending = next(received, None)
-            close = plan.closes[i]
-            events.append(
-                Bar(close, exchange, self.symbol, self.timeframe, open_time, o, h, lo, c, v)
-            )
-        events += [pending[1], *(m for _, m in received)] if pending is not None else []
+        events = events_read(
+            plan.bars[: plan.cursor],
+            plan.closes,
+            list(zip(plan.received_at, plan.received, strict=True)),
+            exchange=exchange,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+        )
         self._reset()
         self.warm_up(events)
         self.position, self.signal, self.ready = position, signal, ready

@@ -21,12 +21,14 @@ calls), so every signal and action is the bar-by-bar path's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from bot.events import Bar, Event, Metric
 from strategies.agents.observation import (
     COIN_ROW,
     bar_rows,
@@ -195,3 +197,28 @@ def own_positions(outputs: NetworkOutputs, ready: np.ndarray, window: int) -> np
         p = actions[t][p] if usable[t] else 0
         positions[t] = p
     return positions
+
+
+def events_read(
+    bars: Sequence[tuple[int, float, float, float, float, float]],
+    closes: Sequence[int],
+    received: Sequence[tuple[int, Metric]],
+    *,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+) -> list[Event]:
+    """The events a module following a plan has been given, in the order it got them: its
+    ``bars`` (open time, OHLCV) closing at ``closes``, and each metric of ``received`` (how
+    many bars were read before it, the metric); what it replays bar by bar to leave a plan."""
+    pending = iter(received)
+    metric = next(pending, None)
+    events: list[Event] = []
+    for i, (open_time, o, h, lo, c, v) in enumerate(bars):
+        while metric is not None and metric[0] <= i:
+            events.append(metric[1])
+            metric = next(pending, None)
+        events.append(Bar(closes[i], exchange, symbol, timeframe, open_time, o, h, lo, c, v))
+    if metric is not None:
+        events += [metric[1], *(m for _, m in pending)]
+    return events

@@ -28,7 +28,7 @@ the position the account holds, bar by bar, so the decisions are the bar-by-bar 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
@@ -129,41 +129,7 @@ class PortfolioVote:
         are read (a fold's modules read no others). Modules plugged later decide bar by bar.
         When no module can (all have read something: a replay prepared before it started),
         nothing of the replay is read."""
-        if not any(
-            hasattr(module, "prepare") and getattr(module, "fresh", True)
-            for module in self._modules.values()
-        ):
-            return 0
-        metrics = replay.replayed_metrics()
-        inside = _inside(metrics["known_at"].to_numpy(), after, before)
-        if not inside.all():
-            metrics = metrics[inside]
-        # Each module gets the rows of the metrics it reads (one factorisation for all).
-        assets, asset_names = pd.factorize(metrics["asset"])
-        names, metric_names = pd.factorize(metrics["name"])
-        pairs = assets.astype(np.int64) * max(1, len(metric_names)) + names
-        asset_code = {str(a): i for i, a in enumerate(asset_names)}
-        name_code = {str(n): i for i, n in enumerate(metric_names)}
-        jobs = []
-        for module in tuple(self._modules.values()):
-            prepare = getattr(module, "prepare", None)
-            symbol = getattr(module, "symbol", None)
-            if prepare is None or symbol is None:
-                continue
-            open_time, ohlcv = replay.replayed_bars(symbol)
-            close = open_time + timeframe_ms(replay.timeframe)
-            mine = _inside(close, after, before)
-            keys = getattr(module, "metric_keys", None)
-            read = metrics
-            if keys is not None:
-                wanted = [
-                    asset_code[a] * max(1, len(metric_names)) + name_code[n]
-                    for a, n in keys
-                    if a in asset_code and n in name_code
-                ]
-                read = metrics.iloc[np.flatnonzero(np.isin(pairs, wanted))]
-            jobs.append(partial(prepare, replay.timeframe, open_time[mine], ohlcv[mine], read))
-        return sum(bool(done) for done in _run_all(jobs))
+        return prepare_modules(self._modules.values(), replay, after=after, before=before)
 
     def explain(self, ts: int) -> dict[str, Any]:
         """Why each module decided what it did at the close ``ts`` (the policy's optional
@@ -277,6 +243,52 @@ class PortfolioVote:
             for coin in self._modules
         }
         return vote(pairs, self.quote)
+
+
+def prepare_modules(
+    modules: Iterable[Any],
+    replay: ReplayHistory,
+    *,
+    after: int | None = None,
+    before: int | None = None,
+) -> int:
+    """Have each of ``modules`` that can (it has ``prepare`` and a ``symbol``, and has read
+    nothing) compute its outputs at every bar of its symbol the replay yields, from the metrics
+    it reads (``metric_keys``, all when it has none); only events stamped in ``(after,
+    before)``. Returns how many did. When none can, nothing of the replay is read."""
+    modules = tuple(modules)
+    if not any(hasattr(module, "prepare") and getattr(module, "fresh", True) for module in modules):
+        return 0
+    metrics = replay.replayed_metrics()
+    inside = _inside(metrics["known_at"].to_numpy(), after, before)
+    if not inside.all():
+        metrics = metrics[inside]
+    # Each module gets the rows of the metrics it reads (one factorisation for all).
+    assets, asset_names = pd.factorize(metrics["asset"])
+    names, metric_names = pd.factorize(metrics["name"])
+    pairs = assets.astype(np.int64) * max(1, len(metric_names)) + names
+    asset_code = {str(a): i for i, a in enumerate(asset_names)}
+    name_code = {str(n): i for i, n in enumerate(metric_names)}
+    jobs = []
+    for module in modules:
+        prepare = getattr(module, "prepare", None)
+        symbol = getattr(module, "symbol", None)
+        if prepare is None or symbol is None:
+            continue
+        open_time, ohlcv = replay.replayed_bars(symbol)
+        close = open_time + timeframe_ms(replay.timeframe)
+        mine = _inside(close, after, before)
+        keys = getattr(module, "metric_keys", None)
+        read = metrics
+        if keys is not None:
+            wanted = [
+                asset_code[a] * max(1, len(metric_names)) + name_code[n]
+                for a, n in keys
+                if a in asset_code and n in name_code
+            ]
+            read = metrics.iloc[np.flatnonzero(np.isin(pairs, wanted))]
+        jobs.append(partial(prepare, replay.timeframe, open_time[mine], ohlcv[mine], read))
+    return sum(bool(done) for done in _run_all(jobs))
 
 
 def _run_all(jobs: list[Callable[[], Any]]) -> list[Any]:

@@ -26,6 +26,7 @@ import torch
 from config.schema import MarsManagerConfig
 from strategies.mars.controller import Standardiser, logit, objective
 from strategies.mars.regime import MARKET_FEATURES
+from strategies.module_outputs import infer_on_one_thread
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class Manager:
         return self.cfg.floor + (1.0 - self.cfg.floor) / (1.0 + np.exp(-s))
 
     def fit(self, record: PortfolioRecord, cost: float) -> dict[str, Any]:
-        """Refit on ``record``; returns a summary."""
+        """Refit on ``record``; returns a summary (on one torch thread, as the controller's)."""
+        infer_on_one_thread()
         keep = np.isfinite(record.rho).all(axis=1)
         if keep.sum() < 2:
             return {"rows": int(keep.sum()), "fitted": False}

@@ -49,6 +49,7 @@ from strategies.mars.controller import Controller, Record
 from strategies.mars.manager import Manager, PortfolioRecord
 from strategies.mars.module import MarsModule, VariantStep
 from strategies.mars.regime import COIN_FEATURES, MARKET_FEATURES, RegimeSpec, RegimeTracker
+from strategies.portfolio import ReplayHistory, prepare_modules
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,19 @@ class MarsPolicy:
             return None
         self._refit(instant.ts, active)
         return self._targets(context, active)
+
+    def prepare(self, replay: ReplayHistory) -> int:
+        """Before a replay: every ensemble computes its steps at all the bars of its span it
+        will read (the bars and metrics after ``start - warmup_ms`` and before its end), in a
+        few batched passes (:meth:`MarsModule.prepare`: the same positions as bar by bar);
+        returns how many did."""
+        prepared = 0
+        for module_set in self.sets:
+            after = None if self.warmup_ms is None else module_set.start_ms - self.warmup_ms
+            prepared += prepare_modules(
+                module_set.modules.values(), replay, after=after, before=module_set.end_ms
+            )
+        return prepared
 
     # -- feeding ---------------------------------------------------------------------------------
 

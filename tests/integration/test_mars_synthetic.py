@@ -10,6 +10,7 @@ dates (one crash inside the validation window, three in the traded span), then s
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from backtest.metrics import max_drawdown
 from backtest.pipeline import RecordingPolicy
 from backtest.replay import ReplayDriver
 from backtest.run import run_backtest
+from bot.engine.step import DecisionContext
 from bot.events import GrossExposure, VariantWeights
 from bot.feed.resample import resample_candles
 from bot.feed.synthetic import generate_market
@@ -43,7 +45,7 @@ from strategies.mars.artifact import load_ensemble, save_ensemble
 from strategies.mars.module import MarsModule
 from strategies.mars.policy import ALWAYS, MarsPolicy, ModuleSet
 from strategies.mars.training import train_ensembles
-from strategies.portfolio import PortfolioVote
+from strategies.portfolio import PortfolioVote, prepare_modules
 from strategies.registry import load_crypto_module, save_crypto_module
 from tests.unit.agents.conftest import COST, TINY
 
@@ -242,3 +244,66 @@ async def test_mars_and_its_manager_decide_nothing_from_the_future(cfg, market, 
     # ... and the future did change what came after
     after = [n for n in base.regime if n.ts >= PERTURB_AFTER]
     assert after != [n for n in moved.regime if n.ts >= PERTURB_AFTER]
+
+
+class BarByBar:
+    """A MARS policy without ``prepare``: its ensembles read the replay one bar at a time."""
+
+    def __init__(self, policy: MarsPolicy) -> None:
+        self.policy, self.name = policy, policy.name
+
+    def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
+        return self.policy.decide(context)
+
+
+async def test_a_prepared_replay_decides_as_the_ensembles_bar_by_bar(cfg, market, bars, trained):
+    """``prepare`` computes every ensemble's steps in batched passes: every variant position,
+    controller weight, gross exposure, fit, fill and valuation is the bar-by-bar replay's."""
+    driver = driver_of(market, bars)
+    prepared = mars_policy(trained, manager=True)
+    fast_result, fast = await replay(cfg, prepared, driver)
+    modules = list(prepared.sets[0].modules.values())
+    assert all(m._plan is not None and m._plan.cursor == len(m._plan.bars) for m in modules)
+    slow_result, slow = await replay(cfg, BarByBar(mars_policy(trained, manager=True)), driver)
+    assert len(fast.regime) > 500
+    assert fast.regime == slow.regime  # positions after the safety masks, weights, exposure
+    assert fast.decisions == slow.decisions
+    assert prepared.fits == slow.policy.policy.fits
+    pd.testing.assert_frame_equal(fast_result.trades, slow_result.trades)
+    pd.testing.assert_series_equal(fast_result.equity, slow_result.equity)
+
+
+def test_an_ensemble_off_its_plan_catches_up_and_goes_on_as_bar_by_bar(market, bars, trained):
+    """A bar the plan did not foresee: the ensemble rebuilds its state from the bars and
+    metrics it read and decides that bar and the next ones as one that never planned."""
+    frame = bars["BTC"][bars["BTC"]["open_time"] >= REPLAY_FROM].reset_index(drop=True)
+    driver = ReplayDriver(
+        {"BTC/USDT": frame},
+        exchange="synthetic",
+        timeframe="6h",
+        metrics=with_known_at(market.metrics, 3_600_000),
+    )
+    planned = MarsModule(load_ensemble(trained["mars"]["BTC"]), "BTC/USDT", trend_days=20)
+    plain = MarsModule(load_ensemble(trained["mars"]["BTC"]), "BTC/USDT", trend_days=20)
+    assert prepare_modules([planned], driver) == 1 and not planned.fresh
+    changed_at = 600
+    steps: dict[str, list] = {"planned": [], "plain": []}
+    for i, instant in enumerate(driver.instants()):
+        for module, out in ((planned, steps["planned"]), (plain, steps["plain"])):
+            for metric in instant.metrics:
+                module.on_metric(metric)
+            for bar in instant.bars:
+                if i >= changed_at:  # from here on, bars the plan never saw
+                    bar = bar._replace(close=bar.close * 1.01, high=bar.high * 1.01)
+                out.append(module.on_bar(bar))
+    assert planned._plan is None  # it left the plan
+    same = [
+        a.ts == b.ts
+        and np.array_equal(a.positions, b.positions)
+        and np.array_equal(a.dru, b.dru)
+        and a.ready == b.ready
+        for a, b in zip(steps["planned"], steps["plain"], strict=True)
+    ]
+    assert len(same) > changed_at + 100 and all(same)
+    ready = [s for s in steps["plain"] if s.ready]
+    assert len(ready) > 300 and len({tuple(s.positions) for s in ready}) > 1
