@@ -271,14 +271,7 @@ class CryptoModule:
         plan = self._plan
         assert plan is not None
         position, signal, ready = self.position, self.signal, self.ready
-        events = events_read(
-            plan.bars[: plan.cursor],
-            plan.closes,
-            list(zip(plan.received_at, plan.received, strict=True)),
-            exchange=exchange,
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-        )
+        events = events_read(plan, exchange=exchange, symbol=self.symbol, timeframe=self.timeframe)
         self._reset()
         self.warm_up(events)
         self.position, self.signal, self.ready = position, signal, ready

@@ -21,8 +21,8 @@ calls), so every signal and action is the bar-by-bar path's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -199,26 +199,29 @@ def own_positions(outputs: NetworkOutputs, ready: np.ndarray, window: int) -> np
     return positions
 
 
-def events_read(
-    bars: Sequence[tuple[int, float, float, float, float, float]],
-    closes: Sequence[int],
-    received: Sequence[tuple[int, Metric]],
-    *,
-    exchange: str,
-    symbol: str,
-    timeframe: str,
-) -> list[Event]:
-    """The events a module following a plan has been given, in the order it got them: its
-    ``bars`` (open time, OHLCV) closing at ``closes``, and each metric of ``received`` (how
-    many bars were read before it, the metric); what it replays bar by bar to leave a plan."""
-    pending = iter(received)
+class ReadPlan(Protocol):
+    """What a module following a plan has read: the planned bars up to ``cursor`` and the
+    metrics given meanwhile (each with how many bars had been read before it)."""
+
+    closes: list[int]
+    bars: list[tuple[int, float, float, float, float, float]]
+    cursor: int
+    received: list[Metric]
+    received_at: list[int]
+
+
+def events_read(plan: ReadPlan, *, exchange: str, symbol: str, timeframe: str) -> list[Event]:
+    """The events a module following ``plan`` has been given, in the order it got them (its
+    bars, as ``Bar`` events of ``symbol``, and the metrics between them): what it replays bar
+    by bar to leave the plan."""
+    pending = iter(zip(plan.received_at, plan.received, strict=True))
     metric = next(pending, None)
     events: list[Event] = []
-    for i, (open_time, o, h, lo, c, v) in enumerate(bars):
+    for i, (open_time, o, h, lo, c, v) in enumerate(plan.bars[: plan.cursor]):
         while metric is not None and metric[0] <= i:
             events.append(metric[1])
             metric = next(pending, None)
-        events.append(Bar(closes[i], exchange, symbol, timeframe, open_time, o, h, lo, c, v))
+        events.append(Bar(plan.closes[i], exchange, symbol, timeframe, open_time, o, h, lo, c, v))
     if metric is not None:
         events += [metric[1], *(m for _, m in pending)]
     return events

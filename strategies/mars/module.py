@@ -331,14 +331,7 @@ class MarsModule:
         time would have left it."""
         plan = self._plan
         assert plan is not None
-        events = events_read(
-            plan.bars[: plan.cursor],
-            plan.closes,
-            list(zip(plan.received_at, plan.received, strict=True)),
-            exchange=exchange,
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-        )
+        events = events_read(plan, exchange=exchange, symbol=self.symbol, timeframe=self.timeframe)
         self._reset()
         for event in events:
             if isinstance(event, Metric):

@@ -16,79 +16,21 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from backtest.pipeline import (
-    RecordingPolicy,
-    mars_policy,
-    read_histories,
-    replay_driver,
-    train_mars_modules,
-)
+from backtest.pipeline import RecordingPolicy, mars_policy, train_mars_modules
 from backtest.run import run_backtest
-from bot.engine.step import DecisionContext
-from bot.feed import dataset
-from bot.feed.synthetic import generate_market, write_market
-from bot.store import MarketStore, MetricStore
-from bot.timeframes import to_ms
-from config.schema import (
-    AppConfig,
-    CryptoModuleParams,
-    DataConfig,
-    DateWindow,
-    DQNParams,
-    MarketConfig,
-    TrainingConfig,
-    WindowsConfig,
-)
 from strategies.baselines import EqualWeightRebalanced
-
-COINS = ("BTC", "STORJ", "BLZ", "LINK")
-SMALL = DQNParams(total_env_steps=2_000, learning_starts=200, eval_interval=50)
-
-
-class BarByBar:
-    """A policy without ``prepare``: the replay feeds its ensembles one bar at a time."""
-
-    def __init__(self, policy: RecordingPolicy) -> None:
-        self.policy, self.name = policy, policy.name
-
-    def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
-        return self.policy.decide(context)
+from tests.benchmarks.portfolio_c import COINS, BarByBar, portfolio_c
 
 
 async def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="bench-mars-"))
-    windows = WindowsConfig(
-        train=DateWindow(start="2019-07-01", end="2019-11-30"),
-        validation=DateWindow(start="2019-12-01", end="2019-12-31"),
-        test=DateWindow(start="2020-01-01", end="2021-12-31"),
-    )
-    cfg = AppConfig(
-        data=DataConfig(dir=root / "data"),
-        market=MarketConfig(coins=COINS, start="2019-01-01", end="2021-12-31"),
-        windows=windows,
-        agents=CryptoModuleParams(eam=SMALL.model_copy(update={"gamma": 0.0}), sam=SMALL),
-        training=TrainingConfig(seeds=(1,), models_dir=root / "models"),
-    )
-    print("data: a synthetic market (../shared/data lacks two years of STORJ and BLZ)")
-    market = generate_market(list(COINS), to_ms("2019-01-01"), to_ms("2022-01-01"), seed=3)
-    async with (
-        await MarketStore.open(cfg.data.market_path) as store,
-        await MetricStore.open(cfg.data.metrics_path) as metrics,
-    ):
-        await write_market(market, store, metrics)
-        await dataset.resample_coins(cfg, store)
-        histories = await read_histories(cfg, store, metrics, COINS)
-        trained = train_mars_modules(cfg, histories, (1,), cfg.training.models_dir)
-        test = cfg.windows.test
-        driver = await replay_driver(cfg, store, metrics, COINS, test.start_ms, test.end_ms)
-    folders = {c: trained[c, 1] for c in COINS}
+    setup = await portfolio_c(train_mars_modules, "bench-mars-")
+    cfg, driver, folders = setup.cfg, setup.driver, setup.folders
+    test = cfg.windows.test
     closes = driver.decision_count
 
     gc.collect()  # every timed run starts with the same clean generations
