@@ -68,7 +68,11 @@ async def main() -> None:
     )
     steps = sum(1 for n in fast.decisions if n.ts >= test.start_ms)
     print(f"portfolio (c) {', '.join(COINS)}: {closes:,} 6h closes over {test} (2 years)")
-    print(f"{steps:,} ensemble steps of 8 variants each, {len(fast_run.trades)} fills")
+    fits = len(policy.fits)  # type: ignore[attr-defined]
+    print(
+        f"{steps:,} ensemble steps of 8 variants each, {len(fast_run.trades)} fills, "
+        f"{fits} controller and manager fits"
+    )
     print(f"engine only (1/N)   : {engine_only:6.2f} s")
     print(f"mars+manager bar by bar: {bar_by_bar:6.2f} s")
     print(
