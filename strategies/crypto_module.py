@@ -43,6 +43,7 @@ from strategies.features import FeatureState
 from strategies.features.pipeline import metrics_in_time
 from strategies.features.pool import split_id
 from strategies.module_outputs import (
+    PlanFollower,
     eam_signal,
     events_read,
     infer_on_one_thread,
@@ -82,7 +83,7 @@ class _Plan:
     """... and how many bars had been decided before each."""
 
 
-class CryptoModule:
+class CryptoModule(PlanFollower):
     """One coin's trained module as an event handler.
 
     ``symbol`` (e.g. ``BTC/USDT``) selects the bars it reads; bars of other symbols or
@@ -135,25 +136,6 @@ class CryptoModule:
     def model_id(self) -> str:
         """The registry id of the trained module."""
         return self.model.id
-
-    @property
-    def fresh(self) -> bool:
-        """Whether the module has read nothing yet (no bar, no metric it uses, no plan)."""
-        return (
-            self._bars == 0
-            and self._plan is None
-            and (self._features is None or self._features.fresh)
-        )
-
-    def on_metric(self, metric: Metric) -> None:
-        """Take a metric event (the feature state keeps those it uses until they are known)."""
-        plan = self._plan
-        if plan is not None:
-            if (metric.asset, metric.name) in self.metric_keys:
-                plan.received.append(metric)
-                plan.received_at.append(plan.cursor)
-        elif self._features is not None:
-            self._features.on_metric(metric)
 
     def decide(self, bar: Bar, position: float | None = None) -> ModuleDecision | None:
         """The decision at the close of ``bar``, or None for a bar of another symbol or

@@ -22,7 +22,7 @@ calls), so every signal and action is the bar-by-bar path's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from strategies.agents.observation import (
     with_position,
 )
 from strategies.registry import LoadedCryptoModule
+
+if TYPE_CHECKING:
+    from strategies.features import FeatureState
 
 NEAR_TIE = 1e-4
 """Margins between the two best Q-values under this share of ``1 + max |Q|`` are recomputed
@@ -225,3 +228,34 @@ def events_read(plan: ReadPlan, *, exchange: str, symbol: str, timeframe: str) -
     if metric is not None:
         events += [metric[1], *(m for _, m in pending)]
     return events
+
+
+class PlanFollower:
+    """What a module that can follow a plan (its outputs computed ahead by ``prepare``) does
+    the same way whatever it computes: say whether it has read anything, and keep the metrics
+    it reads while it follows the plan (to replay them if it leaves it)."""
+
+    _bars: int
+    _plan: ReadPlan | None
+    _features: FeatureState | None
+    metric_keys: frozenset[tuple[str, str]]
+
+    @property
+    def fresh(self) -> bool:
+        """Whether the module has read nothing yet (no bar, no metric it uses, no plan)."""
+        return (
+            self._bars == 0
+            and self._plan is None
+            and (self._features is None or self._features.fresh)
+        )
+
+    def on_metric(self, metric: Metric) -> None:
+        """Take a metric event (the feature state keeps those it uses until they are known;
+        a plan notes them)."""
+        plan = self._plan
+        if plan is not None:
+            if (metric.asset, metric.name) in self.metric_keys:
+                plan.received.append(metric)
+                plan.received_at.append(plan.cursor)
+        elif self._features is not None:
+            self._features.on_metric(metric)

@@ -43,7 +43,13 @@ from strategies.agents.observation import (
 from strategies.features import FeatureState
 from strategies.features.pool import split_id
 from strategies.mars.artifact import LoadedEnsemble
-from strategies.module_outputs import CHUNK, NEAR_TIE, events_read, infer_on_one_thread
+from strategies.module_outputs import (
+    CHUNK,
+    NEAR_TIE,
+    PlanFollower,
+    events_read,
+    infer_on_one_thread,
+)
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class _Plan:
     """... and how many bars had been read before each."""
 
 
-class MarsModule:
+class MarsModule(PlanFollower):
     """A coin's trained ensemble as an event handler (bars of ``symbol`` at its timeframe)."""
 
     def __init__(self, model: LoadedEnsemble, symbol: str, trend_days: int) -> None:
@@ -132,28 +138,9 @@ class MarsModule:
         return self.model.train_end_ms
 
     @property
-    def fresh(self) -> bool:
-        """Whether the ensemble has read nothing yet (no bar, no metric it uses, no plan)."""
-        return (
-            self._bars == 0
-            and self._plan is None
-            and (self._features is None or self._features.fresh)
-        )
-
-    @property
     def settled(self) -> int:
         """Bars of the plan settled one at a time (near ties); 0 without a plan."""
         return 0 if self._plan is None else self._plan.settled
-
-    def on_metric(self, metric: Metric) -> None:
-        """Take a metric event (the DRU keeps those it uses)."""
-        plan = self._plan
-        if plan is not None:
-            if (metric.asset, metric.name) in self.metric_keys:
-                plan.received.append(metric)
-                plan.received_at.append(plan.cursor)
-        elif self._features is not None:
-            self._features.on_metric(metric)
 
     def on_bar(self, bar: Bar) -> VariantStep | None:
         """Every variant's position at the close of ``bar`` (None for another symbol or
