@@ -45,6 +45,7 @@ from strategies.features.pool import split_id
 from strategies.module_outputs import (
     PlanFollower,
     eam_signal,
+    event_history,
     events_read,
     infer_on_one_thread,
     network_outputs,
@@ -53,7 +54,6 @@ from strategies.module_outputs import (
 )
 from strategies.registry import LoadedCryptoModule, load_crypto_module
 
-METRIC_COLUMNS = ["known_at", "asset", "name", "observed_at", "value"]
 """A metric history's columns (``known_at`` is the ``Metric``'s ``ts``)."""
 
 
@@ -195,7 +195,7 @@ class CryptoModule(PlanFollower):
         bar, at whatever position it is given).
 
         ``open_time (T,)`` and ``ohlcv (T, 5)``: the coin's bars at ``timeframe``, in the order
-        ``decide`` will get them; ``metrics`` (:data:`METRIC_COLUMNS`): the metric events in
+        ``decide`` will get them; ``metrics`` (``METRIC_COLUMNS``): the metric events in
         the order ``on_metric`` will get them, each before the first bar closing at or after
         its known time (a replay's order). Only a module that has read nothing prepares
         (returns False otherwise, or for another timeframe); a bar the plan did not foresee
@@ -281,40 +281,23 @@ class CryptoModule(PlanFollower):
 
     def _read_at_once(self, events: list[Event]) -> int | None:
         """Read ``events`` with the batched path; None (nothing read) when it cannot."""
-        bars: list[tuple[int, float, float, float, float, float]] = []
-        closes: list[int] = []
-        metrics: list[tuple[int, str, str, int, float]] = []
-        before: list[int] = []
-        keys = self.metric_keys
-        for event in events:
-            if isinstance(event, Metric):
-                if (event.asset, event.name) in keys:  # the feature state ignores the others
-                    metrics.append(
-                        (event.ts, event.asset, event.name, event.observed_at, event.value)
-                    )
-                    before.append(len(bars))
-            elif (
-                isinstance(event, Bar)
-                and event.symbol == self.symbol
-                and event.timeframe == self.timeframe
-            ):
-                bars.append(
-                    (event.open_time, event.open, event.high, event.low, event.close, event.volume)
-                )
-                closes.append(event.ts)
-        table = np.array(bars, dtype=np.float64).reshape(-1, 6)
-        open_time = np.array([b[0] for b in bars], dtype=np.int64)
-        close = np.array(closes, dtype=np.int64)
-        if (close != open_time + self._step).any() or (np.diff(close) <= 0).any():
-            return None  # bar by bar raises where it goes wrong
-        ohlcv = table[:, 1:]
+        history = event_history(
+            events,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            step_ms=self._step,
+            metric_keys=self.metric_keys,
+        )
+        if history is None:
+            return None
+        close, ohlcv = history.close, history.ohlcv
         if self._features is None:
             features, ready = np.zeros((len(close), 0)), np.ones(len(close), dtype=bool)
         else:
-            frame = pd.DataFrame(metrics, columns=METRIC_COLUMNS)
-            if not metrics_in_time(self._features.spec, close, frame, np.array(before)):
+            spec = self._features.spec
+            if not metrics_in_time(spec, close, history.metrics, history.bars_before):
                 return None
-            read = self._features.read_history(close, frame)
+            read = self._features.read_history(close, history.metrics)
             features, ready = read.features, read.ready
         outputs = network_outputs(self.model, ohlcv, features, ready)
         positions = own_positions(outputs, ready, self.window)

@@ -21,10 +21,12 @@ calls), so every signal and action is the bar-by-bar path's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -259,3 +261,53 @@ class PlanFollower:
                 plan.received_at.append(plan.cursor)
         elif self._features is not None:
             self._features.on_metric(metric)
+
+
+METRIC_COLUMNS = ["known_at", "asset", "name", "observed_at", "value"]
+"""The columns of the metric tables a module reads at once."""
+
+
+@dataclass(frozen=True)
+class EventHistory:
+    """A module's bars and metrics taken from a list of events, for reading them at once:
+    ``close (T,)``, ``ohlcv (T, 5)``, ``metrics`` (:data:`METRIC_COLUMNS`) and, per metric row,
+    how many of the bars came before it (``bars_before``)."""
+
+    close: np.ndarray
+    ohlcv: np.ndarray
+    metrics: pd.DataFrame
+    bars_before: np.ndarray
+
+
+def event_history(
+    events: Sequence[Event],
+    *,
+    symbol: str,
+    timeframe: str,
+    step_ms: int,
+    metric_keys: frozenset[tuple[str, str]],
+) -> EventHistory | None:
+    """The bars of ``symbol`` at ``timeframe`` and the metrics of ``metric_keys`` in
+    ``events``; None when the bars are not one per close in close order (bar by bar raises
+    where that goes wrong)."""
+    bars: list[tuple[int, float, float, float, float, float]] = []
+    closes: list[int] = []
+    metrics: list[tuple[int, str, str, int, float]] = []
+    before: list[int] = []
+    for event in events:
+        if isinstance(event, Metric):
+            if (event.asset, event.name) in metric_keys:  # the feature state ignores others
+                metrics.append((event.ts, event.asset, event.name, event.observed_at, event.value))
+                before.append(len(bars))
+        elif isinstance(event, Bar) and event.symbol == symbol and event.timeframe == timeframe:
+            bars.append(
+                (event.open_time, event.open, event.high, event.low, event.close, event.volume)
+            )
+            closes.append(event.ts)
+    table = np.array(bars, dtype=np.float64).reshape(-1, 6)
+    open_time = np.array([b[0] for b in bars], dtype=np.int64)
+    close = np.array(closes, dtype=np.int64)
+    if (close != open_time + step_ms).any() or (np.diff(close) <= 0).any():
+        return None
+    frame = pd.DataFrame(metrics, columns=METRIC_COLUMNS)
+    return EventHistory(close, table[:, 1:], frame, np.array(before, dtype=np.int64))

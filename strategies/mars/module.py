@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bot.events import Bar, Metric
+from bot.events import Bar, Event, Metric
 from bot.timeframes import DAY_MS, timeframe_ms
 from strategies.agents.observation import (
     CASH_ROW,
@@ -41,12 +41,14 @@ from strategies.agents.observation import (
     observations_between,
 )
 from strategies.features import FeatureState
+from strategies.features.pipeline import metrics_in_time
 from strategies.features.pool import split_id
 from strategies.mars.artifact import LoadedEnsemble
 from strategies.module_outputs import (
     CHUNK,
     NEAR_TIE,
     PlanFollower,
+    event_history,
     events_read,
     infer_on_one_thread,
 )
@@ -314,17 +316,49 @@ class MarsModule(PlanFollower):
         )
 
     def _catch_up(self, exchange: str) -> None:
-        """Leave the plan: rebuild the state as reading its bars and metrics one event at a
-        time would have left it."""
+        """Leave the plan: rebuild the state that reading its bars and metrics one event at a
+        time would have left, at once where it can (the DRU's history read at once, the
+        windows filled, the variants' positions the plan's last ones), else one by one."""
         plan = self._plan
         assert plan is not None
         events = events_read(plan, exchange=exchange, symbol=self.symbol, timeframe=self.timeframe)
+        held = plan.positions[plan.cursor - 1, : len(self.learned)] if plan.cursor else None
         self._reset()
+        if self._read_at_once(events, held):
+            return
         for event in events:
             if isinstance(event, Metric):
                 self.on_metric(event)
             elif isinstance(event, Bar):
                 self.on_bar(event)
+
+    def _read_at_once(self, events: list[Event], held: np.ndarray | None) -> bool:
+        """Read ``events`` as one by one would, given the learned variants' positions after
+        the last bar (``held``); False (nothing read) when the metrics came too late for it."""
+        history = event_history(
+            events,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            step_ms=self._step,
+            metric_keys=self.metric_keys,
+        )
+        if history is None:
+            return False
+        close, ohlcv = history.close, history.ohlcv
+        if self._features is None:
+            features, ready = np.zeros((len(close), 0)), np.ones(len(close), dtype=bool)
+        else:
+            spec = self._features.spec
+            if not metrics_in_time(spec, close, history.metrics, history.bars_before):
+                return False
+            read = self._features.read_history(close, history.metrics)
+            features, ready = read.features, read.ready
+        self._states.extend(ohlcv, features, ready)
+        self._closes.extend(ohlcv[-self._trend_bars :, 3].tolist())
+        self._bars = len(close)
+        if held is not None:
+            self.position = torch.from_numpy(held.astype(np.float32))
+        return True
 
 
 def _rule(name: str, close: float, closes: deque[float]) -> float:
