@@ -40,12 +40,10 @@ from bot.timeframes import timeframe_ms
 from strategies.agents.observation import COIN_ROW, FeatureSchema, ObservationWindow
 from strategies.explain import DecisionInputs
 from strategies.features import FeatureState
-from strategies.features.pipeline import metrics_in_time
 from strategies.features.pool import split_id
 from strategies.module_outputs import (
     PlanFollower,
     eam_signal,
-    event_history,
     events_read,
     infer_on_one_thread,
     network_outputs,
@@ -281,24 +279,11 @@ class CryptoModule(PlanFollower):
 
     def _read_at_once(self, events: list[Event]) -> int | None:
         """Read ``events`` with the batched path; None (nothing read) when it cannot."""
-        history = event_history(
-            events,
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-            step_ms=self._step,
-            metric_keys=self.metric_keys,
-        )
-        if history is None:
+        read = self._features_at_once(events)
+        if read is None:
             return None
+        history, features, ready = read
         close, ohlcv = history.close, history.ohlcv
-        if self._features is None:
-            features, ready = np.zeros((len(close), 0)), np.ones(len(close), dtype=bool)
-        else:
-            spec = self._features.spec
-            if not metrics_in_time(spec, close, history.metrics, history.bars_before):
-                return None
-            read = self._features.read_history(close, history.metrics)
-            features, ready = read.features, read.ready
         outputs = network_outputs(self.model, ohlcv, features, ready)
         positions = own_positions(outputs, ready, self.window)
         self._states.extend(ohlcv, features, ready)

@@ -39,6 +39,7 @@ from strategies.agents.observation import (
     observations_between,
     with_position,
 )
+from strategies.features.pipeline import metrics_in_time
 from strategies.registry import LoadedCryptoModule
 
 if TYPE_CHECKING:
@@ -237,10 +238,13 @@ class PlanFollower:
     the same way whatever it computes: say whether it has read anything, and keep the metrics
     it reads while it follows the plan (to replay them if it leaves it)."""
 
+    symbol: str
+    timeframe: str
+    metric_keys: frozenset[tuple[str, str]]
+    _step: int
     _bars: int
     _plan: ReadPlan | None
     _features: FeatureState | None
-    metric_keys: frozenset[tuple[str, str]]
 
     @property
     def fresh(self) -> bool:
@@ -261,6 +265,30 @@ class PlanFollower:
                 plan.received_at.append(plan.cursor)
         elif self._features is not None:
             self._features.on_metric(metric)
+
+    def _features_at_once(
+        self, events: Sequence[Event]
+    ) -> tuple[EventHistory, np.ndarray, np.ndarray] | None:
+        """The module's bars in ``events``, and the DRU's features ``(T, k)`` and readiness
+        ``(T,)`` at each, read at once by its fresh feature state (left as reading them one by
+        one would leave it); None when that cannot be: bars out of order, or a metric given
+        after a bar that already closed past its known time."""
+        history = event_history(
+            events,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            step_ms=self._step,
+            metric_keys=self.metric_keys,
+        )
+        if history is None:
+            return None
+        close = history.close
+        if self._features is None:
+            return history, np.zeros((len(close), 0)), np.ones(len(close), dtype=bool)
+        if not metrics_in_time(self._features.spec, close, history.metrics, history.bars_before):
+            return None
+        read = self._features.read_history(close, history.metrics)
+        return history, read.features, read.ready
 
 
 METRIC_COLUMNS = ["known_at", "asset", "name", "observed_at", "value"]

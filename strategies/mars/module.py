@@ -41,14 +41,12 @@ from strategies.agents.observation import (
     observations_between,
 )
 from strategies.features import FeatureState
-from strategies.features.pipeline import metrics_in_time
 from strategies.features.pool import split_id
 from strategies.mars.artifact import LoadedEnsemble
 from strategies.module_outputs import (
     CHUNK,
     NEAR_TIE,
     PlanFollower,
-    event_history,
     events_read,
     infer_on_one_thread,
 )
@@ -335,24 +333,11 @@ class MarsModule(PlanFollower):
     def _read_at_once(self, events: list[Event], held: np.ndarray | None) -> bool:
         """Read ``events`` as one by one would, given the learned variants' positions after
         the last bar (``held``); False (nothing read) when the metrics came too late for it."""
-        history = event_history(
-            events,
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-            step_ms=self._step,
-            metric_keys=self.metric_keys,
-        )
-        if history is None:
+        read = self._features_at_once(events)
+        if read is None:
             return False
+        history, features, ready = read
         close, ohlcv = history.close, history.ohlcv
-        if self._features is None:
-            features, ready = np.zeros((len(close), 0)), np.ones(len(close), dtype=bool)
-        else:
-            spec = self._features.spec
-            if not metrics_in_time(spec, close, history.metrics, history.bars_before):
-                return False
-            read = self._features.read_history(close, history.metrics)
-            features, ready = read.features, read.ready
         self._states.extend(ohlcv, features, ready)
         self._closes.extend(ohlcv[-self._trend_bars :, 3].tolist())
         self._bars = len(close)
