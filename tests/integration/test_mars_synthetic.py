@@ -22,10 +22,12 @@ from backtest.metrics import max_drawdown
 from backtest.pipeline import RecordingPolicy
 from backtest.replay import ReplayDriver
 from backtest.run import run_backtest
+from bot.engine.account import Account
 from bot.engine.step import DecisionContext
 from bot.events import GrossExposure, VariantWeights
 from bot.feed.resample import resample_candles
 from bot.feed.synthetic import generate_market
+from bot.live.warmup import warm_up_on
 from bot.timeframes import DAY_MS, to_ms
 from config.schema import (
     AppConfig,
@@ -307,3 +309,34 @@ def test_an_ensemble_off_its_plan_catches_up_and_goes_on_as_bar_by_bar(market, b
     assert len(same) > changed_at + 100 and all(same)
     ready = [s for s in steps["plain"] if s.ready]
     assert len(ready) > 300 and len({tuple(s.positions) for s in ready}) > 1
+
+
+def test_a_prepared_warm_up_leaves_the_policy_as_one_warmed_bar_by_bar(market, bars, trained):
+    """The daemon's warm-up (``warm_up_on``) prepares a MARS policy's ensembles in batched
+    passes; at the first live bars they leave the plan, and every target, variant position,
+    controller weight and exposure equals a policy warmed one bar at a time."""
+    steps = list(driver_of(market, bars).instants())
+    warm = [s for s in steps if s.ts < DECIDE_FROM]
+    live = [s for s in steps if s.ts >= DECIDE_FROM][:120]
+    warm_bars = [b for s in warm for b in s.bars]
+    warm_metrics = [m for s in warm for m in s.metrics]
+    prepared = mars_policy(trained, manager=True)
+    plain = mars_policy(trained, manager=True)
+    for policy in (prepared, BarByBar(plain)):
+        count = warm_up_on(
+            policy, warm_bars, warm_metrics, decide_from=DECIDE_FROM, timeframe="6h", quote="USDT"
+        )
+        assert count == len(warm)
+    modules = list(prepared.sets[0].modules.values())
+    assert all(m._plan is not None and m._plan.cursor == len(m._plan.bars) for m in modules)
+    outcomes = {}
+    for name, policy in (("prepared", prepared), ("plain", plain)):
+        account = Account("USDT", 1000.0)
+        answers = []
+        for instant in live:
+            context = DecisionContext(instant, account)
+            answers.append((policy.decide(context), list(context.notes)))
+        outcomes[name] = answers
+    assert all(m._plan is None for m in modules)  # each left its plan at the first live bar
+    assert sum(1 for target, _ in outcomes["plain"] if target) > 100
+    assert outcomes["prepared"] == outcomes["plain"]
