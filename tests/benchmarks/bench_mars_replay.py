@@ -8,6 +8,9 @@ Both MARS replays include the ensembles' warm-up from 2019-01 and the controller
 manager's fits. The script checks that the prepared replay's variant positions, controller
 weights, exposures, fits, fills and equity equal the bar-by-bar replay's.
 
+Last, the daemon's warm-up (``bot.live.warmup.warm_up_on``) over the same history, bar by bar
+and prepared.
+
 Run: ``.venv/bin/python tests/benchmarks/bench_mars_replay.py``
 """
 
@@ -23,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from backtest.pipeline import RecordingPolicy, mars_policy, train_mars_modules
 from backtest.run import run_backtest
+from bot.live.warmup import warm_up_on
 from strategies.baselines import EqualWeightRebalanced
 from tests.benchmarks.portfolio_c import COINS, BarByBar, portfolio_c
 
@@ -57,6 +61,27 @@ async def main() -> None:
     await run_backtest(cfg, EqualWeightRebalanced(COINS), driver, name="ew")
     engine_only = min(engine_only, time.perf_counter() - started)
 
+    # The daemon's warm-up on the same history (every close a warm-up close: no decision, no
+    # fit): one network pass per bar against the prepared passes.
+    steps = list(driver.instants())
+    history = (
+        [b for step in steps for b in step.bars],
+        [m for step in steps for m in step.metrics],
+    )
+    warm_ups = {}
+    for label, wrap in (("bar by bar", BarByBar), ("prepared", lambda p: p)):
+        warming = RecordingPolicy(mars_policy(cfg, folders, manager=True))
+        gc.collect()
+        started = time.perf_counter()
+        warm_up_on(
+            wrap(warming),  # type: ignore[arg-type]
+            *history,
+            decide_from=steps[-1].ts + 1,
+            timeframe=cfg.market.timeframe,
+            quote=cfg.market.quote,
+        )
+        warm_ups[label] = time.perf_counter() - started
+
     policy = fast.policy
     settled = sum(m.settled for s in policy.sets for m in s.modules.values())  # type: ignore[attr-defined]
     same = (
@@ -82,6 +107,11 @@ async def main() -> None:
     print(f"bar by bar / prepared : {bar_by_bar / batched:5.1f}x")
     print(f"prepared / engine only: {batched / engine_only:5.2f}x")
     print(f"prepared == bar by bar (positions, weights, exposure, fits, fills, equity): {same}")
+    print(
+        f"daemon warm-up over the same {len(steps):,} closes: bar by bar "
+        f"{warm_ups['bar by bar']:.2f} s, prepared {warm_ups['prepared']:.2f} s "
+        f"({warm_ups['bar by bar'] / warm_ups['prepared']:.1f}x)"
+    )
 
 
 if __name__ == "__main__":
