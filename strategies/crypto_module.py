@@ -42,14 +42,13 @@ from strategies.explain import DecisionInputs
 from strategies.features import FeatureState
 from strategies.features.pool import split_id
 from strategies.module_outputs import (
-    PlanFollower,
     eam_signal,
-    events_read,
     infer_on_one_thread,
     network_outputs,
     own_positions,
     sam_action,
 )
+from strategies.plans import PlanFollower, events_read
 from strategies.registry import LoadedCryptoModule, load_crypto_module
 
 """A metric history's columns (``known_at`` is the ``Metric``'s ``ts``)."""

@@ -21,16 +21,12 @@ calls), so every signal and action is the bar-by-bar path's.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from bot.events import Bar, Event, Metric
 from strategies.agents.observation import (
     COIN_ROW,
     bar_rows,
@@ -39,11 +35,7 @@ from strategies.agents.observation import (
     observations_between,
     with_position,
 )
-from strategies.features.pipeline import metrics_in_time
 from strategies.registry import LoadedCryptoModule
-
-if TYPE_CHECKING:
-    from strategies.features import FeatureState
 
 NEAR_TIE = 1e-4
 """Margins between the two best Q-values under this share of ``1 + max |Q|`` are recomputed
@@ -203,139 +195,3 @@ def own_positions(outputs: NetworkOutputs, ready: np.ndarray, window: int) -> np
         p = actions[t][p] if usable[t] else 0
         positions[t] = p
     return positions
-
-
-class ReadPlan(Protocol):
-    """What a module following a plan has read: the planned bars up to ``cursor`` and the
-    metrics given meanwhile (each with how many bars had been read before it)."""
-
-    closes: list[int]
-    bars: list[tuple[int, float, float, float, float, float]]
-    cursor: int
-    received: list[Metric]
-    received_at: list[int]
-
-
-def events_read(plan: ReadPlan, *, exchange: str, symbol: str, timeframe: str) -> list[Event]:
-    """The events a module following ``plan`` has been given, in the order it got them (its
-    bars, as ``Bar`` events of ``symbol``, and the metrics between them): what it replays bar
-    by bar to leave the plan."""
-    pending = iter(zip(plan.received_at, plan.received, strict=True))
-    metric = next(pending, None)
-    events: list[Event] = []
-    for i, (open_time, o, h, lo, c, v) in enumerate(plan.bars[: plan.cursor]):
-        while metric is not None and metric[0] <= i:
-            events.append(metric[1])
-            metric = next(pending, None)
-        events.append(Bar(plan.closes[i], exchange, symbol, timeframe, open_time, o, h, lo, c, v))
-    if metric is not None:
-        events += [metric[1], *(m for _, m in pending)]
-    return events
-
-
-class PlanFollower:
-    """What a module that can follow a plan (its outputs computed ahead by ``prepare``) does
-    the same way whatever it computes: say whether it has read anything, and keep the metrics
-    it reads while it follows the plan (to replay them if it leaves it)."""
-
-    symbol: str
-    timeframe: str
-    metric_keys: frozenset[tuple[str, str]]
-    _step: int
-    _bars: int
-    _plan: ReadPlan | None
-    _features: FeatureState | None
-
-    @property
-    def fresh(self) -> bool:
-        """Whether the module has read nothing yet (no bar, no metric it uses, no plan)."""
-        return (
-            self._bars == 0
-            and self._plan is None
-            and (self._features is None or self._features.fresh)
-        )
-
-    def on_metric(self, metric: Metric) -> None:
-        """Take a metric event (the feature state keeps those it uses until they are known;
-        a plan notes them)."""
-        plan = self._plan
-        if plan is not None:
-            if (metric.asset, metric.name) in self.metric_keys:
-                plan.received.append(metric)
-                plan.received_at.append(plan.cursor)
-        elif self._features is not None:
-            self._features.on_metric(metric)
-
-    def _features_at_once(
-        self, events: Sequence[Event]
-    ) -> tuple[EventHistory, np.ndarray, np.ndarray] | None:
-        """The module's bars in ``events``, and the DRU's features ``(T, k)`` and readiness
-        ``(T,)`` at each, read at once by its fresh feature state (left as reading them one by
-        one would leave it); None when that cannot be: bars out of order, or a metric given
-        after a bar that already closed past its known time."""
-        history = event_history(
-            events,
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-            step_ms=self._step,
-            metric_keys=self.metric_keys,
-        )
-        if history is None:
-            return None
-        close = history.close
-        if self._features is None:
-            return history, np.zeros((len(close), 0)), np.ones(len(close), dtype=bool)
-        if not metrics_in_time(self._features.spec, close, history.metrics, history.bars_before):
-            return None
-        read = self._features.read_history(close, history.metrics)
-        return history, read.features, read.ready
-
-
-METRIC_COLUMNS = ["known_at", "asset", "name", "observed_at", "value"]
-"""The columns of the metric tables a module reads at once."""
-
-
-@dataclass(frozen=True)
-class EventHistory:
-    """A module's bars and metrics taken from a list of events, for reading them at once:
-    ``close (T,)``, ``ohlcv (T, 5)``, ``metrics`` (:data:`METRIC_COLUMNS`) and, per metric row,
-    how many of the bars came before it (``bars_before``)."""
-
-    close: np.ndarray
-    ohlcv: np.ndarray
-    metrics: pd.DataFrame
-    bars_before: np.ndarray
-
-
-def event_history(
-    events: Sequence[Event],
-    *,
-    symbol: str,
-    timeframe: str,
-    step_ms: int,
-    metric_keys: frozenset[tuple[str, str]],
-) -> EventHistory | None:
-    """The bars of ``symbol`` at ``timeframe`` and the metrics of ``metric_keys`` in
-    ``events``; None when the bars are not one per close in close order (bar by bar raises
-    where that goes wrong)."""
-    bars: list[tuple[int, float, float, float, float, float]] = []
-    closes: list[int] = []
-    metrics: list[tuple[int, str, str, int, float]] = []
-    before: list[int] = []
-    for event in events:
-        if isinstance(event, Metric):
-            if (event.asset, event.name) in metric_keys:  # the feature state ignores others
-                metrics.append((event.ts, event.asset, event.name, event.observed_at, event.value))
-                before.append(len(bars))
-        elif isinstance(event, Bar) and event.symbol == symbol and event.timeframe == timeframe:
-            bars.append(
-                (event.open_time, event.open, event.high, event.low, event.close, event.volume)
-            )
-            closes.append(event.ts)
-    table = np.array(bars, dtype=np.float64).reshape(-1, 6)
-    open_time = np.array([b[0] for b in bars], dtype=np.int64)
-    close = np.array(closes, dtype=np.int64)
-    if (close != open_time + step_ms).any() or (np.diff(close) <= 0).any():
-        return None
-    frame = pd.DataFrame(metrics, columns=METRIC_COLUMNS)
-    return EventHistory(close, table[:, 1:], frame, np.array(before, dtype=np.int64))

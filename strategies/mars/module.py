@@ -43,13 +43,8 @@ from strategies.agents.observation import (
 from strategies.features import FeatureState
 from strategies.features.pool import split_id
 from strategies.mars.artifact import LoadedEnsemble
-from strategies.module_outputs import (
-    CHUNK,
-    NEAR_TIE,
-    PlanFollower,
-    events_read,
-    infer_on_one_thread,
-)
+from strategies.module_outputs import CHUNK, NEAR_TIE, infer_on_one_thread
+from strategies.plans import PlanFollower, events_read
 
 
 @dataclass(frozen=True)
