@@ -63,10 +63,10 @@ async def main() -> None:
 
     # The daemon's warm-up on the same history (every close a warm-up close: no decision, no
     # fit): one network pass per bar against the prepared passes.
-    steps = list(driver.instants())
+    closes_seen = list(driver.instants())
     history = (
-        [b for step in steps for b in step.bars],
-        [m for step in steps for m in step.metrics],
+        [b for step in closes_seen for b in step.bars],
+        [m for step in closes_seen for m in step.metrics],
     )
     warm_ups = {}
     for label, wrap in (("bar by bar", BarByBar), ("prepared", lambda p: p)):
@@ -76,7 +76,7 @@ async def main() -> None:
         warm_up_on(
             wrap(warming),  # type: ignore[arg-type]
             *history,
-            decide_from=steps[-1].ts + 1,
+            decide_from=closes_seen[-1].ts + 1,
             timeframe=cfg.market.timeframe,
             quote=cfg.market.quote,
         )
@@ -108,7 +108,7 @@ async def main() -> None:
     print(f"prepared / engine only: {batched / engine_only:5.2f}x")
     print(f"prepared == bar by bar (positions, weights, exposure, fits, fills, equity): {same}")
     print(
-        f"daemon warm-up over the same {len(steps):,} closes: bar by bar "
+        f"daemon warm-up over the same {len(closes_seen):,} closes: bar by bar "
         f"{warm_ups['bar by bar']:.2f} s, prepared {warm_ups['prepared']:.2f} s "
         f"({warm_ups['bar by bar'] / warm_ups['prepared']:.1f}x)"
     )
