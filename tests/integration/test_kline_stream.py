@@ -177,9 +177,12 @@ class Harness:
         await self.connected(connections)
 
     async def stop(self) -> None:
+        """Cancel the stream and wait for it to end (a guard: a stream that does not stop fails
+        the test in a minute, not the run's 600 s per-test limit)."""
         assert self.task is not None
         self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        async with asyncio.timeout(GUARD_S):
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
 @pytest.fixture
