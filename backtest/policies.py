@@ -32,7 +32,8 @@ from strategies.crypto_module import CryptoModule
 from strategies.mars.artifact import load_ensemble
 from strategies.mars.module import MarsModule
 from strategies.mars.policy import MARS, MARS_MANAGER, MarsPolicy, ModuleSet
-from strategies.portfolio import VOTE_SOURCE, PortfolioVote, ReplayHistory
+from strategies.plans import ReplayHistory
+from strategies.portfolio import VOTE_SOURCE, PortfolioVote
 
 
 @dataclass(frozen=True)

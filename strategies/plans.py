@@ -6,19 +6,25 @@ foresaw; a bar it did not foresee makes the module leave the plan: it rebuilds, 
 metrics it was given (:func:`events_read`), the state reading them one by one would have left,
 at once where the metrics arrived in time (:meth:`PlanFollower._features_at_once`), and goes on
 bar by bar. The Crypto Module (:class:`strategies.crypto_module.CryptoModule`) and the MARS
-ensemble (:class:`strategies.mars.module.MarsModule`) both follow plans.
+ensemble (:class:`strategies.mars.module.MarsModule`) both follow plans. Before a replay,
+:func:`prepare_modules` has every module that can compute its plan from the replay's history
+(:class:`ReplayHistory`), side by side on a thread per CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
 
 from bot.events import Bar, Event, Metric
+from bot.timeframes import timeframe_ms
 from strategies.features.pipeline import metrics_in_time
 
 if TYPE_CHECKING:
@@ -159,3 +165,81 @@ def event_history(
         return None
     frame = pd.DataFrame(metrics, columns=METRIC_COLUMNS)
     return EventHistory(close, table[:, 1:], frame, np.array(before, dtype=np.int64))
+
+
+class ReplayHistory(Protocol):
+    """What :meth:`PortfolioVote.prepare` reads of a replay
+    (:class:`backtest.replay.ReplayDriver`)."""
+
+    timeframe: str
+
+    def replayed_bars(self, symbol: str) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def replayed_metrics(self) -> pd.DataFrame: ...
+
+
+def prepare_modules(
+    modules: Iterable[Any],
+    replay: ReplayHistory,
+    *,
+    after: int | None = None,
+    before: int | None = None,
+) -> int:
+    """Have each of ``modules`` that can (it has ``prepare`` and a ``symbol``, and has read
+    nothing) compute its outputs at every bar of its symbol the replay yields, from the metrics
+    it reads (``metric_keys``, all when it has none); only events stamped in ``(after,
+    before)``. Returns how many did. When none can, nothing of the replay is read."""
+    modules = tuple(modules)
+    if not any(hasattr(module, "prepare") and getattr(module, "fresh", True) for module in modules):
+        return 0
+    metrics = replay.replayed_metrics()
+    inside = _inside(metrics["known_at"].to_numpy(), after, before)
+    if not inside.all():
+        metrics = metrics[inside]
+    # Each module gets the rows of the metrics it reads (one factorisation for all).
+    assets, asset_names = pd.factorize(metrics["asset"])
+    names, metric_names = pd.factorize(metrics["name"])
+    pairs = assets.astype(np.int64) * max(1, len(metric_names)) + names
+    asset_code = {str(a): i for i, a in enumerate(asset_names)}
+    name_code = {str(n): i for i, n in enumerate(metric_names)}
+    jobs = []
+    for module in modules:
+        prepare = getattr(module, "prepare", None)
+        symbol = getattr(module, "symbol", None)
+        if prepare is None or symbol is None:
+            continue
+        open_time, ohlcv = replay.replayed_bars(symbol)
+        close = open_time + timeframe_ms(replay.timeframe)
+        mine = _inside(close, after, before)
+        keys = getattr(module, "metric_keys", None)
+        read = metrics
+        if keys is not None:
+            wanted = [
+                asset_code[a] * max(1, len(metric_names)) + name_code[n]
+                for a, n in keys
+                if a in asset_code and n in name_code
+            ]
+            read = metrics.iloc[np.flatnonzero(np.isin(pairs, wanted))]
+        jobs.append(partial(prepare, replay.timeframe, open_time[mine], ohlcv[mine], read))
+    return sum(bool(done) for done in _run_all(jobs))
+
+
+def _run_all(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """Each job's answer, in order: on a thread per CPU when there are several of both (a
+    module's preparation is mostly numpy and torch, which release the GIL, and touches only
+    that module's state; each thread infers on one torch thread)."""
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers < 2:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+def _inside(ts: np.ndarray, after: int | None, before: int | None) -> np.ndarray:
+    """Where ``after < ts < before`` (an open bound when None)."""
+    mask = np.ones(len(ts), dtype=bool)
+    if after is not None:
+        mask &= ts > after
+    if before is not None:
+        mask &= ts < before
+    return mask

@@ -49,7 +49,7 @@ from strategies.mars.controller import Controller, Record
 from strategies.mars.manager import Manager, PortfolioRecord
 from strategies.mars.module import MarsModule, VariantStep
 from strategies.mars.regime import COIN_FEATURES, MARKET_FEATURES, RegimeSpec, RegimeTracker
-from strategies.portfolio import ReplayHistory, prepare_modules
+from strategies.plans import ReplayHistory, prepare_modules
 
 log = logging.getLogger(__name__)
 

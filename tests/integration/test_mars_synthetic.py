@@ -47,7 +47,8 @@ from strategies.mars.artifact import load_ensemble, save_ensemble
 from strategies.mars.module import MarsModule
 from strategies.mars.policy import ALWAYS, MarsPolicy, ModuleSet
 from strategies.mars.training import train_ensembles
-from strategies.portfolio import PortfolioVote, prepare_modules
+from strategies.plans import prepare_modules
+from strategies.portfolio import PortfolioVote
 from strategies.registry import load_crypto_module, save_crypto_module
 from tests.unit.agents.conftest import COST, TINY
 
