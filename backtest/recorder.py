@@ -23,7 +23,7 @@ from backtest.result import (
 )
 from bot.engine.account import Account, coin_of
 from bot.engine.audit import audit_rows
-from bot.engine.step import StepResult
+from bot.engine.step import StepResult, Stretch
 from bot.events import OrderFilled, OrderRejected, RiskRefusal
 
 CloseLookup = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -58,6 +58,17 @@ class Recorder:
             self.refusals.extend(result[3])
         if result.allowed is not None or result.refusals:
             self.on_review(result)
+
+    def on_coast(self, stretch: Stretch, equities: np.ndarray) -> None:
+        """A coasted stretch's valuations (those of its decisions: warm-up, which comes first,
+        is not recorded)."""
+        deciding = stretch.deciding
+        if not deciding[0]:
+            stretch_ts, equities = stretch.ts[deciding], equities[deciding]
+        else:
+            stretch_ts = stretch.ts
+        self.times.frombytes(stretch_ts.astype(np.int64, copy=False).tobytes())
+        self.equities.frombytes(equities.astype(np.float64, copy=False).tobytes())
 
     def on_review(self, result: StepResult) -> None:
         """A reviewed decision's audit: assets whose allowed weight differs from the wanted

@@ -23,7 +23,8 @@ from itertools import chain, islice, repeat
 import numpy as np
 import pandas as pd
 
-from bot.engine.step import Instant
+from bot.engine.account import coin_of
+from bot.engine.step import Instant, Stretch
 from bot.events import Bar, Metric
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import timeframe_ms
@@ -190,75 +191,154 @@ class ReplayDriver:
         ``zip`` over the columns (no Python code per bar), the others one by one; both give
         the same instants (tests compare them with :func:`bot.engine.step.instants`).
         """
-        closes = self._instant_close
-        n = int(np.searchsorted(closes, self.end_ms, side="left"))
-        return chain.from_iterable(self._segments(closes[:n], progress))
+        return chain.from_iterable(self.runs(progress))  # type: ignore[arg-type]
 
-    def _segments(
-        self, closes: np.ndarray, progress: Progress | None
-    ) -> Iterator[Iterator[Instant]]:
-        """The instants of ``closes``, CHUNK at a time: only one chunk's columns exist as
-        Python objects at once, so a replay of millions of bars stays small in memory."""
-        m_known, m_asset, m_name, m_observed, m_value = self._metrics
-        n = len(closes)
-        bounds = np.r_[self._instant_start, len(self._open_time)][: n + 1]  # rows per instant
-        counts = np.diff(bounds)
-        # Metrics known in (previous close, close] belong to an instant.
-        metric_end = np.searchsorted(np.asarray(m_known, dtype=np.int64), closes, "right")
-        metric_begin = np.r_[0, metric_end[:-1]] if n else metric_end
-        decides = closes >= self.start_ms
-        decided = np.cumsum(decides)
-        total = int(decided[-1]) if n else 0
-        new, no_metrics = tuple.__new__, ()
+    def runs(
+        self, progress: Progress | None = None, quiet: np.ndarray | None = None
+    ) -> Iterator[Iterator[Instant] | Stretch]:
+        """The instants of :meth:`instants`, in runs (iterators of instants), ``CHUNK`` at a
+        time: only one chunk's columns exist as Python objects at once, so a replay of millions
+        of bars stays small in memory.
+
+        ``quiet`` (a policy's ``quiet_instants``, one boolean per instant of
+        :meth:`instant_times`): every run of at least ``MIN_STRETCH`` quiet instants comes as
+        one :class:`~bot.engine.step.Stretch` instead, its bars never built one by one.
+        """
+        plan = _Plan(self)
+        n, bounds = len(plan.closes), plan.bounds
         for k0 in range(0, n, CHUNK):
             k1 = min(n, k0 + CHUNK)
-            bars = self._bars(int(bounds[k0]), int(bounds[k1]))
-            times = closes[k0:k1].tolist()
-            widths = counts[k0:k1].tolist()
-            has_metrics = (metric_end[k0:k1] > metric_begin[k0:k1]).tolist()
-            deciding = decides[k0:k1].tolist()
-            k, size = 0, k1 - k0
-            while k < size:
-                # The longest run from k of instants with k's bar count and no metric: handed
-                # over whole, as a C-level iterator (no Python code per instant).
-                width, run_end = widths[k], k
-                while run_end < size and widths[run_end] == width and not has_metrics[run_end]:
-                    run_end += 1
-                if run_end - k >= 8:
-                    groups = zip(*[islice(bars, width * (run_end - k))] * width, strict=True)
-                    yield map(
-                        new,
-                        repeat(Instant),
-                        zip(times[k:run_end], repeat(no_metrics), groups, deciding[k:run_end]),
-                    )
-                    k = run_end
-                    continue
-                first, last = int(metric_begin[k0 + k]), int(metric_end[k0 + k])
-                known = tuple(
-                    Metric(m_known[j], m_asset[j], m_name[j], m_observed[j], m_value[j])
-                    for j in range(first, last)
+            pieces = _pieces(quiet, k0, k1)
+            if len(pieces) == 1 and not pieces[0][2]:
+                yield from self._instant_runs(plan, k0, k1, self._bars(bounds[k0], bounds[k1]))
+            else:
+                # One pass builds the bars of every stepped piece; stretches build none.
+                stepped = np.zeros(k1 - k0, dtype=bool)
+                for a, b, coasts in pieces:
+                    stepped[a - k0 : b - k0] = not coasts
+                counts = plan.counts[k0:k1]
+                rows = np.flatnonzero(np.repeat(stepped, counts)) + bounds[k0]
+                bars = self._bars_at(rows)
+                # full[k]: how many of the chunk's first k instants close every symbol's bar.
+                full = np.r_[0, np.cumsum(counts == len(self.symbols))].tolist()
+                for a, b, coasts in pieces:
+                    if coasts:
+                        aligned = full[b - k0] - full[a - k0] == b - a
+                        yield self._stretch(plan, a, b, aligned)
+                    else:
+                        yield from self._instant_runs(plan, a, b, bars)
+            if progress is not None and plan.total:
+                progress(int(plan.decided[k1 - 1]), plan.total)
+
+    def _instant_runs(
+        self, plan: _Plan, k0: int, k1: int, bars: Iterator[Bar]
+    ) -> Iterator[Iterator[Instant]]:
+        """The instants ``[k0, k1)`` as iterators, their bars taken from ``bars`` in order: the
+        longest runs of instants with the same bar count and no metric handed over whole, as
+        C-level iterators (no Python code per instant), the others one by one."""
+        m_known, m_asset, m_name, m_observed, m_value = self._metrics
+        metric_begin, metric_end = plan.metric_begin, plan.metric_end
+        new, no_metrics = tuple.__new__, ()
+        times = plan.closes[k0:k1].tolist()
+        widths = plan.counts[k0:k1].tolist()
+        has_metrics = (metric_end[k0:k1] > metric_begin[k0:k1]).tolist()
+        deciding = plan.decides[k0:k1].tolist()
+        k, size = 0, k1 - k0
+        while k < size:
+            width, run_end = widths[k], k
+            while run_end < size and widths[run_end] == width and not has_metrics[run_end]:
+                run_end += 1
+            if run_end - k >= 8:
+                groups = zip(*[islice(bars, width * (run_end - k))] * width, strict=True)
+                yield map(
+                    new,
+                    repeat(Instant),
+                    zip(times[k:run_end], repeat(no_metrics), groups, deciding[k:run_end]),
                 )
-                group = tuple(islice(bars, widths[k]))
-                yield iter((new(Instant, (times[k], known, group, deciding[k])),))
-                k += 1
-            if progress is not None and total:
-                progress(int(decided[k1 - 1]), total)
+                k = run_end
+                continue
+            first, last = int(metric_begin[k0 + k]), int(metric_end[k0 + k])
+            known = tuple(
+                Metric(m_known[j], m_asset[j], m_name[j], m_observed[j], m_value[j])
+                for j in range(first, last)
+            )
+            group = tuple(islice(bars, widths[k]))
+            yield iter((new(Instant, (times[k], known, group, deciding[k])),))
+            k += 1
+
+    def _stretch(self, plan: _Plan, k0: int, k1: int, aligned: bool) -> Stretch:
+        """The instants ``[k0, k1)`` as a :class:`~bot.engine.step.Stretch`: their times,
+        each coin's close path and last bar, built vectorised. ``aligned``: every symbol
+        closes a bar at each of them."""
+        lo, hi = int(plan.bounds[k0]), int(plan.bounds[k1])
+        m = k1 - k0
+        width = len(self.symbols)
+        symbol_rows = self._symbol_index[lo:hi]
+        close = self._ohlcv[lo:hi, 3]
+        closes: dict[str, tuple[int, np.ndarray]] = {}
+        last_rows: list[int] = []
+        if aligned:
+            # Every symbol closes a bar at every instant: rows are (instant, symbol) ordered.
+            paths = close.reshape(m, width)
+            for s, symbol in enumerate(self.symbols):
+                closes[coin_of(symbol)] = (0, paths[:, s])
+                last_rows.append(hi - width + s)
+        else:
+            instant_of_row = np.repeat(np.arange(m), plan.counts[k0:k1])
+            for s, symbol in enumerate(self.symbols):
+                mine = np.flatnonzero(symbol_rows == s)
+                if not len(mine):
+                    continue
+                latest = np.full(m, -1, dtype=np.int64)
+                latest[instant_of_row[mine]] = mine
+                np.maximum.accumulate(latest, out=latest)
+                first = int(instant_of_row[mine[0]])
+                closes[coin_of(symbol)] = (first, close[np.maximum(latest, 0)])
+                last_rows.append(lo + int(mine[-1]))
+        step, exchange, timeframe, names = self.step_ms, self.exchange, self.timeframe, self.symbols
+        last_bars = tuple(
+            Bar(
+                int(self._open_time[r]) + step,
+                exchange,
+                names[int(self._symbol_index[r])],
+                timeframe,
+                int(self._open_time[r]),
+                *self._ohlcv[r].tolist(),
+            )
+            for r in sorted(last_rows)
+        )
+        return Stretch(
+            plan.closes[k0:k1],
+            plan.decides[k0:k1],
+            closes,
+            last_bars,
+            lambda: chain.from_iterable(
+                self._instant_runs(plan, k0, k1, self._bars(lo, hi))  # type: ignore[arg-type]
+            ),
+        )
 
     def _bars(self, lo: int, hi: int) -> Iterator[Bar]:
         """Bars of rows ``[lo, hi)`` in (close, symbol) order, built by C-level code
         (``tuple.__new__`` over zipped columns: no Python constructor call per bar)."""
+        return self._bars_at(slice(int(lo), int(hi)))
+
+    def _bars_at(self, rows: slice | np.ndarray) -> Iterator[Bar]:
+        """Bars of ``rows`` (a slice, or row numbers in (close, symbol) order), built by
+        C-level code."""
         names = self.symbols
-        symbols = [names[i] for i in self._symbol_index[lo:hi].tolist()]
-        o, h, low, c, v = (self._ohlcv[lo:hi, j].tolist() for j in range(5))
+        symbols = [names[i] for i in self._symbol_index[rows].tolist()]
+        ohlcv = self._ohlcv[rows]
+        o, h, low, c, v = (ohlcv[:, j].tolist() for j in range(5))
+        open_time = self._open_time[rows]
         return map(
             tuple.__new__,
             repeat(Bar),
             zip(
-                (self._open_time[lo:hi] + self.step_ms).tolist(),
+                (open_time + self.step_ms).tolist(),
                 repeat(self.exchange),
                 symbols,
                 repeat(self.timeframe),
-                self._open_time[lo:hi].tolist(),
+                open_time.tolist(),
                 o,
                 h,
                 low,
@@ -271,6 +351,47 @@ class ReplayDriver:
 
 CHUNK = 4096
 """Most instants built in one C-level run (and between two progress reports)."""
+
+MIN_STRETCH = 8
+"""Fewest quiet instants handed to the engine as one stretch (shorter runs are stepped)."""
+
+
+class _Plan:
+    """What :meth:`ReplayDriver.runs` computes once per replay: per instant its close, rows,
+    metrics and whether it decides."""
+
+    def __init__(self, driver: ReplayDriver) -> None:
+        all_closes = driver._instant_close
+        n = int(np.searchsorted(all_closes, driver.end_ms, side="left"))
+        self.closes = closes = all_closes[:n]
+        self.bounds = np.r_[driver._instant_start, len(driver._open_time)][: n + 1]
+        self.counts = np.diff(self.bounds)
+        # Metrics known in (previous close, close] belong to an instant.
+        known = np.asarray(driver._metrics[0], dtype=np.int64)
+        self.metric_end = np.searchsorted(known, closes, "right")
+        self.metric_begin = np.r_[0, self.metric_end[:-1]] if n else self.metric_end
+        self.decides = closes >= driver.start_ms
+        self.decided = np.cumsum(self.decides)
+        self.total = int(self.decided[-1]) if n else 0
+
+
+def _pieces(quiet: np.ndarray | None, k0: int, k1: int) -> list[tuple[int, int, bool]]:
+    """``[k0, k1)`` cut into ranges to step and runs of at least ``MIN_STRETCH`` quiet
+    instants to coast: ``(start, end, coasts)`` in order."""
+    if quiet is None:
+        return [(k0, k1, False)]
+    flags = np.r_[False, quiet[k0:k1], False].view(np.int8)
+    edges = np.flatnonzero(np.diff(flags)) + k0
+    pieces, at = [], k0
+    for start, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):
+        if end - start >= MIN_STRETCH:
+            if start > at:
+                pieces.append((at, start, False))
+            pieces.append((start, end, True))
+            at = end
+    if at < k1:
+        pieces.append((at, k1, False))
+    return pieces
 
 
 def _sorted_metrics(

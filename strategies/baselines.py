@@ -16,9 +16,23 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
 
 from bot.engine.step import DecisionContext
 from bot.timeframes import DAY_MS, timeframe_ms
+
+
+class Replay(Protocol):
+    """What a policy's ``quiet_instants`` reads of a replay (``backtest.replay.ReplayDriver``)."""
+
+    start_ms: int
+
+    def instant_times(self) -> np.ndarray:
+        """The close time of every instant, in order (warm-up included)."""
+        ...
+
 
 TREND_FILTER = "trend_filter"
 
@@ -38,6 +52,19 @@ class FixedWeights:
             return None
         self._done = True
         return self.weights
+
+    def quiet_instants(self, replay: Replay) -> np.ndarray | None:
+        """Held weights trade only at the replay's first decision: every other instant is
+        quiet, and a replay coasts through them. ``None`` when rebalancing at every
+        decision."""
+        if self.every_decision:
+            return None
+        times = replay.instant_times()
+        quiet = np.ones(len(times), dtype=bool)
+        first = int(np.searchsorted(times, replay.start_ms, side="left"))
+        if not self._done and first < len(times):
+            quiet[first] = False
+        return quiet
 
 
 class BuyAndHold(FixedWeights):

@@ -19,7 +19,7 @@ from bot.engine.kernel import Engine
 from bot.engine.planner import OrderPlanner
 from bot.engine.risk import RiskGate
 from bot.engine.rules import MarketRules
-from bot.engine.step import DecisionContext, Instant, Policy, StepResult
+from bot.engine.step import DecisionContext, Instant, Policy, StepResult, Stretch
 
 __all__ = [
     "Account",
@@ -31,4 +31,5 @@ __all__ = [
     "Policy",
     "RiskGate",
     "StepResult",
+    "Stretch",
 ]

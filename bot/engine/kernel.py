@@ -10,6 +10,10 @@
    pause, order notional, daily turnover (:class:`~bot.engine.planner.OrderPlanner`);
 5. order plan: lot- and notional-valid orders, sells first, deterministic client ids.
 
+A replay may hand a :class:`~bot.engine.step.Stretch` of instants at which the policy declared
+it will not trade to :meth:`Engine.coast`: steps 1 and 2 for all of them at once, vectorised,
+with the same results as stepping each (steps 3-5 would do nothing).
+
 The step returns a :class:`~bot.engine.step.StepResult` (target, refusals, orders) and the
 driver hands the orders to a venue, whose fills come back through :meth:`Engine.book`. The bus
 is for observers only (recorders, the journal, Telegram, logs): the engine publishes on it what
@@ -22,12 +26,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from bot.bus import EventBus
 from bot.engine.account import SYMBOL_COINS, Account, coin_of
 from bot.engine.planner import OrderPlanner
 from bot.engine.risk import RiskGate
 from bot.engine.rules import MarketRules
-from bot.engine.step import DecisionContext, Instant, Policy, StepResult, target_weights
+from bot.engine.step import (
+    DecisionContext,
+    Instant,
+    Policy,
+    StepResult,
+    Stretch,
+    target_weights,
+)
 from bot.events import (
     Event,
     FlattenPositions,
@@ -130,6 +143,39 @@ class Engine:
         if self.bus.listening:
             self._publish(result)
         return result
+
+    def coast(self, stretch: Stretch) -> np.ndarray | None:
+        """Mark to market and follow the kill switch through ``stretch`` at once; returns the
+        equity at each of its instants (before any order: there is none), bit for bit what
+        :meth:`step` would have valued. The policy is not called (it declared these instants
+        quiet). ``None``, with nothing changed, when the stretch must be stepped one instant at
+        a time: a flatten is due (it trades without the policy), or the kill switch would trip
+        inside it (the step that trips it records why)."""
+        if self.gate.flatten_due:
+            return None
+        account = self.account
+        prices = account.prices
+        equity = np.full(len(stretch.ts), account.cash)
+        for coin, amount in account.holdings.items():  # the step's order of additions
+            if amount:
+                path = stretch.closes.get(coin)
+                if path is None:
+                    equity += amount * prices.get(coin, 0.0)
+                    continue
+                first, values = path
+                if first:
+                    values = values.copy()
+                    values[:first] = prices.get(coin, 0.0)
+                equity += amount * values
+        if self._watch_drawdown and not self.gate.observe_path(equity):
+            return None
+        last_bars = account.last_bars
+        for bar in stretch.last_bars:
+            symbol = bar[2]
+            coin = SYMBOL_COINS.get(symbol) or coin_of(symbol)
+            prices[coin] = bar[8]
+            last_bars[coin] = bar
+        return equity
 
     def book(self, fill: OrderFilled) -> None:
         """A venue's fill: into the account, and to observers."""

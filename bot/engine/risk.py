@@ -39,6 +39,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from bot.engine.account import coin_of
 from bot.engine.rules import DEFAULT_RULES, MarketRules
 from bot.events import Bar, RiskRefusal, SubmitOrder
@@ -119,6 +121,20 @@ class RiskGate:
             f"equity {equity:.2f} is {drawdown:.2%} below its peak {peak:.2f} "
             f"(limit {limit:.2%}); {action} until an operator resumes",
         )
+
+    def observe_path(self, equities: np.ndarray) -> bool:
+        """Follow a stretch of valuations as :meth:`observe_equity` one after another would,
+        vectorised; ``False`` (nothing followed) when the kill switch would trip in it, and the
+        caller steps it one valuation at a time to trip it there."""
+        peaks = np.maximum.accumulate(equities)
+        if self.peak is not None:
+            np.maximum(peaks, self.peak, out=peaks)
+        limit = self.cfg.max_drawdown
+        halts = limit is not None and self._halted is None
+        if halts and ((peaks > 0) & ~(equities > peaks * (1.0 - limit))).any():
+            return False
+        self.equity, self.peak = float(equities[-1]), float(peaks[-1])
+        return True
 
     def trip(self, ts: int, reason: str, *, flatten: bool) -> None:
         """Trip the kill switch by hand (an operator's flatten): sell everything at the next

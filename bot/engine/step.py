@@ -12,8 +12,10 @@ bus, the exchange, the clock or the stores, so it cannot tell a backtest from li
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
 
 from bot.events import Bar, Event, Metric, RiskRefusal, SubmitOrder, TargetWeights
 
@@ -74,22 +76,53 @@ class Policy(Protocol):
     """Decides target weights. The paper's vote, the baselines and every later policy are one.
 
     ``decide`` is called at every instant, warm-up included (``context.deciding`` says whether
-    the answer is used), so the policy's state follows every bar. It returns the wanted weights
+    the answer is used), so the policy's state follows every bar (a replay skips only the
+    instants the policy declared quiet, below). It returns the wanted weights
     per asset (the quote currency's included or left to be the rest), or ``None`` for "no new
     target" (nothing is traded). ``name`` is the ``TargetWeights`` source.
 
-    Optional hooks, called when present: ``prepare(driver)`` (a backtest hands the whole replay
-    before replaying it) and ``explain(ts) -> dict`` (why the policy decided what it did at the
-    close ``ts``: a JSON-ready dict keyed by what it explains, e.g. the Crypto Module vote's
-    ``{coin: {action, q, top: [[input, attribution], ...], ...}}``; the live driver calls it
-    after the cycle's orders are sent and journals it in ``decisions.explanation``; an ensemble
-    adds its own keys, e.g. its controller's weights and its critics' vetoes). ``explain`` must
-    not change what the policy decides next.
+    Optional hooks, called when present:
+
+    * ``prepare(driver)``: a backtest hands the whole replay before replaying it;
+    * ``quiet_instants(driver) -> bool array | None``: after ``prepare``, a policy that knows
+      where it will not trade says so, and a replay coasts through those instants without
+      calling it (:class:`Stretch`);
+    * ``explain(ts) -> dict``: why the policy decided what it did at the close ``ts``, a
+      JSON-ready dict keyed by what it explains, e.g. the Crypto Module vote's ``{coin:
+      {action, q, top: [[input, attribution], ...], ...}}``; the live driver calls it after
+      the cycle's orders are sent and journals it in ``decisions.explanation``; an ensemble
+      adds its own keys, e.g. its controller's weights and its critics' vetoes. ``explain``
+      must not change what the policy decides next.
     """
 
     name: str
 
     def decide(self, context: DecisionContext) -> Mapping[str, float] | None: ...
+
+
+class Stretch(NamedTuple):
+    """Consecutive instants at which the policy declared it will not trade: a replay hands them
+    to :meth:`~bot.engine.kernel.Engine.coast` at once instead of stepping each.
+
+    A policy declares them with ``quiet_instants(driver)``: a boolean per instant of
+    ``driver.instant_times()``, true where ``decide`` would answer ``None`` and where not being
+    called leaves its later decisions unchanged (it read the replay in ``prepare``). Such an
+    instant changes only the account's prices and the kill switch's view of equity; coasting
+    computes both for the whole stretch, vectorised, with the bits stepping would give.
+    """
+
+    ts: np.ndarray
+    """Close time of every instant (int64)."""
+    deciding: np.ndarray
+    """Whether each instant is in the decision window (bool): its valuation is recorded."""
+    closes: Mapping[str, tuple[int, np.ndarray]]
+    """Per coin with a bar in the stretch: ``(first, path)``, ``path[i]`` its latest close at
+    instant ``i`` from ``i = first`` on (before ``first`` the coin has not closed a bar since
+    the stretch began: the account's price holds)."""
+    last_bars: tuple[Bar, ...]
+    """The latest bar of each coin that closed one in the stretch (the account keeps them)."""
+    instants: Callable[[], Iterator[Instant]]
+    """The same instants, one by one: stepped when the stretch cannot coast."""
 
 
 class StepResult(NamedTuple):
