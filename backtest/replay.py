@@ -202,8 +202,11 @@ class ReplayDriver:
 
         ``quiet`` (a policy's ``quiet_instants``, one boolean per instant of
         :meth:`instant_times`): every run of at least ``MIN_STRETCH`` quiet instants comes as
-        one :class:`~bot.engine.step.Stretch` instead, its bars never built one by one.
+        one :class:`~bot.engine.step.Stretch` instead, its bars never built one by one (unless
+        two symbols are quoted for one coin).
         """
+        if quiet is not None and len({coin_of(s) for s in self.symbols}) < len(self.symbols):
+            quiet = None  # two symbols price one coin: only stepping orders their bars
         plan = _Plan(self)
         n, bounds = len(plan.closes), plan.bounds
         for k0 in range(0, n, CHUNK):

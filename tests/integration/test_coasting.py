@@ -12,7 +12,7 @@ import pytest
 from backtest.replay import ReplayDriver
 from backtest.result import RunResult
 from backtest.run import run_backtest
-from bot.engine import DecisionContext, Engine, RiskGate
+from bot.engine import DecisionContext, Engine, RiskGate, Stretch
 from bot.timeframes import HOUR_MS
 from config.schema import AppConfig, BrokerConfig, MarketConfig, MarketRulesConfig, RiskConfig
 from strategies.baselines import BuyAndHold, EqualWeightBuyAndHold
@@ -219,7 +219,7 @@ def test_stretches_step_as_the_instants_they_stand_for() -> None:
     quiet = np.random.default_rng(1).random(len(times)) < 0.9
     flat = []
     for run in replay.runs(quiet=quiet):
-        flat.extend(run.instants() if hasattr(run, "last_bars") else run)
+        flat.extend(run.instants() if isinstance(run, Stretch) else run)
     assert flat == list(replay.instants())
 
 
@@ -240,3 +240,12 @@ def test_the_kill_switch_follows_a_path_as_one_valuation_after_another() -> None
             assert (at_once.peak, at_once.equity) == (one_by_one.peak, one_by_one.equity)
         else:
             assert at_once.halted is None
+
+
+def test_two_symbols_of_one_coin_are_always_stepped() -> None:
+    bars = market(gaps=False)
+    two_quotes = {"BTC/USDT": bars["BTC/USDT"], "BTC/BUSD": bars["BTC/USDT"]}
+    replay = ReplayDriver(two_quotes, exchange="x", timeframe="1h")
+    quiet = np.ones(len(replay.instant_times()), dtype=bool)
+    runs = list(replay.runs(quiet=quiet))
+    assert not any(isinstance(run, Stretch) for run in runs)
