@@ -53,6 +53,9 @@ class ReplayDriver:
         self._closes: dict[str, np.ndarray] = {}
         self._rows: dict[str, np.ndarray] = {}
         times, indexes, rows = [], [], []
+        self._one_bar_per_close = True
+        """No symbol has two bars opening at the same time (a stretch may read its closes as
+        an (instant, symbol) grid when every instant has one bar per symbol)."""
         for index, symbol in enumerate(self.symbols):
             frame = bars[symbol]
             open_time = frame["open_time"].to_numpy(dtype=np.int64)
@@ -60,6 +63,8 @@ class ReplayDriver:
             if len(open_time) > 1 and not (np.diff(open_time) > 0).all():
                 order = np.argsort(open_time, kind="stable")
                 open_time, ohlcv = open_time[order], ohlcv[order]
+                if (np.diff(open_time) == 0).any():
+                    self._one_bar_per_close = False
             self._opens[symbol] = (open_time, ohlcv[:, 0])  # views, not copies
             self._rows[symbol] = ohlcv
             self._closes[symbol] = ohlcv[:, 3]
@@ -224,9 +229,10 @@ class ReplayDriver:
                 bars = self._bars_at(rows)
                 # full[k]: how many of the chunk's first k instants close every symbol's bar.
                 full = np.r_[0, np.cumsum(counts == len(self.symbols))].tolist()
+                grid = self._one_bar_per_close
                 for a, b, coasts in pieces:
                     if coasts:
-                        aligned = full[b - k0] - full[a - k0] == b - a
+                        aligned = grid and full[b - k0] - full[a - k0] == b - a
                         yield self._stretch(plan, a, b, aligned)
                     else:
                         yield from self._instant_runs(plan, a, b, bars)
@@ -279,13 +285,13 @@ class ReplayDriver:
         symbol_rows = self._symbol_index[lo:hi]
         close = self._ohlcv[lo:hi, 3]
         closes: dict[str, tuple[int, np.ndarray]] = {}
-        last_rows: list[int] = []
+        last_rows: list[tuple[int, int]] = []  # (a coin's first row, its last row)
         if aligned:
             # Every symbol closes a bar at every instant: rows are (instant, symbol) ordered.
             paths = close.reshape(m, width)
             for s, symbol in enumerate(self.symbols):
                 closes[coin_of(symbol)] = (0, paths[:, s])
-                last_rows.append(hi - width + s)
+                last_rows.append((lo + s, hi - width + s))
         else:
             instant_of_row = np.repeat(np.arange(m), plan.counts[k0:k1])
             for s, symbol in enumerate(self.symbols):
@@ -297,7 +303,7 @@ class ReplayDriver:
                 np.maximum.accumulate(latest, out=latest)
                 first = int(instant_of_row[mine[0]])
                 closes[coin_of(symbol)] = (first, close[np.maximum(latest, 0)])
-                last_rows.append(lo + int(mine[-1]))
+                last_rows.append((lo + int(mine[0]), lo + int(mine[-1])))
         step, exchange, timeframe, names = self.step_ms, self.exchange, self.timeframe, self.symbols
         last_bars = tuple(
             Bar(
@@ -308,7 +314,7 @@ class ReplayDriver:
                 int(self._open_time[r]),
                 *self._ohlcv[r].tolist(),
             )
-            for r in sorted(last_rows)
+            for _, r in sorted(last_rows)  # in first-bar order: the order stepping meets them
         )
         return Stretch(
             plan.closes[k0:k1],

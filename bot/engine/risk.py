@@ -124,9 +124,11 @@ class RiskGate:
 
     def observe_path(self, equities: np.ndarray) -> bool:
         """Follow a stretch of valuations as :meth:`observe_equity` one after another would,
-        vectorised; ``False`` (nothing followed) when the kill switch would trip in it, and the
-        caller steps it one valuation at a time to trip it there."""
+        vectorised; ``False`` (nothing followed) when the kill switch would trip in it, or a
+        valuation is NaN, and the caller steps it one valuation at a time."""
         peaks = np.maximum.accumulate(equities)
+        if peaks[-1] != peaks[-1]:  # a NaN valuation: only one at a time says what it does
+            return False
         if self.peak is not None:
             np.maximum(peaks, self.peak, out=peaks)
         limit = self.cfg.max_drawdown

@@ -120,7 +120,8 @@ class Stretch(NamedTuple):
     instant ``i`` from ``i = first`` on (before ``first`` the coin has not closed a bar since
     the stretch began: the account's price holds)."""
     last_bars: tuple[Bar, ...]
-    """The latest bar of each coin that closed one in the stretch (the account keeps them)."""
+    """The latest bar of each coin that closed one in the stretch (the account keeps them), in
+    the order of the coins' first bars in it (the order stepping would first price them)."""
     instants: Callable[[], Iterator[Instant]]
     """The same instants, one by one: stepped when the stretch cannot coast."""
 

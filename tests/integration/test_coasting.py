@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from backtest import replay as replay_module
 from backtest.replay import ReplayDriver
 from backtest.result import RunResult
 from backtest.run import run_backtest
@@ -129,11 +130,20 @@ class Stepped:
 
 
 class CoastSpy:
-    """Counts the stretches the engine coasted and those it handed back to be stepped."""
+    """Counts the stretches the engine coasted and those it handed back to be stepped, and
+    keeps every engine built (to compare their state after the runs)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.coasted = self.stepped = 0
+        self.engines: list[Engine] = []
         original = Engine.coast
+        build = Engine.__init__
+
+        def init(engine: Engine, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            build(engine, *args, **kwargs)
+            self.engines.append(engine)
+
+        monkeypatch.setattr(Engine, "__init__", init)
 
         def coast(engine: Engine, stretch):  # type: ignore[no-untyped-def]
             equities = original(engine, stretch)
@@ -146,6 +156,17 @@ class CoastSpy:
         monkeypatch.setattr(Engine, "coast", coast)
 
 
+def assert_same_state(coasted: Engine, stepped: Engine) -> None:
+    """Account and kill switch left as stepping leaves them (dict order included)."""
+    for account in ("prices", "last_bars", "holdings"):
+        assert list(getattr(coasted.account, account).items()) == list(
+            getattr(stepped.account, account).items()
+        )
+    assert coasted.account.cash == stepped.account.cash
+    for gate in ("peak", "equity", "halted", "flatten_due"):
+        assert getattr(coasted.gate, gate) == getattr(stepped.gate, gate)
+
+
 def assert_same_run(coasted: RunResult, stepped: RunResult) -> None:
     pd.testing.assert_series_equal(coasted.equity, stepped.equity, check_exact=True)
     pd.testing.assert_frame_equal(coasted.weights, stepped.weights, check_exact=True)
@@ -156,15 +177,20 @@ def assert_same_run(coasted: RunResult, stepped: RunResult) -> None:
     assert coasted.fees_paid == stepped.fees_paid
 
 
+@pytest.mark.parametrize(("chunk", "min_stretch"), [(4096, 8), (7, 2), (50, 3)])
 async def test_a_coasted_replay_is_the_stepped_one_with_gaps_metrics_and_warm_up(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, chunk: int, min_stretch: int
 ) -> None:
+    # Small chunks: stretches and stepped pieces cut at chunk boundaries.
+    monkeypatch.setattr(replay_module, "CHUNK", chunk)
+    monkeypatch.setattr(replay_module, "MIN_STRETCH", min_stretch)
     bars = market()
     spy = CoastSpy(monkeypatch)
     policy = Signals()
     coasted = await run_backtest(config(), policy, driver(bars), name="s")
     stepped = await run_backtest(config(), Stepped(Signals()), driver(bars), name="s")
     assert_same_run(coasted, stepped)
+    assert_same_state(*spy.engines)
     assert len(coasted.trades) > 20
     assert (coasted.refusals["rule"] == "stale_data").any()  # SOL's outage, seen after coasting
     assert spy.coasted > 10 and spy.stepped == 0
@@ -181,6 +207,7 @@ async def test_the_kill_switch_trips_at_the_same_close_inside_a_quiet_stretch(
     coasted = await run_backtest(cfg, Signals(every=97), driver(bars), name="s")
     stepped = await run_backtest(cfg, Stepped(Signals(every=97)), driver(bars), name="s")
     assert_same_run(coasted, stepped)
+    assert_same_state(*spy.engines)
     trips = coasted.refusals[coasted.refusals["rule"] == "max_drawdown"]
     assert len(trips) == 1
     assert spy.stepped >= 1  # the stretch holding the trip was stepped
@@ -200,6 +227,7 @@ async def test_held_baselines_coast_after_their_purchase(
     twin = type(policy)("ETH") if isinstance(policy, BuyAndHold) else type(policy)(COINS)
     stepped = await run_backtest(config(), Stepped(twin), driver(bars), name="bh")
     assert_same_run(coasted, stepped)
+    assert_same_state(*spy.engines)
     assert len(coasted.trades) >= 1
     assert spy.coasted >= 2  # warm-up before the purchase, and everything after it
 
@@ -232,10 +260,12 @@ def test_the_kill_switch_follows_a_path_as_one_valuation_after_another() -> None
             at_once.observe_equity(0, 120.0)
             one_by_one.observe_equity(0, 120.0)
         path = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.05, 30)))
+        if trial % 7 == 0:
+            path[rng.integers(30)] = np.nan  # a valuation with no price
         followed = at_once.observe_path(path)
         trips = [one_by_one.observe_equity(i + 1, float(e)) for i, e in enumerate(path)]
         tripped = any(t is not None for t in trips)
-        assert followed is not tripped
+        assert followed is not (tripped or bool(np.isnan(path).any()))
         if followed:
             assert (at_once.peak, at_once.equity) == (one_by_one.peak, one_by_one.equity)
         else:
@@ -249,3 +279,39 @@ def test_two_symbols_of_one_coin_are_always_stepped() -> None:
     quiet = np.ones(len(replay.instant_times()), dtype=bool)
     runs = list(replay.runs(quiet=quiet))
     assert not any(isinstance(run, Stretch) for run in runs)
+
+
+async def test_coins_first_priced_inside_a_stretch_keep_the_stepping_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bars = market(gaps=False)
+    bars["SOL/USDT"] = bars["SOL/USDT"].iloc[50:].reset_index(drop=True)  # listed late
+    bars["BTC/USDT"] = bars["BTC/USDT"].iloc[60:].reset_index(drop=True)  # and later still
+    spy = CoastSpy(monkeypatch)
+    start = 0
+    coasted = await run_backtest(
+        config(), EqualWeightBuyAndHold(COINS), driver(bars, start), name="e"
+    )
+    stepped = await run_backtest(
+        config(), Stepped(EqualWeightBuyAndHold(COINS)), driver(bars, start), name="e"
+    )
+    assert_same_run(coasted, stepped)
+    assert_same_state(*spy.engines)
+    assert list(spy.engines[0].account.prices) == ["ETH", "SOL", "BTC"]
+
+
+async def test_a_duplicated_bar_does_not_pass_for_a_full_grid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bars = market(gaps=False)
+    eth, btc = bars["ETH/USDT"], bars["BTC/USDT"]
+    bars["ETH/USDT"] = eth.drop(index=300).reset_index(drop=True)  # ETH misses a close
+    bars["BTC/USDT"] = pd.concat([btc, btc.iloc[[300]]]).reset_index(drop=True)  # BTC twice
+    spy = CoastSpy(monkeypatch)
+    coasted = await run_backtest(config(), EqualWeightBuyAndHold(COINS), driver(bars), name="e")
+    stepped = await run_backtest(
+        config(), Stepped(EqualWeightBuyAndHold(COINS)), driver(bars), name="e"
+    )
+    assert_same_run(coasted, stepped)
+    assert_same_state(*spy.engines)
+    assert spy.coasted >= 2
