@@ -72,7 +72,7 @@ async def run_backtest(
                 if equities is not None:
                     recorder.on_coast(run, equities)
                     continue
-                run = run.instants()  # the kill switch trips in it, or a flatten is due
+                run = run.instants()  # declined (see Engine.coast): stepped instead
             for instant in run:
                 result = step(instant)
                 if instant[3]:  # a decision (not warm-up): its valuation and refusals recorded

@@ -149,8 +149,8 @@ class Engine:
         equity at each of its instants (before any order: there is none), bit for bit what
         :meth:`step` would have valued. The policy is not called (it declared these instants
         quiet). ``None``, with nothing changed, when the stretch must be stepped one instant at
-        a time: a flatten is due (it trades without the policy), or the kill switch would trip
-        inside it (the step that trips it records why)."""
+        a time: a flatten is due (it trades without the policy), the kill switch would trip
+        inside it (the step that trips it records why), or a valuation is NaN."""
         if self.gate.flatten_due:
             return None
         account = self.account
