@@ -94,7 +94,7 @@ class ReplayDriver:
         else:
             self.start_ms = int(self._instant_close[0]) if len(first) else 0
         self.end_ms = last_close + 1 if end_ms is None else int(end_ms)
-        self._metrics = _sorted_metrics(metrics)
+        self._metrics, self._metric_table = _sorted_metrics(metrics)
 
     @classmethod
     async def from_stores(
@@ -167,18 +167,10 @@ class ReplayDriver:
     def replayed_metrics(self) -> pd.DataFrame:
         """The metrics :meth:`instants` yields, in the order it yields them: ``known_at`` (the
         ``Metric``'s ``ts``), ``asset``, ``name``, ``observed_at``, ``value``."""
-        known, asset, name, observed, value = self._metrics
+        known = self._metrics[0]
         closes = self._instant_close[self._instant_close < self.end_ms]
         count = bisect.bisect_right(known, int(closes[-1])) if len(closes) else 0
-        return pd.DataFrame(
-            {
-                "known_at": np.array(known[:count], dtype=np.int64),
-                "asset": asset[:count],
-                "name": name[:count],
-                "observed_at": np.array(observed[:count], dtype=np.int64),
-                "value": np.array(value[:count], dtype=np.float64),
-            }
-        )
+        return self._metric_table.iloc[:count]
 
     @property
     def decision_count(self) -> int:
@@ -405,14 +397,37 @@ def _pieces(quiet: np.ndarray | None, k0: int, k1: int) -> list[tuple[int, int, 
 
 def _sorted_metrics(
     metrics: pd.DataFrame | None,
-) -> tuple[list[int], list[str], list[str], list[int], list[float]]:
+) -> tuple[tuple[list[int], list[str], list[str], list[int], list[float]], pd.DataFrame]:
+    """The metrics in replay order (known time, asset, name, observed time): as columns of
+    Python values (what the instants' ``Metric`` events are built from) and as one table
+    (what a policy's ``prepare`` reads), its asset and name categorical: a few distinct
+    strings over many rows, so readers match them once per distinct value."""
     if metrics is None or metrics.empty:
-        return [], [], [], [], []
+        empty = pd.DataFrame(
+            {
+                "known_at": np.empty(0, np.int64),
+                "asset": pd.Categorical([]),
+                "name": pd.Categorical([]),
+                "observed_at": np.empty(0, np.int64),
+                "value": np.empty(0, np.float64),
+            }
+        )
+        return ([], [], [], [], []), empty
     frame = metrics.sort_values(["known_at", "asset", "name", "observed_at"], kind="stable")
-    return (
-        frame["known_at"].astype("int64").tolist(),
-        frame["asset"].astype(str).tolist(),
-        frame["name"].astype(str).tolist(),
-        frame["observed_at"].astype("int64").tolist(),
-        frame["value"].astype("float64").tolist(),
+    table = pd.DataFrame(
+        {
+            "known_at": frame["known_at"].to_numpy(np.int64),
+            "asset": pd.Categorical(frame["asset"].astype(str)),
+            "name": pd.Categorical(frame["name"].astype(str)),
+            "observed_at": frame["observed_at"].to_numpy(np.int64),
+            "value": frame["value"].to_numpy(np.float64),
+        }
     )
+    columns = (
+        table["known_at"].tolist(),
+        table["asset"].astype(str).tolist(),
+        table["name"].astype(str).tolist(),
+        table["observed_at"].tolist(),
+        table["value"].tolist(),
+    )
+    return columns, table

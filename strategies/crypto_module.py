@@ -28,7 +28,7 @@ Two faster paths give the same results (tests compare them with the bar-by-bar o
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,9 @@ from strategies.registry import LoadedCryptoModule, load_crypto_module
 """A metric history's columns (``known_at`` is the ``Metric``'s ``ts``)."""
 
 
+_new = tuple.__new__
+
+
 @dataclass
 class _Plan:
     """Decisions computed ahead for the bars a module will be given (see ``prepare``).
@@ -74,10 +77,8 @@ class _Plan:
     """Near ties the single-bar calls settled while planning."""
     cursor: int = 0
     """Bars decided so far."""
-    received: list[Metric] = field(default_factory=list)
-    """The spec's metrics given meanwhile, in order ..."""
-    received_at: list[int] = field(default_factory=list)
-    """... and how many bars had been decided before each."""
+    received: list[tuple[int, Sequence[Metric]]] = field(default_factory=list)
+    """The metrics given meanwhile, as given: (bars read before, metrics) per hand-off."""
 
 
 class CryptoModule(PlanFollower):
@@ -238,11 +239,12 @@ class CryptoModule(PlanFollower):
         if i < self.window - 1 or not plan.ready[i]:
             self.signal = plan.signals[i]  # 0 before a full window
             self.position, self.ready = 0.0, False
-            return ModuleDecision(bar[0], plan.model_id, plan.coin, 1.0, 0.0)
+            return _new(ModuleDecision, (bar[0], plan.model_id, plan.coin, 1.0, 0.0))
         self.signal = plan.signals[i]
         self.position = position = float(plan.actions[2 * i + int(self.position)])
         self.ready = True
-        return ModuleDecision(bar[0], plan.model_id, plan.coin, 1.0 - position, position)
+        # tuple.__new__: no Python-level constructor call on the replay's hot path
+        return _new(ModuleDecision, (bar[0], plan.model_id, plan.coin, 1.0 - position, position))
 
     def _catch_up(self, exchange: str) -> None:
         """Leave the plan: rebuild the state as reading its bars and metrics one event at a
@@ -250,7 +252,13 @@ class CryptoModule(PlanFollower):
         plan = self._plan
         assert plan is not None
         position, signal, ready = self.position, self.signal, self.ready
-        events = events_read(plan, exchange=exchange, symbol=self.symbol, timeframe=self.timeframe)
+        events = events_read(
+            plan,
+            exchange=exchange,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            keys=self.metric_keys,
+        )
         self._reset()
         self.warm_up(events)
         self.position, self.signal, self.ready = position, signal, ready

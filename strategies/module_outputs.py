@@ -132,7 +132,7 @@ def network_outputs(
 
     for start in range(window - 1, total, chunk):
         stop = min(total, start + chunk)
-        coin = coin_rows_between(rows, metrics, window, start, stop)
+        coin = coin_rows_between(rows, metrics, window, start, stop, time_major=True)
         if model.eam is not None:
             q = _eam_q_values(model, coin)
             signal = (q.argmax(dim=1) - 1).numpy().astype(np.float32)
@@ -141,8 +141,8 @@ def network_outputs(
                 settled += 1
             signals[start:stop] = signal
             lo = start - window + 1
-            channel = sliding_window_view(signals[lo:stop], window)[:, None]
-            coin = np.concatenate((coin, channel), axis=1)
+            channel = sliding_window_view(signals[lo:stop], window)[:, :, None]
+            coin = np.concatenate((coin, channel), axis=2)
         deciding = np.flatnonzero(ready[start:stop])
         if len(deciding) == 0:
             continue
@@ -158,29 +158,65 @@ def network_outputs(
 
 
 def _eam_q_values(model: LoadedCryptoModule, coin: np.ndarray) -> torch.Tensor:
-    """The EAM's Q-values ``(B, 3)`` of states whose coin rows are ``coin (B, F, n)`` (and
-    cash rows zeros). Its first convolution reads both rows of every feature as channels:
+    """The EAM's Q-values ``(B, 3)`` of states whose coin rows are ``coin (B, n, F)``
+    (time-major: :func:`~strategies.agents.observation.coin_rows_between`'s ``time_major``),
+    their cash rows zeros. Its first convolution reads both rows of every feature as channels:
     only the coin row's channels, with their weights, go in (half the work; the sums leave out
-    zeros, so they differ by rounding only)."""
+    zeros, so they differ by rounding only). The convolutions run channels-last
+    (:func:`_channels_last`)."""
     eam = model.eam
     assert eam is not None
-    first = eam.body[0]
-    assert isinstance(first, torch.nn.Conv1d)
-    hidden = torch.nn.functional.conv1d(
-        torch.from_numpy(coin), first.weight[:, COIN_ROW::2], first.bias
-    )
-    return eam.head(eam.body[1:](hidden))
+    first, second, dense = eam.body[0], eam.body[2], eam.body[5]
+    assert isinstance(first, torch.nn.Conv1d) and isinstance(second, torch.nn.Conv1d)
+    assert isinstance(dense, torch.nn.Linear)
+    hidden = torch.relu(_conv(_channels_last(coin), first.weight[:, COIN_ROW::2], first.bias))
+    hidden = torch.relu(_conv(hidden, second.weight, second.bias))
+    return eam.head(torch.relu(_flat_linear(hidden, dense.weight, dense.bias)))
 
 
 def _sam_body(model: LoadedCryptoModule, coin: np.ndarray) -> torch.Tensor:
     """The SAM's body features ``(B, 2, c2)`` of states whose data channels' coin rows are
-    ``coin (B, C, n)`` (and cash rows zeros). The body reads each row on its own, so the cash
-    row's features are one row computed once, and only the coin rows go through the body (a
-    third of the time); the values differ from the stacked pass by rounding only."""
-    rows = torch.from_numpy(np.ascontiguousarray(coin))
-    coin_features = model.sam.body(rows).flatten(1)
-    cash_features = model.sam.body(torch.zeros_like(rows[:1])).flatten(1)
+    ``coin (B, n, C)`` (time-major), their cash rows zeros. The body reads each row on its own,
+    so the cash row's features are one row computed once, and only the coin rows go through
+    the body (a third of the time), channels-last; the values differ from the stacked pass by
+    rounding only."""
+    body = model.sam.body
+    first, second, last = body[0], body[2], body[4]
+    assert all(isinstance(c, torch.nn.Conv1d) for c in (first, second, last))
+
+    def features(rows: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(_conv(rows, first.weight, first.bias))
+        hidden = torch.relu(_conv(hidden, second.weight, second.bias))
+        return torch.relu(_flat_linear(hidden, last.weight, last.bias))
+
+    rows = _channels_last(np.ascontiguousarray(coin))
+    coin_features = features(rows)
+    cash_features = features(torch.zeros_like(rows[:1]))
     return torch.stack((cash_features.expand_as(coin_features), coin_features), dim=1)
+
+
+def _channels_last(rows: np.ndarray) -> torch.Tensor:
+    """Time-major rows ``(B, n, C)`` as a ``(B, C, 1, n)`` tensor in channels-last memory
+    order (a view, no copy): oneDNN convolves that layout several times faster than the
+    channel-major one, which it reorders first (the first layer, of 10-12 channels, most)."""
+    return torch.from_numpy(rows).permute(0, 2, 1).unsqueeze(2)
+
+
+def _conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A ``Conv1d``'s weights applied to ``x (B, C, 1, n)`` as a 2-D convolution of height 1
+    (the same sums; the channels-last layout is kept)."""
+    return torch.nn.functional.conv2d(x, weight.unsqueeze(2), bias)
+
+
+def _flat_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``Linear(weight)`` of ``x (B, C, 1, L)`` flattened channel by channel (``Flatten``'s
+    order; ``weight`` is ``(out, C * L)`` or a spanning convolution's ``(out, C, L)``), read in
+    the channels-last memory order of ``x``: the weight's columns are permuted instead (a view
+    of ``x``, no copy)."""
+    batch, channels, _, length = x.shape
+    out = weight.shape[0]
+    by_time = weight.reshape(out, channels, length).permute(0, 2, 1).reshape(out, -1)
+    return torch.nn.functional.linear(x.permute(0, 2, 3, 1).reshape(batch, -1), by_time, bias)
 
 
 def own_positions(outputs: NetworkOutputs, ready: np.ndarray, window: int) -> np.ndarray:

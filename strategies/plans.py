@@ -33,20 +33,33 @@ if TYPE_CHECKING:
 
 class ReadPlan(Protocol):
     """What a module following a plan has read: the planned bars up to ``cursor`` and the
-    metrics given meanwhile (each with how many bars had been read before it)."""
+    metrics given meanwhile, as they were given: ``received`` holds ``(bars read before,
+    metrics)``, one entry per hand-off (one metric, or an instant's metrics, unfiltered)."""
 
     closes: list[int]
     bars: list[tuple[int, float, float, float, float, float]]
     cursor: int
-    received: list[Metric]
-    received_at: list[int]
+    received: list[tuple[int, Sequence[Metric]]]
 
 
-def events_read(plan: ReadPlan, *, exchange: str, symbol: str, timeframe: str) -> list[Event]:
+def events_read(
+    plan: ReadPlan,
+    *,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    keys: frozenset[tuple[str, str]] | None,
+) -> list[Event]:
     """The events a module following ``plan`` has been given, in the order it got them (its
-    bars, as ``Bar`` events of ``symbol``, and the metrics between them): what it replays bar
-    by bar to leave the plan."""
-    pending = iter(zip(plan.received_at, plan.received, strict=True))
+    bars, as ``Bar`` events of ``symbol``, and the metrics of ``keys`` between them, all when
+    ``keys`` is None): what it replays bar by bar to leave the plan."""
+    given = [
+        (at, metric)
+        for at, metrics in plan.received
+        for metric in metrics
+        if keys is None or (metric.asset, metric.name) in keys
+    ]
+    pending = iter(given)
     metric = next(pending, None)
     events: list[Event] = []
     for i, (open_time, o, h, lo, c, v) in enumerate(plan.bars[: plan.cursor]):
@@ -87,10 +100,20 @@ class PlanFollower:
         plan = self._plan
         if plan is not None:
             if (metric.asset, metric.name) in self.metric_keys:
-                plan.received.append(metric)
-                plan.received_at.append(plan.cursor)
+                plan.received.append((plan.cursor, (metric,)))
         elif self._features is not None:
             self._features.on_metric(metric)
+
+    def on_metrics(self, metrics: Sequence[Metric]) -> None:
+        """Take an instant's metric events, in order: :meth:`on_metric` of each. A plan keeps
+        them as given, in one entry (those the module does not read are left out only if it
+        leaves the plan): a replay hands every instant's metrics to every module."""
+        plan = self._plan
+        if plan is not None:
+            plan.received.append((plan.cursor, metrics))
+        else:
+            for metric in metrics:
+                self.on_metric(metric)
 
     def _features_at_once(
         self, events: Sequence[Event]

@@ -27,9 +27,10 @@ the position the account holds, bar by bar, so the decisions are the bar-by-bar 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from bot.engine.account import Account
 from bot.engine.step import DecisionContext
 from bot.events import Bar, Metric, ModuleDecision
 from strategies.plans import ReplayHistory, prepare_modules
@@ -75,6 +76,9 @@ class PortfolioVote:
         # metrics (the others would be ignored); rebuilt whenever the modules change.
         self._bar_readers: dict[str, tuple[tuple[str, Module], ...]] = {}
         self._metric_readers: dict[tuple[str, str], tuple[Module, ...]] = {}
+        # Per module, in plug order, what takes an instant's metrics (its ``on_metrics``, or
+        # its ``on_metric`` for each it reads); rebuilt whenever the modules change.
+        self._metric_takers: tuple[Callable[[Sequence[Metric]], None], ...] = ()
         for module in modules:
             self.plug(module)
 
@@ -82,26 +86,20 @@ class PortfolioVote:
         """Feed the instant to the modules, note their decisions, answer the vote."""
         instant = context.instant
         if instant.metrics:
-            routes = self._metric_readers
-            for metric in instant.metrics:
-                readers = routes.get((metric.asset, metric.name))
-                if readers is None:
-                    readers = self._readers_of((metric.asset, metric.name))
-                for module in readers:
-                    module.on_metric(metric)
+            takers = self._metric_takers or self._takers()
+            for take in takers:
+                take(instant.metrics)
         if instant.bars:
-            positions = self.positions(context.account.weights())
+            positions = self._held(context.account)
             latest, note = self._latest, context.note
             for bar in instant.bars:
-                readers = self._bar_readers.get(bar.symbol)
-                for coin, module in (
-                    self._bar_readers_of(bar.symbol) if readers is None else readers
-                ):
+                readers = self._bar_readers.get(bar[2])  # its symbol
+                for coin, module in self._bar_readers_of(bar[2]) if readers is None else readers:
                     decision = module.decide(bar, positions.get(coin, 0.0))
                     if decision is not None:
                         latest[coin] = decision
                         note(decision)
-        return dict(self.weights()) if context.deciding else None
+        return self._vote() if context.deciding else None
 
     def prepare(
         self, replay: ReplayHistory, *, after: int | None = None, before: int | None = None
@@ -136,6 +134,21 @@ class PortfolioVote:
         (``1 / m`` of equity) is in its coin, else 0."""
         m = len(self._modules)
         return {coin: float(weights.get(coin, 0.0) * m >= 0.5) for coin in self._modules}
+
+    def _held(self, account: Account) -> dict[str, float]:
+        """:meth:`positions` of ``account.weights()`` (the same arithmetic), for the coins
+        held only (the others hold 0): no weights built for coins the account does not hold."""
+        if not account.holdings:
+            return {}
+        equity = account.equity()
+        if equity <= 0:
+            return {}
+        m, prices, modules = len(self._modules), account.prices, self._modules
+        return {
+            coin: float(amount * prices.get(coin, 0.0) / equity * m >= 0.5)
+            for coin, amount in account.holdings.items()
+            if coin in modules
+        }
 
     @property
     def coins(self) -> tuple[str, ...]:
@@ -175,6 +188,11 @@ class PortfolioVote:
     def _changed(self) -> None:
         self._bar_readers.clear()
         self._metric_readers.clear()
+        self._metric_takers = ()
+
+    def _takers(self) -> tuple[Callable[[Sequence[Metric]], None], ...]:
+        self._metric_takers = tuple(_metric_taker(m) for m in self._modules.values())
+        return self._metric_takers
 
     def latest(self, coin: str) -> ModuleDecision | None:
         """The last decision of ``coin``'s module (None before its first, or once unplugged)."""
@@ -219,6 +237,24 @@ class PortfolioVote:
                 decisions.append(decision)
         return decisions
 
+    def _vote(self) -> dict[str, float]:
+        """``dict(self.weights())``, built in one pass (the same sums, in the same order)."""
+        m = len(self._modules)
+        if m == 0:
+            return {self.quote: 1.0}
+        latest = self._latest
+        cash = 0
+        coins = {}
+        for coin in self._modules:
+            d = latest.get(coin)
+            if d is None:
+                cash += 1.0
+                coins[coin] = 0.0 / m
+            else:
+                cash += d[3]
+                coins[coin] = d[4] / m
+        return {self.quote: cash / m, **coins}
+
     def weights(self) -> tuple[tuple[str, float], ...]:
         """The vote over the plugged modules' latest decisions."""
         pairs = {
@@ -226,3 +262,20 @@ class PortfolioVote:
             for coin in self._modules
         }
         return vote(pairs, self.quote)
+
+
+def _metric_taker(module: Module) -> Callable[[Sequence[Metric]], None]:
+    """What hands ``module`` an instant's metrics: its ``on_metrics`` when it has one (a
+    Crypto Module), else its ``on_metric`` for each metric it reads (all, without
+    ``metric_keys``)."""
+    bulk = getattr(module, "on_metrics", None)
+    if bulk is not None:
+        return bulk  # type: ignore[no-any-return]
+    keys = getattr(module, "metric_keys", None)
+
+    def take(metrics: Sequence[Metric]) -> None:
+        for metric in metrics:
+            if keys is None or (metric.asset, metric.name) in keys:
+                module.on_metric(metric)
+
+    return take

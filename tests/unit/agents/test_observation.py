@@ -72,6 +72,8 @@ def test_states_built_a_chunk_at_a_time_are_the_whole_history_s():
         [coin_rows_between(rows, metrics, 16, a, min(a + 37, 120)) for a in range(15, 120, 37)]
     )
     assert np.array_equal(coin, whole[15:, :, COIN_ROW])
+    by_time = coin_rows_between(rows, metrics, 16, 15, 120, time_major=True)
+    assert np.array_equal(by_time, whole[15:, :, COIN_ROW].transpose(0, 2, 1))
     chunks = [
         observations_between(rows, metrics, 16, a, min(a + 37, 120)) for a in range(15, 120, 37)
     ]

@@ -129,6 +129,28 @@ def test_each_module_reads_the_position_the_account_holds_not_its_last_action(
     assert portfolio.module("ETH").positions == [0.0, 0.0, 0.0]
 
 
+def test_the_step_s_vote_and_positions_have_the_bits_of_weights_and_positions() -> None:
+    rng = np.random.default_rng(4)
+    coins = ["BTC", "ETH", "LINK", "STORJ", "BLZ", "SOL", "ADA"]
+    for _ in range(300):
+        m = int(rng.integers(1, 8))
+        portfolio = PortfolioVote("USDT", [ScriptedModule(c, c, []) for c in coins[:m]])
+        for coin in coins[:m]:
+            if rng.random() < 0.8:  # the others have not decided yet
+                w = float(rng.choice([0.0, 1.0, rng.random()]))
+                portfolio._latest[coin] = ModuleDecision(1, coin, coin, 1.0 - w, w)
+        assert portfolio._vote() == dict(portfolio.weights())
+        assert list(portfolio._vote()) == list(dict(portfolio.weights()))  # the same order
+        account = Account("USDT", float(rng.random() * 1_000))
+        held = [c for c in [*coins, "BNB"] if rng.random() < 0.5]
+        account.holdings = {c: float(rng.random() * 3) for c in held}
+        account.prices = {c: float(rng.random() * 100) for c in held if rng.random() < 0.9}
+        positions = portfolio.positions(account.weights())
+        assert {c: positions[c] for c in portfolio.coins} == {
+            c: portfolio._held(account).get(c, 0.0) for c in portfolio.coins
+        }
+
+
 @dataclass
 class SelectiveModule(ScriptedModule):
     """A module that says which bars and metrics it reads (as a CryptoModule does)."""

@@ -43,6 +43,24 @@ def test_day_window_keeps_the_last_rows_oldest_first_and_replaces_same_day_rows(
     assert window.days_seen == 5
 
 
+def test_putting_many_rows_at_once_leaves_the_buffer_of_putting_them_one_by_one() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(500):
+        capacity = int(rng.integers(2, 8))
+        one_by_one, at_once = DayWindow(capacity, 2), DayWindow(capacity, 2)
+        day = int(rng.integers(0, 3))
+        for _ in range(int(rng.integers(1, 5))):  # a few batches, the last day carried over
+            days = day + np.cumsum(rng.choice([0, 0, 1, 1, 2], size=int(rng.integers(0, 12))))
+            day = int(days[-1]) if len(days) else day
+            rows = rng.random((len(days), 2))
+            for d, row in zip(days.tolist(), rows, strict=True):
+                one_by_one.put(d, row)
+            at_once.put_many(days, rows)
+            assert np.array_equal(at_once._buffer, one_by_one._buffer)
+            state = ("_slot", "_day", "rows", "days_seen")
+            assert [getattr(at_once, a) for a in state] == [getattr(one_by_one, a) for a in state]
+
+
 def test_zscore_is_zero_for_unknown_constant_or_single_valued_columns() -> None:
     window = np.array([[1.0, 5.0, np.nan, 1.0], [2.0, 5.0, np.nan, np.nan], [3.0, 5.0, 7.0, 2.0]])
     z = zscore(np.array([3.0, 5.0, 7.0, np.nan]), window)
