@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
 
+from bot.cpus import usable_cpus
 from config.schema import ComputeConfig
 
 Job = TypeVar("Job")
@@ -43,8 +44,9 @@ class ComputeError(RuntimeError):
 
 
 def worker_count(compute: ComputeConfig) -> int:
-    """How many trainings run at once: ``workers``, else every CPU of this machine."""
-    return compute.workers or os.cpu_count() or 1
+    """How many trainings run at once: ``workers``, else every CPU this process may use
+    (:func:`bot.cpus.usable_cpus`: a container's quota, not the host's count)."""
+    return compute.workers or usable_cpus()
 
 
 def fan_out(

@@ -616,7 +616,7 @@ class ComputeConfig(Section):
     backend: Literal["sequential", "process", "ray"] = "process"
     workers: int | None = Field(None, ge=1)
     """Parallel trainings (process pool size, or Ray CPUs of a local instance); None: every
-    CPU of this machine."""
+    CPU this process may use (its affinity, capped by a container's CPU quota)."""
     address: str | None = None
     """Ray cluster address (e.g. ``ray://head:10001`` or ``auto``); None starts a local
     instance for the run."""

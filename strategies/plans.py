@@ -13,7 +13,6 @@ ensemble (:class:`strategies.mars.module.MarsModule`) both follow plans. Before 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import pandas as pd
 
+from bot.cpus import usable_cpus
 from bot.events import Bar, Event, Metric
 from bot.timeframes import timeframe_ms
 from strategies.features.pipeline import metrics_in_time
@@ -251,7 +251,7 @@ def _run_all(jobs: list[Callable[[], Any]]) -> list[Any]:
     """Each job's answer, in order: on a thread per CPU when there are several of both (a
     module's preparation is mostly numpy and torch, which release the GIL, and touches only
     that module's state; each thread infers on one torch thread)."""
-    workers = min(len(jobs), os.cpu_count() or 1)
+    workers = min(len(jobs), usable_cpus())
     if workers < 2:
         return [job() for job in jobs]
     with ThreadPoolExecutor(workers, thread_name_prefix="prepare") as pool:

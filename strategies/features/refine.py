@@ -250,7 +250,9 @@ class Refiner:
         ready = days_seen >= self.params.min_periods
         features = np.zeros((len(ts), self._k), dtype="float64")
         variance = np.full(len(ts), math.nan)
-        if ready.any() and self._k:
+        if ready.all() and self._k:  # past the warm-up: no copies of the windows
+            features, variance = projections(scores, rows, z, self._k, self._reference)
+        elif ready.any() and self._k:
             features[ready], variance[ready] = projections(
                 scores[ready], rows[ready], z[ready], self._k, self._reference
             )
@@ -323,8 +325,10 @@ def zscores(windows: np.ndarray, x: np.ndarray) -> np.ndarray:
     """``(x - mean) / std`` per column of stacked windows ``(S, n, m)`` (rows = days, NaN =
     unknown) and values ``(S, m)``: 0 where ``x`` is unknown, a column has fewer than 2 known
     values, or it has no spread. Sums run row after row (module docstring)."""
-    known = np.isfinite(windows)
-    everything = bool(known.all())  # then every mask below is the identity: skipped
+    # Every value known (a finite sum says so; an overflowing one only takes the masked path,
+    # which gives the same answer): then every mask below is the identity, and is skipped.
+    everything = bool(np.isfinite(np.sum(windows)))
+    known = np.ones((), dtype=bool) if everything else np.isfinite(windows)
     count = np.full(x.shape, windows.shape[1]) if everything else known.sum(axis=1)
     divisor = np.maximum(count, 1)
     with np.errstate(invalid="ignore", divide="ignore"):

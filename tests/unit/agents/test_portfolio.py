@@ -239,7 +239,7 @@ class CountingReplay:
 def test_modules_prepare_side_by_side_each_with_its_own_history(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("strategies.plans.os.cpu_count", lambda: 2)
+    monkeypatch.setattr("strategies.plans.usable_cpus", lambda: 2)
     coins = ["BTC", "ETH", "SOL"]
     modules = [PreparingModule(c) for c in coins]
     portfolio = PortfolioVote("USDT", modules)  # type: ignore[arg-type]
@@ -252,7 +252,7 @@ def test_modules_prepare_side_by_side_each_with_its_own_history(
 
 
 def test_a_module_that_fails_to_prepare_fails_the_prepare(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("strategies.plans.os.cpu_count", lambda: 2)
+    monkeypatch.setattr("strategies.plans.usable_cpus", lambda: 2)
     modules = [PreparingModule("BTC"), PreparingModule("ETH", fail=True)]
     portfolio = PortfolioVote("USDT", modules)  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="ETH could not prepare"):
