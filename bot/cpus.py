@@ -15,9 +15,10 @@ CGROUP = Path("/sys/fs/cgroup")
 
 
 def usable_cpus(cgroup: Path = CGROUP) -> int:
-    """The CPUs this process may run on (its affinity), at most its cgroup's CPU quota
-    rounded up (cgroup v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``);
-    at least 1. An unreadable or absent quota caps nothing."""
+    """The CPUs this process may run on (its affinity), at most the CPU quota of the cgroup
+    mounted at ``cgroup`` rounded up (v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``); at least 1. Inside a container that is the container's own quota;
+    quotas set on parent cgroups are not read. An unreadable or absent quota caps nothing."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux

@@ -110,7 +110,7 @@ class PlanFollower:
         leaves the plan): a replay hands every instant's metrics to every module."""
         plan = self._plan
         if plan is not None:
-            plan.received.append((plan.cursor, metrics))
+            plan.received.append((plan.cursor, tuple(metrics)))  # a copy: the caller's may change
         else:
             for metric in metrics:
                 self.on_metric(metric)

@@ -243,17 +243,18 @@ class PortfolioVote:
         if m == 0:
             return {self.quote: 1.0}
         latest = self._latest
-        cash = 0
+        cash: list[float] = []
         coins = {}
         for coin in self._modules:
             d = latest.get(coin)
             if d is None:
-                cash += 1.0
+                cash.append(1.0)
                 coins[coin] = 0.0 / m
             else:
-                cash += d[3]
+                cash.append(d[3])
                 coins[coin] = d[4] / m
-        return {self.quote: cash / m, **coins}
+        # sum(), as vote() adds them: from Python 3.12 it compensates float sums
+        return {self.quote: sum(cash) / m, **coins}
 
     def weights(self) -> tuple[tuple[str, float], ...]:
         """The vote over the plugged modules' latest decisions."""

@@ -392,19 +392,24 @@ def _matched_metrics(
 
 
 def _metric_columns(assets: pd.Series, names: pd.Series, metric_ids: Sequence[str]) -> np.ndarray:
-    """Per row, the column of its ``asset:name`` id in ``metric_ids`` (-1 when absent); the id
-    is built once per distinct (asset, name) pair, not once per row."""
+    """Per row, the column of its ``asset:name`` id in ``metric_ids`` (-1 when absent, or when
+    the asset or name is missing); the id is built once per distinct (asset, name) pair, not
+    once per row."""
     asset_code, asset_values = pd.factorize(assets)
     name_code, name_values = pd.factorize(names)
+    column = np.full(len(asset_code), -1, dtype=np.int64)
+    named = np.flatnonzero((asset_code >= 0) & (name_code >= 0))
+    if len(named) == 0:
+        return column
     width = max(1, len(name_values))
     pairs, row_pair = np.unique(
-        asset_code.astype(np.int64) * width + name_code, return_inverse=True
+        asset_code[named].astype(np.int64) * width + name_code[named], return_inverse=True
     )
     ids = [
         f"{asset_values[p // width]}{ID_SEPARATOR}{name_values[p % width]}" for p in pairs.tolist()
     ]
-    column = pd.Index(list(metric_ids)).get_indexer(ids)[row_pair] if ids else row_pair
-    return np.where((asset_code < 0) | (name_code < 0), -1, column)  # a missing asset or name
+    column[named] = pd.Index(list(metric_ids)).get_indexer(ids)[row_pair]
+    return column
 
 
 def _metric_rows(

@@ -12,6 +12,7 @@ from strategies.features.pipeline import (
     FeatureFrame,
     FeatureSpec,
     FeatureState,
+    _metric_columns,
     compute_features,
     metrics_in_time,
 )
@@ -307,3 +308,24 @@ def test_a_metric_given_after_a_bar_past_its_known_time_is_not_in_time(
     )
     late[selected[0]] = len(close)  # given after every bar, although known long before
     assert not metrics_in_time(toy_spec, close, metrics, late)
+
+
+def test_metric_columns_match_ids_per_pair_as_joining_strings_per_row_would() -> None:
+    rng = np.random.default_rng(3)
+    assets = np.array(["BTC", "ETH", "x:y", "nan", None], dtype=object)
+    names = np.array(["mvrv", "dev", "z", None], dtype=object)
+    ids = ["BTC:mvrv", "ETH:dev", "x:y:z", "nan:dev", "ETH:mvrv"]
+    for categorical in (False, True):
+        for _ in range(50):
+            a = pd.Series(assets[rng.integers(0, len(assets), 40)], dtype=object)
+            n = pd.Series(names[rng.integers(0, len(names), 40)], dtype=object)
+            joined = [
+                f"{x}:{y}" if x is not None and y is not None else None
+                for x, y in zip(a, n, strict=True)
+            ]
+            expected = [ids.index(j) if j in ids else -1 for j in joined]
+            if categorical:
+                a, n = a.astype("category"), n.astype("category")
+            assert _metric_columns(a, n, ids).tolist() == expected
+    empty = pd.Series([], dtype=object)
+    assert _metric_columns(empty, empty, ids).tolist() == []
