@@ -258,10 +258,12 @@ class RecordingPolicy:
     def decide(self, context: DecisionContext) -> Mapping[str, float] | None:
         """The wrapped policy's answer; its module decisions are kept."""
         answer = self.policy.decide(context)
+        decisions = self.decisions
         for note in context.notes:
-            if isinstance(note, ModuleDecision):
-                self.decisions.append(note)
-            elif isinstance(note, VariantWeights | GrossExposure):
+            kind = type(note)  # exact types: the events are final NamedTuples
+            if kind is ModuleDecision:
+                decisions.append(note)
+            elif kind is VariantWeights or kind is GrossExposure:
                 self.regime.append(note)
         return answer
 

@@ -69,10 +69,12 @@ class _Plan:
     """Close time of each bar, in order ..."""
     bars: list[tuple[int, float, float, float, float, float]]
     """... and its (open time, open, high, low, close, volume)."""
-    ready: list[bool]
+    deciding: list[bool]
+    """Whether the SAM decides at bar ``i``: a full window and the DRU ready (else cash)."""
     signals: list[int]
-    actions: list[int]
-    """The SAM's action at bar ``i`` holding position ``p`` is ``actions[2 * i + p]``."""
+    actions: list[float]
+    """The SAM's action at bar ``i`` holding position ``p`` is ``actions[2 * i + p]`` (0.0 all
+    cash, 1.0 all coin)."""
     settled: int = 0
     """Near ties the single-bar calls settled while planning."""
     cursor: int = 0
@@ -217,9 +219,9 @@ class CryptoModule(PlanFollower):
             coin=self.coin,
             closes=close.tolist(),
             bars=list(zip(open_time.tolist(), *ohlcv.T.tolist(), strict=True)),
-            ready=ready.tolist(),
+            deciding=(ready & (np.arange(len(close)) >= self.window - 1)).tolist(),
             signals=outputs.signals.astype(np.int64).tolist(),
-            actions=outputs.actions.ravel().tolist(),
+            actions=outputs.actions.ravel().astype(np.float64).tolist(),
             settled=outputs.settled,
         )
         return True
@@ -236,12 +238,11 @@ class CryptoModule(PlanFollower):
             self.position = float(position)
         plan.cursor = i + 1
         self.last_inputs = None  # a planned decision keeps no state (explain_history does)
-        if i < self.window - 1 or not plan.ready[i]:
-            self.signal = plan.signals[i]  # 0 before a full window
+        self.signal = plan.signals[i]  # 0 before a full window
+        if not plan.deciding[i]:
             self.position, self.ready = 0.0, False
             return _new(ModuleDecision, (bar[0], plan.model_id, plan.coin, 1.0, 0.0))
-        self.signal = plan.signals[i]
-        self.position = position = float(plan.actions[2 * i + int(self.position)])
+        self.position = position = plan.actions[2 * i + (self.position == 1.0)]
         self.ready = True
         # tuple.__new__: no Python-level constructor call on the replay's hot path
         return _new(ModuleDecision, (bar[0], plan.model_id, plan.coin, 1.0 - position, position))

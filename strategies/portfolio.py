@@ -91,7 +91,7 @@ class PortfolioVote:
                 take(instant.metrics)
         if instant.bars:
             positions = self._held(context.account)
-            latest, note = self._latest, context.note
+            latest, note = self._latest, context.notes.append  # context.note, unwrapped
             for bar in instant.bars:
                 readers = self._bar_readers.get(bar[2])  # its symbol
                 for coin, module in self._bar_readers_of(bar[2]) if readers is None else readers:
