@@ -168,7 +168,7 @@ class FoldSwitchingVote:
                         context.note(decision)
         if not context.deciding:
             return None
-        return dict(active.weights()) if active is not None else {self.quote: 1.0}
+        return active.vote_weights() if active is not None else {self.quote: 1.0}
 
 
 def build_cryptorlpm(ctx: PolicyContext) -> FoldSwitchingVote:

@@ -48,7 +48,7 @@ from strategies.module_outputs import (
     own_positions,
     sam_action,
 )
-from strategies.plans import PlanFollower, events_read
+from strategies.plans import PlanFollower
 from strategies.registry import LoadedCryptoModule, load_crypto_module
 
 """A metric history's columns (``known_at`` is the ``Metric``'s ``ts``)."""
@@ -253,13 +253,7 @@ class CryptoModule(PlanFollower):
         plan = self._plan
         assert plan is not None
         position, signal, ready = self.position, self.signal, self.ready
-        events = events_read(
-            plan,
-            exchange=exchange,
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-            keys=self.metric_keys,
-        )
+        events = self._events_read(plan, exchange)
         self._reset()
         self.warm_up(events)
         self.position, self.signal, self.ready = position, signal, ready

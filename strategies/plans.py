@@ -115,6 +115,17 @@ class PlanFollower:
             for metric in metrics:
                 self.on_metric(metric)
 
+    def _events_read(self, plan: ReadPlan, exchange: str) -> list[Event]:
+        """The events this module was given while following ``plan``, its own metrics only
+        (:func:`events_read`): what it replays to leave the plan."""
+        return events_read(
+            plan,
+            exchange=exchange,
+            symbol=self.symbol,
+            timeframe=self.timeframe,
+            keys=self.metric_keys,
+        )
+
     def _features_at_once(
         self, events: Sequence[Event]
     ) -> tuple[EventHistory, np.ndarray, np.ndarray] | None:

@@ -99,7 +99,7 @@ class PortfolioVote:
                     if decision is not None:
                         latest[coin] = decision
                         note(decision)
-        return self._vote() if context.deciding else None
+        return self.vote_weights() if context.deciding else None
 
     def prepare(
         self, replay: ReplayHistory, *, after: int | None = None, before: int | None = None
@@ -237,8 +237,10 @@ class PortfolioVote:
                 decisions.append(decision)
         return decisions
 
-    def _vote(self) -> dict[str, float]:
-        """``dict(self.weights())``, built in one pass (the same sums, in the same order)."""
+    def vote_weights(self) -> dict[str, float]:
+        """The vote over the plugged modules' latest decisions, ``{asset: weight}``: the quote
+        first, then the coins in plug order; :func:`vote`'s arithmetic, in one pass (a module
+        that has not decided votes all cash)."""
         m = len(self._modules)
         if m == 0:
             return {self.quote: 1.0}
@@ -257,12 +259,8 @@ class PortfolioVote:
         return {self.quote: sum(cash) / m, **coins}
 
     def weights(self) -> tuple[tuple[str, float], ...]:
-        """The vote over the plugged modules' latest decisions."""
-        pairs = {
-            coin: (d.cash, d.coin_weight) if (d := self._latest.get(coin)) else (1.0, 0.0)
-            for coin in self._modules
-        }
-        return vote(pairs, self.quote)
+        """:meth:`vote_weights` as ``((asset, weight), ...)``."""
+        return tuple(self.vote_weights().items())
 
 
 def _metric_taker(module: Module) -> Callable[[Sequence[Metric]], None]:

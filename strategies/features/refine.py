@@ -167,8 +167,7 @@ class DayWindow:
         # The slot of the i-th kept row: the newest lands at the slot the puts end on.
         end_slot = (self._slot + new) % capacity
         slots = (end_slot - np.arange(len(kept))[::-1]) % capacity
-        self._buffer[slots] = rows[kept]
-        self._buffer[slots + capacity] = rows[kept]
+        self._buffer[slots] = self._buffer[slots + capacity] = rows[kept]
         self._slot = end_slot
         self._day = int(days[-1])
         self.rows = min(self.rows + new, capacity)

@@ -44,7 +44,7 @@ from strategies.features import FeatureState
 from strategies.features.pool import split_id
 from strategies.mars.artifact import LoadedEnsemble
 from strategies.module_outputs import CHUNK, NEAR_TIE, infer_on_one_thread
-from strategies.plans import PlanFollower, events_read
+from strategies.plans import PlanFollower
 
 
 @dataclass(frozen=True)
@@ -312,13 +312,7 @@ class MarsModule(PlanFollower):
         windows filled, the variants' positions the plan's last ones), else one by one."""
         plan = self._plan
         assert plan is not None
-        events = events_read(
-            plan,
-            exchange=exchange,
-            symbol=self.symbol,
-            timeframe=self.timeframe,
-            keys=self.metric_keys,
-        )
+        events = self._events_read(plan, exchange)
         held = plan.positions[plan.cursor - 1, : len(self.learned)] if plan.cursor else None
         self._reset()
         if self._read_at_once(events, held):

@@ -129,7 +129,7 @@ def test_each_module_reads_the_position_the_account_holds_not_its_last_action(
     assert portfolio.module("ETH").positions == [0.0, 0.0, 0.0]
 
 
-def test_the_step_s_vote_and_positions_have_the_bits_of_weights_and_positions() -> None:
+def test_the_step_s_vote_and_positions_have_the_bits_of_the_vote_and_positions() -> None:
     rng = np.random.default_rng(4)
     coins = ["BTC", "ETH", "LINK", "STORJ", "BLZ", "SOL", "ADA"]
     for _ in range(300):
@@ -139,8 +139,13 @@ def test_the_step_s_vote_and_positions_have_the_bits_of_weights_and_positions() 
             if rng.random() < 0.8:  # the others have not decided yet
                 w = float(rng.choice([0.0, 1.0, rng.random()]))
                 portfolio._latest[coin] = ModuleDecision(1, coin, coin, 1.0 - w, w)
-        assert portfolio._vote() == dict(portfolio.weights())
-        assert list(portfolio._vote()) == list(dict(portfolio.weights()))  # the same order
+        pairs = {  # each module's (cash, coin) pair; all cash before its first decision
+            c: (d.cash, d.coin_weight) if (d := portfolio.latest(c)) else (1.0, 0.0)
+            for c in portfolio.coins
+        }
+        assert portfolio.vote_weights() == dict(vote(pairs, "USDT"))
+        assert list(portfolio.vote_weights()) == list(dict(vote(pairs, "USDT")))  # same order
+        assert portfolio.weights() == vote(pairs, "USDT")
         account = Account("USDT", float(rng.random() * 1_000))
         held = [c for c in [*coins, "BNB"] if rng.random() < 0.5]
         account.holdings = {c: float(rng.random() * 3) for c in held}
