@@ -157,7 +157,7 @@ class FoldSwitchingVote:
             for metric in instant.metrics:
                 if self._reads(span, metric.ts):
                     vote.on_metric(metric)
-        positions = active.positions(context.account.weights()) if active is not None else None
+        positions = active.held_positions(context.account) if active is not None else None
         for bar in instant.bars:
             for span, vote in self.folds:
                 if not self._reads(span, bar.ts):

@@ -90,7 +90,7 @@ class PortfolioVote:
             for take in takers:
                 take(instant.metrics)
         if instant.bars:
-            positions = self._held(context.account)
+            positions = self.held_positions(context.account)
             latest, note = self._latest, context.notes.append  # context.note, unwrapped
             for bar in instant.bars:
                 readers = self._bar_readers.get(bar[2])  # its symbol
@@ -135,9 +135,10 @@ class PortfolioVote:
         m = len(self._modules)
         return {coin: float(weights.get(coin, 0.0) * m >= 0.5) for coin in self._modules}
 
-    def _held(self, account: Account) -> dict[str, float]:
-        """:meth:`positions` of ``account.weights()`` (the same arithmetic), for the coins
-        held only (the others hold 0): no weights built for coins the account does not hold."""
+    def held_positions(self, account: Account) -> dict[str, float]:
+        """:meth:`positions` of ``account.weights()`` (the same arithmetic), for the coins held
+        only (the others hold 0; read them with ``.get(coin, 0.0)``): no weights built for
+        coins the account does not hold."""
         if not account.holdings:
             return {}
         equity = account.equity()

@@ -152,7 +152,7 @@ def test_the_step_s_vote_and_positions_have_the_bits_of_the_vote_and_positions()
         account.prices = {c: float(rng.random() * 100) for c in held if rng.random() < 0.9}
         positions = portfolio.positions(account.weights())
         assert {c: positions[c] for c in portfolio.coins} == {
-            c: portfolio._held(account).get(c, 0.0) for c in portfolio.coins
+            c: portfolio.held_positions(account).get(c, 0.0) for c in portfolio.coins
         }
 
 
