@@ -154,9 +154,9 @@ class FoldSwitchingVote:
         instant = context.instant
         active = self._active(instant.ts)
         for span, vote in self.folds:
-            for metric in instant.metrics:
-                if self._reads(span, metric.ts):
-                    vote.on_metric(metric)
+            read = [m for m in instant.metrics if self._reads(span, m.ts)]
+            if read:
+                vote.on_metrics(read)
         positions = active.held_positions(context.account) if active is not None else None
         for bar in instant.bars:
             for span, vote in self.folds:

@@ -71,13 +71,11 @@ class PortfolioVote:
         self.quote = quote
         self._modules: dict[str, Module] = {}
         self._latest: dict[str, ModuleDecision] = {}
-        # Which modules read a bar of a symbol, or a metric (asset, name), in plug order: a
-        # module with a ``symbol`` reads only its bars, one with ``metric_keys`` only those
-        # metrics (the others would be ignored); rebuilt whenever the modules change.
+        # Which modules read a bar of a symbol, in plug order (a module with a ``symbol`` reads
+        # only its bars), and per module, in plug order, what takes an instant's metrics (its
+        # ``on_metrics``, or its ``on_metric`` for each it reads); rebuilt whenever the modules
+        # change.
         self._bar_readers: dict[str, tuple[tuple[str, Module], ...]] = {}
-        self._metric_readers: dict[tuple[str, str], tuple[Module, ...]] = {}
-        # Per module, in plug order, what takes an instant's metrics (its ``on_metrics``, or
-        # its ``on_metric`` for each it reads); rebuilt whenever the modules change.
         self._metric_takers: tuple[Callable[[Sequence[Metric]], None], ...] = ()
         for module in modules:
             self.plug(module)
@@ -86,9 +84,7 @@ class PortfolioVote:
         """Feed the instant to the modules, note their decisions, answer the vote."""
         instant = context.instant
         if instant.metrics:
-            takers = self._metric_takers or self._takers()
-            for take in takers:
-                take(instant.metrics)
+            self.on_metrics(instant.metrics)
         if instant.bars:
             positions = self.held_positions(context.account)
             latest, note = self._latest, context.notes.append  # context.note, unwrapped
@@ -188,12 +184,7 @@ class PortfolioVote:
 
     def _changed(self) -> None:
         self._bar_readers.clear()
-        self._metric_readers.clear()
         self._metric_takers = ()
-
-    def _takers(self) -> tuple[Callable[[Sequence[Metric]], None], ...]:
-        self._metric_takers = tuple(_metric_taker(m) for m in self._modules.values())
-        return self._metric_takers
 
     def latest(self, coin: str) -> ModuleDecision | None:
         """The last decision of ``coin``'s module (None before its first, or once unplugged)."""
@@ -202,24 +193,22 @@ class PortfolioVote:
     def on_metric(self, metric: Metric) -> None:
         """Hand a metric to every plugged module that reads it (all but those whose
         ``metric_keys`` leave it out)."""
-        key = (metric.asset, metric.name)
-        readers = self._metric_readers.get(key)
-        for module in self._readers_of(key) if readers is None else readers:
-            module.on_metric(metric)
+        self.on_metrics((metric,))
+
+    def on_metrics(self, metrics: Sequence[Metric]) -> None:
+        """Hand metrics (an instant's, in order) to every plugged module, in plug order, each
+        in one call (:func:`_metric_taker`)."""
+        takers = self._metric_takers
+        if not takers:
+            takers = self._metric_takers = tuple(map(_metric_taker, self._modules.values()))
+        for take in takers:
+            take(metrics)
 
     def _bar_readers_of(self, symbol: str) -> tuple[tuple[str, Module], ...]:
         readers = self._bar_readers[symbol] = tuple(
             (coin, module)
             for coin, module in self._modules.items()
             if getattr(module, "symbol", symbol) == symbol
-        )
-        return readers
-
-    def _readers_of(self, key: tuple[str, str]) -> tuple[Module, ...]:
-        readers = self._metric_readers[key] = tuple(
-            module
-            for module in self._modules.values()
-            if key in getattr(module, "metric_keys", (key,))
         )
         return readers
 
