@@ -146,7 +146,9 @@ def network_outputs(
         deciding = np.flatnonzero(ready[start:stop])
         if len(deciding) == 0:
             continue
-        body = _sam_body(model, coin[deciding])
+        # Past the DRU's warm-up every bar decides: a view, not a copy, of the chunk's rows
+        every = len(deciding) == stop - start
+        body = _sam_body(model, coin if every else coin[deciding])
         for p in (0, 1):
             q = model.sam.q_values(body, torch.full((len(deciding),), float(p)))
             action = q.argmax(dim=1).numpy().astype(np.int8)
@@ -169,9 +171,11 @@ def _eam_q_values(model: LoadedCryptoModule, coin: np.ndarray) -> torch.Tensor:
     first, second, dense = eam.body[0], eam.body[2], eam.body[5]
     assert isinstance(first, torch.nn.Conv1d) and isinstance(second, torch.nn.Conv1d)
     assert isinstance(dense, torch.nn.Linear)
-    hidden = torch.relu(_conv(_channels_last(coin), first.weight[:, COIN_ROW::2], first.bias))
-    hidden = torch.relu(_conv(hidden, second.weight, second.bias))
-    return eam.head(torch.relu(_flat_linear(hidden, dense.weight, dense.bias)))
+    # ReLUs in place: no second activation-sized tensor per layer (fresh ones fault their
+    # pages in, which the prepare pool's threads pay for twice over)
+    hidden = _conv(_channels_last(coin), first.weight[:, COIN_ROW::2], first.bias).relu_()
+    hidden = _conv(hidden, second.weight, second.bias).relu_()
+    return eam.head(_flat_linear(hidden, dense.weight, dense.bias).relu_())
 
 
 def _sam_body(model: LoadedCryptoModule, coin: np.ndarray) -> torch.Tensor:
@@ -185,9 +189,9 @@ def _sam_body(model: LoadedCryptoModule, coin: np.ndarray) -> torch.Tensor:
     assert all(isinstance(c, torch.nn.Conv1d) for c in (first, second, last))
 
     def features(rows: torch.Tensor) -> torch.Tensor:
-        hidden = torch.relu(_conv(rows, first.weight, first.bias))
-        hidden = torch.relu(_conv(hidden, second.weight, second.bias))
-        return torch.relu(_flat_linear(hidden, last.weight, last.bias))
+        hidden = _conv(rows, first.weight, first.bias).relu_()
+        hidden = _conv(hidden, second.weight, second.bias).relu_()
+        return _flat_linear(hidden, last.weight, last.bias).relu_()
 
     rows = _channels_last(np.ascontiguousarray(coin))
     coin_features = features(rows)

@@ -335,10 +335,11 @@ def zscores(windows: np.ndarray, x: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         filled = windows if everything else np.where(known, windows, 0.0)
         mean = _window_sum(filled) / divisor
-        deviation = windows - mean[:, None]
+        squares = windows - mean[:, None]
         if not everything:
-            deviation = np.where(known, deviation, 0.0)
-        std = np.sqrt(_window_sum(deviation * deviation) / divisor)
+            squares[~known] = 0.0
+        np.multiply(squares, squares, out=squares)  # in place: one window-sized temporary
+        std = np.sqrt(_window_sum(squares) / divisor)
         spread = _spread(windows if everything else np.where(known, windows, np.nan))
         usable = np.isfinite(x) & (count >= 2) & spread & (std > 0)
         return np.where(usable, (x - mean) / np.where(usable, std, 1.0), 0.0)
