@@ -441,8 +441,9 @@ def _train_folds(
 def training_digest(
     cfg: AppConfig, trainer: str, history: CoinHistory, windows: Windows, seeds: Sequence[int]
 ) -> str:
-    """A fingerprint of everything one training depends on: the trainer, its hyperparameters,
-    the trading cost, the windows, the seeds and the history's bars and features (bytes)."""
+    """A fingerprint of everything one training depends on: the trainer, its hyperparameters
+    (for MARS, ``[mars]`` but its controller and manager, which replays fit), the trading cost,
+    the windows, the seeds and the history's bars and features (bytes)."""
     import hashlib
     import json
 
@@ -450,14 +451,19 @@ def training_digest(
     settings = {
         "trainer": trainer,
         "agents": cfg.agents.model_dump(mode="json"),
-        "mars": cfg.mars.model_dump(mode="json") if trainer == "mars" else None,
+        # The controller and the manager are fitted during replays, not in training.
+        "mars": (
+            cfg.mars.model_dump(mode="json", exclude={"controller", "manager"})
+            if trainer == "mars"
+            else None
+        ),
         "cost": cfg.broker.trading_cost,
         "windows": [list(windows.train), list(windows.validation)],
         "seeds": list(seeds),
         "coin": history.coin,
         "timeframe": history.timeframe,
         "feature_names": list(history.feature_names),
-        "format": 1,
+        "format": 2,
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for array in (history.open_time, history.ohlcv, history.features, history.ready):

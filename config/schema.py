@@ -643,6 +643,9 @@ class MarsControllerConfig(Section):
     on (each module's validation window and every bar traded since), never on the agents' own
     Q estimates, and refitted as that record grows."""
 
+    fit: bool = True
+    """False: never fitted, so the weights stay the uniform mix over the variants (the
+    controller's ablation: what the ensemble does without it)."""
     every_bars: int = Field(4, ge=1)
     """The weights are recomputed every this many bars of a coin (held in between)."""
     refit_days: int = Field(30, ge=1)

@@ -13,6 +13,8 @@ are the same as for every other policy):
    returns, out of sample, never the agents' own estimates;
 3. at the first decision of each set of modules and every ``[mars.controller].refit_days``, the
    controller (and the manager) are refitted on the record known then (bars before now only);
+   with ``[mars.controller].fit = false`` the controller is never fitted and keeps the uniform
+   mix (its ablation);
 4. every ``every_bars`` bars of a coin, the controller's weights over its variants are
    recomputed from the regime now; the coin's exposure is their blend ``e`` (0..1);
 5. ``mars+manager``: every ``[mars.manager].every_bars`` decisions, the manager's gross exposure
@@ -226,11 +228,13 @@ class MarsPolicy:
             return
         self._fitted_set, self._fitted_at = active, now
         since = now - self.mars.controller.lookback_days * DAY_MS
-        record = self.record(since, now)
-        summary = {
-            "ts": now,
-            "controller": self.controller.fit(record, self.cost, self.mars.controller),
-        }
+        settings = self.mars.controller
+        summary: dict[str, Any] = {"ts": now}
+        if settings.fit:
+            record = self.record(since, now)
+            summary["controller"] = self.controller.fit(record, self.cost, settings)
+        else:  # the ablation: the uniform mix, never fitted
+            summary["controller"] = {"rows": 0, "fitted": False}
         if self.manager is not None:
             summary["manager"] = self.manager.fit(self.portfolio_record(since, now), self.cost)
         self.fits.append(summary)

@@ -154,12 +154,12 @@ def driver_of(market, bars: dict[str, pd.DataFrame], after: int | None = None) -
     )
 
 
-def mars_policy(trained, *, manager: bool = False) -> MarsPolicy:
+def mars_policy(trained, *, manager: bool = False, mars: MarsConfig = MARS) -> MarsPolicy:
     modules = {
         c: MarsModule(load_ensemble(trained["mars"][c]), f"{c}/USDT", trend_days=20) for c in COINS
     }
     return MarsPolicy(
-        "USDT", COINS, [ModuleSet(*ALWAYS, modules)], MARS, timeframe="6h",
+        "USDT", COINS, [ModuleSet(*ALWAYS, modules)], mars, timeframe="6h",
         trend_days=20, cost=COST, manager=manager,
     )  # fmt: skip
 
@@ -247,6 +247,23 @@ async def test_mars_and_its_manager_decide_nothing_from_the_future(cfg, market, 
     # ... and the future did change what came after
     after = [n for n in base.regime if n.ts >= PERTURB_AFTER]
     assert after != [n for n in moved.regime if n.ts >= PERTURB_AFTER]
+
+
+async def test_the_controller_ablation_keeps_the_uniform_mix(cfg, market, bars, trained):
+    """``[mars.controller].fit = false``: every coin's weights stay the uniform mix over its
+    variants, and the manager is still fitted."""
+    controller = MARS.controller.model_copy(update={"fit": False})
+    ablation = MARS.model_copy(update={"controller": controller})
+    policy = mars_policy(trained, manager=True, mars=ablation)
+    _, recording = await replay(cfg, policy, driver_of(market, bars))
+    weights = [n for n in recording.regime if isinstance(n, VariantWeights)]
+    assert len(weights) > 500
+    uniform = 1.0 / len(MARS.names)
+    assert {len(n.weights) for n in weights} == {len(MARS.names)}
+    assert all(w == pytest.approx(uniform, abs=1e-12) for n in weights for _, w in n.weights)
+    assert policy.fits and not any(fit["controller"]["fitted"] for fit in policy.fits)
+    assert any(fit["manager"]["fitted"] for fit in policy.fits)
+    assert any(isinstance(n, GrossExposure) and n.exposure != 1.0 for n in recording.regime)
 
 
 class BarByBar:

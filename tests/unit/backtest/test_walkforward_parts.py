@@ -3,6 +3,7 @@ slicing and the per-module diagnostics."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,11 +19,12 @@ from backtest.policies import (
 from backtest.replay import ReplayDriver
 from backtest.result import RunResult
 from backtest.run import run_backtest
-from backtest.walkforward import plan_folds, slice_run
+from backtest.walkforward import plan_folds, slice_run, training_digest
 from bot.engine import Account, DecisionContext, Instant
 from bot.events import Bar, ModuleDecision
 from bot.timeframes import DAY_MS, HOUR_MS, to_ms
 from config.schema import AppConfig, BrokerConfig, MarketConfig, MarketRulesConfig
+from strategies.agents.train import CoinHistory, Windows
 from strategies.baselines import TrendFilter, baselines
 
 T0 = to_ms("2021-01-01")
@@ -150,3 +152,31 @@ def test_module_diagnostics_count_time_in_coin_flips_turnover_and_flag_degenerat
     assert btc["degenerate"] == "untrained checkpoint"
     assert eth["degenerate"] == "never trades" and eth["turnover"] == 0.0
     assert degenerate_reason(1.0, False) == "always in" and degenerate_reason(0.5, False) is None
+
+
+def test_a_mars_training_fingerprint_leaves_out_what_replays_fit() -> None:
+    """The controller and the manager are fitted in replays: changing them (e.g. the controller's
+    ablation) reuses the trained ensembles; a training setting trains again."""
+    history = CoinHistory(
+        coin="BTC",
+        timeframe="6h",
+        open_time=np.arange(4, dtype=np.int64) * 6 * HOUR_MS,
+        ohlcv=np.ones((4, 5)),
+        features=np.zeros((4, 1)),
+        ready=np.ones(4, dtype=bool),
+        feature_names=("f0",),
+    )
+    windows = Windows((0, 2 * 6 * HOUR_MS), (2 * 6 * HOUR_MS, 4 * 6 * HOUR_MS))
+    base = AppConfig(market=MarketConfig(coins=("BTC",)))
+
+    def digest(cfg: AppConfig) -> str:
+        return training_digest(cfg, "mars", history, windows, [1, 2])
+
+    def with_mars(**update: object) -> AppConfig:
+        return base.model_copy(update={"mars": base.mars.model_copy(update=update)})
+
+    ablation = base.mars.controller.model_copy(update={"fit": False, "risk_aversion": 1.0})
+    manager = base.mars.manager.model_copy(update={"floor": 0.3})
+    assert digest(with_mars(controller=ablation, manager=manager)) == digest(base)
+    assert digest(with_mars(drawdown=0.2)) != digest(base)
+    assert training_digest(base, "cm", history, windows, [1, 2]) != digest(base)
