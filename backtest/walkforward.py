@@ -463,7 +463,7 @@ def training_digest(
         "coin": history.coin,
         "timeframe": history.timeframe,
         "feature_names": list(history.feature_names),
-        "format": 2,
+        "format": 1,
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for array in (history.open_time, history.ohlcv, history.features, history.ready):

@@ -238,12 +238,16 @@ class MarsPolicy:
         if self.manager is not None:
             summary["manager"] = self.manager.fit(self.portfolio_record(since, now), self.cost)
         self.fits.append(summary)
-        fitted = summary["controller"]
+        controller = (
+            f"controller refitted on {summary['controller']['rows']} rows of realised returns"
+            if settings.fit
+            else "controller kept uniform ([mars.controller].fit = false)"
+        )
         log.info(
-            "%s: controller refitted at %s on %d rows of realised returns%s",
+            "%s at %s: %s%s",
             self.name,
             ms_to_iso(now),
-            fitted["rows"],
+            controller,
             "" if self.manager is None else f"; gross exposure now {self.gross:.2f}",
         )
 
