@@ -31,6 +31,7 @@ from bot.feed import dataset
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import ms_to_iso, timeframe_ms
 from config.schema import AppConfig, DataConfig, TrainingConfig, WindowsConfig
+from strategies.registry import runtime
 
 PORTFOLIOS: dict[str, tuple[str, ...]] = {
     "a": ("BTC", "STORJ"),
@@ -184,7 +185,13 @@ async def run_paper_experiment(
     results_json.write_text(
         json.dumps(
             _finite(
-                {"portfolios": results, "windows": windows, "seeds": list(seeds), "notes": notes}
+                {
+                    "portfolios": results,
+                    "windows": windows,
+                    "seeds": list(seeds),
+                    "notes": notes,
+                    "runtime": runtime(),
+                }
             ),
             indent=2,
             allow_nan=False,

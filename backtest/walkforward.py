@@ -48,6 +48,7 @@ from config.schema import AppConfig, DataConfig, TrainingConfig
 from strategies.agents.train import CoinHistory, Windows, coin_history
 from strategies.features.inputs import CoinInputs, fit_coin_features, read_coin_inputs
 from strategies.mars.artifact import save_ensemble
+from strategies.registry import runtime
 from strategies.updating import causal_inputs
 
 MIN_TRAIN_DAYS = 30
@@ -124,6 +125,8 @@ class WalkForwardRuns:
     """Trainings taken from the models folder's cache instead of run again."""
     mars_conservative: tuple[str, ...] = ()
     """``[mars].conservative`` of the run (which variants reports count as conservative)."""
+    runtime: dict[str, str] = field(default_factory=dict)
+    """What the run trained and replayed on (:func:`strategies.registry.runtime`)."""
 
 
 def plan_folds(
@@ -262,6 +265,7 @@ async def run_walkforward(
         backtest_seconds,
         reused=reused,
         mars_conservative=cfg.mars.conservative,
+        runtime=runtime(),
     )
 
 

@@ -270,6 +270,8 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
         "wall_seconds": wall_s,
         "bootstrap": {"block_days": BLOCK_DAYS, "resamples": RESAMPLES, "level": 0.95},
         "notes": runs.notes,
+        # runs.pkl files written before the field existed have none
+        "runtime": getattr(runs, "runtime", {}),
         "portfolios": portfolios,
     }
     (out_dir / "results.json").write_text(
@@ -295,6 +297,19 @@ def _num(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
+def _runtime_lines(runtime: dict[str, str]) -> list[str]:
+    """The runtime line of a table (none when the document has no runtime)."""
+    if not runtime:
+        return []
+    return [
+        "",
+        f"Ran on {runtime.get('cpu', '?')} ({runtime.get('torch_cpu_capability', '?')} kernels), "
+        f"torch {runtime.get('torch', '?')}, numpy {runtime.get('numpy', '?')}, pandas "
+        f"{runtime.get('pandas', '?')}. Trainings are not bit-reproducible across CPUs or "
+        "library versions: compare runs from one runtime.",
+    ]
+
+
 def walkforward_markdown(document: dict[str, Any]) -> str:
     """The walk-forward table, one block per portfolio, plus the edge and diagnostics lines."""
     policy, trials, spec = document["policy"], document["trials"], document["spec"]
@@ -310,6 +325,7 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
         f"{trials['configs']} config x {trials['seeds']} seeds + {trials['prior']} before).",
         "",
         *(f"> {n}" for n in document["notes"]),
+        *_runtime_lines(document.get("runtime", {})),
     ]
     for name, result in document["portfolios"].items():
         lines += ["", f"## Portfolio {name}: {', '.join(result['coins'])}", ""]

@@ -44,3 +44,17 @@ def _quota(cgroup: Path) -> float | None:
     except (OSError, ValueError, ZeroDivisionError):
         return None
     return None
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else the platform's processor string."""
+    import platform
+
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"

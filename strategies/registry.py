@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bot.cpus import cpu_model
 from bot.timeframes import ms_to_iso
 from strategies.agents.networks import EamQNetwork, SamQNetwork
 from strategies.agents.observation import OBSERVATION_VERSION, PRICE_FEATURES, FeatureSchema
@@ -107,6 +108,18 @@ def library_versions() -> dict[str, str]:
     except Exception:  # not installed as a package (a bare checkout)
         versions["cryptorlpm"] = "unknown"
     return versions
+
+
+def runtime() -> dict[str, str]:
+    """What an experiment ran on: :func:`library_versions`, the CPU's model and the instruction
+    set torch's CPU kernels use. DQN training is not bit-reproducible across CPUs or library
+    versions (float rounding differs, and training amplifies it), so results from two runtimes
+    are two draws, not a reproduction."""
+    return {
+        **library_versions(),
+        "cpu": cpu_model(),
+        "torch_cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+    }
 
 
 def save_crypto_module(

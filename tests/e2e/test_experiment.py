@@ -95,6 +95,7 @@ async def test_paper_experiment_writes_results_for_portfolios_a_b_c(
     arrs = sorted(s["arr"] for s in c["cryptorlpm"]["seeds"])
     assert c["cryptorlpm"]["arr"] == pytest.approx(sum(arrs) / 2)  # median of two
     assert {"arr", "drr", "sortino", "sharpe", "mdd"} <= set(c["bh_BTC"])
+    assert {"torch", "numpy", "cpu", "torch_cpu_capability"} <= set(results["runtime"])
     table = (out / "table.md").read_text()
     assert "## Portfolio a: BTC, STORJ" in table and "equal_weight" in table
     assert (out / "portfolio_c" / "cumulative_returns.png").exists()

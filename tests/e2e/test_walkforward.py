@@ -62,6 +62,9 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
         assert (out / "portfolio_a" / name).stat().st_size > 0
     table = (out / "table.md").read_text()
     assert "| cryptorlpm |" in table and "DSR" in table and "PBO" in table
+    # what it ran on: trainings from two runtimes are two draws, not a reproduction
+    assert {"torch", "numpy", "cpu", "torch_cpu_capability"} <= set(results["runtime"])
+    assert f"Ran on {results['runtime']['cpu']}" in table
     # every fold's modules were trained on data that ended at its refit
     cards = sorted((out / "models").glob("fold_*/*/*/cm.json"))
     assert len(cards) == results["trainings"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.cpus import usable_cpus
+from bot.cpus import cpu_model, usable_cpus
 
 
 @pytest.fixture
@@ -42,3 +42,10 @@ def test_no_quota_or_an_unreadable_one_caps_nothing(tmp_path: Path, affinity) ->
 
 def test_this_machine_has_at_least_one() -> None:
     assert 1 <= usable_cpus() <= (os.cpu_count() or 1)
+
+
+def test_the_cpu_model_is_read_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Xeon Test 9000\n")
+    assert cpu_model(cpuinfo) == "Xeon Test 9000"
+    assert cpu_model(tmp_path / "absent")  # the platform's own answer, never empty
