@@ -1,4 +1,5 @@
-"""How many CPUs this process may use: the ones it may run on, capped by a container's CPU quota.
+"""How many CPUs this process may use (the ones it may run on, capped by a container's CPU
+quota), and what they are (:func:`cpu_model`, which experiments record with their results).
 
 ``os.cpu_count()`` counts the host's CPUs: in a container limited to 2 CPUs on a 32-CPU host it
 says 32, and 32 trainings (or inference threads) would share 2 CPUs. Training fan-out and the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 from pathlib import Path
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -48,8 +50,6 @@ def _quota(cgroup: Path) -> float | None:
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name (Linux ``/proc/cpuinfo``), else the platform's processor string."""
-    import platform
-
     try:
         for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
