@@ -84,15 +84,21 @@ def run_stats(run: RunResult, seed: int = 0) -> dict[str, Any]:
     return row
 
 
+def median_seed(metrics: dict[int, dict[str, Any]]) -> int:
+    """The seed of the median ARR among ``metrics`` (seed -> :func:`compute_metrics`): the lower
+    middle one for an even count, ties broken by seed."""
+    ranked = sorted(metrics, key=lambda s: (metrics[s]["arr"], s))
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[str, Any]:
     """Everything ``results.json`` holds for one portfolio."""
     policy = portfolio.policy
     metrics = {s: compute_metrics(r) for s, r in policy.items()}
-    by_arr = sorted(metrics, key=lambda s: (metrics[s]["arr"], s))
-    median_seed = by_arr[(len(by_arr) - 1) // 2]
-    rows: dict[str, Any] = {runs.spec.policy: run_stats(policy[median_seed])}
+    median = median_seed(metrics)
+    rows: dict[str, Any] = {runs.spec.policy: run_stats(policy[median])}
     entry = rows[runs.spec.policy]
-    entry["median_seed"] = median_seed
+    entry["median_seed"] = median
     entry["seeds"] = [{"seed": s, **{k: metrics[s][k] for k in RUN_KEYS}} for s in policy]
     for baseline in portfolio.baselines:
         rows[baseline.name] = run_stats(baseline)
@@ -109,7 +115,7 @@ def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[s
         {**policy, **{-i - 1: b for i, b in enumerate(portfolio.baselines)}}
     )
     entry["pbo_with_baselines"] = _pbo(with_baselines)
-    entry["edge"] = _edges(policy, median_seed, portfolio.baselines)
+    entry["edge"] = _edges(policy, median, portfolio.baselines)
     entry["diagnostics"] = _diagnostics(runs, portfolio)
     if any(portfolio.regime.values()):
         conservative = conservative_names(runs)
@@ -120,7 +126,7 @@ def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[s
     return {
         "coins": list(portfolio.coins),
         "runs": rows,
-        "folds": _folds(runs, portfolio, median_seed),
+        "folds": _folds(runs, portfolio, median),
     }
 
 
@@ -404,9 +410,16 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_walkforward(out_dir: Path) -> tuple[WalkForwardRuns, float]:
+    """The runs of a finished walk-forward and its wall time, from its ``runs.pkl`` (a file this
+    code wrote: unpickling runs code, so only read your own)."""
+    with (Path(out_dir) / RUNS_FILE).open("rb") as file:
+        saved = pickle.load(file)
+    return saved["runs"], saved["wall_s"]
+
+
 def rewrite_walkforward(out_dir: Path) -> dict[str, Any]:
     """Recompute ``results.json``, ``table.md`` and the reports of a finished walk-forward from
-    its ``runs.pkl`` (a file this code wrote: unpickling runs code, so only read your own)."""
-    with (out_dir / RUNS_FILE).open("rb") as file:
-        saved = pickle.load(file)
-    return write_walkforward(saved["runs"], out_dir, wall_s=saved["wall_s"])
+    its ``runs.pkl`` (:func:`load_walkforward`)."""
+    runs, wall_s = load_walkforward(out_dir)
+    return write_walkforward(runs, out_dir, wall_s=wall_s)

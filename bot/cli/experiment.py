@@ -210,3 +210,41 @@ def walkforward(
         f"{runs.training_seconds:.0f} s, {wall:.0f} s in all; "
         f"wrote {out / 'results.json'}, {out / 'table.md'} and portfolio_*/ reports"
     )
+
+
+@app.command("compare")
+def compare(
+    first: Annotated[Path, typer.Argument(help="a finished walk-forward's --out folder (A)")],
+    second: Annotated[Path, typer.Argument(help="another one over the same folds and seeds (B)")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="also write comparison.md and comparison.json in this folder"),
+    ] = None,
+) -> None:
+    """Pair two walk-forwards seed by seed (a policy and its ablation, say): each one's median
+    seed and median fold, and the per-seed differences A - B with how many seeds favour A."""
+    import json
+
+    from backtest.experiment import _finite
+    from backtest.wf_compare import (
+        ComparisonError,
+        compare_walkforwards,
+        comparison_markdown,
+        read_walkforward,
+    )
+
+    try:
+        runs = read_walkforward(first), read_walkforward(second)
+        document = compare_walkforwards(*runs, labels=(first.name, second.name))
+    except ComparisonError as exc:
+        fail(str(exc))
+        raise  # unreachable
+    text = comparison_markdown(document)
+    console.print(text, soft_wrap=True, highlight=False)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "comparison.md").write_text(text)
+        (out / "comparison.json").write_text(
+            json.dumps(_finite(document), indent=1, allow_nan=False) + "\n"
+        )
+        console.print(f"wrote {out / 'comparison.md'} and {out / 'comparison.json'}")

@@ -138,3 +138,23 @@ async def test_walkforward_runs_mars_and_mars_manager_reusing_the_ensembles_it_t
     regime = managed["portfolios"]["a"]["runs"]["mars+manager"]["regime"]
     assert all(0.0 <= r["mean_gross_exposure"] <= 1.0 for r in regime.values())
     assert len(sorted(models.glob("fold_*/*/*/mars.json"))) == 8  # nothing trained again
+
+    # the two runs, paired seed by seed
+    code, text = await cryptorlpm(
+        "experiment", "compare", str(tmp_path / "mars"), str(tmp_path / "manager"),
+        "--out", str(tmp_path / "cmp"),
+    )  # fmt: skip
+    assert code == 0, text
+    compared = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert compared["labels"] == ["mars", "manager"] and compared["same_runtime"]
+    pair = compared["portfolios"]["a"]
+    seeds = {s["seed"]: s for s in runs["mars"]["seeds"]}
+    managed_runs = managed["portfolios"]["a"]["runs"]["mars+manager"]
+    managed_seeds = {s["seed"]: s for s in managed_runs["seeds"]}
+    assert pair["seeds"] == [1, 2]
+    for i, seed in enumerate(pair["seeds"]):
+        expected = seeds[seed]["arr"] - managed_seeds[seed]["arr"]
+        assert pair["paired"]["arr"][i] == pytest.approx(expected)
+    assert "| arr |" in (tmp_path / "cmp" / "comparison.md").read_text()
+    code, text = await cryptorlpm("experiment", "compare", str(tmp_path / "mars"), str(models))
+    assert code == 2 and "no runs.pkl" in text and "Traceback" not in text

@@ -19,7 +19,16 @@ from backtest.policies import (
 from backtest.replay import ReplayDriver
 from backtest.result import RunResult
 from backtest.run import run_backtest
-from backtest.walkforward import plan_folds, slice_run, training_digest
+from backtest.walkforward import (
+    Fold,
+    PortfolioRuns,
+    WalkForwardRuns,
+    WalkForwardSpec,
+    plan_folds,
+    slice_run,
+    training_digest,
+)
+from backtest.wf_compare import ComparisonError, compare_walkforwards, comparison_markdown
 from bot.engine import Account, DecisionContext, Instant
 from bot.events import Bar, ModuleDecision
 from bot.timeframes import DAY_MS, HOUR_MS, to_ms
@@ -180,3 +189,36 @@ def test_a_mars_training_fingerprint_leaves_out_what_replays_fit() -> None:
     assert digest(with_mars(controller=ablation, manager=manager)) == digest(base)
     assert digest(with_mars(drawdown=0.2)) != digest(base)
     assert training_digest(base, "cm", history, windows, [1, 2]) != digest(base)
+
+
+def _walkforward(policy: str, seeds: dict[int, list[float]], folds: int = 2) -> WalkForwardRuns:
+    spec = WalkForwardSpec(policy, 1, 1, 1, tuple(seeds), ("a",))
+    spans = [
+        Fold(i, T0 + 2 * i * DAY_MS, T0 + 2 * (i + 1) * DAY_MS, (0, 1), (1, 2))
+        for i in range(folds)
+    ]
+    portfolio = PortfolioRuns("a", ("BTC",), {s: _run(e, []) for s, e in seeds.items()}, {}, [])
+    return WalkForwardRuns(spec, spans, [portfolio], [], 0, 0.0)
+
+
+def test_two_walkforwards_pair_seed_by_seed() -> None:
+    first = _walkforward("mars", {1: [100, 110, 99, 120, 130], 2: [100, 90, 95, 100, 105]})
+    second = _walkforward("mars", {1: [100, 105, 100, 110, 115], 2: [100, 100, 100, 100, 120]})
+    document = compare_walkforwards(first, second, ("fitted", "uniform"))
+    pair = document["portfolios"]["a"]
+    assert pair["seeds"] == [1, 2]
+    assert pair["paired"]["arr"] == pytest.approx([0.30 - 0.15, 0.05 - 0.20])
+    assert pair["favour_first"]["arr"] == 1
+    mdd = pair["paired"]["mdd"]  # seed 1: 10% against 100/105 - 1; seed 2: 10% against 0
+    assert mdd == pytest.approx([0.1 - (1 - 100 / 105), 0.1])
+    assert pair["favour_first"]["mdd"] == 0
+    assert pair["runs"]["fitted"]["median_seed"] == 2  # the lower middle ARR of two
+    assert "| fitted | 2 |" in comparison_markdown(document)
+
+
+def test_walkforwards_over_other_seeds_or_folds_are_not_paired() -> None:
+    base = _walkforward("mars", {1: [100, 110, 120, 130, 140]})
+    with pytest.raises(ComparisonError, match=r"different seeds: \[1\] against \[2\]"):
+        compare_walkforwards(base, _walkforward("mars", {2: [100, 110, 120, 130, 140]}))
+    with pytest.raises(ComparisonError, match="different folds"):
+        compare_walkforwards(base, _walkforward("mars", {1: [100, 110, 120, 130, 140]}, folds=1))
