@@ -18,6 +18,7 @@ Neither run is a baseline: compare a policy with its baselines in its own ``tabl
 
 from __future__ import annotations
 
+import pickle
 import statistics
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,21 @@ class ComparisonError(ValueError):
 def read_walkforward(out_dir: Path) -> WalkForwardRuns:
     """The runs of a finished walk-forward's output folder (``--out``), or
     :class:`ComparisonError` when it holds none."""
-    if not (Path(out_dir) / RUNS_FILE).is_file():
+    path = Path(out_dir) / RUNS_FILE
+    if not path.is_file():
         raise ComparisonError(
             f"{out_dir}: no {RUNS_FILE}: expected the --out folder of a finished walk-forward"
         )
-    return load_walkforward(out_dir)[0]
+    try:
+        runs = load_walkforward(out_dir)[0]
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, KeyError) as exc:
+        raise ComparisonError(
+            f"{path}: not readable as a walk-forward's runs ({type(exc).__name__}: {exc}); "
+            "written by another version of this code?"
+        ) from exc
+    if not isinstance(runs, WalkForwardRuns):
+        raise ComparisonError(f"{path}: holds no walk-forward runs")
+    return runs
 
 
 def compare_walkforwards(

@@ -1,7 +1,10 @@
 """The walk-forward's parts: the trend filter baseline, the policy registry, fold planning, run
-slicing and the per-module diagnostics."""
+slicing, the per-module diagnostics, the training fingerprint and the paired comparison of two
+walk-forwards."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,7 +31,12 @@ from backtest.walkforward import (
     slice_run,
     training_digest,
 )
-from backtest.wf_compare import ComparisonError, compare_walkforwards, comparison_markdown
+from backtest.wf_compare import (
+    ComparisonError,
+    compare_walkforwards,
+    comparison_markdown,
+    read_walkforward,
+)
 from bot.engine import Account, DecisionContext, Instant
 from bot.events import Bar, ModuleDecision
 from bot.timeframes import DAY_MS, HOUR_MS, to_ms
@@ -222,3 +230,11 @@ def test_walkforwards_over_other_seeds_or_folds_are_not_paired() -> None:
         compare_walkforwards(base, _walkforward("mars", {2: [100, 110, 120, 130, 140]}))
     with pytest.raises(ComparisonError, match="different folds"):
         compare_walkforwards(base, _walkforward("mars", {1: [100, 110, 120, 130, 140]}, folds=1))
+
+
+def test_a_folder_without_readable_runs_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ComparisonError, match=r"no runs\.pkl"):
+        read_walkforward(tmp_path)
+    (tmp_path / "runs.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(ComparisonError, match="not readable as a walk-forward's runs"):
+        read_walkforward(tmp_path)
