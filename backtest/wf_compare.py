@@ -46,7 +46,14 @@ def read_walkforward(out_dir: Path) -> WalkForwardRuns:
         )
     try:
         runs = load_walkforward(out_dir)[0]
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, KeyError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        AttributeError,
+        ImportError,
+        KeyError,
+        TypeError,
+    ) as exc:
         raise ComparisonError(
             f"{path}: not readable as a walk-forward's runs ({type(exc).__name__}: {exc}); "
             "written by another version of this code?"
