@@ -25,8 +25,14 @@ from typing import Any
 
 from backtest.metrics import compute_metrics
 from backtest.result import RunResult
-from backtest.walkforward import Fold, WalkForwardRuns, slice_run
-from backtest.wf_report import RUNS_FILE, load_walkforward, median_seed
+from backtest.walkforward import Fold, WalkForwardRuns
+from backtest.wf_report import (
+    RUNS_FILE,
+    fold_metrics,
+    load_walkforward,
+    median_seed,
+    seeds_median,
+)
 
 PAIRED = ("arr", "sortino", "mdd", "turnover")
 HIGHER_IS_BETTER = {"arr": True, "sortino": True, "mdd": False, "turnover": False}
@@ -127,22 +133,14 @@ def _summary(
     runs: dict[int, RunResult], metrics: dict[int, dict[str, Any]], folds: list[Fold]
 ) -> dict[str, Any]:
     seed = median_seed(metrics)
-    per_fold = [
-        [compute_metrics(slice_run(run, f.start_ms, f.end_ms)) for run in runs.values()]
-        for f in folds
-    ]
+    per_fold = [seeds_median(fold_metrics(runs, f)) for f in folds]
     return {
         "median_seed": seed,
         **{key: float(metrics[seed][key]) for key in PAIRED},
         "seeds_mdd": statistics.median(float(m["mdd"]) for m in metrics.values()),
-        "fold_sortino": _median_of_medians(per_fold, "sortino"),
-        "fold_mdd": _median_of_medians(per_fold, "mdd"),
+        "fold_sortino": statistics.median(m["sortino"] for m in per_fold),
+        "fold_mdd": statistics.median(m["mdd"] for m in per_fold),
     }
-
-
-def _median_of_medians(per_fold: list[list[dict[str, Any]]], key: str) -> float:
-    """The median over folds of the seeds' median ``key`` in each fold."""
-    return statistics.median(statistics.median(float(m[key]) for m in fold) for fold in per_fold)
 
 
 def comparison_markdown(document: dict[str, Any]) -> str:

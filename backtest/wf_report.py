@@ -32,7 +32,7 @@ from backtest.plots import plot_fold_bars
 from backtest.regime_report import plot_controller, regime_summary
 from backtest.report import write_report
 from backtest.result import RunResult
-from backtest.walkforward import PortfolioRuns, WalkForwardRuns, seed_matrix, slice_run
+from backtest.walkforward import Fold, PortfolioRuns, WalkForwardRuns, seed_matrix, slice_run
 
 EDGE_AGAINST = ("equal_weight", "trend_filter")
 RUN_KEYS = ("arr", "sortino", "sharpe", "volatility", "mdd", "turnover")
@@ -190,21 +190,26 @@ def _diagnostics(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[str, A
     }
 
 
+def fold_metrics(policy: dict[int, RunResult], fold: Fold) -> dict[int, dict[str, Any]]:
+    """Each seed's metrics over ``fold``'s trading span."""
+    return {s: compute_metrics(slice_run(r, fold.start_ms, fold.end_ms)) for s, r in policy.items()}
+
+
+def seeds_median(metrics: dict[int, dict[str, Any]]) -> dict[str, float]:
+    """The median over seeds of each of :data:`FOLD_KEYS`."""
+    return {k: statistics.median(float(m[k]) for m in metrics.values()) for k in FOLD_KEYS}
+
+
 def _folds(runs: WalkForwardRuns, portfolio: PortfolioRuns, median_seed: int) -> list[dict]:
     out = []
     for fold in runs.folds:
-        cut = {
-            s: compute_metrics(slice_run(r, fold.start_ms, fold.end_ms))
-            for s, r in portfolio.policy.items()
-        }
+        cut = fold_metrics(portfolio.policy, fold)
         row: dict[str, Any] = {
             "index": fold.index,
             "span": fold.label,
             "train": [fold.train[0], fold.train[1]],
             "validation": [fold.validation[0], fold.validation[1]],
-            runs.spec.policy: {
-                k: statistics.median(float(m[k]) for m in cut.values()) for k in FOLD_KEYS
-            },
+            runs.spec.policy: seeds_median(cut),
             f"{runs.spec.policy}_seeds": {str(s): m["arr"] for s, m in cut.items()},
         }
         for baseline in portfolio.baselines:
