@@ -188,12 +188,27 @@ def coin_rows_between(
         target = out.transpose(0, 2, 1)
     else:
         out = target = np.empty((stop - start, features, window), np.float32)
-    _write_coin_rows(
-        sliding_window_view(rows[lo:stop], window, axis=0),
-        sliding_window_view(metrics[lo:stop], window, axis=0),
-        target,
-    )
+    _write_coin_rows_by_channel(rows[lo:stop], metrics[lo:stop], window, target)
     return out
+
+
+def _write_coin_rows_by_channel(
+    rows: np.ndarray, metrics: np.ndarray, window: int, coin: np.ndarray
+) -> None:
+    """:func:`_write_coin_rows` of every full window of ``rows (L, 5)`` and ``metrics (L, k)``
+    into ``coin (L - window + 1, F, window)``, one channel at a time: the same arithmetic on
+    the same values (the same bits), read from one contiguous series per channel, which runs
+    about twice as fast as the windows of the bar-major rows."""
+    columns = np.ascontiguousarray(rows.T)  # (5, L)
+    last_close = columns[3, window - 1 :, None]
+    for channel in range(4):
+        relative = sliding_window_view(columns[channel], window) / last_close
+        relative -= 1.0
+        relative *= PRICE_SCALE
+        coin[:, channel, :] = relative
+    volume = columns[4]
+    coin[:, 4, :] = sliding_window_view(volume, window) - volume[window - 1 :, None]
+    coin[:, 5:, :] = sliding_window_view(metrics, window, axis=0)
 
 
 def signal_windows(signals: np.ndarray, window: int) -> np.ndarray:
