@@ -308,6 +308,22 @@ def _num(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
+def seeds_line(policy: str, seeds: list[dict[str, Any]]) -> str:
+    """Each seed's ARR and MDD, and the spread of their ARRs: how far training noise alone
+    moves the policy (one seed's figure is one draw of it)."""
+    if not seeds:
+        return f"- {policy}: no seed ran"
+    arrs = [s["arr"] for s in seeds if s["arr"] is not None and math.isfinite(s["arr"])]
+    each = ", ".join(
+        f"{s['seed']}: {_num(s['arr'], '{:+.1%}')} (MDD {_num(s['mdd'], '{:.1%}')})" for s in seeds
+    )
+    spread = max(arrs) - min(arrs) if arrs else math.nan
+    return (
+        f"- {policy} by seed, ARR: {each}; spread {_num(spread * 100, '{:.1f}')} points, "
+        "the training noise one seed's figure carries"
+    )
+
+
 def _runtime_lines(runtime: dict[str, str]) -> list[str]:
     """The runtime line of a table (none when the document has no runtime)."""
     if not runtime:
@@ -317,7 +333,7 @@ def _runtime_lines(runtime: dict[str, str]) -> list[str]:
         f"Ran on {runtime.get('cpu', '?')} ({runtime.get('torch_cpu_capability', '?')} kernels), "
         f"torch {runtime.get('torch', '?')}, numpy {runtime.get('numpy', '?')}, pandas "
         f"{runtime.get('pandas', '?')}. Trainings are not bit-reproducible across CPUs or "
-        "library versions: compare runs from one runtime.",
+        "library versions: compare runs from one runtime, by their seeds' medians.",
     ]
 
 
@@ -356,7 +372,7 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                 f"{pbo} |"
             )
         entry = result["runs"][policy]
-        lines.append("")
+        lines += ["", seeds_line(policy, entry.get("seeds", []))]
         for other, edge in entry.get("edge", {}).items():
             lines.append(
                 f"- {policy} minus {other}: ARR {_num(edge['arr']['estimate'], '{:+.1%}')} "

@@ -62,6 +62,10 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
         assert (out / "portfolio_a" / name).stat().st_size > 0
     table = (out / "table.md").read_text()
     assert "| cryptorlpm |" in table and "DSR" in table and "PBO" in table
+    # each seed's figure beside the median's: the training noise one seed carries
+    seeds = {s["seed"]: s["arr"] for s in vote["seeds"]}
+    assert f"- cryptorlpm by seed, ARR: 1: {seeds[1]:+.1%}" in table
+    assert f"spread {100 * (max(seeds.values()) - min(seeds.values())):.1f} points" in table
     # what it ran on: trainings from two runtimes are two draws, not a reproduction
     assert {"torch", "numpy", "cpu", "torch_cpu_capability"} <= set(results["runtime"])
     assert f"Ran on {results['runtime']['cpu']}" in table

@@ -37,6 +37,7 @@ from backtest.wf_compare import (
     comparison_markdown,
     read_walkforward,
 )
+from backtest.wf_report import seeds_line
 from bot.engine import Account, DecisionContext, Instant
 from bot.events import Bar, ModuleDecision
 from bot.timeframes import DAY_MS, HOUR_MS, to_ms
@@ -238,3 +239,15 @@ def test_a_folder_without_readable_runs_is_refused_in_one_line(tmp_path: Path) -
     (tmp_path / "runs.pkl").write_bytes(b"not a pickle")
     with pytest.raises(ComparisonError, match="not readable as a walk-forward's runs"):
         read_walkforward(tmp_path)
+
+
+def test_the_seeds_line_shows_each_seed_and_the_spread_of_their_arr() -> None:
+    seeds = [
+        {"seed": 1, "arr": 0.631, "mdd": 0.688},
+        {"seed": 2, "arr": -0.259, "mdd": 0.678},
+        {"seed": 3, "arr": float("nan"), "mdd": float("nan")},  # a seed with no figure
+    ]
+    line = seeds_line("cryptorlpm", seeds)
+    assert line.startswith("- cryptorlpm by seed, ARR: 1: +63.1% (MDD 68.8%), 2: -25.9%")
+    assert "3: n/a (MDD n/a)" in line and "spread 89.0 points" in line
+    assert seeds_line("mars", []) == "- mars: no seed ran"
