@@ -319,8 +319,8 @@ def seeds_line(policy: str, seeds: list[dict[str, Any]]) -> str:
     )
     spread = max(arrs) - min(arrs) if arrs else math.nan
     return (
-        f"- {policy} by seed, ARR: {each}; spread {_num(spread * 100, '{:.1f}')} points, "
-        "the training noise one seed's figure carries"
+        f"- {policy} by seed, ARR: {each}; spread {_num(spread * 100, '{:.1f}')} points between "
+        "seeds (training noise: one seed is one draw)"
     )
 
 
