@@ -21,8 +21,9 @@ position channel.
 One code path (DESIGN property 4): :func:`build_observations` (every bar of a history at once, for
 training; :func:`observations_between` for a chunk of it) and :class:`ObservationWindow` (bar by
 bar, for the handler) both call
-:func:`bar_rows` per bar and :func:`window_observations` per window, which use only ``+ - * /``
-after a scalar ``math.log1p`` per bar, so their outputs are bit-identical.
+:func:`bar_rows` per bar and :func:`observations_between` (:func:`_write_coin_rows`) for their
+windows, which use only ``+ - * /`` after a scalar ``math.log1p`` per bar, so their outputs are
+bit-identical.
 """
 
 from __future__ import annotations
@@ -112,25 +113,31 @@ def metric_rows(features: np.ndarray, ready: np.ndarray) -> np.ndarray:
     return np.where(usable, features, 0.0)
 
 
-def window_observations(rows: np.ndarray, metrics: np.ndarray) -> np.ndarray:
-    """States ``(..., F, 2, n)`` float32 of windows ``rows (..., 5, n)``, ``metrics (..., k, n)``.
+def _write_coin_rows(rows: np.ndarray, metrics: np.ndarray, window: int, coin: np.ndarray) -> None:
+    """The coin rows ``(L - window + 1, F, window)`` (``coin``, a view of the states or a
+    layout of their own) of every full window of ``rows (L, 5)`` and ``metrics (L, k)``; the
+    last interval of each window is its current bar. One channel at a time, each read from one
+    contiguous series (about twice as fast as the windows of the bar-major rows); a window's
+    values do not depend on how many are written at once."""
+    columns = np.ascontiguousarray(rows.T)  # (5, L)
+    last_close = columns[3, window - 1 :, None]
+    for channel in range(4):
+        relative = _windows(columns[channel], window) / last_close
+        relative -= 1.0
+        relative *= PRICE_SCALE
+        coin[:, channel, :] = relative
+    volume = columns[4]
+    coin[:, 4, :] = _windows(volume, window) - volume[window - 1 :, None]
+    coin[:, 5:, :] = _windows(metrics.T, window).transpose(1, 0, 2)
 
-    The last interval of each window is the current bar.
-    """
-    lead = rows.shape[:-2]
-    n = rows.shape[-1]
-    k = metrics.shape[-2]
-    out = np.zeros((*lead, len(PRICE_FEATURES) + k, 2, n), dtype=np.float32)
-    _write_coin_rows(rows, metrics, out[..., COIN_ROW, :])
-    return out
 
-
-def _write_coin_rows(rows: np.ndarray, metrics: np.ndarray, coin: np.ndarray) -> None:
-    """The coin row ``(..., F, n)`` of the states of windows ``rows``, ``metrics``."""
-    last_close = rows[..., 3, -1][..., None, None]
-    coin[..., :4, :] = (rows[..., :4, :] / last_close - 1.0) * PRICE_SCALE
-    coin[..., 4, :] = rows[..., 4, :] - rows[..., 4, -1:]
-    coin[..., 5:, :] = metrics
+def _windows(series: np.ndarray, window: int) -> np.ndarray:
+    """The windows ``(..., L - window + 1, window)`` along the last axis of ``series`` (a
+    view); the series itself, as one window, for a bar-by-bar state (``sliding_window_view``
+    costs more than the state's arithmetic there)."""
+    if series.shape[-1] == window:
+        return series[..., None, :]
+    return sliding_window_view(series, window, axis=-1)
 
 
 def build_observations(
@@ -161,10 +168,9 @@ def observations_between(
     if start < window - 1 or stop > len(rows) or stop < start:
         raise ValueError(f"bars {start}..{stop} have no full window of {window} in {len(rows)}")
     lo = start - window + 1
-    return window_observations(
-        sliding_window_view(rows[lo:stop], window, axis=0),
-        sliding_window_view(metrics[lo:stop], window, axis=0),
-    )
+    out = np.zeros((stop - start, len(PRICE_FEATURES) + metrics.shape[1], 2, window), np.float32)
+    _write_coin_rows(rows[lo:stop], metrics[lo:stop], window, out[:, :, COIN_ROW, :])
+    return out
 
 
 def coin_rows_between(
@@ -188,27 +194,8 @@ def coin_rows_between(
         target = out.transpose(0, 2, 1)
     else:
         out = target = np.empty((stop - start, features, window), np.float32)
-    _write_coin_rows_by_channel(rows[lo:stop], metrics[lo:stop], window, target)
+    _write_coin_rows(rows[lo:stop], metrics[lo:stop], window, target)
     return out
-
-
-def _write_coin_rows_by_channel(
-    rows: np.ndarray, metrics: np.ndarray, window: int, coin: np.ndarray
-) -> None:
-    """:func:`_write_coin_rows` of every full window of ``rows (L, 5)`` and ``metrics (L, k)``
-    into ``coin (L - window + 1, F, window)``, one channel at a time: the same arithmetic on
-    the same values (the same bits), read from one contiguous series per channel, which runs
-    about twice as fast as the windows of the bar-major rows."""
-    columns = np.ascontiguousarray(rows.T)  # (5, L)
-    last_close = columns[3, window - 1 :, None]
-    for channel in range(4):
-        relative = sliding_window_view(columns[channel], window) / last_close
-        relative -= 1.0
-        relative *= PRICE_SCALE
-        coin[:, channel, :] = relative
-    volume = columns[4]
-    coin[:, 4, :] = sliding_window_view(volume, window) - volume[window - 1 :, None]
-    coin[:, 5:, :] = sliding_window_view(metrics, window, axis=0)
 
 
 def signal_windows(signals: np.ndarray, window: int) -> np.ndarray:
@@ -255,9 +242,11 @@ class ObservationWindow:
         self._metrics.append(metric_rows(feats, np.array([ready]))[0])
         if not self.full:
             return None
-        rows = np.stack(self._rows, axis=1)
-        metrics = np.stack(self._metrics, axis=1).reshape(self.width, self.window)
-        return window_observations(rows, metrics)
+        # stacked channel-major, handed over as (n, 5) and (n, k) views: the writer reads
+        # channels, so it copies nothing
+        rows = np.stack(self._rows, axis=1).T
+        metrics = np.stack(self._metrics, axis=1).reshape(self.width, self.window).T
+        return observations_between(rows, metrics, self.window, self.window - 1, self.window)[0]
 
     def extend(self, ohlcv: np.ndarray, features: np.ndarray, ready: np.ndarray) -> None:
         """Add many closed bars at once (``(T, 5)``, ``(T, k)``, ``(T,)``), leaving the window
