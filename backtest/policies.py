@@ -33,7 +33,8 @@ from strategies.mars.artifact import load_ensemble
 from strategies.mars.module import MarsModule
 from strategies.mars.policy import MARS, MARS_MANAGER, MarsPolicy, ModuleSet
 from strategies.plans import ReplayHistory
-from strategies.portfolio import VOTE_SOURCE, PortfolioVote
+from strategies.portfolio import VOTE_SOURCE, Module, PortfolioVote
+from strategies.seed_bag import SeedBag
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,16 @@ class FoldSpan:
 @dataclass(frozen=True)
 class PolicyContext:
     """What a builder gets: the config, the portfolio's coins, the seed (None for a policy that
-    does not train), the folds, and per fold the trained modules' folders (coin -> folder)."""
+    does not train), the folds, and per fold the trained modules' folders (coin -> folder);
+    for a run of seed bags, per fold every bag member's folder (coin -> folders, ``seed``
+    being the bag's first seed)."""
 
     cfg: AppConfig
     coins: tuple[str, ...]
     seed: int | None = None
     folds: tuple[FoldSpan, ...] = ()
     models: Mapping[int, Mapping[str, Path]] = field(default_factory=dict)
+    bags: Mapping[int, Mapping[str, tuple[Path, ...]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class PolicyBuilder:
     trainer: str = "cm"
     """What a policy that trains needs at every refit: ``"cm"`` (one Crypto Module per coin and
     seed) or ``"mars"`` (one MARS ensemble per coin and seed, the seeds trained together)."""
+    bags: bool = False
+    """Whether ``build`` takes seed bags (:attr:`PolicyContext.bags`)."""
 
 
 _REGISTRY: dict[str, PolicyBuilder] = {}
@@ -172,12 +178,21 @@ class FoldSwitchingVote:
 
 
 def build_cryptorlpm(ctx: PolicyContext) -> FoldSwitchingVote:
-    """The paper's vote over each fold's modules (one per coin, this context's seed)."""
-    quote = ctx.cfg.market.quote
+    """The paper's vote over each fold's modules (one per coin, this context's seed; or, for
+    a run of seed bags, one :class:`~strategies.seed_bag.SeedBag` per coin)."""
+    quote, market = ctx.cfg.market.quote, ctx.cfg.market
     folds = []
     for span in ctx.folds:
-        folders = ctx.models[span.index]
-        modules = [CryptoModule.load(folders[c], ctx.cfg.market.symbol(c)) for c in ctx.coins]
+        modules: list[Module]
+        if ctx.bags:
+            bags = ctx.bags[span.index]
+            modules = [
+                SeedBag([CryptoModule.load(f, market.symbol(c)) for f in bags[c]])
+                for c in ctx.coins
+            ]
+        else:
+            folders = ctx.models[span.index]
+            modules = [CryptoModule.load(folders[c], market.symbol(c)) for c in ctx.coins]
         folds.append((span, PortfolioVote(quote, modules)))
     return FoldSwitchingVote(quote, folds, ctx.cfg.live.warmup_days * DAY_MS)
 
@@ -216,7 +231,7 @@ def _trend(ctx: PolicyContext) -> TrendFilter:
 
 
 register_policy(
-    PolicyBuilder("cryptorlpm", True, build_cryptorlpm, "the paper's Crypto Module vote")
+    PolicyBuilder("cryptorlpm", True, build_cryptorlpm, "the paper's Crypto Module vote", bags=True)
 )
 register_policy(
     PolicyBuilder(

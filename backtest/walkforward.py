@@ -71,6 +71,23 @@ class WalkForwardSpec:
     """End of the span (None: the close of the last bar every coin has)."""
     prior_trials: int = 0
     """Trials run before this one on the same question (counted in the DSR)."""
+    bag: int = 1
+    """Seeds per replication unit: 1, each seed is a run; ``B > 1``, each run is a seed bag
+    (:class:`~strategies.seed_bag.SeedBag`) of ``B`` consecutive seeds, keyed by its first
+    seed (a policy whose builder takes bags only)."""
+
+    def __post_init__(self) -> None:
+        if self.bag < 1 or len(self.seeds) % self.bag:
+            raise ValueError(
+                f"bag: {self.bag} seeds per bag must be at least 1 and divide the "
+                f"{len(self.seeds)} seeds"
+            )
+
+    @property
+    def units(self) -> tuple[tuple[int, ...], ...]:
+        """The seeds of each run: one seed each, or the bags' seeds."""
+        seeds, size = self.seeds, self.bag
+        return tuple(seeds[i : i + size] for i in range(0, len(seeds), size))
 
 
 @dataclass(frozen=True)
@@ -192,6 +209,8 @@ async def run_walkforward(
     import time
 
     builder = policy_builder(spec.policy)
+    if spec.bag > 1 and not builder.bags:
+        raise ValueError(f"policy {spec.policy!r} does not take seed bags (--bag {spec.bag})")
     coins = cfg.market.coins
     async with (
         await MarketStore.open(cfg.data.market_path) as market,
@@ -220,8 +239,9 @@ async def run_walkforward(
             )
         seconds = time.perf_counter() - started
     step(
-        f"backtests: {spec.policy} x {len(spec.seeds) if builder.trains else 1} and every "
-        f"baseline, portfolios {', '.join(spec.portfolios)}"
+        f"backtests: {spec.policy} x {len(spec.units) if builder.trains else 1}"
+        + (f" bags of {spec.bag} seeds" if spec.bag > 1 else "")
+        + f" and every baseline, portfolios {', '.join(spec.portfolios)}"
     )
     jobs = _backtest_jobs(cfg, spec, folds, models, builder.trains)
     started = time.perf_counter()
@@ -247,7 +267,10 @@ async def run_walkforward(
                 runs.policy[key], runs.decisions[key] = result, decisions
                 runs.regime[key] = regime
                 runs.untrained[key] = (
-                    {c: any(_untrained(m[c]) for m in job.models.values()) for c in members}
+                    {
+                        c: any(_untrained(f) for m in job.members.values() for f in m[c])
+                        for c in members
+                    }
                     if builder.trains
                     else {}
                 )
@@ -288,6 +311,8 @@ class BacktestJob:
     models: dict[int, dict[str, Path]]
     start_ms: int
     end_ms: int
+    members: dict[int, dict[str, tuple[Path, ...]]] = field(default_factory=dict)
+    """Per fold, every folder of the run's seeds per coin (one, or a bag's)."""
 
 
 JobResult = tuple[RunResult, list[ModuleDecision], list[VariantWeights | GrossExposure]]
@@ -307,7 +332,9 @@ def run_backtest_job(job: BacktestJob) -> JobResult:
             await MetricStore.open(cfg.data.metrics_path) as metrics,
         ):
             driver = await replay_driver(cfg, market, metrics, job.coins, job.start_ms, job.end_ms)
-        context = PolicyContext(cfg, job.coins, job.seed, job.folds, job.models)
+        bagged = any(len(seeds) > 1 for fold in job.members.values() for seeds in fold.values())
+        bags = job.members if bagged else {}
+        context = PolicyContext(cfg, job.coins, job.seed, job.folds, job.models, bags)
         recording = RecordingPolicy(policy_builder(job.policy).build(context))
         result = await run_backtest(cfg, recording, driver, name=job.policy)
         return result, recording.decisions, recording.regime
@@ -328,15 +355,33 @@ def _backtest_jobs(
     jobs = []
     for name in spec.portfolios:
         members = PORTFOLIOS[name]
-        for seed in spec.seeds if trains else (None,):
+        for unit in spec.units if trains else ((None,),):
+            seed = unit[0]
             fold_models = (
                 {f.index: {c: models[f.index, c, seed] for c in members} for f in folds}
                 if trains
                 else {}
             )
+            fold_members = (
+                {
+                    f.index: {c: tuple(models[f.index, c, s] for s in unit) for c in members}
+                    for f in folds
+                }
+                if trains
+                else {}
+            )
             jobs.append(
                 BacktestJob(
-                    cfg_json, name, spec.policy, members, seed, spans, fold_models, start, end
+                    cfg_json,
+                    name,
+                    spec.policy,
+                    members,
+                    seed,
+                    spans,
+                    fold_models,
+                    start,
+                    end,
+                    fold_members,
                 )
             )
         for baseline in baseline_names(members):

@@ -116,6 +116,12 @@ def _check_pairable(
             f"{a} and {b} trade different folds: {[f.label for f in first.folds]} against "
             f"{[f.label for f in second.folds]}"
         )
+    bags = [runs.spec.bag for runs in (first, second)]
+    if bags[0] != bags[1]:
+        raise ComparisonError(
+            f"{a} and {b} pair different runs: seed bags of {bags[0]} against {bags[1]} (1: "
+            "one seed per run)"
+        )
     names = [[p.name for p in runs.portfolios] for runs in (first, second)]
     if names[0] != names[1]:
         raise ComparisonError(

@@ -32,7 +32,14 @@ from backtest.plots import plot_fold_bars
 from backtest.regime_report import plot_controller, regime_summary
 from backtest.report import write_report
 from backtest.result import RunResult
-from backtest.walkforward import Fold, PortfolioRuns, WalkForwardRuns, seed_matrix, slice_run
+from backtest.walkforward import (
+    Fold,
+    PortfolioRuns,
+    WalkForwardRuns,
+    WalkForwardSpec,
+    seed_matrix,
+    slice_run,
+)
 
 EDGE_AGAINST = ("equal_weight", "trend_filter")
 RUN_KEYS = ("arr", "sortino", "sharpe", "volatility", "mdd", "turnover")
@@ -44,8 +51,9 @@ PBO_BLOCKS = 16
 
 
 def trial_count(runs: WalkForwardRuns, configs: int = 1) -> dict[str, int]:
-    """Policies x configurations x seeds of this run, plus the trials declared before it."""
-    seeds = len(runs.spec.seeds)
+    """Policies x configurations x runs (seeds, or seed bags) of this run, plus the trials
+    declared before it."""
+    seeds = len(runs.spec.units)
     here = 1 * configs * seeds
     return {
         "policies": 1,
@@ -230,6 +238,7 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
     with (out_dir / RUNS_FILE).open("wb") as file:
         pickle.dump({"runs": runs, "wall_s": wall_s}, file)
     spec = runs.spec
+    unit = "bag" if spec.bag > 1 else "seed"  # what one run is
     portfolios = {}
     for portfolio in runs.portfolios:
         result = portfolio_results(runs, portfolio)
@@ -242,7 +251,7 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
             portfolio.baselines,
             title=f"Walk-forward, portfolio {portfolio.name}: {', '.join(portfolio.coins)}",
             notes=[
-                f"{spec.policy}: seed {median_seed} of {list(spec.seeds)} (median ARR).",
+                f"{spec.policy}: {unit} {median_seed} of {_unit_names(spec)} (median ARR).",
                 *runs.notes,
             ],
         )
@@ -251,7 +260,7 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
                 portfolio.policy[median_seed],
                 portfolio.regime[median_seed],
                 folder / "controller.png",
-                title=f"Portfolio {portfolio.name}: {spec.policy} (seed {median_seed}): equity, "
+                title=f"Portfolio {portfolio.name}: {spec.policy} ({unit} {median_seed}): equity, "
                 "controller weights and exposure",
             )
         names = [spec.policy, *(b.name for b in portfolio.baselines)]
@@ -259,7 +268,7 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
             [f["span"] for f in result["folds"]],
             {n: [f[n]["arr"] for f in result["folds"]] for n in names},
             folder / "folds.png",
-            title=f"Portfolio {portfolio.name}: return per fold ({spec.policy}: median of seeds)",
+            title=f"Portfolio {portfolio.name}: return per fold ({spec.policy}: median of {unit}s)",
         )
     document = {
         "policy": spec.policy,
@@ -268,6 +277,7 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
             "train_days": spec.train_days,
             "val_days": spec.val_days,
             "seeds": list(spec.seeds),
+            "bag": spec.bag,
             "portfolios": list(spec.portfolios),
         },
         "folds": [
@@ -308,19 +318,20 @@ def _num(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
-def seeds_line(policy: str, seeds: list[dict[str, Any]]) -> str:
+def seeds_line(policy: str, seeds: list[dict[str, Any]], unit: str = "seed") -> str:
     """Each seed's ARR and MDD, and the spread of their ARRs: how far training noise alone
-    moves the policy (one seed's figure is one draw of it)."""
+    moves the policy (one seed's figure is one draw of it). ``unit``: what a run is
+    (``"seed"``, or ``"bag"`` for seed bags named by their first seed)."""
     if not seeds:
-        return f"- {policy}: no seed ran"
+        return f"- {policy}: no {unit} ran"
     arrs = [s["arr"] for s in seeds if s["arr"] is not None and math.isfinite(s["arr"])]
     each = ", ".join(
         f"{s['seed']}: {_num(s['arr'], '{:+.1%}')} (MDD {_num(s['mdd'], '{:.1%}')})" for s in seeds
     )
     spread = max(arrs) - min(arrs) if arrs else math.nan
     return (
-        f"- {policy} by seed, ARR: {each}; spread {_num(spread * 100, '{:.1f}')} points between "
-        "seeds (training noise: one seed is one draw)"
+        f"- {policy} by {unit}, ARR: {each}; spread {_num(spread * 100, '{:.1f}')} points between "
+        f"{unit}s (training noise: one {unit} is one draw)"
     )
 
 
@@ -337,19 +348,41 @@ def _runtime_lines(runtime: dict[str, str]) -> list[str]:
     ]
 
 
+def _unit_names(spec: WalkForwardSpec) -> str:
+    """The runs' seeds, or each bag's seeds."""
+    if spec.bag <= 1:
+        return str(list(spec.seeds))
+    return ", ".join(f"{{{', '.join(map(str, unit))}}}" for unit in spec.units)
+
+
+def _units(spec: dict[str, Any]) -> str:
+    """What one run of the policy is: a seed, or a seed bag (documents written before bags
+    existed have no ``bag``)."""
+    seeds, bag = spec["seeds"], spec.get("bag", 1)
+    if bag <= 1:
+        return f"Seeds {seeds}"
+    bags = [seeds[i : i + bag] for i in range(0, len(seeds), bag)]
+    return (
+        f"Seed bags of {bag} (each coin's weight the mean of its {bag} modules' positions), "
+        "each named by its first seed below: "
+        + ", ".join(f"{b[0]} = seeds {', '.join(map(str, b))}" for b in bags)
+    )
+
+
 def walkforward_markdown(document: dict[str, Any]) -> str:
     """The walk-forward table, one block per portfolio, plus the edge and diagnostics lines."""
     policy, trials, spec = document["policy"], document["trials"], document["spec"]
+    unit = "bag" if spec.get("bag", 1) > 1 else "seed"  # what one run is
     lines = [
         f"# Walk-forward: {policy}",
         "",
         f"Refit every {spec['retrain_every_days']} days on the {spec['train_days']} training "
         f"days before the last {spec['val_days']} validation days; folds: "
         + ", ".join(f["span"] for f in document["folds"])
-        + f". Seeds {spec['seeds']}; {policy} row = the median seed by ARR. 95% circular "
+        + f". {_units(spec)}; {policy} row = the median {unit} by ARR. 95% circular "
         f"block-bootstrap intervals ({document['bootstrap']['block_days']}-day blocks). "
         f"Trials counted for the DSR: {trials['total']} ({trials['policies']} policy x "
-        f"{trials['configs']} config x {trials['seeds']} seeds + {trials['prior']} before).",
+        f"{trials['configs']} config x {trials['seeds']} {unit}s + {trials['prior']} before).",
         "",
         *(f"> {n}" for n in document["notes"]),
         *_runtime_lines(document.get("runtime", {})),
@@ -372,33 +405,34 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                 f"{pbo} |"
             )
         entry = result["runs"][policy]
-        lines += ["", seeds_line(policy, entry.get("seeds", []))]
+        lines += ["", seeds_line(policy, entry.get("seeds", []), unit)]
         for other, edge in entry.get("edge", {}).items():
             lines.append(
                 f"- {policy} minus {other}: ARR {_num(edge['arr']['estimate'], '{:+.1%}')} "
                 f"[{_num(edge['arr']['low'], '{:+.1%}')}, {_num(edge['arr']['high'], '{:+.1%}')}]"
                 f", Sharpe {_num(edge['sharpe']['estimate'], '{:+.2f}')} "
                 f"[{_num(edge['sharpe']['low'], '{:+.2f}')}, "
-                f"{_num(edge['sharpe']['high'], '{:+.2f}')}]; seeds beating it: ARR "
+                f"{_num(edge['sharpe']['high'], '{:+.2f}')}]; {unit}s beating it: ARR "
                 f"{edge['seeds_beating_arr']}/{edge['seeds']}, Sharpe "
                 f"{edge['seeds_beating_sharpe']}/{edge['seeds']}"
             )
         dsr = entry["dsr"]
         lines.append(
-            f"- DSR of the best seed ({dsr['selected_seed']}): {_num(dsr['dsr'], '{:.3f}')} "
+            f"- DSR of the best {unit} ({dsr['selected_seed']}): {_num(dsr['dsr'], '{:.3f}')} "
             f"(SR0 {_num(dsr['sr0'], '{:.4f}')}/day, its SR {_num(dsr['sharpe'], '{:.4f}')}/day, "
             f"skew {_num(dsr['skew'], '{:.2f}')}, raw kurtosis {_num(dsr['kurtosis'], '{:.2f}')}); "
-            f"PBO over seeds {_num(entry['pbo'].get('pbo'), '{:.2f}')}, over seeds and baselines "
+            f"PBO over {unit}s {_num(entry['pbo'].get('pbo'), '{:.2f}')}, over {unit}s and "
+            "baselines "
             f"{_num(entry['pbo_with_baselines'].get('pbo'), '{:.2f}')}"
         )
         diag = entry["diagnostics"]["mean"]
         lines.append(
-            "- modules (mean over seeds): "
+            f"- modules (mean over {unit}s): "
             + "; ".join(
                 f"{coin} in coin {d['coin_share']:.0%}, {d['flips_per_month']:.1f} flips/month, "
                 f"turnover {d['turnover']:.1f}x, fees {d['fees_share']:.1%} of capital"
                 + (
-                    f", flagged in {d['degenerate_seeds']} seed(s): {', '.join(d['reasons'])}"
+                    f", flagged in {d['degenerate_seeds']} {unit}(s): {', '.join(d['reasons'])}"
                     if d["degenerate_seeds"]
                     else ""
                 )
@@ -418,7 +452,7 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                     f"exposure {_num(mine['mean_coin_exposure'], '{:.0%}')}, mean gross exposure "
                     f"{_num(mine['mean_gross_exposure'], '{:.0%}')}"
                 )
-        lines += ["", "Per fold (ARR; " + policy + " = median of seeds):", ""]
+        lines += ["", f"Per fold (ARR; {policy} = median of {unit}s):", ""]
         names = list(result["runs"])
         lines.append("| fold | " + " | ".join(names) + " |")
         lines.append("| :-- | " + " | ".join("--:" for _ in names) + " |")

@@ -109,6 +109,14 @@ def walkforward(
     prior_trials: Annotated[
         int, typer.Option(help="trials run before this one, counted in the DSR", min=0)
     ] = 0,
+    bag: Annotated[
+        int,
+        typer.Option(
+            help="seeds per seed bag (cryptorlpm): each run is a bag of this many consecutive "
+            "seeds, its coins' weights their modules' mean position; 1: one seed per run",
+            min=1,
+        ),
+    ] = 1,
     backend: Annotated[
         str | None, typer.Option(help="override [compute].backend: sequential, process, ray")
     ] = None,
@@ -144,9 +152,13 @@ def walkforward(
     if unknown:
         fail(f"--portfolio {unknown[0]!r}: expected one of {list(PORTFOLIOS)}")
     try:
-        policy_builder(policy)
+        builder = policy_builder(policy)
     except ValueError as exc:
         fail(f"--policy: {exc}")
+    if bag > 1 and not builder.bags:
+        fail(f"--bag {bag}: policy {policy!r} does not take seed bags (cryptorlpm does)")
+    if seeds % bag:
+        fail(f"--bag {bag}: must divide --seeds {seeds} (bags of consecutive seeds)")
     if backend is not None and backend not in ("sequential", "process", "ray"):
         fail(f"--backend {backend!r}: expected sequential, process or ray")
     bounds = {}
@@ -165,6 +177,7 @@ def walkforward(
         start_ms=bounds["--start"],
         end_ms=bounds["--end"],
         prior_trials=prior_trials,
+        bag=bag,
     )
     cfg = walkforward_config(base, out, spec)
     if models_dir is not None:

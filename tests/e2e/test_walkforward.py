@@ -76,6 +76,23 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
         card = json.loads(card_path.read_text())
         fold = int(card_path.parts[-4].split("_")[1])
         assert card["data_ranges"]["bars"]["ms"][1] <= results["folds"][fold]["start_ms"]
+    # The same two seeds as one seed bag: the trained modules reused, one run, named by seed 1
+    bagged = tmp_path / "bag"
+    code, text = await cryptorlpm(
+        "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(bagged),
+        "--policy", "cryptorlpm", "--retrain-every", "90", "--train-days", "90",
+        "--val-days", "30", "--seeds", "2", "--bag", "2", "--portfolio", "a",
+        "--start", "2021-07-02", "--end", "2021-12-29", "--config", str(tiny_config),
+        "--models-dir", str(out / "models"),
+    )  # fmt: skip
+    assert code == 0, text
+    bag = json.loads((bagged / "results.json").read_text())
+    assert bag["spec"]["bag"] == 2 and bag["trials"]["total"] == 1
+    assert f"{results['trainings']} trainings ({results['trainings']} reused" in text
+    assert [s["seed"] for s in bag["portfolios"]["a"]["runs"]["cryptorlpm"]["seeds"]] == [1]
+    table = (bagged / "table.md").read_text()
+    assert "Seed bags of 2" in table and "1 = seeds 1, 2" in table
+    assert "- cryptorlpm by bag, ARR: 1: " in table
 
 
 async def test_an_unknown_policy_is_a_one_line_error(tmp_path: Path, data_dir: Path) -> None:  # noqa: F811
@@ -84,6 +101,17 @@ async def test_an_unknown_policy_is_a_one_line_error(tmp_path: Path, data_dir: P
         "--policy", "magic",
     )  # fmt: skip
     assert code == 2 and "unknown policy 'magic'" in text and "Traceback" not in text
+
+
+async def test_a_bag_that_does_not_divide_the_seeds_is_a_one_line_error(
+    tmp_path: Path,
+    data_dir: Path,  # noqa: F811
+) -> None:
+    code, text = await cryptorlpm(
+        "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(tmp_path),
+        "--seeds", "5", "--bag", "3",
+    )  # fmt: skip
+    assert code == 2 and "--bag 3: must divide --seeds 5" in text and "Traceback" not in text
 
 
 async def test_a_first_fold_without_enough_training_data_is_said_plainly(

@@ -32,6 +32,7 @@ from strategies.crypto_module import CryptoModule
 from strategies.features import with_known_at
 from strategies.portfolio import PortfolioVote
 from strategies.registry import save_crypto_module
+from strategies.seed_bag import SeedBag
 from tests.unit.agents.conftest import COST, TINY, jolted
 
 COINS = ("BTC", "ETH")
@@ -231,3 +232,45 @@ async def test_prepared_fold_switching_vote_decides_as_bar_by_bar(cfg, driver, f
 
     _, fast = await replay(cfg, driver, make)
     assert fast.prepared == 4
+
+
+async def test_a_seed_bag_holds_the_mean_of_its_members_own_positions(cfg, driver, folders) -> None:
+    """BTC's bag holds two modules (two seeds), ETH's one: prepared or bar by bar the same,
+    and each bag's weight is the mean of what its members decide alone, each reading its own
+    last action."""
+
+    def make(batched: bool) -> Watched:
+        btc, eth, btc_b = load(folders, ("BTC", "ETH", "BTC-b"))
+        vote = PortfolioVote("USDT", [SeedBag([btc, btc_b]), SeedBag([eth])])
+
+        def members() -> dict[str, CryptoModule]:
+            return {
+                f"{c}{i}": member
+                for c in vote.coins
+                for i, member in enumerate(vote.module(c).members)  # type: ignore[attr-defined]
+            }
+
+        return Watched(vote, members, batched=batched)
+
+    _, fast = await replay(cfg, driver, make)
+    assert fast.prepared == 2
+    alone = {}
+    for key in ("BTC", "BTC-b", "ETH"):
+        vote = PortfolioVote("USDT", load(folders, (key,)))
+        vote.prepare(driver)
+        alone[key] = [d for i in driver.instants() for b in i.bars for d in vote.on_bar(b)]
+    btc = [d for d in fast.decisions if d.coin == "BTC"]
+    pairs = zip(alone["BTC"], alone["BTC-b"], strict=True)
+    assert [d.coin_weight for d in btc] == [(a.coin_weight + b.coin_weight) / 2 for a, b in pairs]
+    ids = (alone["BTC"][0].module_id, alone["BTC-b"][0].module_id)
+    assert {d.module_id for d in btc} == {"+".join(ids)}
+    assert 0.5 in {d.coin_weight for d in btc}, "the two seeds never disagreed: nothing shown"
+    eth = [d.coin_weight for d in fast.decisions if d.coin == "ETH"]
+    assert eth == [d.coin_weight for d in alone["ETH"]]
+
+
+def test_a_seed_bag_takes_modules_of_one_coin_only(folders) -> None:
+    with pytest.raises(ValueError, match="share coin, symbol and timeframe"):
+        SeedBag(load(folders, ("BTC", "ETH")))
+    with pytest.raises(ValueError, match="at least one"):
+        SeedBag([])

@@ -200,8 +200,10 @@ def test_a_mars_training_fingerprint_leaves_out_what_replays_fit() -> None:
     assert training_digest(base, "cm", history, windows, [1, 2]) != digest(base)
 
 
-def _walkforward(policy: str, seeds: dict[int, list[float]], folds: int = 2) -> WalkForwardRuns:
-    spec = WalkForwardSpec(policy, 1, 1, 1, tuple(seeds), ("a",))
+def _walkforward(
+    policy: str, seeds: dict[int, list[float]], folds: int = 2, bag: int = 1
+) -> WalkForwardRuns:
+    spec = WalkForwardSpec(policy, 1, 1, 1, tuple(seeds), ("a",), bag=bag)
     spans = [
         Fold(i, T0 + 2 * i * DAY_MS, T0 + 2 * (i + 1) * DAY_MS, (0, 1), (1, 2))
         for i in range(folds)
@@ -231,6 +233,9 @@ def test_walkforwards_over_other_seeds_or_folds_are_not_paired() -> None:
         compare_walkforwards(base, _walkforward("mars", {2: [100, 110, 120, 130, 140]}))
     with pytest.raises(ComparisonError, match="different folds"):
         compare_walkforwards(base, _walkforward("mars", {1: [100, 110, 120, 130, 140]}, folds=1))
+    bags = {1: [100, 110, 120, 130, 140], 2: [100, 100, 100, 100, 100]}  # bag 1 is not seed 1
+    with pytest.raises(ComparisonError, match="seed bags of 1 against 2"):
+        compare_walkforwards(base, _walkforward("cryptorlpm", bags, bag=2))
 
 
 def test_a_folder_without_readable_runs_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -251,3 +256,13 @@ def test_the_seeds_line_shows_each_seed_and_the_spread_of_their_arr() -> None:
     assert line.startswith("- cryptorlpm by seed, ARR: 1: +63.1% (MDD 68.8%), 2: -25.9%")
     assert "3: n/a (MDD n/a)" in line and "spread 89.0 points" in line
     assert seeds_line("mars", []) == "- mars: no seed ran"
+
+
+def test_seed_bags_group_consecutive_seeds_and_only_the_vote_takes_them() -> None:
+    spec = WalkForwardSpec("cryptorlpm", 90, 120, 30, seeds=(1, 2, 3, 4, 5, 6), bag=3)
+    assert spec.units == ((1, 2, 3), (4, 5, 6))
+    assert WalkForwardSpec("cryptorlpm", 90, 120, 30, seeds=(1, 2)).units == ((1,), (2,))
+    with pytest.raises(ValueError, match="divide the 5 seeds"):
+        WalkForwardSpec("cryptorlpm", 90, 120, 30, seeds=(1, 2, 3, 4, 5), bag=2)
+    assert policy_builder("cryptorlpm").bags
+    assert not policy_builder("mars").bags and not policy_builder("equal_weight").bags
