@@ -3,13 +3,14 @@
 From the :class:`~bot.events.ModuleDecision` events a vote run recorded (one per bar of the
 module's coin, at its close) and the run's fills:
 
-* ``coin_share`` / ``cash_share``: the share of decisions in which the module held its coin or
-  cash;
-* ``flips_per_month``: position changes (cash to coin or back) per 30 days of decisions;
+* ``coin_share`` / ``cash_share``: the share of decisions in which the module held its coin (more
+  than half of its sleeve: a seed bag or a MARS blend holds fractions) or cash;
+* ``flips_per_month``: position changes (cash to coin or back, by that rule) per 30 days of
+  decisions;
 * ``turnover``: the coin's traded notional over the run's mean equity (the portfolio's turnover
   split by coin), and ``fees_share``: the fees paid on that coin over the initial capital;
-* ``degenerate``: why the module is suspicious, or None: ``never trades`` (always cash),
-  ``always in`` (held its coin at every decision) or ``untrained checkpoint`` (the kept SAM
+* ``degenerate``: why the module is suspicious, or None: ``never trades`` (all cash at every
+  decision), ``always in`` (all coin at every decision) or ``untrained checkpoint`` (the kept SAM
   checkpoint was chosen before any gradient update: training never beat its starting point).
 
 Only decisions inside the scored period count (warm-up decisions before the first decision
@@ -71,7 +72,8 @@ def module_diagnostics(
     trades = run.trades
     out: dict[str, dict[str, Any]] = {}
     for coin, rows in by_coin.items():
-        held = np.array([d.coin_weight > 0.5 for d in rows])
+        weights = np.array([d.coin_weight for d in rows], dtype=float)
+        held = weights > 0.5
         span_ms = max(rows[-1].ts - rows[0].ts, 1)
         flips = int(np.count_nonzero(held[1:] != held[:-1]))
         mine = trades[trades["symbol"].str.split("/").str[0] == coin] if len(trades) else trades
@@ -88,13 +90,16 @@ def module_diagnostics(
             "turnover": notional / mean_equity if mean_equity > 0 else float("nan"),
             "fees_share": fees / float(run.initial_cash) if run.initial_cash else float("nan"),
             "untrained_checkpoint": untrained_flag,
-            "degenerate": degenerate_reason(coin_share, untrained_flag),
+            # by the mean weight: a module holding a fraction of its sleeve does trade
+            "degenerate": degenerate_reason(float(weights.mean()), untrained_flag),
         }
     return out
 
 
 def degenerate_reason(coin_share: float, untrained: bool) -> str | None:
-    """``never trades``, ``always in``, ``untrained checkpoint`` or None (in that order)."""
+    """``never trades``, ``always in``, ``untrained checkpoint`` or None (in that order), from
+    the module's mean coin weight over its decisions (``coin_share``: 0 all cash throughout, 1
+    all coin throughout)."""
     if coin_share == 0.0:
         return "never trades"
     if coin_share == 1.0:

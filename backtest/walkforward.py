@@ -267,10 +267,7 @@ async def run_walkforward(
                 runs.policy[key], runs.decisions[key] = result, decisions
                 runs.regime[key] = regime
                 runs.untrained[key] = (
-                    {
-                        c: any(_untrained(f) for m in job.members.values() for f in m[c])
-                        for c in members
-                    }
+                    {c: any(_untrained(f) for f in job.folders(c)) for c in members}
                     if builder.trains
                     else {}
                 )
@@ -313,6 +310,12 @@ class BacktestJob:
     end_ms: int
     members: dict[int, dict[str, tuple[Path, ...]]] = field(default_factory=dict)
     """Per fold, every folder of the run's seeds per coin (one, or a bag's)."""
+
+    def folders(self, coin: str) -> list[Path]:
+        """Every folder of ``coin`` the run trades, all folds and (a bag's) seeds."""
+        if self.members:
+            return [f for fold in self.members.values() for f in fold[coin]]
+        return [fold[coin] for fold in self.models.values()]
 
 
 JobResult = tuple[RunResult, list[ModuleDecision], list[VariantWeights | GrossExposure]]

@@ -102,6 +102,7 @@ def compare_walkforwards(
         "folds": [f.label for f in first.folds],
         "runtimes": runtimes,
         "same_runtime": runtimes[0] == runtimes[1] and bool(runtimes[0]),
+        "bag": first.spec.bag,
         "portfolios": portfolios,
     }
 
@@ -158,6 +159,12 @@ def comparison_markdown(document: dict[str, Any]) -> str:
         f"Folds: {', '.join(document['folds'])}. Median seed by ARR; fold figures are the median "
         "over folds of the seeds' median per fold; paired rows are seed by seed, A - B.",
     ]
+    if document.get("bag", 1) > 1:
+        lines += [
+            "",
+            f"> Each run is a seed bag of {document['bag']} seeds, named by its first seed: read "
+            "every seed below as a bag.",
+        ]
     if not document["same_runtime"]:
         lines += [
             "",

@@ -203,7 +203,8 @@ def walkforward(
         console.print(f"  fold {fold.index} ({fold.label}) {coin} seed {seed}: {seconds:.1f} s")
 
     def backtested(portfolio: str, name: str, seed: int | None) -> None:
-        console.print(f"  portfolio {portfolio}: {name}" + (f" seed {seed}" if seed else ""))
+        unit = "bag" if bag > 1 and name == policy else "seed"
+        console.print(f"  portfolio {portfolio}: {name}" + (f" {unit} {seed}" if seed else ""))
 
     started = time.perf_counter()
     runs = run(

@@ -172,6 +172,20 @@ def test_module_diagnostics_count_time_in_coin_flips_turnover_and_flag_degenerat
     assert degenerate_reason(1.0, False) == "always in" and degenerate_reason(0.5, False) is None
 
 
+def test_a_module_holding_a_fraction_of_its_sleeve_is_not_flagged_as_idle() -> None:
+    """A seed bag of three holding one third (or a MARS blend) trades; it is not "never
+    trades" nor "always in", though it holds under half of its sleeve."""
+    weights = [1 / 3, 1 / 3, 0.0, 1 / 3, 1.0, 1.0]
+    decisions = [
+        ModuleDecision(T0 + i * DAY_MS, "m", "BTC", 1.0 - w, w) for i, w in enumerate(weights)
+    ]
+    btc = module_diagnostics(decisions, _run([100.0] * 6, []))["BTC"]
+    assert btc["coin_share"] == 2 / 6 and btc["flips"] == 1  # more than half held: 2 bars
+    assert btc["degenerate"] is None
+    third = [ModuleDecision(T0 + i * DAY_MS, "m", "BTC", 2 / 3, 1 / 3) for i in range(4)]
+    assert module_diagnostics(third, _run([100.0] * 4, []))["BTC"]["degenerate"] is None
+
+
 def test_a_mars_training_fingerprint_leaves_out_what_replays_fit() -> None:
     """The controller and the manager are fitted in replays: changing them (e.g. the controller's
     ablation) reuses the trained ensembles; a training setting trains again."""
@@ -236,6 +250,9 @@ def test_walkforwards_over_other_seeds_or_folds_are_not_paired() -> None:
     bags = {1: [100, 110, 120, 130, 140], 2: [100, 100, 100, 100, 100]}  # bag 1 is not seed 1
     with pytest.raises(ComparisonError, match="seed bags of 1 against 2"):
         compare_walkforwards(base, _walkforward("cryptorlpm", bags, bag=2))
+    two_bags = _walkforward("cryptorlpm", bags, bag=2)
+    document = compare_walkforwards(two_bags, _walkforward("cryptorlpm", bags, bag=2))
+    assert "Each run is a seed bag of 2 seeds" in comparison_markdown(document)
 
 
 def test_a_folder_without_readable_runs_is_refused_in_one_line(tmp_path: Path) -> None:
