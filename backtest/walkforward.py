@@ -309,7 +309,7 @@ class BacktestJob:
     start_ms: int
     end_ms: int
     members: dict[int, dict[str, tuple[Path, ...]]] = field(default_factory=dict)
-    """Per fold, every folder of the run's seeds per coin (one, or a bag's)."""
+    """For a run of seed bags, per fold the bag's folders per coin (empty for one seed)."""
 
     def folders(self, coin: str) -> list[Path]:
         """Every folder of ``coin`` the run trades, all folds and (a bag's) seeds."""
@@ -335,9 +335,7 @@ def run_backtest_job(job: BacktestJob) -> JobResult:
             await MetricStore.open(cfg.data.metrics_path) as metrics,
         ):
             driver = await replay_driver(cfg, market, metrics, job.coins, job.start_ms, job.end_ms)
-        bagged = any(len(seeds) > 1 for fold in job.members.values() for seeds in fold.values())
-        bags = job.members if bagged else {}
-        context = PolicyContext(cfg, job.coins, job.seed, job.folds, job.models, bags)
+        context = PolicyContext(cfg, job.coins, job.seed, job.folds, job.models, job.members)
         recording = RecordingPolicy(policy_builder(job.policy).build(context))
         result = await run_backtest(cfg, recording, driver, name=job.policy)
         return result, recording.decisions, recording.regime
@@ -370,7 +368,7 @@ def _backtest_jobs(
                     f.index: {c: tuple(models[f.index, c, s] for s in unit) for c in members}
                     for f in folds
                 }
-                if trains
+                if trains and len(unit) > 1
                 else {}
             )
             jobs.append(

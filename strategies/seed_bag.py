@@ -2,7 +2,7 @@
 
 A DQN's out-of-sample figures depend on its training seed about as much as on anything else:
 in walk-forward on ``../shared/data`` the CM vote's ARR spread over 5 seeds by 64-118 points
-(README, "How reproducible training is"). Bagging is the textbook answer to a high-variance
+(README, "Walk-forward with retraining"). Bagging is the textbook answer to a high-variance
 learner: a :class:`SeedBag` holds ``B`` modules of one coin, one per seed, and decides the mean
 of their positions, so the coin's weight pair is ``[1 - p, p]`` with ``p`` the members' mean
 position, and the coin's sleeve is held in steps of ``1 / B``.
