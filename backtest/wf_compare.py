@@ -11,8 +11,11 @@ at the uniform mix, run with one ``--models-dir``) and gives, per portfolio:
   favour A (higher ARR and Sortino, lower drawdown and turnover).
 
 Seed ``s`` of A and seed ``s`` of B share their data, folds and seed, so a paired difference
-removes much of what the seeds share. Two runs from different runtimes (CPU kernels, library
-versions: ``results.json``'s ``runtime``) hold networks trained apart, and the comparison says so.
+removes much of what the seeds share. A run of seed bags (``--bag B``) pairs with another of the
+same bags, bag by bag, or with a run of single seeds over the same seeds: each bag against the
+median of its own ``B`` seeds' figures (the same networks, alone). Two runs from different
+runtimes (CPU kernels, library versions: ``results.json``'s ``runtime``) hold networks trained
+apart, and the comparison says so.
 Neither run is a baseline: compare a policy with its baselines in its own ``table.md``.
 """
 
@@ -76,14 +79,18 @@ def compare_walkforwards(
     JSON-ready document; :class:`ComparisonError` when their folds, portfolios or seeds differ."""
     _check_pairable(first, second, labels)
     runtimes = [getattr(first, "runtime", {}), getattr(second, "runtime", {})]
+    units = max(first.spec, second.spec, key=lambda spec: spec.bag).units
     portfolios = {}
     for a, b in zip(first.portfolios, second.portfolios, strict=True):
-        seeds = sorted(a.policy)
-        metrics = [{s: compute_metrics(runs.policy[s]) for s in seeds} for runs in (a, b)]
-        paired = {
-            key: [float(metrics[0][s][key]) - float(metrics[1][s][key]) for s in seeds]
+        seeds = [unit[0] for unit in units]
+        metrics = [{s: compute_metrics(r) for s, r in runs.policy.items()} for runs in (a, b)]
+        bagged = [runs.spec.bag > 1 for runs in (first, second)]
+        runs_metrics = list(zip(metrics, bagged, strict=True))
+        values = {
+            key: [[_unit_value(m, u, key, bag) for u in units] for m, bag in runs_metrics]
             for key in PAIRED
         }
+        paired = {key: [x - y for x, y in zip(*values[key], strict=True)] for key in PAIRED}
         portfolios[a.name] = {
             "seeds": seeds,
             "runs": {
@@ -102,9 +109,20 @@ def compare_walkforwards(
         "folds": [f.label for f in first.folds],
         "runtimes": runtimes,
         "same_runtime": runtimes[0] == runtimes[1] and bool(runtimes[0]),
-        "bag": first.spec.bag,
+        "bag": max(first.spec.bag, second.spec.bag),
+        "bags": [first.spec.bag, second.spec.bag],
         "portfolios": portfolios,
     }
+
+
+def _unit_value(
+    metrics: dict[int, dict[str, Any]], unit: tuple[int, ...], key: str, bagged: bool
+) -> float:
+    """A run's figure for one unit of the pairing: a bag's own (a bag run keys it by its first
+    seed), else the median over the unit's seeds (a single seed: its own)."""
+    if bagged:
+        return float(metrics[unit[0]][key])
+    return float(statistics.median(float(metrics[s][key]) for s in unit))
 
 
 def _check_pairable(
@@ -118,16 +136,22 @@ def _check_pairable(
             f"{[f.label for f in second.folds]}"
         )
     bags = [runs.spec.bag for runs in (first, second)]
-    if bags[0] != bags[1]:
+    if min(bags) > 1 and bags[0] != bags[1]:
         raise ComparisonError(
-            f"{a} and {b} pair different runs: seed bags of {bags[0]} against {bags[1]} (1: "
-            "one seed per run)"
+            f"{a} and {b} pair different runs: seed bags of {bags[0]} against {bags[1]}"
+        )
+    if bags[0] != bags[1] and first.spec.seeds != second.spec.seeds:
+        raise ComparisonError(
+            f"{a} and {b} ran different seeds: {list(first.spec.seeds)} against "
+            f"{list(second.spec.seeds)} (a bag pairs with its own seeds run alone)"
         )
     names = [[p.name for p in runs.portfolios] for runs in (first, second)]
     if names[0] != names[1]:
         raise ComparisonError(
             f"{a} and {b} hold different portfolios: {names[0]} against {names[1]}"
         )
+    if bags[0] != bags[1]:
+        return  # a bag run against its seeds alone: the runs are the specs' (checked above)
     for p, q in zip(first.portfolios, second.portfolios, strict=True):
         if sorted(p.policy) != sorted(q.policy):
             raise ComparisonError(
@@ -159,11 +183,20 @@ def comparison_markdown(document: dict[str, Any]) -> str:
         f"Folds: {', '.join(document['folds'])}. Median seed by ARR; fold figures are the median "
         "over folds of the seeds' median per fold; paired rows are seed by seed, A - B.",
     ]
-    if document.get("bag", 1) > 1:
+    bags = document.get("bags", [document.get("bag", 1)] * 2)
+    if bags[0] != bags[1]:
+        bagged, alone = (a, b) if bags[0] > 1 else (b, a)
         lines += [
             "",
-            f"> Each run is a seed bag of {document['bag']} seeds, named by its first seed: read "
-            "every seed below as a bag.",
+            f"> {bagged}'s runs are seed bags of {max(bags)} seeds, named by their first seed; "
+            f"{alone}'s are the same seeds alone. A paired row holds each bag against the median "
+            f"of its own seeds' figures in {alone}.",
+        ]
+    elif bags[0] > 1:
+        lines += [
+            "",
+            f"> Each run is a seed bag of {bags[0]} seeds, named by its first seed: read every "
+            "seed below as a bag.",
         ]
     if not document["same_runtime"]:
         lines += [

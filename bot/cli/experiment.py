@@ -236,7 +236,9 @@ def compare(
     ] = None,
 ) -> None:
     """Pair two walk-forwards seed by seed (a policy and its ablation, say): each one's median
-    seed and median fold, and the per-seed differences A - B with how many seeds favour A."""
+    seed and median fold, and the per-seed differences A - B with how many seeds favour A. A
+    run of seed bags pairs bag by bag, or with its seeds run alone (each bag against the median
+    of its seeds)."""
     import json
 
     from backtest.experiment import _finite

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from backtest.diagnostics import degenerate_reason, module_diagnostics
+from backtest.metrics import compute_metrics
 from backtest.policies import (
     PolicyBuilder,
     PolicyContext,
@@ -215,9 +216,14 @@ def test_a_mars_training_fingerprint_leaves_out_what_replays_fit() -> None:
 
 
 def _walkforward(
-    policy: str, seeds: dict[int, list[float]], folds: int = 2, bag: int = 1
+    policy: str,
+    seeds: dict[int, list[float]],
+    folds: int = 2,
+    bag: int = 1,
+    spec_seeds: tuple[int, ...] | None = None,
 ) -> WalkForwardRuns:
-    spec = WalkForwardSpec(policy, 1, 1, 1, tuple(seeds), ("a",), bag=bag)
+    """Runs keyed by ``seeds``'s keys (a bag run: its bags' first seeds, ``spec_seeds`` all)."""
+    spec = WalkForwardSpec(policy, 1, 1, 1, spec_seeds or tuple(seeds), ("a",), bag=bag)
     spans = [
         Fold(i, T0 + 2 * i * DAY_MS, T0 + 2 * (i + 1) * DAY_MS, (0, 1), (1, 2))
         for i in range(folds)
@@ -247,12 +253,36 @@ def test_walkforwards_over_other_seeds_or_folds_are_not_paired() -> None:
         compare_walkforwards(base, _walkforward("mars", {2: [100, 110, 120, 130, 140]}))
     with pytest.raises(ComparisonError, match="different folds"):
         compare_walkforwards(base, _walkforward("mars", {1: [100, 110, 120, 130, 140]}, folds=1))
-    bags = {1: [100, 110, 120, 130, 140], 2: [100, 100, 100, 100, 100]}  # bag 1 is not seed 1
-    with pytest.raises(ComparisonError, match="seed bags of 1 against 2"):
-        compare_walkforwards(base, _walkforward("cryptorlpm", bags, bag=2))
-    two_bags = _walkforward("cryptorlpm", bags, bag=2)
-    document = compare_walkforwards(two_bags, _walkforward("cryptorlpm", bags, bag=2))
+    bags = {1: [100, 110, 120, 130, 140]}  # bag 1 holds seeds 1 and 2: not seed 1's run alone
+    two_bags = _walkforward("cryptorlpm", bags, bag=2, spec_seeds=(1, 2))
+    with pytest.raises(ComparisonError, match=r"different seeds: \[1\] against \[1, 2\]"):
+        compare_walkforwards(base, two_bags)
+    three_bags = _walkforward("cryptorlpm", bags, bag=3, spec_seeds=(1, 2, 3))
+    with pytest.raises(ComparisonError, match="seed bags of 2 against 3"):
+        compare_walkforwards(two_bags, three_bags)
+    document = compare_walkforwards(two_bags, two_bags)
     assert "Each run is a seed bag of 2 seeds" in comparison_markdown(document)
+
+
+def test_a_bag_pairs_with_the_median_of_its_own_seeds_run_alone() -> None:
+    """Bags {1, 2} and {3, 4} against seeds 1-4 alone: each bag's ARR minus the median of its
+    two seeds' ARRs."""
+    bags = {1: [100, 100, 100, 100, 130], 3: [100, 100, 100, 100, 110]}
+    bagged = _walkforward("cryptorlpm", bags, bag=2, spec_seeds=(1, 2, 3, 4))
+    alone = {s: [100, 100, 100, 100, 100 + g] for s, g in ((1, 10), (2, 20), (3, 0), (4, 40))}
+    single = _walkforward("cryptorlpm", alone)
+    document = compare_walkforwards(bagged, single, ("bags", "seeds"))
+    pair = document["portfolios"]["a"]
+    assert pair["seeds"] == [1, 3]
+    arr = {s: compute_metrics(single.portfolios[0].policy[s])["arr"] for s in alone}
+    own = {s: compute_metrics(bagged.portfolios[0].policy[s])["arr"] for s in (1, 3)}
+    assert pair["paired"]["arr"] == pytest.approx(
+        [own[1] - (arr[1] + arr[2]) / 2, own[3] - (arr[3] + arr[4]) / 2]
+    )
+    assert "bags's runs are seed bags of 2 seeds" in comparison_markdown(document)
+    other = _walkforward("cryptorlpm", {s: alone[s] for s in (1, 2)})
+    with pytest.raises(ComparisonError, match="a bag pairs with its own seeds run alone"):
+        compare_walkforwards(bagged, other)
 
 
 def test_a_folder_without_readable_runs_is_refused_in_one_line(tmp_path: Path) -> None:
