@@ -269,6 +269,36 @@ async def test_a_seed_bag_holds_the_mean_of_its_members_own_positions(cfg, drive
     assert eth == [d.coin_weight for d in alone["ETH"]]
 
 
+async def test_prepared_fold_switching_vote_of_seed_bags_decides_as_bar_by_bar(
+    cfg, driver, folders
+) -> None:
+    """The walk-forward's shape for ``--bag``: each fold's vote over seed bags, its members
+    warming up before their fold."""
+    middle = to_ms("2021-09-20")
+    spans = (FoldSpan(0, DECIDE_FROM, middle), FoldSpan(1, middle, to_ms("2021-11-01")))
+
+    def make(batched: bool) -> Watched:
+        folds = []
+        for span in spans:
+            btc, eth, btc_b = load(folders, ("BTC", "ETH", "BTC-b"))
+            folds.append((span, PortfolioVote("USDT", [SeedBag([btc, btc_b]), SeedBag([eth])])))
+        policy = FoldSwitchingVote("USDT", folds, warmup_ms=40 * DAY_MS)
+
+        def members() -> dict[str, CryptoModule]:
+            return {
+                f"{c}{i}{j}": member
+                for i, (_, vote) in enumerate(folds)
+                for c in vote.coins
+                for j, member in enumerate(vote.module(c).members)  # type: ignore[attr-defined]
+            }
+
+        return Watched(policy, members, batched=batched)
+
+    _, fast = await replay(cfg, driver, make)
+    assert fast.prepared == 4
+    assert 0.5 in {d.coin_weight for d in fast.decisions if d.coin == "BTC"}
+
+
 def test_a_seed_bag_takes_modules_of_one_coin_only(folders) -> None:
     with pytest.raises(ValueError, match="share coin, symbol and timeframe"):
         SeedBag(load(folders, ("BTC", "ETH")))
