@@ -80,11 +80,11 @@ def compare_walkforwards(
     _check_pairable(first, second, labels)
     runtimes = [getattr(first, "runtime", {}), getattr(second, "runtime", {})]
     units = max(first.spec, second.spec, key=lambda spec: spec.bag).units
+    seeds = [unit[0] for unit in units]
+    bagged = [runs.spec.bag > 1 for runs in (first, second)]
     portfolios = {}
     for a, b in zip(first.portfolios, second.portfolios, strict=True):
-        seeds = [unit[0] for unit in units]
         metrics = [{s: compute_metrics(r) for s, r in runs.policy.items()} for runs in (a, b)]
-        bagged = [runs.spec.bag > 1 for runs in (first, second)]
         runs_metrics = list(zip(metrics, bagged, strict=True))
         values = {
             key: [[_unit_value(m, u, key, bag) for u in units] for m, bag in runs_metrics]
@@ -109,7 +109,6 @@ def compare_walkforwards(
         "folds": [f.label for f in first.folds],
         "runtimes": runtimes,
         "same_runtime": runtimes[0] == runtimes[1] and bool(runtimes[0]),
-        "bag": max(first.spec.bag, second.spec.bag),
         "bags": [first.spec.bag, second.spec.bag],
         "portfolios": portfolios,
     }
@@ -183,7 +182,7 @@ def comparison_markdown(document: dict[str, Any]) -> str:
         f"Folds: {', '.join(document['folds'])}. Median seed by ARR; fold figures are the median "
         "over folds of the seeds' median per fold; paired rows are seed by seed, A - B.",
     ]
-    bags = document.get("bags", [document.get("bag", 1)] * 2)
+    bags = document.get("bags", [1, 1])
     if bags[0] != bags[1]:
         bagged, alone = (a, b) if bags[0] > 1 else (b, a)
         lines += [
