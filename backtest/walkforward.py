@@ -19,6 +19,7 @@ statistics (bootstrap intervals, DSR, PBO), diagnostics, tables and plots.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,9 @@ class WalkForwardRuns:
     """``[mars].conservative`` of the run (which variants reports count as conservative)."""
     runtime: dict[str, str] = field(default_factory=dict)
     """What the run trained and replayed on (:func:`strategies.registry.runtime`)."""
+    validation: dict[tuple[int, str, int], float] = field(default_factory=dict)
+    """The validation score each Crypto Module's checkpoint was chosen by (its SAM's, from its
+    card), by (fold, coin, seed); empty for policies that train no Crypto Module."""
 
 
 def plan_folds(
@@ -275,6 +279,11 @@ async def run_walkforward(
                 runs.baselines.append(result)
         results.append(runs)
     trainings = len(models)
+    validation = (
+        {key: _validation_score(folder) for key, folder in models.items()}
+        if builder.trainer == "cm"
+        else {}
+    )
     return WalkForwardRuns(
         spec,
         folds,
@@ -286,7 +295,16 @@ async def run_walkforward(
         reused=reused,
         mars_conservative=cfg.mars.conservative,
         runtime=runtime(),
+        validation=validation,
     )
+
+
+def _validation_score(folder: Path) -> float:
+    """A Crypto Module's SAM validation score, from its card (NaN when it has none)."""
+    from strategies.registry import read_card
+
+    score = ((read_card(folder).get("scores") or {}).get("validation") or {}).get("sam")
+    return math.nan if score is None else float(score)
 
 
 def _untrained(folder: Path) -> bool:

@@ -20,9 +20,12 @@ import json
 import math
 import pickle
 import statistics
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from backtest import stats
 from backtest.diagnostics import average_diagnostics, flagged, module_diagnostics
@@ -131,10 +134,47 @@ def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[s
             str(s): regime_summary(portfolio.regime.get(s, []), run, conservative)
             for s, run in policy.items()
         }
+    folds = _folds(runs, portfolio, median)
+    ranking = validation_vs_test(runs, portfolio, folds)
+    if ranking is not None:
+        entry["validation_vs_test"] = ranking
+    return {"coins": list(portfolio.coins), "runs": rows, "folds": folds}
+
+
+def validation_vs_test(
+    runs: WalkForwardRuns, portfolio: PortfolioRuns, folds: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Whether the seeds' validation scores ranked their test folds: per fold, the Spearman
+    correlation between each seed's mean validation score over the portfolio's coins (what its
+    modules' checkpoints were chosen by) and the seed's ARR in that fold (``folds``, the rows of
+    :func:`_folds`), and where the best-validating seed ranked in the fold. None without the
+    scores (policies that train no Crypto Module, runs written before they were kept), for
+    seed bags, or with fewer than 3 seeds."""
+    from scipy.stats import spearmanr
+
+    scores = getattr(runs, "validation", {})  # runs.pkl files written before it have none
+    seeds = sorted(portfolio.policy)
+    if not scores or runs.spec.bag > 1 or len(seeds) < 3:
+        return None
+    correlations, ranks = [], []
+    for fold, row in zip(runs.folds, folds, strict=True):
+        tested = {int(s): arr for s, arr in row[f"{runs.spec.policy}_seeds"].items()}
+        validated = [
+            statistics.fmean(scores[fold.index, coin, s] for coin in portfolio.coins) for s in seeds
+        ]
+        arr = [tested[s] for s in seeds]
+        with warnings.catch_warnings():  # a constant column gives NaN, said as n/a
+            warnings.simplefilter("ignore")
+            correlations.append(float(spearmanr(validated, arr).statistic))
+        best = seeds[int(np.nanargmax(validated))] if np.isfinite(validated).any() else None
+        order = sorted(seeds, key=lambda s: (-tested[s], s))
+        ranks.append(None if best is None else order.index(best) + 1)
+    finite = [c for c in correlations if math.isfinite(c)]
     return {
-        "coins": list(portfolio.coins),
-        "runs": rows,
-        "folds": _folds(runs, portfolio, median),
+        "seeds": len(seeds),
+        "spearman": correlations,
+        "median": statistics.median(finite) if finite else math.nan,
+        "best_validating_rank": ranks,
     }
 
 
@@ -425,6 +465,17 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
             "baselines "
             f"{_num(entry['pbo_with_baselines'].get('pbo'), '{:.2f}')}"
         )
+        ranking = entry.get("validation_vs_test")
+        if ranking:
+            lines.append(
+                "- validation vs test: Spearman between the seeds' validation scores and their "
+                "ARR, fold by fold: "
+                + ", ".join(_num(c, "{:+.2f}") for c in ranking["spearman"])
+                + f" (median {_num(ranking['median'], '{:+.2f}')}); the best-validating seed "
+                "ranked "
+                + ", ".join("n/a" if r is None else str(r) for r in ranking["best_validating_rank"])
+                + f" of {ranking['seeds']} on its fold's test"
+            )
         diag = entry["diagnostics"]["mean"]
         lines.append(
             f"- modules (mean over {unit}s): "

@@ -4,6 +4,7 @@ folds refit on data known then, every baseline, statistics and reports written."
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,13 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
         card = json.loads(card_path.read_text())
         fold = int(card_path.parts[-4].split("_")[1])
         assert card["data_ranges"]["bars"]["ms"][1] <= results["folds"][fold]["start_ms"]
+    # the validation score each module's checkpoint was chosen by, kept for the report's
+    # validation-vs-test line (2 seeds rank nothing: no line here)
+    from backtest.wf_report import load_walkforward
+
+    kept = load_walkforward(out)[0].validation
+    assert len(kept) == results["trainings"] and all(math.isfinite(v) for v in kept.values())
+    assert "validation vs test" not in table
     # The same two seeds as one seed bag: the trained modules reused, one run, named by seed 1
     bagged = tmp_path / "bag"
     code, text = await cryptorlpm(

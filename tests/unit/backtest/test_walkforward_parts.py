@@ -38,7 +38,7 @@ from backtest.wf_compare import (
     comparison_markdown,
     read_walkforward,
 )
-from backtest.wf_report import seeds_line
+from backtest.wf_report import seeds_line, validation_vs_test
 from bot.engine import Account, DecisionContext, Instant
 from bot.events import Bar, ModuleDecision
 from bot.timeframes import DAY_MS, HOUR_MS, to_ms
@@ -303,6 +303,28 @@ def test_the_seeds_line_shows_each_seed_and_the_spread_of_their_arr() -> None:
     assert line.startswith("- cryptorlpm by seed, ARR: 1: +63.1% (MDD 68.8%), 2: -25.9%")
     assert "3: n/a (MDD n/a)" in line and "spread 89.0 points" in line
     assert seeds_line("mars", []) == "- mars: no seed ran"
+
+
+def test_the_report_says_whether_validation_scores_ranked_the_test_folds() -> None:
+    """Three seeds over two folds: the validation scores rank fold 0's test ARRs exactly and
+    fold 1's in reverse (Spearman +1 and -1; the best-validating seed first, then last)."""
+    runs = _walkforward("cryptorlpm", {s: [100, 100, 100, 100, 100] for s in (1, 2, 3)})
+    runs.validation = {
+        (f.index, "BTC", s): v for f in runs.folds for s, v in ((1, 0.1), (2, 0.2), (3, 0.3))
+    }
+    rows = [
+        {"cryptorlpm_seeds": {"1": -0.1, "2": 0.0, "3": 0.2}},
+        {"cryptorlpm_seeds": {"1": 0.5, "2": 0.1, "3": -0.3}},
+    ]
+    found = validation_vs_test(runs, runs.portfolios[0], rows)
+    assert found is not None and found["seeds"] == 3
+    assert found["spearman"] == pytest.approx([1.0, -1.0])
+    assert found["best_validating_rank"] == [1, 3] and found["median"] == pytest.approx(0.0)
+    runs.validation = {}  # a policy without Crypto Modules, or a runs.pkl from before
+    assert validation_vs_test(runs, runs.portfolios[0], rows) is None
+    two = _walkforward("cryptorlpm", {s: [100, 100, 100, 100, 100] for s in (1, 2)})
+    two.validation = {(f.index, "BTC", s): 0.1 for f in two.folds for s in (1, 2)}
+    assert validation_vs_test(two, two.portfolios[0], rows) is None  # 2 seeds rank nothing
 
 
 def test_seed_bags_group_consecutive_seeds_and_only_the_vote_takes_them() -> None:
