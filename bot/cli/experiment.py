@@ -99,6 +99,14 @@ def walkforward(
     train_days: Annotated[int, typer.Option(help="training days before validation", min=7)] = 120,
     val_days: Annotated[int, typer.Option(help="validation days before each refit", min=1)] = 30,
     seeds: Annotated[int, typer.Option(help="number of seeds (1..K)", min=1)] = 5,
+    first_seed: Annotated[
+        int,
+        typer.Option(
+            "--first-seed",
+            help="the first of the --seeds seeds (S..S+K-1): fresh seeds to replicate a result",
+            min=1,
+        ),
+    ] = 1,
     portfolio: Annotated[
         list[str] | None, typer.Option(help="a, b or c (repeatable); default all three")
     ] = None,
@@ -172,7 +180,7 @@ def walkforward(
         retrain_every_days=retrain_every,
         train_days=train_days,
         val_days=val_days,
-        seeds=tuple(range(1, seeds + 1)),
+        seeds=tuple(range(first_seed, first_seed + seeds)),
         portfolios=names,
         start_ms=bounds["--start"],
         end_ms=bounds["--end"],

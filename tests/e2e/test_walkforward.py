@@ -101,6 +101,21 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     table = (bagged / "table.md").read_text()
     assert "Seed bags of 2" in table and "1 = seeds 1, 2" in table
     assert "- cryptorlpm by bag, ARR: 1: " in table
+    # seed 2 alone (--first-seed): its training reused, the same figures as in the first run
+    second = tmp_path / "second"
+    code, text = await cryptorlpm(
+        "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(second),
+        "--policy", "cryptorlpm", "--retrain-every", "90", "--train-days", "90",
+        "--val-days", "30", "--seeds", "1", "--first-seed", "2", "--portfolio", "a",
+        "--start", "2021-07-02", "--end", "2021-12-29", "--config", str(tiny_config),
+        "--models-dir", str(out / "models"),
+    )  # fmt: skip
+    assert code == 0, text
+    alone = json.loads((second / "results.json").read_text())
+    assert alone["spec"]["seeds"] == [2] and "reused" in text
+    assert alone["portfolios"]["a"]["runs"]["cryptorlpm"]["seeds"] == [
+        s for s in vote["seeds"] if s["seed"] == 2
+    ]
 
 
 async def test_an_unknown_policy_is_a_one_line_error(tmp_path: Path, data_dir: Path) -> None:  # noqa: F811
