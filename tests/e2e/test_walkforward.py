@@ -29,13 +29,19 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     tiny_config: Path,
 ) -> None:
     out = tmp_path / "wf"
-    code, text = await cryptorlpm(
-        "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(out),
-        "--policy", "cryptorlpm", "--retrain-every", "90", "--train-days", "90",
-        "--val-days", "30", "--seeds", "2", "--portfolio", "a", "--start", "2021-07-02",
-        "--end", "2021-12-29", "--config", str(tiny_config),
-    )  # fmt: skip
-    assert code == 0, text
+
+    async def walkforward(to: Path, *options: str) -> str:
+        """The vote on portfolio a over two folds, with ``options``; its output."""
+        code, text = await cryptorlpm(
+            "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(to),
+            "--policy", "cryptorlpm", "--retrain-every", "90", "--train-days", "90",
+            "--val-days", "30", "--portfolio", "a", "--start", "2021-07-02",
+            "--end", "2021-12-29", "--config", str(tiny_config), *options,
+        )  # fmt: skip
+        assert code == 0, text
+        return text
+
+    text = await walkforward(out, "--seeds", "2")
     rules = [line for line in text.splitlines() if "──" in line]
     assert rules and max(map(len, rules)) <= 100, "a section rule filled a pipe's 10,000 columns"
     results = json.loads((out / "results.json").read_text())
@@ -86,14 +92,8 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     assert "validation vs test" not in table
     # The same two seeds as one seed bag: the trained modules reused, one run, named by seed 1
     bagged = tmp_path / "bag"
-    code, text = await cryptorlpm(
-        "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(bagged),
-        "--policy", "cryptorlpm", "--retrain-every", "90", "--train-days", "90",
-        "--val-days", "30", "--seeds", "2", "--bag", "2", "--portfolio", "a",
-        "--start", "2021-07-02", "--end", "2021-12-29", "--config", str(tiny_config),
-        "--models-dir", str(out / "models"),
-    )  # fmt: skip
-    assert code == 0, text
+    reuse = ("--models-dir", str(out / "models"))
+    text = await walkforward(bagged, "--seeds", "2", "--bag", "2", *reuse)
     bag = json.loads((bagged / "results.json").read_text())
     assert bag["spec"]["bag"] == 2 and bag["trials"]["total"] == 1
     assert f"{results['trainings']} trainings ({results['trainings']} reused" in text
@@ -103,14 +103,7 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     assert "- cryptorlpm by bag, ARR: 1: " in table
     # seed 2 alone (--first-seed): its training reused, the same figures as in the first run
     second = tmp_path / "second"
-    code, text = await cryptorlpm(
-        "experiment", "walkforward", "--data-dir", str(data_dir), "--out", str(second),
-        "--policy", "cryptorlpm", "--retrain-every", "90", "--train-days", "90",
-        "--val-days", "30", "--seeds", "1", "--first-seed", "2", "--portfolio", "a",
-        "--start", "2021-07-02", "--end", "2021-12-29", "--config", str(tiny_config),
-        "--models-dir", str(out / "models"),
-    )  # fmt: skip
-    assert code == 0, text
+    text = await walkforward(second, "--seeds", "1", "--first-seed", "2", *reuse)
     alone = json.loads((second / "results.json").read_text())
     assert alone["spec"]["seeds"] == [2] and "reused" in text
     assert alone["portfolios"]["a"]["runs"]["cryptorlpm"]["seeds"] == [
