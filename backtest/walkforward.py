@@ -87,8 +87,12 @@ class WalkForwardSpec:
     @property
     def units(self) -> tuple[tuple[int, ...], ...]:
         """The seeds of each run: one seed each, or the bags' seeds."""
-        seeds, size = self.seeds, self.bag
-        return tuple(seeds[i : i + size] for i in range(0, len(seeds), size))
+        return seed_units(self.seeds, self.bag)
+
+
+def seed_units(seeds: Sequence[int], bag: int) -> tuple[tuple[int, ...], ...]:
+    """``seeds`` in runs of ``bag`` consecutive seeds (one seed each for ``bag`` 1)."""
+    return tuple(tuple(seeds[i : i + bag]) for i in range(0, len(seeds), bag))
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from backtest.walkforward import (
     WalkForwardRuns,
     WalkForwardSpec,
     seed_matrix,
+    seed_units,
     slice_run,
 )
 
@@ -401,11 +402,10 @@ def _units(spec: dict[str, Any]) -> str:
     seeds, bag = spec["seeds"], spec.get("bag", 1)
     if bag <= 1:
         return f"Seeds {seeds}"
-    bags = [seeds[i : i + bag] for i in range(0, len(seeds), bag)]
     return (
         f"Seed bags of {bag} (each coin's weight the mean of its {bag} modules' positions), "
         "each named by its first seed below: "
-        + ", ".join(f"{b[0]} = seeds {', '.join(map(str, b))}" for b in bags)
+        + ", ".join(f"{b[0]} = seeds {', '.join(map(str, b))}" for b in seed_units(seeds, bag))
     )
 
 
