@@ -184,7 +184,7 @@ async def run_paper_experiment(
     results_json = out_dir / "results.json"
     results_json.write_text(
         json.dumps(
-            _finite(
+            json_ready(
                 {
                     "portfolios": results,
                     "windows": windows,
@@ -233,12 +233,12 @@ def table2_markdown(
     return "\n".join(lines) + "\n"
 
 
-def _finite(value: object) -> object:
+def json_ready(value: object) -> object:
     """JSON-ready copy: numbers as floats (ints kept), NaN and infinities as ``None``."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, bool | str) or value is None:
         return value
     if isinstance(value, int):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from backtest.compute import fan_out
 from backtest.experiment import PORTFOLIOS, DataRangeError
@@ -44,7 +45,7 @@ from backtest.run import run_backtest
 from bot.events import GrossExposure, ModuleDecision, VariantWeights
 from bot.feed import dataset
 from bot.store import MarketStore, MetricStore
-from bot.timeframes import DAY_MS, ms_to_iso
+from bot.timeframes import DAY_MS, ms_to_iso, timeframe_ms
 from config.schema import AppConfig, DataConfig, TrainingConfig
 from strategies.agents.train import CoinHistory, Windows, coin_history
 from strategies.features.inputs import CoinInputs, fit_coin_features, read_coin_inputs
@@ -152,6 +153,11 @@ class WalkForwardRuns:
     validation: dict[tuple[int, str, int], float] = field(default_factory=dict)
     """The validation score each Crypto Module's checkpoint was chosen by (its SAM's, from its
     card), by (fold, coin, seed); empty for policies that train no Crypto Module."""
+    closes: dict[str, pd.Series] = field(default_factory=dict)
+    """Each coin's closes at the strategy timeframe, indexed by close time (what the timing
+    attribution, :mod:`backtest.timing`, reads)."""
+    trend_days: int = 20
+    """``[baselines].trend_days`` of the run (the trend filter's window)."""
 
 
 def plan_folds(
@@ -300,6 +306,19 @@ async def run_walkforward(
         mars_conservative=cfg.mars.conservative,
         runtime=runtime(),
         validation=validation,
+        closes={c: coin_closes(inputs[c]) for c in coins},
+        trend_days=cfg.baselines.trend_days,
+    )
+
+
+def coin_closes(inputs: CoinInputs) -> pd.Series:
+    """The coin's closes, indexed by close time (``open_time`` + the timeframe)."""
+    bars = inputs.bars
+    step = timeframe_ms(inputs.timeframe)
+    return pd.Series(
+        bars["close"].to_numpy(float),
+        index=pd.Index(bars["open_time"].to_numpy(np.int64) + step, name="ts"),
+        name=inputs.coin,
     )
 
 

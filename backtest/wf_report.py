@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from backtest import stats
+from backtest import stats, timing
 from backtest.diagnostics import average_diagnostics, flagged, module_diagnostics
-from backtest.experiment import _finite
+from backtest.experiment import json_ready
 from backtest.metrics import compute_metrics, daily_returns
 from backtest.plots import plot_fold_bars
 from backtest.regime_report import plot_controller, regime_summary
@@ -135,6 +135,9 @@ def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[s
             str(s): regime_summary(portfolio.regime.get(s, []), run, conservative)
             for s, run in policy.items()
         }
+    timing = timing_attribution(runs, portfolio)
+    if timing is not None:
+        entry["timing"] = timing
     folds = _folds(runs, portfolio, median)
     ranking = validation_vs_test(runs, portfolio, folds)
     if ranking is not None:
@@ -177,6 +180,60 @@ def validation_vs_test(
         "median": statistics.median(finite) if finite else math.nan,
         "best_validating_rank": ranks,
     }
+
+
+def timing_attribution(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[str, Any] | None:
+    """Per coin and for the portfolio's mean sleeve, the policy's exposure and timing over the
+    scored span, over its seeds (:mod:`backtest.timing`; a manager's gross exposure scales the
+    decided weights), beside the trend filter's signal on the same closes; for MARS, each
+    variant's own positions too (before the controller and the manager). None without module
+    decisions (baselines only) or without the closes (``runs.pkl`` files written before they
+    were kept)."""
+    closes = getattr(runs, "closes", {})
+    if not closes or not any(portfolio.decisions.values()):
+        return None
+    start, end = runs.folds[0].start_ms, runs.folds[-1].end_ms
+    timeframe = next(iter(portfolio.policy.values())).timeframe
+    per_year, shift = timing.bars_per_year(timeframe), timing.min_shift_bars(timeframe)
+    notes = {s: portfolio.regime.get(s, []) for s in portfolio.policy}
+    gross = {s: timing.gross_exposure(notes[s]) for s in portfolio.policy}
+    mine: dict[str, Any] = {}
+    trend: dict[str, Any] = {}
+    variants: dict[str, dict[str, Any]] = {}
+    coins: dict[str, Any] = {}
+    for coin in portfolio.coins:
+        returns = timing.next_bar_returns(closes[coin], timeframe)
+        decided = [
+            timing.scaled_by(
+                timing.decision_weights(portfolio.decisions[s], coin, start, end), gross[s]
+            )
+            for s in portfolio.policy
+        ]
+        mine[coin] = (decided, returns)
+        signal = timing.trend_weights(closes[coin], timeframe, runs.trend_days)
+        trend[coin] = ([signal[(signal.index >= start) & (signal.index < end)]], returns)
+        coins[coin] = {
+            "policy": timing.sleeve_timing(*mine[coin], per_year, shift).to_dict(),
+            "trend_filter": timing.sleeve_timing(*trend[coin], per_year, shift).to_dict(),
+        }
+        for s in portfolio.policy:
+            for name, held in timing.variant_positions(notes[s], coin, start, end).items():
+                variants.setdefault(name, {}).setdefault(coin, ([], returns))[0].append(held)
+    out: dict[str, Any] = {
+        "bars_per_year": per_year,
+        "min_shift_bars": shift,
+        "coins": coins,
+        "portfolio": {
+            "policy": timing.portfolio_timing(mine, per_year, shift).to_dict(),
+            "trend_filter": timing.portfolio_timing(trend, per_year, shift).to_dict(),
+        },
+    }
+    if variants:
+        out["variants"] = {
+            name: timing.portfolio_timing(sleeves, per_year, shift).to_dict()
+            for name, sleeves in variants.items()
+        }
+    return out
 
 
 def _finite_or(value: float) -> float:
@@ -337,7 +394,7 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
         "portfolios": portfolios,
     }
     (out_dir / "results.json").write_text(
-        json.dumps(_finite(document), indent=1, allow_nan=False) + "\n"
+        json.dumps(json_ready(document), indent=1, allow_nan=False) + "\n"
     )
     (out_dir / "table.md").write_text(walkforward_markdown(document))
     return document
@@ -490,6 +547,7 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                 for coin, d in diag.items()
             )
         )
+        lines += timing_lines(entry.get("timing"), unit)
         if "regime" in entry:
             mine = entry["regime"].get(str(entry["median_seed"])) or {}
             if mine:
@@ -514,6 +572,45 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def timing_lines(attribution: dict[str, Any] | None, unit: str) -> list[str]:
+    """The timing attribution's lines of ``table.md`` (none without one)."""
+    if not attribution:
+        return []
+
+    def sleeve(name: str, row: dict[str, Any]) -> str:
+        mine, trend = row["policy"], row["trend_filter"]
+        if not mine["decisions"]:
+            return f"{name}: no decisions to attribute"
+        return (
+            f"{name} held {_num(mine['held'], '{:+.0%}')}; in {_num(mine['mean_weight'], '{:.0%}')}"
+            f": exposure {_num(mine['exposure'], '{:+.0%}')}, timing "
+            f"{_num(mine['timing'], '{:+.1%}')} (p {_num(mine['p_value'], '{:.3f}')}, "
+            f"{round(mine['seeds_positive'] * mine['seeds'])}/{mine['seeds']} {unit}s > 0); "
+            f"trend filter in {_num(trend['mean_weight'], '{:.0%}')}, timing "
+            f"{_num(trend['timing'], '{:+.1%}')} (p {_num(trend['p_value'], '{:.3f}')})"
+        )
+
+    return [
+        "- timing, per year before costs (mean of 6h returns x "
+        f"{attribution['bars_per_year']:.0f}; p: one-sided, against every circular shift of the "
+        f"positions at least {attribution['min_shift_bars']} bars from 0): "
+        + sleeve("mean sleeve", attribution["portfolio"]),
+        *(f"  - {sleeve(coin, row)}" for coin, row in attribution["coins"].items()),
+        *(
+            [
+                "  - variants' own positions (mean sleeve, before the controller and manager): "
+                + "; ".join(
+                    f"{name} in {_num(v['mean_weight'], '{:.0%}')}, timing "
+                    f"{_num(v['timing'], '{:+.1%}')} (p {_num(v['p_value'], '{:.3f}')})"
+                    for name, v in attribution["variants"].items()
+                )
+            ]
+            if attribution.get("variants")
+            else []
+        ),
+    ]
 
 
 def load_walkforward(out_dir: Path) -> tuple[WalkForwardRuns, float]:

@@ -249,7 +249,7 @@ def compare(
     of its seeds)."""
     import json
 
-    from backtest.experiment import _finite
+    from backtest.experiment import json_ready
     from backtest.wf_compare import (
         ComparisonError,
         compare_walkforwards,
@@ -269,6 +269,49 @@ def compare(
         out.mkdir(parents=True, exist_ok=True)
         (out / "comparison.md").write_text(text)
         (out / "comparison.json").write_text(
-            json.dumps(_finite(document), indent=1, allow_nan=False) + "\n"
+            json.dumps(json_ready(document), indent=1, allow_nan=False) + "\n"
         )
         console.print(f"wrote {out / 'comparison.md'} and {out / 'comparison.json'}")
+
+
+@app.command("probe")
+def probe(
+    run_dir: Annotated[Path, typer.Argument(help="a finished walk-forward's --out folder")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="the walk-forward's config (default: the bundled walkforward.toml)",
+        ),
+    ] = None,
+) -> None:
+    """Do the modules' inputs hold information? A linear probe over a finished walk-forward's
+    folds: per fold and coin, ridge regression on the DRU's components and recent returns,
+    fitted on the fold's training and validation days, holds the coin while it predicts a rise
+    (over the next bar, and over the next 28 bars); its timing is tested like the policy's.
+    Writes probe.md and probe.json in RUN_DIR."""
+    from backtest.experiment import DataRangeError
+    from backtest.probe import run_probe, write_probe
+    from backtest.wf_compare import ComparisonError, read_walkforward
+    from strategies.features.inputs import MissingDataError
+
+    cfg = load(config or bundled_config_path("walkforward.toml"))
+    try:
+        runs = read_walkforward(run_dir)
+    except ComparisonError as exc:
+        fail(str(exc))
+        raise  # unreachable
+    if not getattr(runs, "closes", None):
+        fail(f"{run_dir}: its runs.pkl predates the kept closes; run the walk-forward again")
+    if not (run_dir / "data").is_dir():
+        fail(f"{run_dir}: no data/ folder (the stores the walk-forward imported)")
+    rule("[bold]probe: DRU fitted per fold and coin, ridge per horizon")
+    document = run(
+        lambda: run_probe(cfg, runs, run_dir, step=lambda text: console.print(f"  {text}")),
+        DataRangeError,
+        MissingDataError,
+    )
+    data, text = write_probe(document, run_dir)
+    console.print(text.read_text(), soft_wrap=True, highlight=False)
+    console.print(f"wrote {data} and {text}")

@@ -90,6 +90,27 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     kept = load_walkforward(out)[0].validation
     assert len(kept) == results["trainings"] and all(math.isfinite(v) for v in kept.values())
     assert "validation vs test" not in table
+    # the sleeves' return split into exposure and timing, timing tested against shifted positions
+    timed = vote["timing"]
+    assert set(timed["coins"]) == {"BTC", "STORJ"}
+    mean = timed["portfolio"]["policy"]
+    assert mean["decisions"] > 0 and mean["seeds"] == 2 and 0.0 < mean["p_value"] <= 1.0
+    assert mean["sleeve"] == pytest.approx(mean["exposure"] + mean["timing"])
+    assert timed["portfolio"]["trend_filter"]["decisions"] == mean["decisions"]
+    assert "- timing, per year before costs" in table and "  - STORJ held" in table
+    # the linear probe of the same inputs over the same folds
+    code, text = await cryptorlpm("experiment", "probe", str(out), "--config", str(tiny_config))
+    assert code == 0, text
+    probed = json.loads((out / "probe.json").read_text())
+    assert probed["horizons"] == [1, 28] and probed["folds"] == [
+        f["span"] for f in results["folds"]
+    ]
+    for row in probed["portfolios"]["a"].values():
+        assert row["portfolio"]["decisions"] == mean["decisions"]
+        assert set(row["coins"]) == {"BTC", "STORJ"}
+    assert "| a | 28 |" in (out / "probe.md").read_text()
+    code, text = await cryptorlpm("experiment", "probe", str(tmp_path))
+    assert code == 2 and "no runs.pkl" in text and "Traceback" not in text
     # The same two seeds as one seed bag: the trained modules reused, one run, named by seed 1
     bagged = tmp_path / "bag"
     reuse = ("--models-dir", str(out / "models"))
@@ -186,6 +207,18 @@ async def test_walkforward_runs_mars_and_mars_manager_reusing_the_ensembles_it_t
     regime = managed["portfolios"]["a"]["runs"]["mars+manager"]["regime"]
     assert all(0.0 <= r["mean_gross_exposure"] <= 1.0 for r in regime.values())
     assert len(sorted(models.glob("fold_*/*/*/mars.json"))) == 8  # nothing trained again
+    # timing: each variant's own positions; the trend variant is the trend filter's signal; the
+    # manager's gross exposure scales what the coins' ensembles decide
+    timed = runs["mars"]["timing"]
+    median = runs["mars"]["regime"][str(runs["mars"]["median_seed"])]
+    assert set(timed["variants"]) == set(median["mean_weights"])
+    cash = timed["variants"]["cash"]
+    assert cash["mean_weight"] == 0.0 and cash["p_value"] is None  # constant: nothing to test
+    assert timed["variants"]["trend"]["timing"] == pytest.approx(
+        timed["portfolio"]["trend_filter"]["timing"]
+    )
+    managed_timing = managed["portfolios"]["a"]["runs"]["mars+manager"]["timing"]["portfolio"]
+    assert managed_timing["policy"]["mean_weight"] <= timed["portfolio"]["policy"]["mean_weight"]
 
     # the two runs, paired seed by seed
     code, text = await cryptorlpm(

@@ -4,6 +4,7 @@ walk-forwards."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +70,13 @@ def test_trend_filter_holds_a_coin_only_above_its_mean_of_the_last_n_days() -> N
     assert trend.name == "trend_filter"
 
 
-async def test_trend_filter_runs_through_the_engine_and_joins_the_baselines() -> None:
-    closes = [100.0] * 30 + [100.0 + i for i in range(1, 31)] + [130.0 - 2 * i for i in range(30)]
+async def run_trend_filter(
+    open_time: Sequence[int], closes: Sequence[float], days: int
+) -> RunResult:
+    """The trend filter over one coin's 6h bars (flat candles at ``closes``) through the engine."""
     frame = pd.DataFrame(
         {
-            "open_time": [T0 + i * 6 * HOUR_MS for i in range(len(closes))],
+            "open_time": open_time,
             "open": closes,
             "high": closes,
             "low": closes,
@@ -89,7 +92,12 @@ async def test_trend_filter_runs_through_the_engine_and_joins_the_baselines() ->
         ),
     )
     driver = ReplayDriver({"BTC/USDT": frame}, exchange="x", timeframe="6h")
-    result = await run_backtest(cfg, TrendFilter(["BTC"], "6h", 2), driver, name="t")
+    return await run_backtest(cfg, TrendFilter(["BTC"], "6h", days), driver, name="t")
+
+
+async def test_trend_filter_runs_through_the_engine_and_joins_the_baselines() -> None:
+    closes = [100.0] * 30 + [100.0 + i for i in range(1, 31)] + [130.0 - 2 * i for i in range(30)]
+    result = await run_trend_filter([T0 + i * 6 * HOUR_MS for i in range(len(closes))], closes, 2)
     held = result.weights["BTC"].to_numpy()
     assert held[:30].max() == 0.0  # flat: never strictly above its mean
     assert held[40:60].min() > 0.9  # the rise is held

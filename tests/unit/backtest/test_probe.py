@@ -1,0 +1,92 @@
+"""The linear probe (:mod:`backtest.probe`): it fits only on what was known at the refit, and
+times a coin when its inputs hold the information."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from backtest import probe, timing
+from backtest.walkforward import Fold
+from bot.timeframes import HOUR_MS, to_ms
+from strategies.agents.train import CoinHistory
+
+T0 = to_ms("2021-01-01")
+STEP = 6 * HOUR_MS
+N = 900
+# training closes 100..500, validation 500..600, refit at close 600, test 600..900 (by index)
+FOLD = Fold(
+    0,
+    T0 + 600 * STEP,
+    T0 + 900 * STEP,
+    (T0 + 100 * STEP, T0 + 500 * STEP),
+    (T0 + 500 * STEP, T0 + 600 * STEP),
+)
+
+
+def _history(closes: np.ndarray, feature: np.ndarray) -> CoinHistory:
+    """Bars whose close times are T0 + i * STEP, i = 0..N-1."""
+    ohlcv = np.column_stack([closes, closes, closes, closes, np.ones(len(closes))])
+    return CoinHistory(
+        "BTC", "6h", T0 + (np.arange(len(closes)) - 1) * STEP, ohlcv, feature[:, None],
+        np.ones(len(closes), dtype=bool), ("f",),
+    )  # fmt: skip
+
+
+def _closes(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 100.0 * np.cumprod(1.0 + rng.normal(0.0, 0.02, N))
+
+
+def test_fit_rows_end_by_the_refit() -> None:
+    close_time = T0 + np.arange(N) * STEP
+    usable = np.ones(N, dtype=bool)
+    for horizon in (1, 28):
+        rows = probe.fit_rows(close_time, usable, FOLD, horizon)
+        fitted = np.flatnonzero(rows)
+        assert fitted[0] == 100
+        assert close_time[fitted[-1] + horizon] <= FOLD.start_ms  # its target closed by then
+        assert fitted[-1] == 600 - horizon
+    usable[300] = False
+    assert not probe.fit_rows(close_time, usable, FOLD, 1)[300]
+
+
+def test_the_fit_reads_nothing_after_the_refit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two histories equal up to the refit's close and different after it: the regression is
+    fitted on the same rows and targets."""
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    class Recording(probe.Ridge):
+        def fit(self, x, y, sample_weight=None):  # type: ignore[no-untyped-def]
+            seen.append((np.array(x), np.array(y)))
+            return super().fit(x, y)
+
+    monkeypatch.setattr(probe, "Ridge", Recording)
+    closes = _closes(1)
+    rng = np.random.default_rng(2)
+    feature = rng.normal(size=N)
+    other_closes, other_feature = closes.copy(), feature.copy()
+    other_closes[601:] *= np.exp(np.cumsum(rng.normal(0.0, 0.05, N - 601)))  # 600 closes at
+    other_feature[601:] = rng.normal(size=N - 601)  # the refit: known then
+    for horizon in (1, 28):
+        seen.clear()
+        probe.fold_positions(_history(closes, feature), FOLD, horizon)
+        probe.fold_positions(_history(other_closes, other_feature), FOLD, horizon)
+        (x1, y1), (x2, y2) = seen
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+
+
+def test_an_informative_input_is_timed_and_its_positions_cover_the_test_closes() -> None:
+    """A planted input that tells the next bar's direction: the probe learns it on the fit's
+    days and times the test bars with it."""
+    closes = _closes(3)
+    ahead = np.r_[closes[1:] / closes[:-1] - 1.0, 0.0]
+    rng = np.random.default_rng(4)
+    feature = np.sign(ahead) + rng.normal(0.0, 0.3, N)
+    held, rows = probe.fold_positions(_history(closes, feature), FOLD, 1)
+    assert rows == 500  # closes 100..599: the last one's next close is the refit's
+    assert held.index.tolist() == (T0 + np.arange(600, 900) * STEP).tolist()
+    series = timing.next_bar_returns(pd.Series(closes, index=T0 + np.arange(N) * STEP), "6h")
+    result = timing.sleeve_timing([held], series, 1460.0, 28)
+    assert result.timing > 0 and result.p_value < 0.01
