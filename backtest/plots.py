@@ -238,3 +238,29 @@ def plot_drivers(inputs: Sequence[tuple[str, float]], path: Path, *, title: str 
     axes.set_title(title or "What drove the decision")
     axes.grid(True, axis="x", color="0.9", lw=0.6)
     return _save(figure, path)
+
+
+def plot_timing(rows: Sequence[tuple[str, dict]], path: Path, *, title: str = "") -> Path:
+    """Timing per year (:mod:`backtest.timing`), one row per ``(label, attribution)``: the
+    observed timing as a dot, the middle 90% of what circular shifts of the same positions give
+    as a grey bar. A dot inside its bar is timing that chance alone gives."""
+    figure = Figure(figsize=(11.0, 1.2 + 0.34 * max(len(rows), 1)))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    y = np.arange(len(rows))[::-1]
+    for yi, (_, row) in zip(y, rows, strict=True):
+        low, high = row.get("null_low"), row.get("null_high")
+        if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+            axes.plot([low, high], [yi, yi], color="0.75", lw=7, solid_capstyle="butt", zorder=1)
+        timing = row.get("timing")
+        if timing is not None and np.isfinite(timing):
+            p = row.get("p_value")
+            colour = STRATEGY_COLOUR if p is None or 0.05 <= p <= 0.95 else "tab:red"
+            axes.plot([timing], [yi], "o", color=colour, ms=6, zorder=2)
+    axes.axvline(0.0, color="0.4", lw=0.8)
+    axes.set_yticks(y, [label for label, _ in rows], fontsize=8)
+    axes.xaxis.set_major_formatter(PercentFormatter(1.0))
+    axes.set_xlabel("timing per year, before costs (red: outside the middle 90% of the shifts)")
+    axes.set_title(title)
+    axes.grid(True, axis="x", color="0.9", lw=0.6)
+    return _save(figure, path)

@@ -46,8 +46,9 @@ class SleeveTiming:
     ``exposure`` and ``timing`` (they sum to the sleeve's mean return), the timing's one-sided
     ``p_value`` against circular shifts (None with too few decisions for any shift, or
     positions that never change),
-    ``p_value_below`` the other tail's (is the timing worse than chance?) and the share of seeds
-    whose own timing is positive."""
+    ``p_value_below`` the other tail's (is the timing worse than chance?), the middle 90% of the
+    shifted timings (``null_low``, ``null_high``, per year; NaN without a test) and the share of
+    seeds whose own timing is positive."""
 
     decisions: int
     seeds: int
@@ -57,6 +58,8 @@ class SleeveTiming:
     timing: float
     p_value: float | None
     p_value_below: float | None
+    null_low: float
+    null_high: float
     seeds_positive: float
 
     @property
@@ -187,7 +190,7 @@ def _summarise(
     coins, seeds, n = weights.shape
     if n == 0:
         nan = float("nan")
-        return SleeveTiming(0, seeds, nan, nan, nan, nan, None, None, nan)
+        return SleeveTiming(0, seeds, nan, nan, nan, nan, None, None, nan, nan, nan)
     centred = returns - returns.mean(axis=1, keepdims=True)
     mean_w = weights.mean(axis=2)  # coins x seeds
 
@@ -200,8 +203,10 @@ def _summarise(
         null = np.fft.irfft(spectrum.sum(axis=0), n)[shifts] / (n * coins * seeds)
         p_value: float | None = float((1 + np.count_nonzero(null >= observed)) / (1 + len(null)))
         p_below: float | None = float((1 + np.count_nonzero(null <= observed)) / (1 + len(null)))
+        low, high = (float(q) * per_year for q in np.quantile(null, [0.05, 0.95]))
     else:
         p_value = p_below = None
+        low = high = float("nan")
     mean_r = returns.mean(axis=1)  # per coin
     return SleeveTiming(
         decisions=n,
@@ -212,5 +217,7 @@ def _summarise(
         timing=observed * per_year,
         p_value=p_value,
         p_value_below=p_below,
+        null_low=low,
+        null_high=high,
         seeds_positive=float(np.mean(per_seed > 0)),
     )

@@ -31,7 +31,7 @@ from backtest import stats, timing
 from backtest.diagnostics import average_diagnostics, flagged, module_diagnostics
 from backtest.experiment import json_ready
 from backtest.metrics import compute_metrics, daily_returns
-from backtest.plots import plot_fold_bars
+from backtest.plots import plot_fold_bars, plot_timing
 from backtest.regime_report import plot_controller, regime_summary
 from backtest.report import write_report
 from backtest.result import RunResult
@@ -361,6 +361,14 @@ def write_walkforward(runs: WalkForwardRuns, out_dir: Path, *, wall_s: float) ->
                 title=f"Portfolio {portfolio.name}: {spec.policy} ({unit} {median_seed}): equity, "
                 "controller weights and exposure",
             )
+        attribution = result["runs"][spec.policy].get("timing")
+        if attribution:
+            plot_timing(
+                timing_rows(spec.policy, attribution),
+                folder / "timing.png",
+                title=f"Portfolio {portfolio.name}: does {spec.policy} time its coins? "
+                f"(mean over {unit}s; grey: circular shifts of the same positions)",
+            )
         names = [spec.policy, *(b.name for b in portfolio.baselines)]
         plot_fold_bars(
             [f["span"] for f in result["folds"]],
@@ -572,6 +580,23 @@ def walkforward_markdown(document: dict[str, Any]) -> str:
                 + " |"
             )
     return "\n".join(lines) + "\n"
+
+
+def timing_rows(policy: str, attribution: dict[str, Any]) -> list[tuple[str, dict]]:
+    """The rows of ``timing.png``: the mean sleeve and each coin, the policy's and the trend
+    filter's, then each MARS variant whose positions move."""
+    rows = []
+    for name, row in (("mean sleeve", attribution["portfolio"]), *attribution["coins"].items()):
+        rows += [
+            (f"{name}: {policy}", row["policy"]),
+            (f"{name}: trend filter", row["trend_filter"]),
+        ]
+    rows += [
+        (f"variant {name}", row)
+        for name, row in (attribution.get("variants") or {}).items()
+        if row["p_value"] is not None
+    ]
+    return rows
 
 
 def timing_lines(attribution: dict[str, Any] | None, unit: str) -> list[str]:

@@ -65,7 +65,7 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     assert set(vote["diagnostics"]["mean"]) == {"BTC", "STORJ"}
     folds = results["portfolios"]["a"]["folds"]
     assert len(folds) == len(results["folds"]) and "trend_filter" in folds[0]
-    for name in ("folds.png", "cumulative_returns.png", "summary.html"):
+    for name in ("folds.png", "timing.png", "cumulative_returns.png", "summary.html"):
         assert (out / "portfolio_a" / name).stat().st_size > 0
     table = (out / "table.md").read_text()
     assert "| cryptorlpm |" in table and "DSR" in table and "PBO" in table

@@ -62,6 +62,7 @@ def test_coin_flips_have_no_timing_to_speak_of() -> None:
     flips = [pd.Series(rng.integers(0, 2, len(closes)).astype(float), closes.index)]
     result = timing.sleeve_timing(flips, returns, 1460.0, 28)
     assert 0.05 < result.p_value < 0.95
+    assert result.null_low < result.timing < result.null_high  # inside the shifts' middle 90%
     assert abs(result.timing) < 0.2 * abs(result.held) + 0.5
 
 
@@ -172,4 +173,5 @@ def test_positions_that_never_change_are_not_tested() -> None:
     always = pd.Series(1.0, index=closes.index)
     result = timing.sleeve_timing([always], returns, 1460.0, 28)
     assert result.p_value is None and result.p_value_below is None
+    assert np.isnan(result.null_low) and np.isnan(result.null_high)
     assert result.timing == pytest.approx(0.0, abs=1e-12) and result.exposure == result.held
