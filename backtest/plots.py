@@ -250,12 +250,13 @@ def plot_timing(rows: Sequence[tuple[str, dict]], path: Path, *, title: str = ""
     y = np.arange(len(rows))[::-1]
     for yi, (_, row) in zip(y, rows, strict=True):
         low, high = row.get("null_low"), row.get("null_high")
-        if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+        band = low is not None and high is not None and np.isfinite(low) and np.isfinite(high)
+        if band:
             axes.plot([low, high], [yi, yi], color="0.75", lw=7, solid_capstyle="butt", zorder=1)
         timing = row.get("timing")
         if timing is not None and np.isfinite(timing):
-            p = row.get("p_value")
-            colour = STRATEGY_COLOUR if p is None or 0.05 <= p <= 0.95 else "tab:red"
+            outside = band and not low <= timing <= high
+            colour = "tab:red" if outside else STRATEGY_COLOUR
             axes.plot([timing], [yi], "o", color=colour, ms=6, zorder=2)
     axes.axvline(0.0, color="0.4", lw=0.8)
     axes.set_yticks(y, [label for label, _ in rows], fontsize=8)

@@ -20,6 +20,11 @@ the positions' persistence and the returns' distribution and breaks only their a
 portfolio's timing is the mean over its coins (each sleeve is 1/N of the account), tested with
 the same shifts.
 
+The engine fills a decision at the next bar's open, so the sleeve really earns from that open;
+on markets that trade around the clock the open is the close before it, to a tick. Seeds with
+no decision for a coin in the span are left out (of every coin, for a portfolio); positions
+that never move in time have nothing to test and add exactly 0.
+
 Everything here reads decisions and closes only: no model, no look-ahead beyond the one bar a
 decision is held for.
 """
@@ -84,7 +89,7 @@ def trend_weights(closes: pd.Series, timeframe: str, days: int) -> pd.Series:
     """The trend filter's signal at each close (1 while the close is above the mean of the last
     ``days`` days of closes, itself included; 0 before a full window), as
     :class:`strategies.baselines.TrendFilter` decides it."""
-    length = max(1, round(days * DAY_MS / timeframe_ms(timeframe)))
+    length = days_in_bars(days, timeframe)
     mean = closes.rolling(length, min_periods=length).mean()
     return (closes > mean).astype(float).where(mean.notna(), 0.0)
 
@@ -136,8 +141,7 @@ def sleeve_timing(
     """Exposure and timing of one coin over seeds (see the module docstring): ``weights``, one
     series per seed on decision closes; ``returns`` from :func:`next_bar_returns`. Decisions
     every seed made and whose next bar is known count."""
-    matrix, r = _aligned(weights, returns)
-    return _summarise(matrix.to_numpy()[None], r.to_numpy()[None], bars_per_year, min_shift)
+    return portfolio_timing({"": (weights, returns)}, bars_per_year, min_shift)
 
 
 def portfolio_timing(
@@ -145,19 +149,36 @@ def portfolio_timing(
     bars_per_year: float,
     min_shift: int,
 ) -> SleeveTiming:
-    """The mean sleeve of a portfolio (coin -> (seeds' weights, next-bar returns)): every coin
-    on the decision closes all of them share, tested with the same shifts."""
-    aligned = [_aligned(w, r) for w, r in sleeves.values()]
-    common = _common_index(
-        [pd.Index(m.columns) for m, _ in aligned],
-    )
-    matrices = np.stack([m.loc[:, common].to_numpy() for m, _ in aligned])
-    returns = np.stack([r.loc[common].to_numpy() for _, r in aligned])
+    """The mean sleeve of a portfolio (coin -> (seeds' weights, next-bar returns), the seeds in
+    the same order for every coin): every coin on the decision closes all of them share, tested
+    with the same shifts. A seed with no decision for some coin is left out of every coin."""
+    columns = [list(w) for w, _ in sleeves.values()]
+    seeds = min((len(c) for c in columns), default=0)
+    keep = [i for i in range(seeds) if all(len(c[i]) for c in columns)]
+    if not keep:
+        return _summarise(np.zeros((len(columns), 0, 0)), np.zeros((len(columns), 0)), 1.0, 1)
+    frames = [
+        pd.concat([c[i] for i in keep], axis=1).T.dropna(axis=1) for c in columns
+    ]  # seeds x closes
+    known = [r.dropna().index for _, r in sleeves.values()]
+    common = frames[0].columns
+    for frame in frames[1:]:
+        common = common.intersection(frame.columns)
+    for index in known:
+        common = common.intersection(index)
+    common = common.sort_values()
+    matrices = np.stack([f.loc[:, common].to_numpy(float) for f in frames])
+    returns = np.stack([r.loc[common].to_numpy(float) for _, r in sleeves.values()])
     return _summarise(matrices, returns, bars_per_year, min_shift)
 
 
 def min_shift_bars(timeframe: str, days: int = MIN_SHIFT_DAYS) -> int:
-    """``days`` in bars of ``timeframe``."""
+    """The shortest shift the test uses: ``days`` in bars of ``timeframe``."""
+    return days_in_bars(days, timeframe)
+
+
+def days_in_bars(days: int, timeframe: str) -> int:
+    """``days`` as a count of ``timeframe`` bars (at least 1), as the trend filter counts them."""
     return max(1, round(days * DAY_MS / timeframe_ms(timeframe)))
 
 
@@ -166,40 +187,26 @@ def bars_per_year(timeframe: str) -> float:
     return 365 * DAY_MS / timeframe_ms(timeframe)
 
 
-def _aligned(weights: Sequence[pd.Series], returns: pd.Series) -> tuple[pd.DataFrame, pd.Series]:
-    """Seeds x closes weights and the returns, on the closes every seed decided and whose next
-    bar is known."""
-    frame = pd.concat(list(weights), axis=1).T.dropna(axis=1)
-    known = returns.reindex(frame.columns)
-    keep = known.notna().to_numpy()
-    return frame.loc[:, keep], known[keep]
-
-
-def _common_index(indexes: list[pd.Index]) -> pd.Index:
-    common = indexes[0]
-    for index in indexes[1:]:
-        common = common.intersection(index)
-    return common.sort_values()
-
-
 def _summarise(
     weights: np.ndarray, returns: np.ndarray, per_year: float, min_shift: int
 ) -> SleeveTiming:
     """``weights`` coins x seeds x n, ``returns`` coins x n: the mean over coins of each coin's
-    exposure and its seeds' mean timing, with the shift test."""
+    exposure and its seeds' mean timing, with the shift test (on the rows that move)."""
     coins, seeds, n = weights.shape
     if n == 0:
         nan = float("nan")
         return SleeveTiming(0, seeds, nan, nan, nan, nan, None, None, nan, nan, nan)
     centred = returns - returns.mean(axis=1, keepdims=True)
     mean_w = weights.mean(axis=2)  # coins x seeds
+    moving = np.ptp(weights, axis=2) > 0  # a row that never moves adds exactly 0, shifted or not
+    deviations = np.where(moving[..., None], weights - mean_w[..., None], 0.0)
 
-    per_seed = np.einsum("csn,cn->s", weights, centred) / (n * coins)
+    per_seed = np.einsum("csn,cn->s", deviations, centred) / (n * coins)
     observed = float(per_seed.mean())
     shifts = np.arange(min_shift, n - min_shift + 1)
-    if len(shifts) and np.ptp(weights) > 0:  # constant positions time nothing: no test
+    if len(shifts) and moving.any():
         # every circular shift k at once: sum_c sum_t w[c, t - k] r[c, t], over the seeds' sum
-        spectrum = np.conj(np.fft.rfft(weights.sum(axis=1), n)) * np.fft.rfft(centred, n)
+        spectrum = np.conj(np.fft.rfft(deviations.sum(axis=1), n)) * np.fft.rfft(centred, n)
         null = np.fft.irfft(spectrum.sum(axis=0), n)[shifts] / (n * coins * seeds)
         p_value: float | None = float((1 + np.count_nonzero(null >= observed)) / (1 + len(null)))
         p_below: float | None = float((1 + np.count_nonzero(null <= observed)) / (1 + len(null)))
@@ -219,5 +226,5 @@ def _summarise(
         p_value_below=p_below,
         null_low=low,
         null_high=high,
-        seeds_positive=float(np.mean(per_seed > 0)),
+        seeds_positive=float(np.mean(per_seed > 0)) if seeds else float("nan"),
     )

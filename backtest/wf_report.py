@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from backtest import stats, timing
 from backtest.diagnostics import average_diagnostics, flagged, module_diagnostics
@@ -135,9 +136,9 @@ def portfolio_results(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[s
             str(s): regime_summary(portfolio.regime.get(s, []), run, conservative)
             for s, run in policy.items()
         }
-    timing = timing_attribution(runs, portfolio)
-    if timing is not None:
-        entry["timing"] = timing
+    attribution = timing_attribution(runs, portfolio)
+    if attribution is not None:
+        entry["timing"] = attribution
     folds = _folds(runs, portfolio, median)
     ranking = validation_vs_test(runs, portfolio, folds)
     if ranking is not None:
@@ -216,10 +217,12 @@ def timing_attribution(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[
             "policy": timing.sleeve_timing(*mine[coin], per_year, shift).to_dict(),
             "trend_filter": timing.sleeve_timing(*trend[coin], per_year, shift).to_dict(),
         }
-        for s in portfolio.policy:
-            for name, held in timing.variant_positions(notes[s], coin, start, end).items():
-                variants.setdefault(name, {}).setdefault(coin, ([], returns))[0].append(held)
+        held = [timing.variant_positions(notes[s], coin, start, end) for s in portfolio.policy]
+        for name in dict.fromkeys(v for seed in held for v in seed):  # seeds kept in order
+            nothing = pd.Series(dtype=float)
+            variants.setdefault(name, {})[coin] = ([h.get(name, nothing) for h in held], returns)
     out: dict[str, Any] = {
+        "timeframe": timeframe,
         "bars_per_year": per_year,
         "min_shift_bars": shift,
         "coins": coins,
@@ -618,7 +621,7 @@ def timing_lines(attribution: dict[str, Any] | None, unit: str) -> list[str]:
         )
 
     return [
-        "- timing, per year before costs (mean of 6h returns x "
+        f"- timing, per year before costs (mean of {attribution.get('timeframe', '6h')} returns x "
         f"{attribution['bars_per_year']:.0f}; p: one-sided, against every circular shift of the "
         f"positions at least {attribution['min_shift_bars']} bars from 0): "
         + sleeve("mean sleeve", attribution["portfolio"]),

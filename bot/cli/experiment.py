@@ -306,6 +306,12 @@ def probe(
         fail(f"{run_dir}: its runs.pkl predates the kept closes; run the walk-forward again")
     if not (run_dir / "data").is_dir():
         fail(f"{run_dir}: no data/ folder (the stores the walk-forward imported)")
+    ran_on = {r.timeframe for p in runs.portfolios for r in [*p.policy.values(), *p.baselines]}
+    if ran_on and ran_on != {cfg.market.timeframe}:
+        fail(
+            f"--config: [market].timeframe {cfg.market.timeframe!r}, but {run_dir} ran on "
+            f"{', '.join(sorted(ran_on))}: pass the config the walk-forward ran with"
+        )
     rule("[bold]probe: DRU fitted per fold and coin, ridge per horizon")
     document = run(
         lambda: run_probe(cfg, runs, run_dir, step=lambda text: console.print(f"  {text}")),

@@ -95,7 +95,19 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     assert set(timed["coins"]) == {"BTC", "STORJ"}
     mean = timed["portfolio"]["policy"]
     assert mean["decisions"] > 0 and mean["seeds"] == 2 and 0.0 < mean["p_value"] <= 1.0
-    assert mean["sleeve"] == pytest.approx(mean["exposure"] + mean["timing"])
+    saved = load_walkforward(out)[0]
+    sleeves = []  # mean(w r) per seed and coin, from the decisions and closes themselves
+    for decisions in saved.portfolios[0].decisions.values():
+        for coin in ("BTC", "STORJ"):
+            closes = saved.closes[coin]
+            start, end = results["folds"][0]["start_ms"], results["folds"][-1]["end_ms"]
+            w = {d.ts: d.coin_weight for d in decisions if d.coin == coin and start <= d.ts < end}
+            step = 6 * 3600 * 1000
+            pairs = [
+                (w[t], closes[t + step] / closes[t] - 1) for t in w if t + step in closes.index
+            ]
+            sleeves.append(sum(a * b for a, b in pairs) / len(pairs))
+    assert mean["sleeve"] == pytest.approx(sum(sleeves) / len(sleeves) * timed["bars_per_year"])
     assert timed["portfolio"]["trend_filter"]["decisions"] == mean["decisions"]
     assert "- timing, per year before costs" in table and "  - STORJ held" in table
     # the linear probe of the same inputs over the same folds
@@ -111,6 +123,10 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     assert "| a | 28 |" in (out / "probe.md").read_text()
     code, text = await cryptorlpm("experiment", "probe", str(tmp_path))
     assert code == 2 and "no runs.pkl" in text and "Traceback" not in text
+    hourly = tmp_path / "hourly.toml"
+    hourly.write_text(tiny_config.read_text().replace('timeframe = "6h"', 'timeframe = "1h"', 1))
+    code, text = await cryptorlpm("experiment", "probe", str(out), "--config", str(hourly))
+    assert code == 2 and "ran on 6h" in text and "Traceback" not in text
     # The same two seeds as one seed bag: the trained modules reused, one run, named by seed 1
     bagged = tmp_path / "bag"
     reuse = ("--models-dir", str(out / "models"))
@@ -218,7 +234,7 @@ async def test_walkforward_runs_mars_and_mars_manager_reusing_the_ensembles_it_t
         timed["portfolio"]["trend_filter"]["timing"]
     )
     managed_timing = managed["portfolios"]["a"]["runs"]["mars+manager"]["timing"]["portfolio"]
-    assert managed_timing["policy"]["mean_weight"] <= timed["portfolio"]["policy"]["mean_weight"]
+    assert managed_timing["policy"]["mean_weight"] < timed["portfolio"]["policy"]["mean_weight"]
 
     # the two runs, paired seed by seed
     code, text = await cryptorlpm(
