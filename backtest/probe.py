@@ -3,14 +3,14 @@
 The timing attribution (:mod:`backtest.timing`) says whether a policy's positions timed its
 coins better than chance. When a learned policy shows no timing, the question is whether its
 networks missed information their inputs hold, or the inputs hold none. The probe asks it the
-plainest way, over a finished walk-forward's folds: per fold and coin, a ridge regression on the
-DRU's components (selected and fitted on the fold's training days, as the modules' are, and
-computed causally over the whole history, where a module computes the same from its warm-up on)
-and the coin's log returns over the last 1, 4 and 28 bars predicts
-the coin's return over the next ``horizon`` bars. It is fitted on the fold's training and
-validation days, leaving out every row whose target ends after the refit, and holds the coin at
-each of the fold's test closes while its prediction is above 0. Its positions then take the same
-timing test as the policy's.
+plainest way, over a finished walk-forward's folds: per fold and coin, a ridge regression
+predicts the coin's return over the next ``horizon`` bars from the DRU's components (selected
+and fitted on the fold's training days, as the modules' are, and computed causally over the
+whole history, where a module computes the same from its warm-up on) and the coin's log returns
+over the last 1, 4 and 28 bars. It is fitted on the fold's training and validation days,
+leaving out every row whose target ends after the refit, and holds the coin at each of the
+fold's test closes while its prediction is above 0. Its positions then take the same timing
+test as the policy's.
 
 Fixed before any run and never tuned: ridge ``alpha`` 1 on inputs standardised on the fit's
 rows; horizons of 1 bar and 28 bars (7 days at the bundled walk-forward's 6h bars).

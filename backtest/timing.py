@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from bot.events import GrossExposure, ModuleDecision, VariantWeights
-from bot.timeframes import DAY_MS, timeframe_ms
+from bot.timeframes import DAY_MS, bars_in_days, timeframe_ms
 
 MIN_SHIFT_DAYS = 7
 """Shifts closer to 0 than this are left out of the null (positions persist for days)."""
@@ -49,11 +49,10 @@ class SleeveTiming:
     """One coin's sleeve (or a portfolio's mean sleeve) over the decisions, per year, before
     costs: ``held`` = the coin's mean return (buying and holding it), ``mean_weight``,
     ``exposure`` and ``timing`` (they sum to the sleeve's mean return), the timing's one-sided
-    ``p_value`` against circular shifts (None with too few decisions for any shift, or
-    positions that never change),
-    ``p_value_below`` the other tail's (is the timing worse than chance?), the middle 90% of the
-    shifted timings (``null_low``, ``null_high``, per year; NaN without a test) and the share of
-    seeds whose own timing is positive."""
+    ``p_value`` against circular shifts (None with too few decisions for any shift, or with
+    positions that never move), ``p_value_below`` the other tail's (is the timing worse than
+    chance?), the middle 90% of the shifted timings (``null_low``, ``null_high``, per year; NaN
+    without a test) and the share of seeds whose own timing is positive."""
 
     decisions: int
     seeds: int
@@ -89,7 +88,7 @@ def trend_weights(closes: pd.Series, timeframe: str, days: int) -> pd.Series:
     """The trend filter's signal at each close (1 while the close is above the mean of the last
     ``days`` days of closes, itself included; 0 before a full window), as
     :class:`strategies.baselines.TrendFilter` decides it."""
-    length = days_in_bars(days, timeframe)
+    length = bars_in_days(days, timeframe)
     mean = closes.rolling(length, min_periods=length).mean()
     return (closes > mean).astype(float).where(mean.notna(), 0.0)
 
@@ -174,12 +173,7 @@ def portfolio_timing(
 
 def min_shift_bars(timeframe: str, days: int = MIN_SHIFT_DAYS) -> int:
     """The shortest shift the test uses: ``days`` in bars of ``timeframe``."""
-    return days_in_bars(days, timeframe)
-
-
-def days_in_bars(days: int, timeframe: str) -> int:
-    """``days`` as a count of ``timeframe`` bars (at least 1), as the trend filter counts them."""
-    return max(1, round(days * DAY_MS / timeframe_ms(timeframe)))
+    return bars_in_days(days, timeframe)
 
 
 def bars_per_year(timeframe: str) -> float:

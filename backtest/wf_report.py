@@ -53,6 +53,8 @@ RUNS_FILE = "runs.pkl"
 BLOCK_DAYS = 10
 RESAMPLES = 2000
 PBO_BLOCKS = 16
+NOTHING = pd.Series(dtype=float)
+"""A seed's positions for a variant it never noted (left out of that variant's test)."""
 
 
 def trial_count(runs: WalkForwardRuns, configs: int = 1) -> dict[str, int]:
@@ -219,8 +221,7 @@ def timing_attribution(runs: WalkForwardRuns, portfolio: PortfolioRuns) -> dict[
         }
         held = [timing.variant_positions(notes[s], coin, start, end) for s in portfolio.policy]
         for name in dict.fromkeys(v for seed in held for v in seed):  # seeds kept in order
-            nothing = pd.Series(dtype=float)
-            variants.setdefault(name, {})[coin] = ([h.get(name, nothing) for h in held], returns)
+            variants.setdefault(name, {})[coin] = ([h.get(name, NOTHING) for h in held], returns)
     out: dict[str, Any] = {
         "timeframe": timeframe,
         "bars_per_year": per_year,

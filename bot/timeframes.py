@@ -28,6 +28,12 @@ def timeframe_ms(timeframe: str) -> int:
     return int(match.group(1)) * _UNITS_MS[match.group(2)]
 
 
+def bars_in_days(days: float, timeframe: str) -> int:
+    """``days`` as a whole number of ``timeframe`` bars (rounded, at least 1): a window of days
+    counted in bars, as the trend filter and the timing test count it."""
+    return max(1, round(days * DAY_MS / timeframe_ms(timeframe)))
+
+
 def to_ms(value: str | date | datetime | int) -> int:
     """Convert an ISO date/datetime string, a date, a datetime or epoch ms to UTC epoch ms.
 

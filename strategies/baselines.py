@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from bot.engine.step import DecisionContext
-from bot.timeframes import DAY_MS, timeframe_ms
+from bot.timeframes import bars_in_days
 
 
 class Replay(Protocol):
@@ -114,7 +114,7 @@ class TrendFilter:
             raise ValueError(f"trend filter days must be >= 1, got {days}")
         self.name = TREND_FILTER
         self.coins, self.timeframe = tuple(coins), timeframe
-        self.length = max(1, round(days * DAY_MS / timeframe_ms(timeframe)))
+        self.length = bars_in_days(days, timeframe)
         self._closes: dict[str, deque[float]] = {c: deque(maxlen=self.length) for c in coins}
 
     def decide(self, context: DecisionContext) -> Mapping[str, float] | None:

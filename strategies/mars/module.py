@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from bot.events import Bar, Event, Metric
-from bot.timeframes import DAY_MS, timeframe_ms
+from bot.timeframes import bars_in_days, timeframe_ms
 from strategies.agents.observation import (
     CASH_ROW,
     COIN_ROW,
@@ -93,7 +93,7 @@ class MarsModule(PlanFollower):
         if model.feature_spec is None and schema.metric_features:
             raise ValueError(f"ensemble {model.id} has metric features but no feature spec")
         self._step = timeframe_ms(schema.timeframe)
-        self._trend_bars = max(1, round(trend_days * DAY_MS / self._step))
+        self._trend_bars = bars_in_days(trend_days, schema.timeframe)
         self.learned = tuple(v.name for v in model.mars.variants)
         self.rules = tuple(model.mars.baselines)
         self.names = (*self.learned, *self.rules)
