@@ -12,13 +12,22 @@ leaving out every row whose target ends after the refit, and holds the coin at e
 fold's test closes while its prediction is above 0. Its positions then take the same timing
 test as the policy's.
 
+The same regression runs on several input sets, each with the three returns, so a loss of
+information can be placed:
+
+* ``dru``: the DRU's components, what the modules see;
+* ``selected``: the DRU's selected metrics as raw latest values, before its rolling
+  normalisation and PCA;
+* ``own``: every metric of the coin's own asset, raw (none for a coin without its own metrics);
+* ``planted`` (a synthetic market's ``planted.json`` only): the metrics that truly lead the coin.
+
 Fixed before any run and never tuned: ridge ``alpha`` 1 on inputs standardised on the fit's
 rows; horizons of 1 bar and 28 bars (7 days at the bundled walk-forward's 6h bars).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +41,59 @@ from backtest.experiment import PORTFOLIOS
 from backtest.walkforward import Fold, WalkForwardRuns, walkforward_config
 from config.schema import AppConfig
 from strategies.agents.train import CoinHistory, coin_history
+from strategies.features import FeatureSpec
 from strategies.features.inputs import CoinInputs, fit_coin_features, read_coin_inputs
+from strategies.features.pipeline import latest_values
+from strategies.features.pool import qualified_id
 from strategies.updating import causal_inputs
 
 HORIZONS = (1, 28)
 ALPHA = 1.0
 PRICE_LAGS = (1, 4, 28)
+INPUT_SETS = ("dru", "selected", "own")
 
 
-def probe_inputs(history: CoinHistory) -> tuple[np.ndarray, np.ndarray]:
-    """What the probe reads at each close: the DRU's components and the log returns over the
-    last :data:`PRICE_LAGS` bars; and where all of them are known (the DRU ready)."""
+def price_lags(history: CoinHistory) -> np.ndarray:
+    """The coin's log returns over the last :data:`PRICE_LAGS` bars at each close (NaN before)."""
     log_close = np.log(history.ohlcv[:, 3])
     returns = np.full((len(log_close), len(PRICE_LAGS)), np.nan)
     for j, lag in enumerate(PRICE_LAGS):
         returns[lag:, j] = log_close[lag:] - log_close[:-lag]
-    x = np.column_stack([history.features, returns])
+    return returns
+
+
+def probe_inputs(history: CoinHistory) -> tuple[np.ndarray, np.ndarray]:
+    """The ``dru`` input set at each close: the DRU's components and :func:`price_lags`; and
+    where all of them are known (the DRU ready)."""
+    x = np.column_stack([history.features, price_lags(history)])
     return x, history.ready & np.isfinite(x).all(axis=1)
+
+
+def input_sets(
+    history: CoinHistory,
+    inputs: CoinInputs,
+    spec: FeatureSpec,
+    planted: Sequence[str] = (),
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every input set (see the module docstring) at each close of ``history``, with where it is
+    known; ``planted``: the coin's leading metrics' names, when known (a synthetic market)."""
+    prices = price_lags(history)
+    coin = inputs.coin
+
+    def raw(metric_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        values = latest_values(inputs.metrics, metric_ids, spec.known_delay_ms, history.close_time)
+        x = np.column_stack([values, prices])
+        return x, np.isfinite(x).all(axis=1)
+
+    own = sorted(inputs.metrics.loc[inputs.metrics["asset"] == coin, "name"].unique())
+    sets = {
+        "dru": probe_inputs(history),
+        "selected": raw(spec.metric_ids),
+        "own": raw([qualified_id(coin, n) for n in own]),
+    }
+    if planted:
+        sets["planted"] = raw([qualified_id(coin, n) for n in planted])
+    return sets
 
 
 def fit_rows(close_time: np.ndarray, usable: np.ndarray, fold: Fold, horizon: int) -> np.ndarray:
@@ -61,14 +106,18 @@ def fit_rows(close_time: np.ndarray, usable: np.ndarray, fold: Fold, horizon: in
 
 
 def fold_positions(
-    history: CoinHistory, fold: Fold, horizon: int, alpha: float = ALPHA
+    history: CoinHistory,
+    fold: Fold,
+    horizon: int,
+    x: np.ndarray,
+    usable: np.ndarray,
+    alpha: float = ALPHA,
 ) -> tuple[pd.Series, int]:
-    """The probe's position (1 coin, 0 cash) at each of ``fold``'s test closes, and how many
-    rows it was fitted on. ``history`` holds the coin's bars past the refit with the DRU
-    fitted on the fold's training days; closes where an input is unknown stay in cash."""
+    """The probe's position (1 coin, 0 cash) at each of ``fold``'s test closes, reading ``x``
+    (one row per close of ``history``, known where ``usable``), and how many rows it was
+    fitted on. Closes where an input is unknown stay in cash."""
     close = history.ohlcv[:, 3]
     close_time = history.close_time
-    x, usable = probe_inputs(history)
     target = np.full(len(close), np.nan)
     target[:-horizon] = close[horizon:] / close[:-horizon] - 1.0
     rows = fit_rows(close_time, usable, fold, horizon) & np.isfinite(target)
@@ -89,22 +138,29 @@ def probe_positions(
     folds: Sequence[Fold],
     horizons: Sequence[int] = HORIZONS,
     step: Callable[[str], None] = lambda text: None,
-) -> dict[int, pd.Series]:
-    """Per horizon, the probe's positions over every fold's test closes for one coin."""
-    parts: dict[int, list[pd.Series]] = {h: [] for h in horizons}
+    planted: Sequence[str] = (),
+) -> dict[str, dict[int, pd.Series]]:
+    """Per input set and horizon, the probe's positions over every fold's test closes for one
+    coin."""
+    parts: dict[str, dict[int, list[pd.Series]]] = {}
+    planted_ids = {qualified_id(inputs.coin, n) for n in planted}
     for fold in folds:
         spec = fit_coin_features(cfg, causal_inputs(inputs, fold.start_ms), *fold.train)
         history = coin_history(inputs.bars, inputs.metrics, inputs.timeframe, spec)
-        fitted = []
-        for h in horizons:
-            held, rows = fold_positions(history, fold, h)
-            parts[h].append(held)
-            fitted.append(rows)
+        sets = input_sets(history, inputs, spec, planted)
+        for name, (x, usable) in sets.items():
+            for h in horizons:
+                held, _ = fold_positions(history, fold, h, x, usable)
+                parts.setdefault(name, {}).setdefault(h, []).append(held)
         step(
-            f"{inputs.coin} fold {fold.index} ({fold.label}): {history.features.shape[1]} DRU "
-            f"components, fitted on {min(fitted)}-{max(fitted)} rows"
+            f"{inputs.coin} fold {fold.index} ({fold.label}): {len(spec.metric_ids)} metrics "
+            f"selected, {history.features.shape[1]} DRU components"
+            + (f", {len(planted_ids & set(spec.metric_ids))} of them planted" if planted else "")
         )
-    return {h: pd.concat(p).sort_index() for h, p in parts.items()}
+    return {
+        name: {h: pd.concat(p).sort_index() for h, p in by_horizon.items()}
+        for name, by_horizon in parts.items()
+    }
 
 
 async def run_probe(
@@ -113,9 +169,11 @@ async def run_probe(
     out_dir: Path,
     horizons: Sequence[int] = HORIZONS,
     step: Callable[[str], None] = lambda text: None,
+    planted: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """The probe over the folds of the walk-forward in ``out_dir`` (``runs``, its runs), read
-    from the stores it imported, with ``cfg`` the configuration it ran with."""
+    from the stores it imported, with ``cfg`` the configuration it ran with; ``planted``: per
+    coin, its leading metrics' names (a synthetic market's truth), adding that input set."""
     from bot.store import MarketStore, MetricStore
 
     wf_cfg = walkforward_config(cfg, out_dir, runs.spec)
@@ -125,12 +183,19 @@ async def run_probe(
         await MetricStore.open(wf_cfg.data.metrics_path) as metrics,
     ):
         inputs = {c: await read_coin_inputs(wf_cfg, market, metrics, c) for c in coins}
-    positions = {c: probe_positions(wf_cfg, inputs[c], runs.folds, horizons, step) for c in coins}
+    positions = {
+        c: probe_positions(
+            wf_cfg, inputs[c], runs.folds, horizons, step, (planted or {}).get(c, ())
+        )
+        for c in coins
+    }
     timeframe = wf_cfg.market.timeframe
     per_year, shift = timing.bars_per_year(timeframe), timing.min_shift_bars(timeframe)
     returns = {c: timing.next_bar_returns(runs.closes[c], timeframe) for c in coins}
+    names = [n for n in (*INPUT_SETS, "planted") if all(n in positions[c] for c in coins)]
     document: dict[str, Any] = {
         "horizons": list(horizons),
+        "inputs": names,
         "alpha": ALPHA,
         "price_lags": list(PRICE_LAGS),
         "folds": [f.label for f in runs.folds],
@@ -138,47 +203,54 @@ async def run_probe(
         "min_shift_bars": shift,
         "portfolios": {},
     }
-    for name in runs.spec.portfolios:
+    for portfolio in runs.spec.portfolios:
         rows: dict[str, Any] = {}
-        for h in horizons:
-            sleeves = {c: ([positions[c][h]], returns[c]) for c in PORTFOLIOS[name]}
-            rows[str(h)] = {
-                "portfolio": timing.portfolio_timing(sleeves, per_year, shift).to_dict(),
-                "coins": {
-                    c: timing.sleeve_timing(*s, per_year, shift).to_dict()
-                    for c, s in sleeves.items()
-                },
-            }
-        document["portfolios"][name] = rows
+        for name in names:
+            for h in horizons:
+                sleeves = {c: ([positions[c][name][h]], returns[c]) for c in PORTFOLIOS[portfolio]}
+                rows.setdefault(name, {})[str(h)] = {
+                    "portfolio": timing.portfolio_timing(sleeves, per_year, shift).to_dict(),
+                    "coins": {
+                        c: timing.sleeve_timing(*s, per_year, shift).to_dict()
+                        for c, s in sleeves.items()
+                    },
+                }
+        document["portfolios"][portfolio] = rows
     return document
 
 
 def probe_markdown(document: dict[str, Any]) -> str:
-    """``probe.md``: per portfolio and horizon, the probe's time in the coins and its timing."""
+    """``probe.md``: per portfolio, input set and horizon, the probe's time in the coins and its
+    timing."""
     lines = [
         "# Linear probe of the modules' inputs",
         "",
-        f"Ridge (alpha {document['alpha']}) on the DRU's components and the log returns over the "
-        f"last {', '.join(map(str, document['price_lags']))} bars, refitted per fold and coin on "
-        "the training and validation days; holds the coin while it predicts a rise over the "
-        f"horizon. Folds: {', '.join(document['folds'])}. Timing per year before costs (mean of "
-        f"next-bar returns x {document['bars_per_year']:.0f}); p one-sided against every circular "
-        f"shift of the positions at least {document['min_shift_bars']} bars from 0 (below: the "
-        "other tail).",
+        f"Ridge (alpha {document['alpha']}) on each input set plus the log returns over the last "
+        f"{', '.join(map(str, document['price_lags']))} bars, refitted per fold and coin on the "
+        "training and validation days; holds the coin while it predicts a rise over the horizon. "
+        "Inputs: dru = the DRU's components (what the modules see); selected = the DRU's "
+        "selected metrics, raw; own = every metric of the coin's own asset, raw; planted = the "
+        f"metrics that truly lead the coin (synthetic markets). Folds: "
+        f"{', '.join(document['folds'])}. Timing per year before costs (mean of next-bar returns "
+        f"x {document['bars_per_year']:.0f}); p one-sided against every circular shift of the "
+        f"positions at least {document['min_shift_bars']} bars from 0 (below: the other tail).",
         "",
-        "| portfolio | horizon (bars) | in coin | timing | p | p below | per coin: timing (p) |",
-        "| :-- | --: | --: | --: | --: | --: | :-- |",
+        "| portfolio | inputs | horizon (bars) | in coin | timing | p | p below | per coin: "
+        "timing (p) |",
+        "| :-- | :-- | --: | --: | --: | --: | --: | :-- |",
     ]
-    for name, rows in document["portfolios"].items():
-        for horizon, row in rows.items():
-            whole = row["portfolio"]
-            coins = "; ".join(
-                f"{c} {_pct(d['timing'])} ({_p(d['p_value'])})" for c, d in row["coins"].items()
-            )
-            lines.append(
-                f"| {name} | {horizon} | {_share(whole['mean_weight'])} | {_pct(whole['timing'])} "
-                f"| {_p(whole['p_value'])} | {_p(whole['p_value_below'])} | {coins} |"
-            )
+    for name, sets in document["portfolios"].items():
+        for inputs, rows in sets.items():
+            for horizon, row in rows.items():
+                whole = row["portfolio"]
+                coins = "; ".join(
+                    f"{c} {_pct(d['timing'])} ({_p(d['p_value'])})" for c, d in row["coins"].items()
+                )
+                lines.append(
+                    f"| {name} | {inputs} | {horizon} | {_share(whole['mean_weight'])} | "
+                    f"{_pct(whole['timing'])} | {_p(whole['p_value'])} | "
+                    f"{_p(whole['p_value_below'])} | {coins} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -55,6 +55,52 @@ def synth(config: ConfigOption = None) -> None:
     run_command(main, DatasetConfigError)
 
 
+@app.command("export-synth")
+def export_synth(
+    out: Annotated[Path, typer.Option("--out", help="folder to write (ohlcv/, onchain/)")],
+    coin: Annotated[
+        list[str] | None,
+        typer.Option(help="coin (repeatable); default the walk-forward's BTC, STORJ, BLZ, LINK"),
+    ] = None,
+    start: Annotated[str, typer.Option(help="first day YYYY-MM-DD")] = "2020-01-01",
+    end: Annotated[str, typer.Option(help="end day YYYY-MM-DD (exclusive)")] = "2022-03-01",
+    seed: Annotated[int | None, typer.Option(help="default: [synthetic].seed")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the synthetic market as a folder laid out like ../shared/data, with planted.json
+    (which metrics lead each coin): `experiment walkforward --data-dir` on it is a positive
+    control, a market whose predictable part is known."""
+    from bot.feed.synthetic import generate_market
+    from bot.feed.synthetic_csv import write_csv_dir
+
+    cfg = load(config)
+    coins = list(dict.fromkeys(coin or ("BTC", "STORJ", "BLZ", "LINK")))
+    try:
+        start_ms, end_ms = to_ms(start), to_ms(end)
+    except ValueError as exc:
+        fail(f"--start/--end: expected YYYY-MM-DD ({exc})")
+    if end_ms <= start_ms:
+        fail(f"--end {end} must be after --start {start}")
+    if out.exists() and any(out.iterdir()):
+        fail(f"--out {out}: not empty; give a new folder")
+    synthetic = cfg.synthetic
+    try:
+        market = generate_market(
+            coins,
+            start_ms,
+            end_ms,
+            seed if seed is not None else synthetic.seed,
+            leading_metrics=synthetic.leading_metrics,
+            noise_metrics=synthetic.noise_metrics,
+            market_metrics=synthetic.market_metrics,
+            scenarios=synthetic.scenarios,
+        )
+    except ValueError as exc:
+        fail(f"--coin: {exc}")
+    written = write_csv_dir(market, out, cfg.market.quote)
+    console.print(f"wrote {len(written)} files under {escape(str(out))} (planted.json: the truth)")
+
+
 @app.command("import")
 def import_(
     dir: Annotated[Path, typer.Option("--dir", help="folder with ohlcv/ and onchain/")],

@@ -285,18 +285,34 @@ def probe(
             help="the walk-forward's config (default: the bundled walkforward.toml)",
         ),
     ] = None,
+    planted: Annotated[
+        Path | None,
+        typer.Option(
+            help="planted.json of a synthetic market (`data export-synth`): also probe the "
+            "metrics that truly lead each coin"
+        ),
+    ] = None,
 ) -> None:
     """Do the modules' inputs hold information? A linear probe over a finished walk-forward's
     folds: per fold and coin, ridge regression on the DRU's components and recent returns,
     fitted on the fold's training and validation days, holds the coin while it predicts a rise
     (over the next bar, and over the next 28 bars); its timing is tested like the policy's.
-    Writes probe.md and probe.json in RUN_DIR."""
+    The same runs on the DRU's selected metrics before its normalisation and PCA, and on all of
+    the coin's own metrics, to place where information is lost. Writes probe.md and probe.json
+    in RUN_DIR."""
     from backtest.experiment import DataRangeError
     from backtest.probe import run_probe, write_probe
     from backtest.wf_compare import ComparisonError, read_walkforward
+    from bot.feed.synthetic_csv import read_planted
     from strategies.features.inputs import MissingDataError
 
     cfg = load(config or bundled_config_path("walkforward.toml"))
+    truth = None
+    if planted is not None:
+        try:
+            truth = read_planted(planted)
+        except ValueError as exc:
+            fail(f"--planted {exc}")
     try:
         runs = read_walkforward(run_dir)
     except ComparisonError as exc:
@@ -314,7 +330,9 @@ def probe(
         )
     rule("[bold]probe: DRU fitted per fold and coin, ridge per horizon")
     document = run(
-        lambda: run_probe(cfg, runs, run_dir, step=lambda text: console.print(f"  {text}")),
+        lambda: run_probe(
+            cfg, runs, run_dir, step=lambda text: console.print(f"  {text}"), planted=truth
+        ),
         DataRangeError,
         MissingDataError,
     )

@@ -240,6 +240,16 @@ def _refine_at_bars(
     )
 
 
+def latest_values(
+    metrics_long: pd.DataFrame, metric_ids: Sequence[str], known_delay_ms: int, close_ts: np.ndarray
+) -> np.ndarray:
+    """``(len(close_ts), len(metric_ids))``: each metric's latest raw value known at each close
+    (NaN before its first), as the refiner receives them; the DRU's inputs before any
+    normalisation or projection."""
+    rows = _metric_rows(metrics_long, metric_ids, known_delay_ms)
+    return _as_of_join(rows, np.asarray(close_ts, dtype=np.int64))[0]
+
+
 def metrics_in_time(
     spec: FeatureSpec, close_ts: np.ndarray, metrics: pd.DataFrame, bars_before: np.ndarray
 ) -> bool:

@@ -114,13 +114,19 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     code, text = await cryptorlpm("experiment", "probe", str(out), "--config", str(tiny_config))
     assert code == 0, text
     probed = json.loads((out / "probe.json").read_text())
-    assert probed["horizons"] == [1, 28] and probed["folds"] == [
-        f["span"] for f in results["folds"]
-    ]
-    for row in probed["portfolios"]["a"].values():
-        assert row["portfolio"]["decisions"] == mean["decisions"]
-        assert set(row["coins"]) == {"BTC", "STORJ"}
-    assert "| a | 28 |" in (out / "probe.md").read_text()
+    assert probed["horizons"] == [1, 28] and probed["inputs"] == ["dru", "selected", "own"]
+    assert probed["folds"] == [f["span"] for f in results["folds"]]
+    for by_horizon in probed["portfolios"]["a"].values():
+        for row in by_horizon.values():
+            assert row["portfolio"]["decisions"] == mean["decisions"]
+            assert set(row["coins"]) == {"BTC", "STORJ"}
+    assert "| a | dru | 28 |" in (out / "probe.md").read_text()
+    (tmp_path / "planted.json").write_text("not json")
+    code, text = await cryptorlpm(
+        "experiment", "probe", str(out), "--config", str(tiny_config), "--planted",
+        str(tmp_path / "planted.json"),
+    )  # fmt: skip
+    assert code == 2 and "not a planted.json" in text and "Traceback" not in text
     code, text = await cryptorlpm("experiment", "probe", str(tmp_path))
     assert code == 2 and "no runs.pkl" in text and "Traceback" not in text
     hourly = tmp_path / "hourly.toml"
@@ -146,6 +152,22 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     assert alone["portfolios"]["a"]["runs"]["cryptorlpm"]["seeds"] == [
         s for s in vote["seeds"] if s["seed"] == 2
     ]
+
+
+async def test_the_synthetic_market_exports_as_a_data_folder_with_its_truth(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "synth"
+    args = ["data", "export-synth", "--out", str(out), "--coin", "BTC", "--coin", "LINK"]
+    code, text = await cryptorlpm(*args, "--start", "2021-01-01", "--end", "2021-01-08")
+    assert code == 0, text
+    assert sorted(p.name for p in (out / "onchain").iterdir()) == [
+        "BTC_synthetic.csv", "LINK_synthetic.csv",
+    ]  # fmt: skip
+    truth = json.loads((out / "planted.json").read_text())
+    assert set(truth["planted"]) == {"BTC", "LINK"} and len(truth["planted"]["BTC"]) == 12
+    code, text = await cryptorlpm(*args)
+    assert code == 2 and "not empty" in text and "Traceback" not in text
 
 
 async def test_an_unknown_policy_is_a_one_line_error(tmp_path: Path, data_dir: Path) -> None:  # noqa: F811

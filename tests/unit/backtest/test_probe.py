@@ -3,14 +3,17 @@ times a coin when its inputs hold the information."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from backtest import probe, timing
 from backtest.walkforward import Fold
-from bot.timeframes import HOUR_MS, to_ms
+from bot.timeframes import DAY_MS, HOUR_MS, to_ms
 from strategies.agents.train import CoinHistory
+from strategies.features.inputs import CoinInputs
 
 T0 = to_ms("2021-01-01")
 STEP = 6 * HOUR_MS
@@ -71,8 +74,8 @@ def test_the_fit_reads_nothing_after_the_refit(monkeypatch: pytest.MonkeyPatch) 
     other_feature[601:] = rng.normal(size=N - 601)  # the refit: known then
     for horizon in (1, 28):
         seen.clear()
-        probe.fold_positions(_history(closes, feature), FOLD, horizon)
-        probe.fold_positions(_history(other_closes, other_feature), FOLD, horizon)
+        for history in (_history(closes, feature), _history(other_closes, other_feature)):
+            probe.fold_positions(history, FOLD, horizon, *probe.probe_inputs(history))
         (x1, y1), (x2, y2) = seen
         assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
 
@@ -84,9 +87,39 @@ def test_an_informative_input_is_timed_and_its_positions_cover_the_test_closes()
     ahead = np.r_[closes[1:] / closes[:-1] - 1.0, 0.0]
     rng = np.random.default_rng(4)
     feature = np.sign(ahead) + rng.normal(0.0, 0.3, N)
-    held, rows = probe.fold_positions(_history(closes, feature), FOLD, 1)
+    history = _history(closes, feature)
+    held, rows = probe.fold_positions(history, FOLD, 1, *probe.probe_inputs(history))
     assert rows == 500  # closes 100..599: the last one's next close is the refit's
     assert held.index.tolist() == (T0 + np.arange(600, 900) * STEP).tolist()
     series = timing.next_bar_returns(pd.Series(closes, index=T0 + np.arange(N) * STEP), "6h")
     result = timing.sleeve_timing([held], series, 1460.0, 28)
     assert result.timing > 0 and result.p_value < 0.01
+
+
+def test_the_input_sets_read_the_raw_metrics_as_known_at_each_close() -> None:
+    """``selected`` holds the DRU's selected metrics' latest raw values, ``own`` every metric of
+    the coin, ``planted`` only when the truth is given; each with the three returns."""
+    closes = _closes(5)
+    history = _history(closes, np.zeros(N))
+    days = T0 - STEP + np.arange(0, N * STEP, DAY_MS)  # one value per day, known a day later
+    metrics = pd.DataFrame(
+        {
+            "asset": "BTC",
+            "name": np.repeat(["s.lead", "s.noise"], len(days)),
+            "observed_at": np.tile(days, 2),
+            "value": np.r_[np.arange(len(days)), -np.arange(len(days))].astype(float),
+        }
+    )
+    inputs = CoinInputs("BTC", "6h", pd.DataFrame(), metrics)
+    spec = SimpleNamespace(metric_ids=("BTC:s.lead",), known_delay_ms=DAY_MS)
+    sets = probe.input_sets(history, inputs, spec)  # type: ignore[arg-type]
+    assert set(sets) == {"dru", "selected", "own"}
+    x, usable = sets["selected"]
+    assert x.shape == (N, 1 + len(probe.PRICE_LAGS))
+    at = np.searchsorted(days + DAY_MS, history.close_time, side="right") - 1  # last known day
+    known = at >= 0
+    assert np.array_equal(x[known, 0], at[known].astype(float))
+    assert np.isnan(x[~known, 0]).all() and not usable[~known].any()
+    assert sets["own"][0].shape[1] == 2 + len(probe.PRICE_LAGS)
+    with_truth = probe.input_sets(history, inputs, spec, planted=("s.lead",))  # type: ignore[arg-type]
+    assert np.array_equal(with_truth["planted"][0], x, equal_nan=True)

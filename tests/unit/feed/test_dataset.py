@@ -12,6 +12,8 @@ from bot.feed import dataset
 from bot.feed.dataset import DatasetConfigError, check_source
 from bot.feed.download import download_all
 from bot.feed.exchange import ExchangeConfigError, create_exchange
+from bot.feed.synthetic import generate_market
+from bot.feed.synthetic_csv import read_planted, write_csv_dir
 from bot.store import MarketStore, MetricStore
 from bot.timeframes import HOUR_MS, to_ms
 from config.schema import AppConfig, ExchangeConfig, MarketConfig
@@ -143,3 +145,26 @@ async def test_the_synthetic_market_is_refused_into_stores_holding_real_data(
         await dataset.build_synthetic(config(), market_store, metric_store)
 
     assert await market_store.exchanges() == ["binance"]
+
+
+async def test_the_synthetic_market_written_as_csv_imports_with_its_planted_names(
+    tmp_path: Path, market_store: MarketStore, metric_store: MetricStore
+) -> None:
+    """``data export-synth``'s folder imports like ../shared/data, and planted.json names the
+    leading metrics as the store holds them."""
+    market = generate_market(["BTC", "LINK"], to_ms("2021-01-01"), to_ms("2021-01-15"), seed=3)
+    written = write_csv_dir(market, tmp_path / "synth")
+    assert {p.name for p in written} == {
+        "BTC_USDT-1h.csv", "LINK_USDT-1h.csv", "BTC_synthetic.csv", "LINK_synthetic.csv",
+        "planted.json",
+    }  # fmt: skip
+    csv = config(source="csv", exchange="binance", coins=("BTC", "LINK"))
+    await dataset.import_csv_dir(csv, tmp_path / "synth", market_store, metric_store)
+    stored = await metric_store.read_metrics(["LINK"])
+    planted = read_planted(tmp_path / "synth" / "planted.json")
+    assert set(planted["LINK"]) <= set(stored["name"]) and len(planted["LINK"]) == 12
+    candles = await market_store.read_candles("binance", "LINK/USDT", "1h")
+    assert candles["close"].tolist() == market.candles["LINK"]["close"].tolist()
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"bad\.json: not a planted\.json"):
+        read_planted(tmp_path / "bad.json")
