@@ -16,6 +16,7 @@ The same regression runs on several input sets, each with the three returns, so 
 information can be placed:
 
 * ``dru``: the DRU's components, what the modules see;
+* ``normalised``: the DRU's rolling z-scores of its selected metrics, before its PCA;
 * ``selected``: the DRU's selected metrics as raw latest values, before its rolling
   normalisation and PCA;
 * ``own``: every metric of the coin's own asset, raw (none for a coin without its own metrics);
@@ -43,14 +44,14 @@ from config.schema import AppConfig
 from strategies.agents.train import CoinHistory, coin_history
 from strategies.features import FeatureSpec
 from strategies.features.inputs import CoinInputs, fit_coin_features, read_coin_inputs
-from strategies.features.pipeline import latest_values
+from strategies.features.pipeline import latest_values, normalised_at_bars
 from strategies.features.pool import qualified_id
 from strategies.updating import causal_inputs
 
 HORIZONS = (1, 28)
 ALPHA = 1.0
 PRICE_LAGS = (1, 4, 28)
-INPUT_SETS = ("dru", "selected", "own")
+INPUT_SETS = ("dru", "normalised", "selected", "own")
 
 
 def price_lags(history: CoinHistory) -> np.ndarray:
@@ -86,8 +87,11 @@ def input_sets(
         return x, np.isfinite(x).all(axis=1)
 
     own = sorted(inputs.metrics.loc[inputs.metrics["asset"] == coin, "name"].unique())
+    z, ready = normalised_at_bars(spec, inputs.metrics, history.close_time)
+    normalised = np.column_stack([z, prices])
     sets = {
         "dru": probe_inputs(history),
+        "normalised": (normalised, ready & np.isfinite(normalised).all(axis=1)),
         "selected": raw(spec.metric_ids),
         "own": raw([qualified_id(coin, n) for n in own]),
     }
@@ -228,8 +232,9 @@ def probe_markdown(document: dict[str, Any]) -> str:
         f"Ridge (alpha {document['alpha']}) on each input set plus the log returns over the last "
         f"{', '.join(map(str, document['price_lags']))} bars, refitted per fold and coin on the "
         "training and validation days; holds the coin while it predicts a rise over the horizon. "
-        "Inputs: dru = the DRU's components (what the modules see); selected = the DRU's "
-        "selected metrics, raw; own = every metric of the coin's own asset, raw; planted = the "
+        "Inputs: dru = the DRU's components (what the modules see); normalised = its rolling "
+        "z-scores, before the PCA; selected = its selected metrics, raw; own = every metric of "
+        "the coin's own asset, raw; planted = the "
         f"metrics that truly lead the coin (synthetic markets). Folds: "
         f"{', '.join(document['folds'])}. Timing per year before costs (mean of next-bar returns "
         f"x {document['bars_per_year']:.0f}); p one-sided against every circular shift of the "

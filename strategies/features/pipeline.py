@@ -250,6 +250,26 @@ def latest_values(
     return _as_of_join(rows, np.asarray(close_ts, dtype=np.int64))[0]
 
 
+def normalised_at_bars(
+    spec: FeatureSpec, metrics_long: pd.DataFrame, close_ts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The refiner's rolling z-scores of the selected metrics at each close (its stage before
+    the PCA; carried forward between steps like the features) and whether it is past its
+    warm-up there."""
+    close_ts = np.asarray(close_ts, dtype=np.int64)
+    m = len(spec.metric_ids)
+    if not m:
+        return np.zeros((len(close_ts), 0)), np.ones(len(close_ts), dtype=bool)
+    values, changed = _as_of_join(
+        _metric_rows(metrics_long, spec.metric_ids, spec.known_delay_ms), close_ts
+    )
+    steps = np.flatnonzero(changed)
+    stepped = Refiner(spec.refiner).steps(close_ts[steps], values[steps])
+    state = np.cumsum(changed)
+    z = np.concatenate((np.zeros((1, m)), stepped.z))[state]
+    return z, np.r_[False, stepped.ready][state]
+
+
 def metrics_in_time(
     spec: FeatureSpec, close_ts: np.ndarray, metrics: pd.DataFrame, bars_before: np.ndarray
 ) -> bool:

@@ -114,7 +114,12 @@ async def test_walkforward_writes_a_table_with_intervals_dsr_pbo_and_fold_bars(
     code, text = await cryptorlpm("experiment", "probe", str(out), "--config", str(tiny_config))
     assert code == 0, text
     probed = json.loads((out / "probe.json").read_text())
-    assert probed["horizons"] == [1, 28] and probed["inputs"] == ["dru", "selected", "own"]
+    assert probed["horizons"] == [1, 28] and probed["inputs"] == [
+        "dru",
+        "normalised",
+        "selected",
+        "own",
+    ]
     assert probed["folds"] == [f["span"] for f in results["folds"]]
     for by_horizon in probed["portfolios"]["a"].values():
         for row in by_horizon.values():

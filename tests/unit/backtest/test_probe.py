@@ -96,9 +96,14 @@ def test_an_informative_input_is_timed_and_its_positions_cover_the_test_closes()
     assert result.timing > 0 and result.p_value < 0.01
 
 
-def test_the_input_sets_read_the_raw_metrics_as_known_at_each_close() -> None:
+def test_the_input_sets_read_the_raw_metrics_as_known_at_each_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """``selected`` holds the DRU's selected metrics' latest raw values, ``own`` every metric of
-    the coin, ``planted`` only when the truth is given; each with the three returns."""
+    the coin, ``planted`` only when the truth is given; each with the three returns. (The
+    ``normalised`` stage is the refiner's, tested with a fitted spec in the features' tests.)"""
+    z_stage = np.full((N, 1), 0.5), np.ones(N, dtype=bool)
+    monkeypatch.setattr(probe, "normalised_at_bars", lambda spec, metrics, ts: z_stage)
     closes = _closes(5)
     history = _history(closes, np.zeros(N))
     days = T0 - STEP + np.arange(0, N * STEP, DAY_MS)  # one value per day, known a day later
@@ -113,7 +118,8 @@ def test_the_input_sets_read_the_raw_metrics_as_known_at_each_close() -> None:
     inputs = CoinInputs("BTC", "6h", pd.DataFrame(), metrics)
     spec = SimpleNamespace(metric_ids=("BTC:s.lead",), known_delay_ms=DAY_MS)
     sets = probe.input_sets(history, inputs, spec)  # type: ignore[arg-type]
-    assert set(sets) == {"dru", "selected", "own"}
+    assert set(sets) == {"dru", "normalised", "selected", "own"}
+    assert np.array_equal(sets["normalised"][0][:, 0], z_stage[0][:, 0])
     x, usable = sets["selected"]
     assert x.shape == (N, 1 + len(probe.PRICE_LAGS))
     at = np.searchsorted(days + DAY_MS, history.close_time, side="right") - 1  # last known day

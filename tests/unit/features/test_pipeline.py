@@ -15,6 +15,7 @@ from strategies.features.pipeline import (
     _metric_columns,
     compute_features,
     metrics_in_time,
+    normalised_at_bars,
 )
 from tests.unit.features.conftest import TRAIN_DAYS, fit_toy_spec
 from tests.unit.features.toy_market import TIMEFRAME_MS, ToyMarket
@@ -329,3 +330,24 @@ def test_metric_columns_match_ids_per_pair_as_joining_strings_per_row_would() ->
             assert _metric_columns(a, n, ids).tolist() == expected
     empty = pd.Series([], dtype=object)
     assert _metric_columns(empty, empty, ids).tolist() == []
+
+
+def test_the_normalised_stage_is_causal_and_ready_with_the_features(
+    toy_spec: FeatureSpec, toy: ToyMarket
+) -> None:
+    """The refiner's z-scores before its PCA (what the probe's ``normalised`` inputs read):
+    ready where the features are, and unchanged up to t by anything known after t."""
+    bars, metrics = toy.bars["AAA"], toy.metrics
+    close_ts = bars["open_time"].to_numpy() + TIMEFRAME_MS
+    z, ready = normalised_at_bars(toy_spec, metrics, close_ts)
+    features = compute_features(toy_spec, bars, metrics, TIMEFRAME_MS)
+    assert z.shape == (len(bars), len(toy_spec.metric_ids))
+    assert np.array_equal(ready, features.ready) and ready.any() and not ready.all()
+    assert np.abs(z[ready]).max() > 0.5  # real z-scores, not the warm-up's zeros
+    t = toy.start_ms + (TRAIN_DAYS + 20) * DAY_MS
+    later = metrics.copy()
+    late = (later["known_at"] > t).to_numpy()
+    later.loc[late, "value"] *= 3.0
+    z_later, _ = normalised_at_bars(toy_spec, later, close_ts)
+    known = close_ts <= t
+    assert np.array_equal(z[known], z_later[known]) and not np.array_equal(z, z_later)
