@@ -22,6 +22,10 @@ information can be placed:
 * ``own``: every metric of the coin's own asset, raw (none for a coin without its own metrics);
 * ``planted`` (a synthetic market's ``planted.json`` only): the metrics that truly lead the coin.
 
+Raw levels that trend out of the range they were fitted on push the prediction to one side, so
+a raw set can hold the coin (or cash) most of a fold: compare its time in the coins too. A set
+fitted on fewer than :data:`MIN_FIT_ROWS` rows holds cash for that fold, and the report lists it.
+
 Fixed before any run and never tuned: ridge ``alpha`` 1 on inputs standardised on the fit's
 rows; horizons of 1 bar and 28 bars (7 days at the bundled walk-forward's 6h bars).
 """
@@ -52,6 +56,9 @@ HORIZONS = (1, 28)
 ALPHA = 1.0
 PRICE_LAGS = (1, 4, 28)
 INPUT_SETS = ("dru", "normalised", "selected", "own")
+MIN_FIT_ROWS = 120
+"""Fewer usable fit rows than this (30 days of 6h bars) and the set is not fitted for the fold:
+it holds cash there, and ``probe.json``/``probe.md`` say so."""
 
 
 def price_lags(history: CoinHistory) -> np.ndarray:
@@ -74,10 +81,12 @@ def input_sets(
     history: CoinHistory,
     inputs: CoinInputs,
     spec: FeatureSpec,
+    own: Sequence[str],
     planted: Sequence[str] = (),
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every input set (see the module docstring) at each close of ``history``, with where it is
-    known; ``planted``: the coin's leading metrics' names, when known (a synthetic market)."""
+    known; ``own``: the names of the coin's own metrics known at the refit; ``planted``: the
+    coin's leading metrics' names, when known (a synthetic market)."""
     prices = price_lags(history)
     coin = inputs.coin
 
@@ -86,7 +95,6 @@ def input_sets(
         x = np.column_stack([values, prices])
         return x, np.isfinite(x).all(axis=1)
 
-    own = sorted(inputs.metrics.loc[inputs.metrics["asset"] == coin, "name"].unique())
     z, ready = normalised_at_bars(spec, inputs.metrics, history.close_time)
     normalised = np.column_stack([z, prices])
     sets = {
@@ -118,8 +126,9 @@ def fold_positions(
     alpha: float = ALPHA,
 ) -> tuple[pd.Series, int]:
     """The probe's position (1 coin, 0 cash) at each of ``fold``'s test closes, reading ``x``
-    (one row per close of ``history``, known where ``usable``), and how many rows it was
-    fitted on. Closes where an input is unknown stay in cash."""
+    (one row per close of ``history``, known where ``usable``), and how many usable fit rows it
+    had (fewer than :data:`MIN_FIT_ROWS`: not fitted, all cash). Closes where an input is
+    unknown stay in cash."""
     close = history.ohlcv[:, 3]
     close_time = history.close_time
     target = np.full(len(close), np.nan)
@@ -127,7 +136,7 @@ def fold_positions(
     rows = fit_rows(close_time, usable, fold, horizon) & np.isfinite(target)
     test = (close_time >= fold.start_ms) & (close_time < fold.end_ms)
     held = np.zeros(int(test.sum()))
-    if rows.sum() > x.shape[1]:
+    if rows.sum() >= max(MIN_FIT_ROWS, x.shape[1] + 1):
         scaler = StandardScaler().fit(x[rows])
         model = Ridge(alpha=alpha).fit(scaler.transform(x[rows]), target[rows])
         known = usable[test]
@@ -143,28 +152,56 @@ def probe_positions(
     horizons: Sequence[int] = HORIZONS,
     step: Callable[[str], None] = lambda text: None,
     planted: Sequence[str] = (),
-) -> dict[str, dict[int, pd.Series]]:
+) -> tuple[dict[str, dict[int, pd.Series]], dict[str, dict[int, list[int]]]]:
     """Per input set and horizon, the probe's positions over every fold's test closes for one
-    coin."""
+    coin, and its fit rows per fold."""
     parts: dict[str, dict[int, list[pd.Series]]] = {}
+    rows: dict[str, dict[int, list[int]]] = {}
     planted_ids = {qualified_id(inputs.coin, n) for n in planted}
     for fold in folds:
-        spec = fit_coin_features(cfg, causal_inputs(inputs, fold.start_ms), *fold.train)
+        known = causal_inputs(inputs, fold.start_ms)
+        spec = fit_coin_features(cfg, known, *fold.train)
         history = coin_history(inputs.bars, inputs.metrics, inputs.timeframe, spec)
-        sets = input_sets(history, inputs, spec, planted)
+        own = sorted(known.metrics.loc[known.metrics["asset"] == inputs.coin, "name"].unique())
+        sets = input_sets(history, inputs, spec, own, planted)
         for name, (x, usable) in sets.items():
             for h in horizons:
-                held, _ = fold_positions(history, fold, h, x, usable)
+                held, fitted = fold_positions(history, fold, h, x, usable)
                 parts.setdefault(name, {}).setdefault(h, []).append(held)
+                rows.setdefault(name, {}).setdefault(h, []).append(fitted)
+        fewest = {n: min(r[h][-1] for h in horizons) for n, r in rows.items()}
         step(
             f"{inputs.coin} fold {fold.index} ({fold.label}): {len(spec.metric_ids)} metrics "
             f"selected, {history.features.shape[1]} DRU components"
             + (f", {len(planted_ids & set(spec.metric_ids))} of them planted" if planted else "")
+            + "; fit rows "
+            + ", ".join(f"{n} {r}" for n, r in fewest.items())
         )
-    return {
+    positions = {
         name: {h: pd.concat(p).sort_index() for h, p in by_horizon.items()}
         for name, by_horizon in parts.items()
     }
+    return positions, rows
+
+
+class PlantedMismatch(ValueError):
+    """A ``planted.json`` that does not describe the walk-forward's market."""
+
+
+def check_planted(inputs: Mapping[str, CoinInputs], planted: Mapping[str, Sequence[str]]) -> None:
+    """:class:`PlantedMismatch`, naming the coin and metric, when ``planted`` misses a coin of
+    the run or names a metric its store does not hold (a truth from another market or seed)."""
+    for coin, mine in inputs.items():
+        names = planted.get(coin)
+        if not names:
+            raise PlantedMismatch(f"planted: no metrics for {coin}, a coin of this walk-forward")
+        held = set(mine.metrics.loc[mine.metrics["asset"] == coin, "name"])
+        missing = [n for n in names if n not in held]
+        if missing:
+            raise PlantedMismatch(
+                f"planted: {coin} has no metric {missing[0]!r} in this walk-forward's data "
+                "(a planted.json of another market or seed?)"
+            )
 
 
 async def run_probe(
@@ -187,12 +224,15 @@ async def run_probe(
         await MetricStore.open(wf_cfg.data.metrics_path) as metrics,
     ):
         inputs = {c: await read_coin_inputs(wf_cfg, market, metrics, c) for c in coins}
-    positions = {
+    if planted is not None:
+        check_planted(inputs, planted)
+    probed = {
         c: probe_positions(
             wf_cfg, inputs[c], runs.folds, horizons, step, (planted or {}).get(c, ())
         )
         for c in coins
     }
+    positions = {c: held for c, (held, _) in probed.items()}
     timeframe = wf_cfg.market.timeframe
     per_year, shift = timing.bars_per_year(timeframe), timing.min_shift_bars(timeframe)
     returns = {c: timing.next_bar_returns(runs.closes[c], timeframe) for c in coins}
@@ -205,6 +245,8 @@ async def run_probe(
         "folds": [f.label for f in runs.folds],
         "bars_per_year": per_year,
         "min_shift_bars": shift,
+        "min_fit_rows": MIN_FIT_ROWS,
+        "fit_rows": {c: rows for c, (_, rows) in probed.items()},
         "portfolios": {},
     }
     for portfolio in runs.spec.portfolios:
@@ -256,6 +298,20 @@ def probe_markdown(document: dict[str, Any]) -> str:
                     f"{_pct(whole['timing'])} | {_p(whole['p_value'])} | "
                     f"{_p(whole['p_value_below'])} | {coins} |"
                 )
+    unfitted = [
+        f"{coin} {inputs} {horizon} bars, fold {fold} ({rows} rows)"
+        for coin, sets in document.get("fit_rows", {}).items()
+        for inputs, by_horizon in sets.items()
+        for horizon, per_fold in by_horizon.items()
+        for fold, rows in enumerate(per_fold)
+        if rows < document.get("min_fit_rows", 0)
+    ]
+    if unfitted:
+        lines += [
+            "",
+            f"Not fitted (fewer than {document['min_fit_rows']} fit rows; cash there): "
+            + "; ".join(unfitted),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -74,15 +74,15 @@ def export_synth(
     from bot.feed.synthetic_csv import write_csv_dir
 
     cfg = load(config)
-    coins = list(dict.fromkeys(coin or ("BTC", "STORJ", "BLZ", "LINK")))
+    coins = list(dict.fromkeys(c.upper() for c in coin or ("BTC", "STORJ", "BLZ", "LINK")))
     try:
         start_ms, end_ms = to_ms(start), to_ms(end)
     except ValueError as exc:
         fail(f"--start/--end: expected YYYY-MM-DD ({exc})")
     if end_ms <= start_ms:
         fail(f"--end {end} must be after --start {start}")
-    if out.exists() and any(out.iterdir()):
-        fail(f"--out {out}: not empty; give a new folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        fail(f"--out {out}: exists and is not an empty folder; give a new folder")
     synthetic = cfg.synthetic
     try:
         market = generate_market(
@@ -96,7 +96,7 @@ def export_synth(
             scenarios=synthetic.scenarios,
         )
     except ValueError as exc:
-        fail(f"--coin: {exc}")
+        fail(f"export-synth: {exc}")
     written = write_csv_dir(market, out, cfg.market.quote)
     console.print(f"wrote {len(written)} files under {escape(str(out))} (planted.json: the truth)")
 

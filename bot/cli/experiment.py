@@ -297,11 +297,11 @@ def probe(
     folds: per fold and coin, ridge regression on the DRU's components and recent returns,
     fitted on the fold's training and validation days, holds the coin while it predicts a rise
     (over the next bar, and over the next 28 bars); its timing is tested like the policy's.
-    The same runs on the DRU's selected metrics before its normalisation and PCA, and on all of
-    the coin's own metrics, to place where information is lost. Writes probe.md and probe.json
-    in RUN_DIR."""
+    The same runs on the DRU's rolling z-scores before its PCA, on its selected metrics before
+    both, and on all of the coin's own metrics, to place where information is lost. Writes
+    probe.md and probe.json in RUN_DIR."""
     from backtest.experiment import DataRangeError
-    from backtest.probe import run_probe, write_probe
+    from backtest.probe import PlantedMismatch, run_probe, write_probe
     from backtest.wf_compare import ComparisonError, read_walkforward
     from bot.feed.synthetic_csv import read_planted
     from strategies.features.inputs import MissingDataError
@@ -335,6 +335,7 @@ def probe(
         ),
         DataRangeError,
         MissingDataError,
+        PlantedMismatch,
     )
     data, text = write_probe(document, run_dir)
     console.print(text.read_text(), soft_wrap=True, highlight=False)

@@ -2,7 +2,9 @@
 
 ``ohlcv/{COIN}_{QUOTE}-1h.csv`` with ccxt's columns (``timestamp`` = the candle's open time),
 ``onchain/{COIN}_synthetic.csv`` with one row per UTC day (``date``, the day the values describe)
-and one column per metric of the coin (its leading and its noise metrics), and ``planted.json``:
+and one column per metric of the coin (its leading and its noise metrics; the market-wide
+``MARKET`` metrics are not written: the walk-forward's config offers BTC's as market-wide), and
+``planted.json``:
 per coin, the names of the metrics that lead its returns (the ground truth that real data never
 gives). ``cryptorlpm experiment walkforward --data-dir`` and ``experiment probe --planted`` read
 it, so the walk-forward can be run where the answer is known: a positive control.
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bot.feed.csv_import import metric_name
 from bot.feed.synthetic import SyntheticMarket
 
 SOURCE = "synthetic"
@@ -52,7 +55,9 @@ def read_planted(path: Path) -> dict[str, tuple[str, ...]]:
     try:
         document = json.loads(Path(path).read_text())
         source, planted = document["source"], document["planted"]
-        return {str(c): tuple(f"{source}.{n}" for n in names) for c, names in planted.items()}
+        return {
+            str(c): tuple(metric_name(source, n) for n in names) for c, names in planted.items()
+        }
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(
             f"{path}: not a planted.json written by `cryptorlpm data export-synth` ({exc})"

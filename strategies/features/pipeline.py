@@ -257,6 +257,8 @@ def normalised_at_bars(
     the PCA; carried forward between steps like the features) and whether it is past its
     warm-up there."""
     close_ts = np.asarray(close_ts, dtype=np.int64)
+    if len(close_ts) > 1 and not (np.diff(close_ts) > 0).all():
+        raise ValueError("close times must be strictly increasing")
     m = len(spec.metric_ids)
     if not m:
         return np.zeros((len(close_ts), 0)), np.ones(len(close_ts), dtype=bool)

@@ -172,7 +172,7 @@ async def test_the_synthetic_market_exports_as_a_data_folder_with_its_truth(
     truth = json.loads((out / "planted.json").read_text())
     assert set(truth["planted"]) == {"BTC", "LINK"} and len(truth["planted"]["BTC"]) == 12
     code, text = await cryptorlpm(*args)
-    assert code == 2 and "not empty" in text and "Traceback" not in text
+    assert code == 2 and "not an empty folder" in text and "Traceback" not in text
 
 
 async def test_an_unknown_policy_is_a_one_line_error(tmp_path: Path, data_dir: Path) -> None:  # noqa: F811

@@ -117,7 +117,8 @@ def test_the_input_sets_read_the_raw_metrics_as_known_at_each_close(
     )
     inputs = CoinInputs("BTC", "6h", pd.DataFrame(), metrics)
     spec = SimpleNamespace(metric_ids=("BTC:s.lead",), known_delay_ms=DAY_MS)
-    sets = probe.input_sets(history, inputs, spec)  # type: ignore[arg-type]
+    own = ("s.lead", "s.noise")
+    sets = probe.input_sets(history, inputs, spec, own)  # type: ignore[arg-type]
     assert set(sets) == {"dru", "normalised", "selected", "own"}
     assert np.array_equal(sets["normalised"][0][:, 0], z_stage[0][:, 0])
     x, usable = sets["selected"]
@@ -127,5 +128,34 @@ def test_the_input_sets_read_the_raw_metrics_as_known_at_each_close(
     assert np.array_equal(x[known, 0], at[known].astype(float))
     assert np.isnan(x[~known, 0]).all() and not usable[~known].any()
     assert sets["own"][0].shape[1] == 2 + len(probe.PRICE_LAGS)
-    with_truth = probe.input_sets(history, inputs, spec, planted=("s.lead",))  # type: ignore[arg-type]
+    with_truth = probe.input_sets(history, inputs, spec, own, ("s.lead",))  # type: ignore[arg-type]
     assert np.array_equal(with_truth["planted"][0], x, equal_nan=True)
+
+
+def test_a_set_with_too_few_fit_rows_holds_cash_and_the_report_says_so() -> None:
+    closes = _closes(6)
+    history = _history(closes, np.zeros(N))
+    x, usable = probe.probe_inputs(history)
+    usable[: 600 - 50] = False  # only the last 50 closes before the refit are known
+    held, rows = probe.fold_positions(history, FOLD, 1, x, usable)
+    assert rows == 50 < probe.MIN_FIT_ROWS and not held.any()
+    document = {
+        "alpha": 1.0, "price_lags": [1, 4, 28], "folds": ["f0"], "bars_per_year": 1460.0,
+        "min_shift_bars": 28, "min_fit_rows": probe.MIN_FIT_ROWS, "portfolios": {},
+        "fit_rows": {"BTC": {"own": {1: [50], 28: [400]}}},
+    }  # fmt: skip
+    assert "Not fitted (fewer than 120 fit rows; cash there): BTC own 1 bars, fold 0 (50 rows)" in (
+        probe.probe_markdown(document)
+    )
+
+
+def test_a_truth_that_does_not_describe_the_market_is_refused() -> None:
+    metrics = pd.DataFrame(
+        {"asset": ["BTC"], "name": ["s.lead"], "observed_at": [0], "value": [1.0]}
+    )
+    inputs = {"BTC": CoinInputs("BTC", "6h", pd.DataFrame(), metrics)}
+    probe.check_planted(inputs, {"BTC": ("s.lead",)})
+    with pytest.raises(probe.PlantedMismatch, match=r"no metric 's\.other'"):
+        probe.check_planted(inputs, {"BTC": ("s.other",)})
+    with pytest.raises(probe.PlantedMismatch, match="no metrics for BTC"):
+        probe.check_planted(inputs, {"ETH": ("s.lead",)})
