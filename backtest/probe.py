@@ -20,7 +20,8 @@ information can be placed:
 * ``selected``: the DRU's selected metrics as raw latest values, before its rolling
   normalisation and PCA;
 * ``own``: every metric of the coin's own asset, raw (none for a coin without its own metrics);
-* ``planted`` (a synthetic market's ``planted.json`` only): the metrics that truly lead the coin.
+* ``planted`` (a synthetic market's ``planted.json`` only): the metrics it planted to lead the
+  coin's own drift (BTC's also carry the market's, offered to altcoins as market-wide).
 
 Raw levels that trend out of the range they were fitted on push the prediction to one side, so
 a raw set can hold the coin (or cash) most of a fold: compare its time in the coins too. A set
@@ -276,8 +277,8 @@ def probe_markdown(document: dict[str, Any]) -> str:
         "training and validation days; holds the coin while it predicts a rise over the horizon. "
         "Inputs: dru = the DRU's components (what the modules see); normalised = its rolling "
         "z-scores, before the PCA; selected = its selected metrics, raw; own = every metric of "
-        "the coin's own asset, raw; planted = the "
-        f"metrics that truly lead the coin (synthetic markets). Folds: "
+        "the coin's own asset, raw; planted = the metrics a synthetic market planted to lead "
+        f"the coin's own drift. Folds: "
         f"{', '.join(document['folds'])}. Timing per year before costs (mean of next-bar returns "
         f"x {document['bars_per_year']:.0f}); p one-sided against every circular shift of the "
         f"positions at least {document['min_shift_bars']} bars from 0 (below: the other tail).",

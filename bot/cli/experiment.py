@@ -289,7 +289,7 @@ def probe(
         Path | None,
         typer.Option(
             help="planted.json of a synthetic market (`data export-synth`): also probe the "
-            "metrics that truly lead each coin"
+            "metrics it planted to lead each coin"
         ),
     ] = None,
 ) -> None:
